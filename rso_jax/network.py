@@ -1,0 +1,528 @@
+"""T5 v1.1 encoder-decoder in Flax linen, shared by policy, reference scorer, sampler and RM.
+
+T5 v1.1 (and Flan-T5): RMS layer norm without bias, pre-norm residual blocks, bucketed relative
+position biases (one table per stack, shared across its layers), gated-GELU MLP, no biases
+anywhere, untied output head. Attention logits are not scaled by 1/sqrt(head_dim): as in T5 the
+scale lives in the query initializer.
+
+Every parameter carries logical axis names (`embed`, `vocab`, `heads`, `kv`, `mlp`,
+`relpos_buckets`) and every activation a logical constraint (`activation_batch`,
+`activation_length`, `activation_embed`, ...); `partitioning.py` maps both onto a mesh.
+Module names mirror T5X's checkpoint layout (`token_embedder`, `encoder/layers_0/attention/query`,
+`decoder/logits_dense`, ...).
+
+Decoding: `Transformer.decode(..., decode=True)` runs one step with a KV cache. The decoder batch
+may be a multiple `num_decodes` of the encoder batch (`[B * N, ...]` candidates, prompt-major): the
+encoder output and the cross-attention keys/values of each prompt are computed once and shared
+by its N candidates, never copied N-fold.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, Optional, Sequence, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+DType = Any
+
+# Logical axis names of activations (params use the short names, see partitioning.py).
+BATCH = "activation_batch"
+LENGTH = "activation_length"
+EMBED = "activation_embed"
+HEADS = "activation_heads"
+KV = "activation_kv"
+MLP = "activation_mlp"
+VOCAB = "activation_vocab"
+
+_NEG_INF = -1e10  # finite: a row with every key masked gives uniform weights, never NaN.
+
+
+@dataclasses.dataclass(frozen=True)
+class T5Config:
+  """Hyper-parameters of a T5 v1.1 network (defaults: the `tiny` size for tests)."""
+  vocab_size: int = 384
+  emb_dim: int = 128
+  num_heads: int = 4
+  head_dim: int = 32
+  mlp_dim: int = 256
+  num_encoder_layers: int = 2
+  num_decoder_layers: int = 2
+  mlp_activations: Tuple[str, ...] = ("gelu", "linear")
+  dropout_rate: float = 0.0
+  relative_attention_num_buckets: int = 32
+  relative_attention_max_distance: int = 128
+  layer_norm_epsilon: float = 1e-6
+  logits_via_embedding: bool = False  # True = tied embeddings (T5 v1.0); logits scaled by emb^-0.5.
+  dtype: str = "float32"  # activations; "bfloat16" on accelerators.
+  param_dtype: str = "float32"
+  remat: bool = False  # rematerialize each layer in the backward pass (saves activation memory).
+
+  def __post_init__(self):
+    for name in ("vocab_size", "emb_dim", "num_heads", "head_dim", "mlp_dim",
+                 "num_encoder_layers", "num_decoder_layers",
+                 "relative_attention_num_buckets", "relative_attention_max_distance"):
+      if int(getattr(self, name)) <= 0:
+        raise ValueError(f"T5Config.{name} must be positive, got {getattr(self, name)!r}")
+    for act in self.mlp_activations:
+      if act not in _ACTIVATIONS:
+        raise ValueError(f"T5Config.mlp_activations: unknown activation {act!r}; "
+                         f"choose from {sorted(_ACTIVATIONS)}")
+    if not 0.0 <= self.dropout_rate < 1.0:
+      raise ValueError(f"T5Config.dropout_rate must be in [0, 1), got {self.dropout_rate!r}")
+    jnp.dtype(self.dtype), jnp.dtype(self.param_dtype)  # raises on an unknown dtype name
+
+  @property
+  def activation_dtype(self) -> DType:
+    return jnp.dtype(self.dtype)
+
+  @property
+  def weight_dtype(self) -> DType:
+    return jnp.dtype(self.param_dtype)
+
+
+_ACTIVATIONS: dict = {
+    "gelu": functools.partial(jax.nn.gelu, approximate=True),  # HF "gelu_new"
+    "gelu_exact": functools.partial(jax.nn.gelu, approximate=False),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+    "linear": lambda x: x,
+}
+
+
+def _constrain(x: Array, axes: Sequence[Optional[str]]) -> Array:
+  return nn.with_logical_constraint(x, tuple(axes))
+
+
+def _param(module: nn.Module, name: str, init: Callable, shape: Tuple[int, ...],
+           axes: Tuple[str, ...], dtype: DType) -> Array:
+  return module.param(name, nn.with_logical_partitioning(init, axes), shape, dtype)
+
+
+class RMSNorm(nn.Module):
+  """T5 layer norm: `x / rms(x) * scale`, no centering, no bias; computed in float32."""
+  epsilon: float = 1e-6
+  dtype: DType = jnp.float32
+  param_dtype: DType = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    # [..., embed] -> [..., embed]
+    scale = _param(self, "scale", nn.initializers.ones, (x.shape[-1],), ("embed",),
+                   self.param_dtype)
+    x32 = x.astype(jnp.float32)
+    x32 = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.epsilon)
+    return (x32 * scale.astype(jnp.float32)).astype(self.dtype)
+
+
+class DenseGeneral(nn.Module):
+  """Bias-free dense layer contracting the last `len(in_axes)` dims into `features`."""
+  features: Tuple[int, ...]
+  kernel_axes: Tuple[str, ...]
+  num_in_dims: int = 1
+  kernel_init: Callable = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
+  dtype: DType = jnp.float32
+  param_dtype: DType = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    in_shape = x.shape[-self.num_in_dims:]
+    kernel_shape = tuple(in_shape) + tuple(self.features)
+    fan_in = int(np.prod(in_shape))
+    fan_out = int(np.prod(self.features))
+
+    def init(key, shape, dtype):
+      # Initialize as a 2-D [fan_in, fan_out] matrix so fan-in/fan-out are the true ones.
+      return self.kernel_init(key, (fan_in, fan_out), dtype).reshape(shape)
+
+    kernel = _param(self, "kernel", init, kernel_shape, self.kernel_axes, self.param_dtype)
+    in_dims = tuple(range(x.ndim - self.num_in_dims, x.ndim))
+    return jax.lax.dot_general(
+        x.astype(self.dtype), kernel.astype(self.dtype),
+        ((in_dims, tuple(range(self.num_in_dims))), ((), ())))
+
+
+def relative_position_bucket(relative_position: np.ndarray, bidirectional: bool,
+                             num_buckets: int, max_distance: int) -> np.ndarray:
+  """Mesh-TensorFlow / HF T5 bucketing of `memory_position - query_position` (int array)."""
+  rp = np.asarray(relative_position, dtype=np.int64)
+  buckets = np.zeros_like(rp)
+  if bidirectional:
+    num_buckets //= 2
+    buckets += (rp > 0).astype(np.int64) * num_buckets
+    rp = np.abs(rp)
+  else:
+    rp = -np.minimum(rp, 0)
+  max_exact = num_buckets // 2
+  is_small = rp < max_exact
+  safe = np.maximum(rp, 1).astype(np.float64)
+  large = max_exact + (np.log(safe / max_exact) / np.log(max_distance / max_exact)
+                       * (num_buckets - max_exact)).astype(np.int64)
+  large = np.minimum(large, num_buckets - 1)
+  return buckets + np.where(is_small, rp, large)
+
+
+class RelativePositionBiases(nn.Module):
+  """Bucketed relative position bias `[1, heads, q_len, k_len]` (one table per stack)."""
+  num_buckets: int
+  max_distance: int
+  num_heads: int
+  bidirectional: bool
+  dtype: DType = jnp.float32
+  param_dtype: DType = jnp.float32
+
+  @nn.compact
+  def __call__(self, q_len: int, k_len: int) -> Array:
+    # Bucket indices are static (shapes are static), so they are built in NumPy at trace time.
+    rp = np.arange(k_len)[None, :] - np.arange(q_len)[:, None]
+    buckets = relative_position_bucket(rp, self.bidirectional, self.num_buckets,
+                                       self.max_distance)  # [q, k]
+    table = _param(self, "rel_embedding",
+                   nn.initializers.variance_scaling(1.0, "fan_avg", "uniform"),
+                   (self.num_heads, self.num_buckets), ("heads", "relpos_buckets"),
+                   self.param_dtype)
+    # [heads, buckets] -> [heads, q, k] -> [1, heads, q, k]
+    bias = jnp.take(table, jnp.asarray(buckets, jnp.int32), axis=1)
+    return bias[None].astype(self.dtype)
+
+
+class MultiHeadAttention(nn.Module):
+  """T5 multi-head attention, self or cross, with optional KV cache.
+
+  Queries `[Bq, Lq, E]` may have `Bq = N * Bkv` rows per key/value row (prompt-major order):
+  each group of N query rows attends to the same keys/values, which are computed once.
+  """
+  num_heads: int
+  head_dim: int
+  dropout_rate: float = 0.0
+  dtype: DType = jnp.float32
+  param_dtype: DType = jnp.float32
+
+  def _proj(self, name: str, x: Array, init: Callable) -> Array:
+    # [batch, length, embed] -> [batch, length, heads, kv]
+    y = DenseGeneral(features=(self.num_heads, self.head_dim), kernel_axes=("embed", "heads", "kv"),
+                     kernel_init=init, dtype=self.dtype, param_dtype=self.param_dtype,
+                     name=name)(x)
+    return _constrain(y, (BATCH, LENGTH, HEADS, KV))
+
+  @nn.compact
+  def __call__(self, inputs_q: Array, inputs_kv: Optional[Array], *, mask: Optional[Array],
+               bias: Optional[Array], enable_dropout: bool, decode: bool = False,
+               cross: bool = False, prefill_cross_cache: bool = False) -> Array:
+    """Attention.
+
+    Args:
+      inputs_q: `[Bq, Lq, E]`.
+      inputs_kv: `[Bkv, Lk, E]` (None for self attention; = inputs_q).
+      mask: boolean `[B?, 1, Lq or 1, Lk]` broadcastable to the logits, True = attend.
+      bias: additive `[1, H, Lq, Lk]` position bias (self attention) or None.
+      decode: one-step decoding with a cache (self attention: Lq = 1; cross: keys cached).
+      cross: this is encoder-decoder attention.
+      prefill_cross_cache: in decode mode, compute the cross keys/values and store them.
+    """
+    base = nn.initializers.variance_scaling(1.0, "fan_in", "normal")
+    depth_scale = float(np.sqrt(self.head_dim))
+    query_init = lambda k, s, d: base(k, s, d) / depth_scale  # T5: scale folded into q init.
+
+    # [Bq, Lq, E] -> [Bq, Lq, H, D]
+    query = self._proj("query", inputs_q, query_init)
+
+    if cross and decode:
+      if inputs_kv is None:
+        raise ValueError("cross attention needs the encoder output")
+      bkv, lk = inputs_kv.shape[0], inputs_kv.shape[1]
+      cached_key = self.variable("cache", "cached_key", jnp.zeros,
+                                 (bkv, lk, self.num_heads, self.head_dim), self.dtype)
+      cached_value = self.variable("cache", "cached_value", jnp.zeros,
+                                   (bkv, lk, self.num_heads, self.head_dim), self.dtype)
+      if prefill_cross_cache or self.is_initializing():
+        key = self._proj("key", inputs_kv, base)
+        value = self._proj("value", inputs_kv, base)
+        cached_key.value, cached_value.value = key, value
+      else:
+        key, value = cached_key.value, cached_value.value
+    else:
+      kv_in = inputs_q if inputs_kv is None else inputs_kv
+      # [Bkv, Lk, E] -> [Bkv, Lk, H, D]
+      key = self._proj("key", kv_in, base)
+      value = self._proj("value", kv_in, base)
+
+    if decode and not cross:
+      is_initialized = self.has_variable("cache", "cached_key")
+      b, max_len = query.shape[0], query.shape[1]
+      cached_key = self.variable("cache", "cached_key", jnp.zeros,
+                                 (b, max_len, self.num_heads, self.head_dim), self.dtype)
+      cached_value = self.variable("cache", "cached_value", jnp.zeros,
+                                   (b, max_len, self.num_heads, self.head_dim), self.dtype)
+      cache_index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
+      if is_initialized:
+        if query.shape[1] != 1:
+          raise ValueError(f"cached decoding takes one token per step, got length {query.shape[1]}")
+        idx = cache_index.value
+        max_len = cached_key.value.shape[1]
+        # Write this step's key/value at position idx: [B, 1, H, D] -> [B, max_len, H, D]
+        key = jax.lax.dynamic_update_slice(cached_key.value, key.astype(self.dtype),
+                                           (0, idx, 0, 0))
+        value = jax.lax.dynamic_update_slice(cached_value.value, value.astype(self.dtype),
+                                             (0, idx, 0, 0))
+        cached_key.value, cached_value.value = key, value
+        cache_index.value = idx + 1
+        # Attend to positions <= idx: [1, 1, 1, max_len]
+        mask = (jnp.arange(max_len) <= idx)[None, None, None, :]
+        if bias is not None:
+          # [1, H, max_len, max_len] -> row idx: [1, H, 1, max_len]
+          bias = jax.lax.dynamic_slice_in_dim(bias, idx, 1, axis=2)
+
+    bq, lq = query.shape[0], query.shape[1]
+    bkv, lk = key.shape[0], key.shape[1]
+    if bq % bkv:
+      raise ValueError(f"query batch {bq} is not a multiple of key/value batch {bkv}")
+    n = bq // bkv
+    # [Bq, Lq, H, D] -> [Bkv, N, Lq, H, D]
+    q = query.reshape(bkv, n, lq, self.num_heads, self.head_dim)
+    # [Bkv, N, Lq, H, D] x [Bkv, Lk, H, D] -> [Bkv, N, H, Lq, Lk]
+    logits = jnp.einsum("bnqhd,bkhd->bnhqk", q, key, preferred_element_type=jnp.float32)
+    if bias is not None:
+      logits = logits + bias.astype(jnp.float32)[:, None]  # [1, 1, H, Lq, Lk]
+    if mask is not None:
+      m = mask
+      if m.shape[0] not in (1, bkv):  # per-query-row mask [Bq, 1, Lq, Lk]
+        m = m.reshape(bkv, n, *m.shape[1:])
+      else:
+        m = m[:, None]
+      logits = jnp.where(m, logits, _NEG_INF)
+    weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+    if enable_dropout and self.dropout_rate > 0.0:
+      weights = nn.Dropout(rate=self.dropout_rate)(weights, deterministic=False)
+    # [Bkv, N, H, Lq, Lk] x [Bkv, Lk, H, D] -> [Bkv, N, Lq, H, D] -> [Bq, Lq, H, D]
+    out = jnp.einsum("bnhqk,bkhd->bnqhd", weights, value.astype(self.dtype))
+    out = out.reshape(bq, lq, self.num_heads, self.head_dim)
+    out = _constrain(out, (BATCH, LENGTH, HEADS, KV))
+    # [Bq, Lq, H, D] -> [Bq, Lq, E]
+    out = DenseGeneral(features=(inputs_q.shape[-1],), kernel_axes=("heads", "kv", "embed"),
+                       num_in_dims=2, kernel_init=base, dtype=self.dtype,
+                       param_dtype=self.param_dtype, name="out")(out)
+    return _constrain(out, (BATCH, LENGTH, EMBED))
+
+
+class MlpBlock(nn.Module):
+  """Gated MLP: `wo(act_0(wi_0 x) * act_1(wi_1 x))` (gated-GELU for T5 v1.1)."""
+  mlp_dim: int
+  activations: Tuple[str, ...]
+  dropout_rate: float = 0.0
+  dtype: DType = jnp.float32
+  param_dtype: DType = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, enable_dropout: bool) -> Array:
+    init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
+    hidden = None
+    for i, act in enumerate(self.activations):
+      name = "wi" if len(self.activations) == 1 else f"wi_{i}"
+      # [batch, length, embed] -> [batch, length, mlp]
+      h = DenseGeneral(features=(self.mlp_dim,), kernel_axes=("embed", "mlp"), kernel_init=init,
+                       dtype=self.dtype, param_dtype=self.param_dtype, name=name)(x)
+      h = _ACTIVATIONS[act](h)
+      hidden = h if hidden is None else hidden * h
+    hidden = _constrain(hidden, (BATCH, LENGTH, MLP))
+    hidden = nn.Dropout(rate=self.dropout_rate)(hidden, deterministic=not enable_dropout)
+    # [batch, length, mlp] -> [batch, length, embed]
+    out = DenseGeneral(features=(x.shape[-1],), kernel_axes=("mlp", "embed"), kernel_init=init,
+                       dtype=self.dtype, param_dtype=self.param_dtype, name="wo")(hidden)
+    return _constrain(out, (BATCH, LENGTH, EMBED))
+
+
+class EncoderLayer(nn.Module):
+  config: T5Config
+
+  @nn.compact
+  def __call__(self, x: Array, mask: Array, bias: Array, enable_dropout: bool) -> Array:
+    cfg = self.config
+    dt, pdt = cfg.activation_dtype, cfg.weight_dtype
+    drop = lambda y: nn.Dropout(rate=cfg.dropout_rate)(y, deterministic=not enable_dropout)
+    # [batch, length, embed] -> [batch, length, embed]
+    h = RMSNorm(cfg.layer_norm_epsilon, dt, pdt, name="pre_attention_layer_norm")(x)
+    h = MultiHeadAttention(cfg.num_heads, cfg.head_dim, cfg.dropout_rate, dt, pdt,
+                           name="attention")(h, None, mask=mask, bias=bias,
+                                             enable_dropout=enable_dropout)
+    x = x + drop(h)
+    h = RMSNorm(cfg.layer_norm_epsilon, dt, pdt, name="pre_mlp_layer_norm")(x)
+    h = MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, dt, pdt, name="mlp")(
+        h, enable_dropout)
+    x = x + drop(h)
+    return _constrain(x, (BATCH, LENGTH, EMBED))
+
+
+class DecoderLayer(nn.Module):
+  config: T5Config
+
+  @nn.compact
+  def __call__(self, x: Array, encoded: Array, self_mask: Optional[Array],
+               cross_mask: Array, bias: Array, enable_dropout: bool, decode: bool,
+               prefill_cross_cache: bool) -> Array:
+    cfg = self.config
+    dt, pdt = cfg.activation_dtype, cfg.weight_dtype
+    drop = lambda y: nn.Dropout(rate=cfg.dropout_rate)(y, deterministic=not enable_dropout)
+    # [batch, length, embed] -> [batch, length, embed]
+    h = RMSNorm(cfg.layer_norm_epsilon, dt, pdt, name="pre_self_attention_layer_norm")(x)
+    h = MultiHeadAttention(cfg.num_heads, cfg.head_dim, cfg.dropout_rate, dt, pdt,
+                           name="self_attention")(h, None, mask=self_mask, bias=bias,
+                                                  enable_dropout=enable_dropout, decode=decode)
+    x = x + drop(h)
+    h = RMSNorm(cfg.layer_norm_epsilon, dt, pdt, name="pre_cross_attention_layer_norm")(x)
+    h = MultiHeadAttention(cfg.num_heads, cfg.head_dim, cfg.dropout_rate, dt, pdt,
+                           name="encoder_decoder_attention")(
+                               h, encoded, mask=cross_mask, bias=None,
+                               enable_dropout=enable_dropout, decode=decode, cross=True,
+                               prefill_cross_cache=prefill_cross_cache)
+    x = x + drop(h)
+    h = RMSNorm(cfg.layer_norm_epsilon, dt, pdt, name="pre_mlp_layer_norm")(x)
+    h = MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, dt, pdt, name="mlp")(
+        h, enable_dropout)
+    x = x + drop(h)
+    return _constrain(x, (BATCH, LENGTH, EMBED))
+
+
+class Embed(nn.Module):
+  """Token embedding `[vocab, embed]`, with `attend` for tied output logits."""
+  num_embeddings: int
+  features: int
+  dtype: DType = jnp.float32
+  param_dtype: DType = jnp.float32
+
+  def setup(self):
+    self.embedding = self.param(
+        "embedding", nn.with_logical_partitioning(nn.initializers.normal(1.0), ("vocab", "embed")),
+        (self.num_embeddings, self.features), self.param_dtype)
+
+  def __call__(self, tokens: Array) -> Array:
+    # [batch, length] -> [batch, length, embed]
+    return jnp.take(self.embedding, tokens, axis=0).astype(self.dtype)
+
+  def attend(self, x: Array) -> Array:
+    # [batch, length, embed] -> [batch, length, vocab]
+    return jnp.einsum("ble,ve->blv", x, self.embedding.astype(self.dtype))
+
+
+class Encoder(nn.Module):
+  config: T5Config
+  shared_embedding: nn.Module
+
+  @nn.compact
+  def __call__(self, encoder_input_tokens: Array, enable_dropout: bool) -> Array:
+    cfg = self.config
+    dt, pdt = cfg.activation_dtype, cfg.weight_dtype
+    length = encoder_input_tokens.shape[1]
+    # [batch, length] -> [batch, 1, 1, length] (key padding mask; queries are not masked)
+    mask = (encoder_input_tokens > 0)[:, None, None, :]
+    bias = RelativePositionBiases(cfg.relative_attention_num_buckets,
+                                  cfg.relative_attention_max_distance, cfg.num_heads, True, dt,
+                                  pdt, name="relpos_bias")(length, length)
+    # [batch, length] -> [batch, length, embed]
+    x = self.shared_embedding(encoder_input_tokens.astype(jnp.int32))
+    x = nn.Dropout(rate=cfg.dropout_rate)(x, deterministic=not enable_dropout)
+    x = _constrain(x, (BATCH, LENGTH, EMBED))
+    layer_cls = nn.remat(EncoderLayer, static_argnums=(4,)) if cfg.remat else EncoderLayer
+    for i in range(cfg.num_encoder_layers):
+      x = layer_cls(cfg, name=f"layers_{i}")(x, mask, bias, enable_dropout)
+    x = RMSNorm(cfg.layer_norm_epsilon, dt, pdt, name="encoder_norm")(x)
+    x = nn.Dropout(rate=cfg.dropout_rate)(x, deterministic=not enable_dropout)
+    return _constrain(x, (BATCH, LENGTH, EMBED))
+
+
+class Decoder(nn.Module):
+  config: T5Config
+  shared_embedding: nn.Module
+
+  @nn.compact
+  def __call__(self, encoded: Array, encoder_input_tokens: Array, decoder_input_tokens: Array,
+               decoder_target_tokens: Optional[Array], enable_dropout: bool, decode: bool,
+               max_decode_length: Optional[int], prefill_cross_cache: bool) -> Array:
+    cfg = self.config
+    dt, pdt = cfg.activation_dtype, cfg.weight_dtype
+    length = decoder_input_tokens.shape[1]
+    relpos = RelativePositionBiases(cfg.relative_attention_num_buckets,
+                                    cfg.relative_attention_max_distance, cfg.num_heads, False,
+                                    dt, pdt, name="relpos_bias")
+    # Cross-attention key padding mask: [B_enc, 1, 1, L_enc]
+    cross_mask = (encoder_input_tokens > 0)[:, None, None, :]
+    if decode:
+      if max_decode_length is None:
+        raise ValueError("decode=True needs max_decode_length")
+      bias = relpos(max_decode_length, max_decode_length)  # row sliced per step in attention
+      self_mask = None if length == 1 else jnp.tril(
+          jnp.ones((length, length), bool))[None, None]
+    else:
+      bias = relpos(length, length)
+      # Causal mask [1, 1, L, L]; padding positions are in the future of every real position.
+      self_mask = jnp.tril(jnp.ones((length, length), bool))[None, None]
+      if decoder_target_tokens is not None:
+        # also hide padding keys: [B, 1, 1, L]
+        self_mask = jnp.logical_and(self_mask, (decoder_target_tokens > 0)[:, None, None, :]
+                                    | jnp.eye(length, dtype=bool)[None, None])
+    # [batch, length] -> [batch, length, embed]
+    y = self.shared_embedding(decoder_input_tokens.astype(jnp.int32))
+    y = nn.Dropout(rate=cfg.dropout_rate)(y, deterministic=not enable_dropout)
+    y = _constrain(y, (BATCH, LENGTH, EMBED))
+    layer_cls = (nn.remat(DecoderLayer, static_argnums=(6, 7, 8)) if cfg.remat else DecoderLayer)
+    for i in range(cfg.num_decoder_layers):
+      y = layer_cls(cfg, name=f"layers_{i}")(y, encoded, self_mask, cross_mask, bias,
+                                             enable_dropout, decode, prefill_cross_cache)
+    y = RMSNorm(cfg.layer_norm_epsilon, dt, pdt, name="decoder_norm")(y)
+    y = nn.Dropout(rate=cfg.dropout_rate)(y, deterministic=not enable_dropout)
+    y = _constrain(y, (BATCH, LENGTH, EMBED))
+    if cfg.logits_via_embedding:
+      # Tied embeddings (T5 v1.0): scale by emb_dim^-0.5 before attending.
+      logits = self.shared_embedding.attend(y * (cfg.emb_dim ** -0.5))
+    else:
+      # [batch, length, embed] -> [batch, length, vocab]
+      logits = DenseGeneral(features=(cfg.vocab_size,), kernel_axes=("embed", "vocab"),
+                            dtype=jnp.float32, param_dtype=pdt, name="logits_dense")(y)
+    return _constrain(logits.astype(jnp.float32), (BATCH, LENGTH, VOCAB))
+
+
+class Transformer(nn.Module):
+  """T5 v1.1 encoder-decoder with T5X's call signature. Logits are float32 `[B, L, V]`."""
+  config: T5Config
+
+  def setup(self):
+    cfg = self.config
+    self.token_embedder = Embed(cfg.vocab_size, cfg.emb_dim, cfg.activation_dtype,
+                                cfg.weight_dtype)
+    self.encoder = Encoder(cfg, self.token_embedder)
+    self.decoder = Decoder(cfg, self.token_embedder)
+
+  def encode(self, encoder_input_tokens: Array, enable_dropout: bool = False) -> Array:
+    """`[B, Le]` int tokens (0 = padding) -> encoder output `[B, Le, E]`."""
+    return self.encoder(encoder_input_tokens, enable_dropout)
+
+  def decode(self, encoded: Array, encoder_input_tokens: Array, decoder_input_tokens: Array,
+             decoder_target_tokens: Optional[Array] = None, enable_dropout: bool = False,
+             decode: bool = False, max_decode_length: Optional[int] = None,
+             prefill_cross_cache: bool = False) -> Array:
+    """Decoder logits `[B * N, Ld, V]` from encoder output `[B, Le, E]`.
+
+    `decoder_input_tokens` may hold N candidates per prompt, prompt-major (`[B * N, Ld]`):
+    they share the prompt's encoder output and cross-attention keys/values.
+    With `decode=True` this is one cached step (`Ld = 1`); the first step must pass
+    `prefill_cross_cache=True` so the cross-attention keys/values are computed and cached.
+    """
+    return self.decoder(encoded, encoder_input_tokens, decoder_input_tokens,
+                        decoder_target_tokens, enable_dropout, decode, max_decode_length,
+                        prefill_cross_cache)
+
+  def __call__(self, encoder_input_tokens: Array, decoder_input_tokens: Array,
+               decoder_target_tokens: Optional[Array] = None, enable_dropout: bool = True,
+               decode: bool = False, max_decode_length: Optional[int] = None,
+               prefill_cross_cache: bool = False) -> Array:
+    """Full forward: `[B, Le]`, `[B * N, Ld]` int tokens -> logits `[B * N, Ld, V]`."""
+    encoded = self.encode(encoder_input_tokens, enable_dropout=enable_dropout)
+    return self.decode(encoded, encoder_input_tokens, decoder_input_tokens,
+                       decoder_target_tokens, enable_dropout=enable_dropout, decode=decode,
+                       max_decode_length=max_decode_length,
+                       prefill_cross_cache=prefill_cross_cache)

@@ -1,0 +1,190 @@
+"""Device mesh, logical-axis rules and sharding helpers (MaxText style).
+
+Mesh axes are `data` (pure data parallelism), `fsdp` (data parallelism with parameters and
+optimizer state sharded over it) and `tensor` (model parallelism over heads / mlp / vocab).
+A mesh shape entry of -1 is filled with the remaining devices. Logical axis names used by
+`network.py` are mapped onto mesh axes by `LOGICAL_RULES`, plain data that gin can override.
+
+The same code runs on 1 CPU device, on 8 simulated CPU devices
+(`XLA_FLAGS=--xla_force_host_platform_device_count=8`), on a GPU and on a TPU pod.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Mapping, Optional, Sequence, Tuple
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES: Tuple[str, ...] = ("data", "fsdp", "tensor")
+BATCH_AXES: Tuple[str, ...] = ("data", "fsdp")
+
+# Logical axis -> mesh axis (or tuple of mesh axes, or None = replicated).
+LOGICAL_RULES: Tuple[Tuple[str, Any], ...] = (
+    # parameters
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("kv", None),
+    ("mlp", "tensor"),
+    ("relpos_buckets", None),
+    ("scalar", None),
+    # activations
+    ("activation_batch", ("data", "fsdp")),
+    ("activation_length", None),
+    ("activation_embed", None),
+    ("activation_heads", "tensor"),
+    ("activation_kv", None),
+    ("activation_mlp", "tensor"),
+    ("activation_vocab", "tensor"),
+)
+
+
+def resolve_mesh_shape(mesh_shape: Sequence[int], num_devices: int) -> Tuple[int, ...]:
+  """Replaces a single -1 entry by the devices left over; checks the product."""
+  shape = [int(s) for s in mesh_shape]
+  if len(shape) != len(MESH_AXES):
+    raise ValueError(f"mesh_shape {tuple(mesh_shape)} must have {len(MESH_AXES)} entries "
+                     f"for axes {MESH_AXES}")
+  if shape.count(-1) > 1:
+    raise ValueError(f"mesh_shape {tuple(mesh_shape)}: at most one entry may be -1")
+  for s in shape:
+    if s == 0 or s < -1:
+      raise ValueError(f"mesh_shape {tuple(mesh_shape)}: entries must be positive or -1")
+  known = int(np.prod([s for s in shape if s != -1]))
+  if -1 in shape:
+    if num_devices % known:
+      raise ValueError(f"mesh_shape {tuple(mesh_shape)} does not divide the {num_devices} "
+                       f"devices (the fixed axes take {known})")
+    shape[shape.index(-1)] = num_devices // known
+  elif known != num_devices:
+    raise ValueError(f"mesh_shape {tuple(mesh_shape)} uses {known} devices but "
+                     f"{num_devices} are available")
+  return tuple(shape)
+
+
+def create_mesh(mesh_shape: Sequence[int] = (-1, 1, 1),
+                devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
+  """A `Mesh` over axes (data, fsdp, tensor); `-1` fills with the remaining devices."""
+  devices = list(jax.devices() if devices is None else devices)
+  shape = resolve_mesh_shape(mesh_shape, len(devices))
+  try:
+    device_array = jax.experimental.mesh_utils.create_device_mesh(shape, devices=devices)
+  except Exception:  # pylint: disable=broad-except  (e.g. CPU devices without topology)
+    device_array = np.asarray(devices).reshape(shape)
+  return Mesh(device_array, MESH_AXES)
+
+
+def _mesh_axis_size(mesh: Mesh, axes: Any) -> int:
+  if axes is None:
+    return 1
+  if isinstance(axes, str):
+    axes = (axes,)
+  return int(np.prod([mesh.shape[a] for a in axes]))
+
+
+def logical_to_spec(logical_axes: Sequence[Optional[str]],
+                    rules: Sequence[Tuple[str, Any]] = LOGICAL_RULES,
+                    shape: Optional[Sequence[int]] = None,
+                    mesh: Optional[Mesh] = None) -> P:
+  """PartitionSpec for one array from its logical axis names.
+
+  With `shape` and `mesh` given, a dimension that the mapped mesh axes do not divide is
+  replicated instead (logged), so odd sizes (e.g. 6 heads on 8 tensor shards) still run.
+  A mesh axis is used at most once per array (first dimension wins).
+  """
+  rule_map = dict(rules)
+  used = set()
+  out = []
+  for dim, name in enumerate(logical_axes):
+    axes = rule_map.get(name) if name is not None else None
+    if axes is not None:
+      axes_t = (axes,) if isinstance(axes, str) else tuple(axes)
+      axes_t = tuple(a for a in axes_t if a not in used
+                     and (mesh is None or mesh.shape.get(a, 1) > 1))
+      if shape is not None and mesh is not None and axes_t:
+        size = _mesh_axis_size(mesh, axes_t)
+        if shape[dim] % size:
+          logging.info("replicating dim %d (%s, size %d): not divisible by mesh axes %s (%d)",
+                       dim, name, shape[dim], axes_t, size)
+          axes_t = ()
+      used.update(axes_t)
+      axes = None if not axes_t else (axes_t[0] if len(axes_t) == 1 else axes_t)
+    out.append(axes)
+  return P(*out)
+
+
+def logical_shardings(abstract_tree: Any, mesh: Mesh,
+                      rules: Sequence[Tuple[str, Any]] = LOGICAL_RULES) -> Any:
+  """NamedShardings for a tree of (possibly boxed) abstract variables from `jax.eval_shape`.
+
+  Leaves boxed in `nn.LogicallyPartitioned` are sharded by their names; unboxed leaves
+  (e.g. optimizer counters) are replicated.
+  """
+  def one(leaf):
+    if isinstance(leaf, nn.LogicallyPartitioned):
+      value = leaf.value
+      spec = logical_to_spec(leaf.names, rules, value.shape, mesh)
+      return NamedSharding(mesh, spec)
+    return NamedSharding(mesh, P())
+
+  return jax.tree.map(one, abstract_tree,
+                      is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
+  """Leading (batch) dim split over data+fsdp; the rest replicated."""
+  axes = tuple(a for a in BATCH_AXES if mesh.shape[a] > 1)
+  lead = None if not axes else (axes[0] if len(axes) == 1 else axes)
+  return NamedSharding(mesh, P(lead, *([None] * (ndim - 1))))
+
+
+def data_parallel_size(mesh: Mesh) -> int:
+  return _mesh_axis_size(mesh, BATCH_AXES)
+
+
+def check_batch_size(batch_size: int, mesh: Mesh, name: str = "BATCH_SIZE") -> None:
+  dp = data_parallel_size(mesh)
+  if batch_size % dp:
+    raise ValueError(f"{name}={batch_size} is not divisible by the data-parallel size {dp} "
+                     f"(mesh {dict(mesh.shape)})")
+
+
+def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict:
+  """Host-local NumPy batch -> global jax Arrays sharded along data+fsdp.
+
+  Each process passes its own slice of the global batch (leading dim = global / processes).
+  """
+  out = {}
+  for k, v in batch.items():
+    v = np.asarray(v)
+    sharding = batch_sharding(mesh, max(v.ndim, 1))
+    if v.ndim == 0:
+      sharding = NamedSharding(mesh, P())
+    out[k] = jax.make_array_from_process_local_data(sharding, v)
+  return out
+
+
+def with_sharding(tree: Any, shardings: Any) -> Any:
+  """`jax.device_put` of a tree onto a matching tree of shardings."""
+  return jax.tree.map(jax.device_put, tree, shardings)
+
+
+def initialize_distributed() -> None:
+  """Multi-host start-up through JAX's own runtime, when the environment asks for it.
+
+  Runs `jax.distributed.initialize()` when a coordinator is configured (JAX_COORDINATOR_ADDRESS,
+  or the TPU / SLURM / Open MPI environments JAX detects itself with RSO_JAX_DISTRIBUTED=1).
+  """
+  if os.environ.get("JAX_COORDINATOR_ADDRESS"):
+    jax.distributed.initialize(
+        coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
+        num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+        process_id=int(os.environ["JAX_PROCESS_ID"]))
+  elif os.environ.get("RSO_JAX_DISTRIBUTED") == "1":
+    jax.distributed.initialize()
+
