@@ -401,8 +401,12 @@ class Embed(nn.Module):
         (self.num_embeddings, self.features), self.param_dtype)
 
   def __call__(self, tokens: Array) -> Array:
+    # Gather from a replicated copy of the table (all-gathered like any FSDP weight): a gather
+    # from a (vocab, embed)-sharded table into a batch-sharded output makes the SPMD
+    # partitioner replicate through slow paths.
+    table = _constrain(self.embedding, (None, None))
     # [batch, length] -> [batch, length, embed]
-    return jnp.take(self.embedding, tokens, axis=0).astype(self.dtype)
+    return _constrain(jnp.take(table, tokens, axis=0).astype(self.dtype), (BATCH, LENGTH, EMBED))
 
   def attend(self, x: Array) -> Array:
     # [batch, length, embed] -> [batch, length, vocab]

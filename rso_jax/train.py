@@ -1,0 +1,320 @@
+r"""T5X-style training CLI.
+
+  python -m rso_jax.train --gin_file=gin/sft.gin --gin.MODEL_DIR=\"runs/sft\" \
+      [--gin_file=...] [--gin.TRAIN_STEPS=500] [--gin_search_paths=dir1,dir2]
+
+Flags as in T5X: `--gin_file` (repeatable), `--gin.PARAM=VALUE` (a gin binding, e.g.
+`--gin.TRAIN_STEPS=100` or `--gin.train.learning_rate=3e-4`), `--gin_bindings`,
+`--gin_search_paths` (comma separated; the repository's `gin/` folder is always searched).
+Macros used by the gin files: MODEL_DIR, TRAIN_STEPS, BATCH_SIZE, MIXTURE_OR_TASK_NAME,
+TASK_FEATURE_LENGTHS, RANDOM_SEED, EVAL_PERIOD, INITIAL_CHECKPOINT_PATH.
+
+The effective gin config is written to `MODEL_DIR/config.gin`. Errors in the configuration
+or the input (unknown binding, missing task, unwritable MODEL_DIR, indivisible batch size)
+are reported as one line; set RSO_JAX_TRACEBACK=1 for the full traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import sys
+import time
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import gin
+import jax
+import numpy as np
+
+from rso_jax import checkpoints
+from rso_jax import partitioning
+from rso_jax import trainer as trainer_lib
+
+REPO_GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin")
+
+
+class ConfigError(ValueError):
+  """A configuration or input problem, reported as one line by the CLI."""
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class DatasetConfig:
+  """Which seqio task/mixture to read and how (T5X's `utils.DatasetConfig`, trimmed)."""
+  mixture_or_task_name: str
+  task_feature_lengths: Mapping[str, int]
+  split: str = "train"
+  batch_size: int = 32
+  shuffle: bool = True
+  seed: Optional[int] = 0
+  use_cached: bool = False
+
+
+def _check_task(name: str) -> None:
+  import seqio  # pylint: disable=g-import-not-at-top
+  import rso_jax.tasks  # pylint: disable=g-import-not-at-top,unused-import
+  if name not in seqio.TaskRegistry.names() and name not in seqio.MixtureRegistry.names():
+    known = sorted(set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names()))
+    raise ConfigError(f"MIXTURE_OR_TASK_NAME={name!r} is not a registered seqio task or mixture "
+                      f"(registered: {', '.join(known) or 'none'})")
+
+
+def get_dataset(cfg: DatasetConfig, feature_converter, *, num_epochs: Optional[int] = None,
+                skip_batches: int = 0):
+  """A per-host iterator of NumPy batches `{feature: [batch/hosts, ...]}`.
+
+  Sharded per host (`shard_id = process_index`). `skip_batches` fast-forwards a deterministic
+  pipeline to where a resumed run left off.
+  """
+  import seqio  # pylint: disable=g-import-not-at-top
+  _check_task(cfg.mixture_or_task_name)
+  nproc = jax.process_count()
+  if cfg.batch_size % nproc:
+    raise ConfigError(f"BATCH_SIZE={cfg.batch_size} is not divisible by {nproc} processes")
+  ds = seqio.get_dataset(
+      cfg.mixture_or_task_name, task_feature_lengths=dict(cfg.task_feature_lengths),
+      feature_converter=feature_converter, dataset_split=cfg.split, use_cached=cfg.use_cached,
+      shuffle=cfg.shuffle, num_epochs=num_epochs,
+      shard_info=seqio.ShardInfo(index=jax.process_index(), num_shards=nproc),
+      seed=cfg.seed, verbose=False)
+  ds = ds.batch(cfg.batch_size // nproc, drop_remainder=True)
+  if skip_batches:
+    ds = ds.skip(skip_batches)
+  return ds.prefetch(2).as_numpy_iterator()
+
+
+# --------------------------------------------------------------------------------------------
+# The training loop
+# --------------------------------------------------------------------------------------------
+def _prepare_model_dir(model_dir: str) -> str:
+  if not model_dir:
+    raise ConfigError("MODEL_DIR is empty: pass --gin.MODEL_DIR=\\\"path\\\"")
+  model_dir = os.path.abspath(os.path.expanduser(model_dir))
+  try:
+    os.makedirs(model_dir, exist_ok=True)
+    probe = os.path.join(model_dir, f".write_probe_{os.getpid()}")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise ConfigError(f"MODEL_DIR={model_dir!r} is not writable: {e.strerror}") from None
+  return model_dir
+
+
+def _mean_metrics(rows: Sequence[Mapping[str, Any]]) -> dict:
+  if not rows:
+    return {}
+  return {k: float(np.mean([float(np.asarray(r[k])) for r in rows])) for k in rows[0]}
+
+
+def train(*, model, model_dir: str, train_steps: int, batch_size: int,
+          mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
+          optimizer: str = "adafactor", learning_rate: float = 1e-3, warmup_steps: int = 0,
+          lr_decay: str = "constant", weight_decay: float = 0.0,
+          grad_clip: Optional[float] = 1.0, num_microbatches: int = 1,
+          mesh_shape: Sequence[int] = (-1, 1, 1), logical_rules=None, random_seed: int = 0,
+          eval_period: int = 0, eval_steps: int = 8, eval_split: str = "validation",
+          checkpoint_period: int = 1000, keep_checkpoints: int = 3, log_period: int = 10,
+          initial_checkpoint_path: Optional[str] = None, use_cached: bool = False,
+          shuffle: bool = True, async_checkpoint: bool = True,
+          prerequisites: Sequence[Callable[[], Any]] = (),
+          after_training: Sequence[Callable[[str], Any]] = (),
+          step_callback: Optional[Callable[[int, dict], None]] = None,
+          print_fn: Callable[[str], None] = print) -> dict:
+  """Trains `model` on a seqio task; resumes from the latest checkpoint in `model_dir`.
+
+  `prerequisites` run first (e.g. building an SFT checkpoint or a sampled pair task that the
+  run depends on); `after_training` callables get `model_dir` when training is done (e.g.
+  evaluation). Returns the last train metrics (and `eval/...` if evaluated).
+  """
+  for fn in prerequisites:
+    fn()
+  if train_steps < 0:
+    raise ConfigError(f"TRAIN_STEPS={train_steps} must be >= 0")
+  model_dir = _prepare_model_dir(model_dir)
+  if gin.config_is_locked() or gin.config_str():
+    with open(os.path.join(model_dir, "config.gin"), "w") as f:
+      f.write(gin.config_str())
+  partitioning.initialize_distributed()
+  mesh = partitioning.create_mesh(mesh_shape)
+  rules = tuple(logical_rules) if logical_rules else partitioning.LOGICAL_RULES
+  schedule = trainer_lib.make_schedule(learning_rate, warmup_steps, lr_decay, train_steps)
+  opt = trainer_lib.make_optimizer(optimizer, schedule, weight_decay=weight_decay,
+                                   grad_clip=grad_clip)
+  try:
+    tr = trainer_lib.Trainer(model, opt, mesh, batch_size=batch_size,
+                             feature_lengths=task_feature_lengths,
+                             num_microbatches=num_microbatches, rules=rules, seed=random_seed,
+                             learning_rate_fn=schedule)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  _check_task(mixture_or_task_name)
+
+  ckpt = trainer_lib.CheckpointManager(model_dir, keep=keep_checkpoints,
+                                       async_save=async_checkpoint)
+  start = ckpt.latest_step()
+  if start is not None:
+    state, meta = ckpt.restore(tr, start)
+    batches_done = int(meta.get("batches", start))
+    print_fn(f"resumed from {ckpt.directory}/{start} (batches consumed: {batches_done})")
+  else:
+    init_params = None
+    if initial_checkpoint_path:
+      init_params = checkpoints.load_params(initial_checkpoint_path, tr.abstract_params_sharded())
+      print_fn(f"initialized params from {initial_checkpoint_path}")
+    state = tr.init_state(init_params)
+    batches_done = 0
+    if hasattr(model, "config"):
+      checkpoints.write_config(model_dir, model.config)
+  step = int(jax.device_get(state.step))
+
+  data_cfg = DatasetConfig(mixture_or_task_name, dict(task_feature_lengths), "train",
+                           batch_size, shuffle, random_seed, use_cached)
+  it = get_dataset(data_cfg, model.feature_converter, skip_batches=batches_done)
+  logger = trainer_lib.MetricLogger(model_dir, train_steps, start_step=step, print_fn=print_fn)
+  n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
+  print_fn(f"training {type(model).__name__} ({n_params:,} params) on {mixture_or_task_name} "
+           f"for {train_steps} steps, batch {batch_size}, mesh {dict(mesh.shape)}")
+
+  def run_eval(at_step: int) -> dict:
+    eval_cfg = dataclasses.replace(data_cfg, split=eval_split, shuffle=False)
+    rows = []
+    for i, b in enumerate(get_dataset(eval_cfg, model.feature_converter, num_epochs=1)):
+      if i >= eval_steps:
+        break
+      rows.append(jax.device_get(tr.eval_step(state.params, b)))
+    if not rows:
+      logging.warning("eval split %r has less than one batch of %d; no eval", eval_split,
+                      batch_size)
+      return {}
+    return logger.write(at_step, _mean_metrics(rows), prefix="eval/", progress=False)
+
+  last: dict = {}
+  pending = []
+  with trainer_lib.PreemptionFlag() as preempt:
+    while step < train_steps:
+      try:
+        batch = next(it)
+      except StopIteration:
+        raise ConfigError(f"task {mixture_or_task_name!r} ran out of data") from None
+      logger.add_tokens(trainer_lib.count_tokens(batch))
+      state, metrics = tr.train_step(state, batch)
+      step += 1
+      batches_done += 1
+      pending.append(metrics)
+      if step % log_period == 0 or step == train_steps:
+        last = logger.write(step, _mean_metrics(jax.device_get(pending)))
+        pending = []
+        if step_callback is not None:
+          step_callback(step, last)
+      if eval_period and (step % eval_period == 0 or step == train_steps):
+        last.update(run_eval(step))
+      if step % checkpoint_period == 0 or step == train_steps or preempt.requested:
+        ckpt.save(state, {"batches": batches_done}, force=True)
+      if preempt.requested:
+        print_fn(f"preempted: checkpoint saved at step {step}; rerun the same command to resume")
+        break
+  ckpt.close()
+  logger.flush()
+  if step >= train_steps:
+    final_dir = checkpoints.resolve_params_path(model_dir)
+    if hasattr(model, "config"):
+      checkpoints.write_config(final_dir, model.config)
+    for fn in after_training:
+      fn(model_dir)
+  return last
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------
+def parse_flags(argv: Sequence[str]):
+  """T5X flag conventions -> (gin files, bindings, search paths)."""
+  files, bindings, search = [], [], []
+  args = list(argv)
+  i = 0
+  while i < len(args):
+    a = args[i]
+    def value():
+      nonlocal i
+      if "=" in a:
+        return a.split("=", 1)[1]
+      i += 1
+      if i >= len(args):
+        raise ConfigError(f"flag {a} needs a value")
+      return args[i]
+    if a.startswith("--gin_file"):
+      files.append(value())
+    elif a.startswith("--gin_bindings"):
+      bindings.append(value())
+    elif a.startswith("--gin_search_paths"):
+      search.extend(p for p in value().split(",") if p)
+    elif a.startswith("--gin."):
+      if "=" not in a:
+        raise ConfigError(f"{a}: use --gin.NAME=VALUE")
+      name, val = a[len("--gin."):].split("=", 1)
+      bindings.append(f"{name} = {val}")
+    elif a in ("-h", "--help"):
+      print(__doc__)
+      sys.exit(0)
+    else:
+      raise ConfigError(f"unknown flag {a!r} (use --gin_file, --gin.NAME=VALUE, "
+                        "--gin_bindings, --gin_search_paths)")
+    i += 1
+  if not files:
+    raise ConfigError("no --gin_file given")
+  return files, bindings, search
+
+
+def configure_gin(files: Sequence[str], bindings: Sequence[str], search: Sequence[str]) -> None:
+  gin.clear_config(clear_constants=False)
+  for p in [os.getcwd(), REPO_GIN_DIR, *search]:
+    gin.add_config_file_search_path(p)
+  for f in files:
+    found = os.path.exists(f) or any(os.path.exists(os.path.join(p, f))
+                                     for p in [REPO_GIN_DIR, *search])
+    if not found:
+      raise ConfigError(f"gin file {f!r} not found (searched ., {REPO_GIN_DIR}, "
+                        f"{', '.join(search) or 'no extra paths'})")
+  try:
+    gin.parse_config_files_and_bindings(list(files), list(bindings), finalize_config=False)
+  except (ValueError, KeyError, TypeError, NameError, ImportError, SyntaxError) as e:
+    msg = str(e).strip().splitlines()
+    raise ConfigError("gin: " + " | ".join(m.strip() for m in msg if m.strip())[:600]) from None
+
+
+def run_configured(entry: Callable = None) -> Any:
+  """Calls the gin-configured `entry` (default: `train`)."""
+  fn = gin.get_configurable(entry or train)
+  try:
+    return fn()
+  except (ValueError, KeyError) as e:
+    if "Required bindings" in str(e) or "gin" in type(e).__module__:
+      raise ConfigError("gin: " + " ".join(str(e).split())[:600]) from None
+    raise
+
+
+def main(argv: Optional[Sequence[str]] = None, entry: Callable = None) -> int:
+  logging.basicConfig(level=logging.WARNING)
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  argv = sys.argv[1:] if argv is None else argv
+  prog = "rso_jax." + (entry.__module__.split(".")[-1] if entry else "train")
+  try:
+    files, bindings, search = parse_flags(argv)
+    configure_gin(files, bindings, search)
+    run_configured(entry)
+  except (ConfigError, FileNotFoundError, PermissionError) as e:
+    if os.environ.get("RSO_JAX_TRACEBACK"):
+      raise
+    print(f"{prog}: error: {e}", file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == "__main__":
+  # Run through the package module so gin files' `from rso_jax import train` is this one.
+  from rso_jax import train as _train  # pylint: disable=g-import-not-at-top
+  sys.exit(_train.main())

@@ -1,0 +1,431 @@
+"""Train state, jitted sharded train/eval steps, orbax checkpoints, metric writers.
+
+The engine for SFT, reward-model and policy training alike: it only needs a model with
+`get_initial_variables`, `loss_fn(params, batch, dropout_rng) -> (loss, metrics)` and
+`input_shapes`. Parameters and optimizer state are sharded by their logical axes
+(`partitioning.LOGICAL_RULES`); the batch along (data, fsdp). One `jax.jit` with explicit
+in/out shardings per step; state buffers are donated.
+
+Checkpoints (orbax `CheckpointManager`, `MODEL_DIR/checkpoints/<step>/{params,opt_state,meta}`)
+hold everything a bit-for-bit resume needs: params, optimizer state, the step (which fixes the
+dropout key, `fold_in(seed, step)`) and the data position (batches consumed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import signal
+import time
+from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Sequence, Tuple
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from rso_jax import checkpoints
+from rso_jax import partitioning
+
+Array = jax.Array
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: Array
+  params: Any
+  opt_state: Any
+
+
+# --------------------------------------------------------------------------------------------
+# Optimizers and schedules
+# --------------------------------------------------------------------------------------------
+def make_schedule(learning_rate: float, warmup_steps: int = 0, decay: str = "constant",
+                  total_steps: Optional[int] = None, end_fraction: float = 0.0) -> optax.Schedule:
+  """Linear warm-up then `constant`, `cosine`, `linear` or `rsqrt` (T5's 1/sqrt(step))."""
+  if learning_rate <= 0:
+    raise ValueError(f"learning_rate must be positive, got {learning_rate!r}")
+  warm = max(int(warmup_steps), 0)
+  if decay == "constant":
+    main = optax.constant_schedule(learning_rate)
+  elif decay in ("cosine", "linear"):
+    if not total_steps:
+      raise ValueError(f"decay={decay!r} needs total_steps")
+    n = max(int(total_steps) - warm, 1)
+    main = (optax.cosine_decay_schedule(learning_rate, n, alpha=end_fraction) if decay == "cosine"
+            else optax.linear_schedule(learning_rate, learning_rate * end_fraction, n))
+  elif decay == "rsqrt":
+    start = max(warm, 1)
+    main = lambda s: learning_rate * jnp.sqrt(start / jnp.maximum(s + start, 1.0))
+  else:
+    raise ValueError(f"unknown decay {decay!r}: use constant, cosine, linear or rsqrt")
+  if warm == 0:
+    return main
+  return optax.join_schedules(
+      [optax.linear_schedule(learning_rate / warm, learning_rate, warm), main], [warm])
+
+
+def make_optimizer(name: str = "adafactor", learning_rate: Any = 1e-3, *,
+                   weight_decay: float = 0.0, grad_clip: Optional[float] = 1.0,
+                   b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
+                   momentum: Optional[float] = None) -> optax.GradientTransformation:
+  """optax optimizer by name: `adafactor` (T5X / paper default), `adamw`, `adam`, `sgd`."""
+  if name == "adafactor":
+    opt = optax.adafactor(learning_rate, momentum=momentum, multiply_by_parameter_scale=False,
+                          weight_decay_rate=weight_decay or None, clipping_threshold=None)
+  elif name == "adamw":
+    opt = optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
+  elif name == "adam":
+    opt = optax.adam(learning_rate, b1=b1, b2=b2, eps=eps)
+  elif name == "sgd":
+    opt = optax.sgd(learning_rate, momentum=momentum)
+  else:
+    raise ValueError(f"unknown optimizer {name!r}: use adafactor, adamw, adam or sgd")
+  if grad_clip:
+    opt = optax.chain(optax.clip_by_global_norm(grad_clip), opt)
+  return opt
+
+
+def unbox(tree: Any) -> Any:
+  """Strips `nn.LogicallyPartitioned` boxes without adding sharding constraints."""
+  return jax.tree.map(lambda x: x.unbox(apply_constraint=False)
+                      if isinstance(x, nn.LogicallyPartitioned) else x, tree,
+                      is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+
+
+# --------------------------------------------------------------------------------------------
+# Sharding of the train state
+# --------------------------------------------------------------------------------------------
+def _path_key(path) -> Tuple[str, ...]:
+  out = []
+  for p in path:
+    for attr in ("key", "name", "idx"):
+      if hasattr(p, attr):
+        out.append(str(getattr(p, attr)))
+        break
+  return tuple(out)
+
+
+def state_shardings(abstract_boxed_params: Any, abstract_opt_state: Any, mesh: Mesh,
+                    rules=partitioning.LOGICAL_RULES) -> TrainState:
+  """Shardings of a TrainState: params by logical axes; optimizer leaves like their param.
+
+  An optimizer-state leaf whose path ends with a param's path and has the param's shape
+  (Adam moments, momentum) is sharded like that param; other leaves (factored Adafactor
+  statistics, counters) are replicated: they are vectors or scalars.
+  """
+  param_shardings = partitioning.logical_shardings(abstract_boxed_params, mesh, rules)
+  unboxed = unbox(abstract_boxed_params)
+  by_path = {}
+  for (path, leaf), (_, shard) in zip(jax.tree_util.tree_flatten_with_path(unboxed)[0],
+                                      jax.tree_util.tree_flatten_with_path(param_shardings)[0]):
+    by_path[_path_key(path)] = (leaf.shape, shard)
+  replicated = NamedSharding(mesh, P())
+
+  def opt_leaf(path, leaf):
+    key = _path_key(path)
+    for start in range(len(key)):
+      hit = by_path.get(key[start:])
+      if hit is not None and tuple(hit[0]) == tuple(getattr(leaf, "shape", ())):
+        return hit[1]
+    return replicated
+
+  opt_shardings = jax.tree_util.tree_map_with_path(opt_leaf, abstract_opt_state)
+  return TrainState(step=replicated, params=param_shardings, opt_state=opt_shardings)
+
+
+# --------------------------------------------------------------------------------------------
+# The trainer
+# --------------------------------------------------------------------------------------------
+class Trainer:
+  """Holds the jitted, sharded train and eval steps of one model on one mesh."""
+
+  def __init__(self, model, optimizer: optax.GradientTransformation, mesh: Mesh, *,
+               batch_size: int, feature_lengths: Mapping[str, int], num_microbatches: int = 1,
+               rules=partitioning.LOGICAL_RULES, seed: int = 0,
+               learning_rate_fn: Optional[Callable] = None):
+    partitioning.check_batch_size(batch_size, mesh)
+    if num_microbatches < 1 or batch_size % num_microbatches:
+      raise ValueError(f"num_microbatches={num_microbatches} must divide BATCH_SIZE={batch_size}")
+    if (batch_size // num_microbatches) % partitioning.data_parallel_size(mesh):
+      raise ValueError(f"microbatch size {batch_size // num_microbatches} is not divisible by the "
+                       f"data-parallel size {partitioning.data_parallel_size(mesh)}")
+    self.model, self.optimizer, self.mesh, self.rules = model, optimizer, mesh, rules
+    self.batch_size, self.num_microbatches = batch_size, num_microbatches
+    self.feature_lengths = dict(feature_lengths)
+    self.seed = seed
+    self.learning_rate_fn = learning_rate_fn
+    self.input_shapes = model.input_shapes(batch_size, feature_lengths)
+
+    init_shapes = model.input_shapes(max(1, partitioning.data_parallel_size(mesh)),
+                                     feature_lengths)
+    self._init_vars = lambda rng: model.get_initial_variables(rng, init_shapes)["params"]
+    with self._ctx():
+      self.abstract_boxed = jax.eval_shape(self._init_vars, jax.random.key(0))
+      abstract_params = unbox(self.abstract_boxed)
+      abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
+    self.shardings = state_shardings(self.abstract_boxed, abstract_opt, mesh, rules)
+    self.abstract_state = TrainState(
+        step=jax.ShapeDtypeStruct((), jnp.int32),
+        params=abstract_params, opt_state=abstract_opt)
+    self.batch_shardings = {k: partitioning.batch_sharding(mesh, len(s))
+                            for k, s in self.input_shapes.items()}
+    replicated = NamedSharding(mesh, P())
+    self._train_step = jax.jit(self._train_step_impl,
+                               in_shardings=(self.shardings, self.batch_shardings),
+                               out_shardings=(self.shardings, replicated),
+                               donate_argnums=(0,))
+    self._eval_step = jax.jit(self._eval_step_impl,
+                              in_shardings=(self.shardings.params, self.batch_shardings),
+                              out_shardings=replicated)
+
+  def _ctx(self):
+    return _MeshRules(self.mesh, self.rules)
+
+  # --- state ------------------------------------------------------------------------------
+  def init_state(self, params: Any = None) -> TrainState:
+    """Fresh state from `seed` (or from given params, e.g. an initial checkpoint), sharded."""
+    def init(rng):
+      p = unbox(self._init_vars(rng)) if params is None else params
+      return TrainState(step=jnp.array(0, jnp.int32), params=p, opt_state=self.optimizer.init(p))
+
+    with self._ctx():
+      if params is None:
+        return jax.jit(init, out_shardings=self.shardings)(jax.random.key(self.seed))
+      params = jax.device_put(params, self.shardings.params)
+      init_opt = jax.jit(self.optimizer.init, out_shardings=self.shardings.opt_state)
+      return TrainState(step=jax.device_put(jnp.array(0, jnp.int32), self.shardings.step),
+                        params=params, opt_state=init_opt(params))
+
+  def abstract_params_sharded(self):
+    return checkpoints.abstract_with_shardings(self.abstract_state.params, self.shardings.params)
+
+  # --- steps ------------------------------------------------------------------------------
+  def _loss_and_grads(self, params, batch, rng):
+    grad_fn = jax.value_and_grad(self.model.loss_fn, has_aux=True)
+    if self.num_microbatches == 1:
+      (loss, metrics), grads = grad_fn(params, batch, rng)
+      return grads, metrics
+    nm = self.num_microbatches
+    # [B, ...] -> [num_microbatches, B / num_microbatches, ...]
+    mbs = jax.tree.map(lambda x: x.reshape((nm, x.shape[0] // nm) + x.shape[1:]), batch)
+
+    def body(carry, xs):
+      g_acc, m_acc = carry
+      i, mb = xs
+      (_, m), g = grad_fn(params, mb, jax.random.fold_in(rng, i))
+      return (jax.tree.map(jnp.add, g_acc, g), jax.tree.map(jnp.add, m_acc, m)), None
+
+    zeros_g = jax.tree.map(jnp.zeros_like, params)
+    m_shape = jax.eval_shape(lambda: grad_fn(params, jax.tree.map(lambda x: x[0], mbs), rng)[0][1])
+    zeros_m = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), m_shape)
+    (g, m), _ = jax.lax.scan(body, (zeros_g, zeros_m), (jnp.arange(nm), mbs))
+    return (jax.tree.map(lambda x: x / nm, g), jax.tree.map(lambda x: x / nm, m))
+
+  def _train_step_impl(self, state: TrainState, batch):
+    rng = jax.random.fold_in(jax.random.key(self.seed), state.step)
+    grads, metrics = self._loss_and_grads(state.params, batch, rng)
+    updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = dict(metrics)
+    metrics["grad_norm"] = optax.global_norm(grads)
+    metrics["param_norm"] = optax.global_norm(params)
+    if self.learning_rate_fn is not None:
+      metrics["learning_rate"] = jnp.asarray(self.learning_rate_fn(state.step), jnp.float32)
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  def _eval_step_impl(self, params, batch):
+    _, metrics = self.model.loss_fn(params, batch, None)
+    return metrics
+
+  def train_step(self, state: TrainState, batch: Mapping[str, np.ndarray]):
+    with self._ctx():
+      return self._train_step(state, self.shard(batch))
+
+  def eval_step(self, params, batch: Mapping[str, np.ndarray]):
+    with self._ctx():
+      return self._eval_step(params, self.shard(batch))
+
+  def shard(self, batch: Mapping[str, np.ndarray]) -> Dict[str, Array]:
+    missing = set(self.input_shapes) - set(batch)
+    if missing:
+      raise KeyError(f"batch lacks features {sorted(missing)} (has {sorted(batch)})")
+    return partitioning.shard_batch({k: batch[k] for k in self.input_shapes}, self.mesh)
+
+
+class _MeshRules:
+  """Context: the mesh (for sharding constraints) and the logical-axis rules."""
+
+  def __init__(self, mesh, rules):
+    self.mesh, self.rules = mesh, rules
+
+  def __enter__(self):
+    self._a = jax.set_mesh(self.mesh)
+    self._b = nn.logical_axis_rules(self.rules)
+    self._a.__enter__()
+    self._b.__enter__()
+    return self
+
+  def __exit__(self, *exc):
+    self._b.__exit__(*exc)
+    self._a.__exit__(*exc)
+    return False
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoint manager
+# --------------------------------------------------------------------------------------------
+class CheckpointManager:
+  """orbax CheckpointManager over items params / opt_state / meta (JSON)."""
+
+  def __init__(self, model_dir: str, keep: int = 3, async_save: bool = True):
+    self.directory = os.path.join(os.path.abspath(model_dir), checkpoints.CHECKPOINT_SUBDIR)
+    self._mgr = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                             enable_async_checkpointing=async_save),
+        item_names=("params", "opt_state", "meta"))
+
+  def latest_step(self) -> Optional[int]:
+    return self._mgr.latest_step()
+
+  def save(self, state: TrainState, meta: Mapping[str, Any], force: bool = False) -> bool:
+    step = int(jax.device_get(state.step))
+    return self._mgr.save(step, args=ocp.args.Composite(
+        params=ocp.args.StandardSave(state.params),
+        opt_state=ocp.args.StandardSave(state.opt_state),
+        meta=ocp.args.JsonSave(dict(meta, step=step))), force=force)
+
+  def restore(self, trainer: Trainer, step: Optional[int] = None) -> Tuple[TrainState, dict]:
+    step = self._mgr.latest_step() if step is None else step
+    abstract = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+        trainer.abstract_state, trainer.shardings)
+    restored = self._mgr.restore(step, args=ocp.args.Composite(
+        params=ocp.args.StandardRestore(abstract.params),
+        opt_state=ocp.args.StandardRestore(abstract.opt_state),
+        meta=ocp.args.JsonRestore()))
+    meta = dict(restored["meta"])
+    state = TrainState(step=jax.device_put(jnp.array(meta["step"], jnp.int32),
+                                           trainer.shardings.step),
+                       params=restored["params"], opt_state=restored["opt_state"])
+    return state, meta
+
+  def wait(self):
+    self._mgr.wait_until_finished()
+
+  def close(self):
+    self._mgr.wait_until_finished()
+    self._mgr.close()
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics: TensorBoard (clu), JSONL history and the console progress line
+# --------------------------------------------------------------------------------------------
+class MetricLogger:
+  """Writes scalars to TensorBoard (clu) and `metrics.jsonl`, prints a progress line."""
+
+  def __init__(self, model_dir: str, total_steps: int, start_step: int = 0,
+               name: str = "train", print_fn: Callable[[str], None] = print):
+    from clu import metric_writers  # pylint: disable=g-import-not-at-top
+    self.model_dir = model_dir
+    self.total_steps = total_steps
+    self.print_fn = print_fn
+    self.writer = metric_writers.create_default_writer(
+        os.path.join(model_dir, name), just_logging=jax.process_index() > 0, asynchronous=False)
+    self.history_path = os.path.join(model_dir, "metrics.jsonl")
+    self._truncate_history(start_step)
+    self._t0 = time.time()
+    self._start_step = start_step
+    self._last_t = time.time()
+    self._last_step = start_step
+    self._tokens = 0.0
+
+  def _truncate_history(self, start_step: int):
+    """On resume, drop entries the interrupted run logged after its last checkpoint."""
+    if jax.process_index() > 0 or not os.path.exists(self.history_path):
+      return
+    with open(self.history_path) as f:
+      rows = [json.loads(l) for l in f if l.strip()]
+    keep = [r for r in rows if r.get("step", 0) <= start_step]
+    tmp = self.history_path + ".tmp"
+    with open(tmp, "w") as f:
+      for r in keep:
+        f.write(json.dumps(r) + "\n")
+    os.replace(tmp, self.history_path)
+
+  def add_tokens(self, n: float):
+    self._tokens += n
+
+  def write(self, step: int, metrics: Mapping[str, Any], prefix: str = "",
+            progress: bool = True) -> dict:
+    scalars = {f"{prefix}{k}": float(np.asarray(v)) for k, v in metrics.items()}
+    now = time.time()
+    dt = max(now - self._last_t, 1e-9)
+    if progress and step > self._last_step:
+      scalars["perf/steps_per_sec"] = (step - self._last_step) / dt
+      scalars["perf/tokens_per_sec"] = self._tokens / dt
+    self.writer.write_scalars(step, scalars)
+    if jax.process_index() == 0:
+      with open(self.history_path, "a") as f:
+        f.write(json.dumps(dict(scalars, step=step)) + "\n")
+    if progress and step > self._last_step:
+      done = step - self._start_step
+      rate = done / max(now - self._t0, 1e-9)
+      eta = (self.total_steps - step) / rate if rate > 0 else float("nan")
+      loss = scalars.get(f"{prefix}loss", float("nan"))
+      self.print_fn(f"step {step:>6d}/{self.total_steps} | loss {loss:.4f} | "
+                    f"{scalars['perf/tokens_per_sec']:,.0f} tok/s | "
+                    f"{scalars['perf/steps_per_sec']:.2f} steps/s | ETA {_fmt_secs(eta)}")
+      self._last_t, self._last_step, self._tokens = now, step, 0.0
+    return scalars
+
+  def flush(self):
+    self.writer.flush()
+
+
+def _fmt_secs(s: float) -> str:
+  if not math.isfinite(s):
+    return "?"
+  s = int(s)
+  return f"{s // 3600}h{(s % 3600) // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def count_tokens(batch: Mapping[str, np.ndarray]) -> float:
+  return float(sum(np.sum(np.asarray(v) > 0) for k, v in batch.items()
+                   if k.endswith("input_tokens")))
+
+
+# --------------------------------------------------------------------------------------------
+# Preemption
+# --------------------------------------------------------------------------------------------
+class PreemptionFlag:
+  """Set by SIGTERM (and SIGINT); the loop checkpoints at the next step boundary and stops."""
+
+  def __init__(self):
+    self.requested = False
+    self._old = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      try:
+        self._old[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # not the main thread
+        pass
+    return self
+
+  def _handle(self, signum, frame):  # pylint: disable=unused-argument
+    logging.warning("signal %d: checkpointing at the next step boundary", signum)
+    self.requested = True
+
+  def __exit__(self, *exc):
+    for sig, old in self._old.items():
+      signal.signal(sig, old)
+    return False
