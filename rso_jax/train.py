@@ -270,7 +270,9 @@ def parse_flags(argv: Sequence[str]):
 
 
 def configure_gin(files: Sequence[str], bindings: Sequence[str], search: Sequence[str]) -> None:
-  gin.clear_config(clear_constants=False)
+  with gin.unlock_config():
+    gin.clear_config(clear_constants=False)
+  gin.config._set_config_is_locked(False)  # pylint: disable=protected-access  (a re-run)
   for p in [os.getcwd(), REPO_GIN_DIR, *search]:
     gin.add_config_file_search_path(p)
   for f in files:
@@ -281,6 +283,7 @@ def configure_gin(files: Sequence[str], bindings: Sequence[str], search: Sequenc
                         f"{', '.join(search) or 'no extra paths'})")
   try:
     gin.parse_config_files_and_bindings(list(files), list(bindings), finalize_config=False)
+    gin.finalize()  # runs the hook that names a `%gin.REQUIRED` macro left unset
   except (ValueError, KeyError, TypeError, NameError, ImportError, SyntaxError) as e:
     msg = str(e).strip().splitlines()
     raise ConfigError("gin: " + " | ".join(m.strip() for m in msg if m.strip())[:600]) from None
@@ -309,7 +312,8 @@ def main(argv: Optional[Sequence[str]] = None, entry: Callable = None) -> int:
   except (ConfigError, FileNotFoundError, PermissionError) as e:
     if os.environ.get("RSO_JAX_TRACEBACK"):
       raise
-    print(f"{prog}: error: {e}", file=sys.stderr)
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0]  # gin appends call context
+    print(f"{prog}: error: {first}", file=sys.stderr)
     return 2
   return 0
 
