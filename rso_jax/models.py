@@ -142,3 +142,103 @@ class Seq2SeqModel(BaseModel):
     out = decoding.sample(self.module, params, enc, rng, max_decode_length=length,
                           **decode_kwargs)
     return out.tokens
+
+
+class PolicyModel(BaseModel):
+  """Preference-trained policy: chosen and rejected scored in one forward pass.
+
+  The batch holds one prompt and two responses per example (`PairwiseFeatureConverter`).
+  Both responses run as 2 decoder rows per prompt against ONE encoder pass (the network shares
+  the encoder output and cross-attention keys/values across candidates).
+
+  Reference log-probs `log π_sft(y|x)`: read from the batch (`ref_chosen_logps`,
+  `ref_rejected_logps`, stored by the sampling stage) when present; otherwise computed from
+  `reference_params`, which the trainer passes into the jitted step as a frozen, sharded
+  argument (never part of the optimizer state).
+
+  Degenerate pairs (identical chosen and rejected, an empty response) and non-finite
+  log-probs are skipped (weight 0) and counted in `pairs/skipped_degenerate` and
+  `loss/nonfinite_pairs`, never a silent NaN.
+  """
+
+  def __init__(self, config: network.T5Config, loss: str = "hinge_norm", gamma: float = 0.05,
+               loss_kwargs: Optional[Mapping[str, Any]] = None,
+               use_cached_reference: bool = True, reference_params: Any = None,
+               sft_weight: float = 0.0):
+    super().__init__(config)
+    from rso_jax import feature_converters  # pylint: disable=g-import-not-at-top
+    self.loss = losses.get_loss_fn(loss)
+    self.gamma = float(gamma)
+    self.loss_kwargs = dict(loss_kwargs or {})
+    self.use_cached_reference = bool(use_cached_reference)
+    self.reference_params = reference_params
+    self.sft_weight = float(sft_weight)
+    if self.loss.uses_reference and not use_cached_reference and reference_params is None:
+      raise ValueError(f"loss {self.loss.name!r} needs reference log-probs: set "
+                       "use_cached_reference=True (pair tasks from the sampling stage) or "
+                       "give reference_params")
+    self.feature_converter = feature_converters.PairwiseFeatureConverter()
+
+  def input_shapes(self, batch_size, feature_lengths):
+    li, lt = feature_lengths["inputs"], feature_lengths["targets"]
+    shapes = {"encoder_input_tokens": (batch_size, li)}
+    for r in ("chosen", "rejected"):
+      for s in ("decoder_input_tokens", "decoder_target_tokens", "loss_weights"):
+        shapes[f"{r}_{s}"] = (batch_size, lt)
+    if self.use_cached_reference and self.loss.uses_reference:
+      shapes["ref_chosen_logps"] = (batch_size,)
+      shapes["ref_rejected_logps"] = (batch_size,)
+    return shapes
+
+  def pair_logps(self, params, batch: Batch, dropout_rng: Optional[Array] = None
+                 ) -> Tuple[Array, Array]:
+    """Sequence log-probs `([B], [B])` of chosen and rejected under `params`."""
+    b = batch["encoder_input_tokens"].shape[0]
+    # 2 candidates per prompt, prompt-major: [B, 2, Lt] -> [2B, Lt]
+    stack = lambda s: jnp.stack([batch[f"chosen_{s}"], batch[f"rejected_{s}"]], 1).reshape(
+        2 * b, -1)
+    dec_in, dec_tgt = stack("decoder_input_tokens"), stack("decoder_target_tokens")
+    weights = stack("loss_weights").astype(jnp.float32)
+    logits = self.logits(params, batch["encoder_input_tokens"], dec_in, dec_tgt, dropout_rng)
+    logps = losses.sequence_logps(logits, dec_tgt, weights).reshape(b, 2)
+    return logps[:, 0], logps[:, 1]
+
+  def loss_fn(self, params, batch: Batch, dropout_rng: Optional[Array],
+              reference_params: Any = None) -> Tuple[Array, Metrics]:
+    pc, pr = self.pair_logps(params, batch, dropout_rng)
+    rc = rr = None
+    if self.loss.uses_reference:
+      if "ref_chosen_logps" in batch:
+        rc = batch["ref_chosen_logps"].reshape(-1)
+        rr = batch["ref_rejected_logps"].reshape(-1)
+      else:
+        ref = reference_params if reference_params is not None else self.reference_params
+        if ref is None:
+          raise ValueError("batch has no ref_chosen_logps/ref_rejected_logps and the model has "
+                           "no reference_params")
+        rc, rr = jax.lax.stop_gradient(self.pair_logps(ref, batch))
+    flags = losses.pair_token_flags(batch["chosen_decoder_target_tokens"],
+                                    batch["chosen_loss_weights"],
+                                    batch["rejected_decoder_target_tokens"],
+                                    batch["rejected_loss_weights"])
+    degenerate = flags["identical"] | flags["empty_chosen"] | flags["empty_rejected"]
+    weights = jnp.where(degenerate, 0.0, 1.0)
+    hparams = dict(self.loss_kwargs)
+    if self.loss.name in ("sigmoid_norm", "hinge_norm"):
+      hparams.setdefault("gamma", self.gamma)
+    elif self.loss.name == "slic_hinge":
+      hparams.setdefault("gamma", self.gamma)
+      if self.sft_weight:
+        hparams["sft_weight"] = self.sft_weight
+        # SLiC Eq. 1's −λ·log π_θ(y_ref|x): pair tasks carry no separate y_ref, so the chosen
+        # response stands in for it (as TRL's `rpo_alpha` NLL term does).
+        hparams["sft_logps"] = pc
+    loss, _, metrics = losses.pair_loss_and_metrics(
+        self.loss, pc, pr, rc, rr, weights=weights, metrics_gamma=self.gamma, **hparams)
+    metrics = dict(metrics)
+    metrics["pairs/skipped_degenerate"] = jnp.sum(degenerate).astype(jnp.float32)
+    return loss, metrics
+
+  def score_batch(self, params, batch: Batch) -> Array:
+    """`[B, 2]` sequence log-probs of (chosen, rejected)."""
+    return jnp.stack(self.pair_logps(params, batch), axis=-1)

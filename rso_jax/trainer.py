@@ -178,12 +178,21 @@ class Trainer:
     self.batch_shardings = {k: partitioning.batch_sharding(mesh, len(s))
                             for k, s in self.input_shapes.items()}
     replicated = NamedSharding(mesh, P())
+    # Frozen reference params (a policy without cached reference log-probs): an explicit,
+    # sharded jit argument, never a closure constant and never in the optimizer state.
+    self.frozen = getattr(model, "reference_params", None)
+    frozen_shardings = None
+    if self.frozen is not None:
+      frozen_shardings = self.shardings.params
+      self.frozen = jax.device_put(self.frozen, frozen_shardings)
     self._train_step = jax.jit(self._train_step_impl,
-                               in_shardings=(self.shardings, self.batch_shardings),
+                               in_shardings=(self.shardings, self.batch_shardings,
+                                             frozen_shardings),
                                out_shardings=(self.shardings, replicated),
                                donate_argnums=(0,))
     self._eval_step = jax.jit(self._eval_step_impl,
-                              in_shardings=(self.shardings.params, self.batch_shardings),
+                              in_shardings=(self.shardings.params, self.batch_shardings,
+                                            frozen_shardings),
                               out_shardings=replicated)
 
   def _ctx(self):
@@ -208,8 +217,13 @@ class Trainer:
     return checkpoints.abstract_with_shardings(self.abstract_state.params, self.shardings.params)
 
   # --- steps ------------------------------------------------------------------------------
-  def _loss_and_grads(self, params, batch, rng):
-    grad_fn = jax.value_and_grad(self.model.loss_fn, has_aux=True)
+  def _loss_fn(self, frozen):
+    if frozen is None:
+      return self.model.loss_fn
+    return lambda p, b, r: self.model.loss_fn(p, b, r, reference_params=frozen)
+
+  def _loss_and_grads(self, params, batch, rng, frozen=None):
+    grad_fn = jax.value_and_grad(self._loss_fn(frozen), has_aux=True)
     if self.num_microbatches == 1:
       (loss, metrics), grads = grad_fn(params, batch, rng)
       return grads, metrics
@@ -229,9 +243,9 @@ class Trainer:
     (g, m), _ = jax.lax.scan(body, (zeros_g, zeros_m), (jnp.arange(nm), mbs))
     return (jax.tree.map(lambda x: x / nm, g), jax.tree.map(lambda x: x / nm, m))
 
-  def _train_step_impl(self, state: TrainState, batch):
+  def _train_step_impl(self, state: TrainState, batch, frozen=None):
     rng = jax.random.fold_in(jax.random.key(self.seed), state.step)
-    grads, metrics = self._loss_and_grads(state.params, batch, rng)
+    grads, metrics = self._loss_and_grads(state.params, batch, rng, frozen)
     updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = dict(metrics)
@@ -241,17 +255,17 @@ class Trainer:
       metrics["learning_rate"] = jnp.asarray(self.learning_rate_fn(state.step), jnp.float32)
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
-  def _eval_step_impl(self, params, batch):
-    _, metrics = self.model.loss_fn(params, batch, None)
+  def _eval_step_impl(self, params, batch, frozen=None):
+    _, metrics = self._loss_fn(frozen)(params, batch, None)
     return metrics
 
   def train_step(self, state: TrainState, batch: Mapping[str, np.ndarray]):
     with self._ctx():
-      return self._train_step(state, self.shard(batch))
+      return self._train_step(state, self.shard(batch), self.frozen)
 
   def eval_step(self, params, batch: Mapping[str, np.ndarray]):
     with self._ctx():
-      return self._eval_step(params, self.shard(batch))
+      return self._eval_step(params, self.shard(batch), self.frozen)
 
   def shard(self, batch: Mapping[str, np.ndarray]) -> Dict[str, Array]:
     missing = set(self.input_shapes) - set(batch)

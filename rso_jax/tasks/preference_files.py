@@ -1,0 +1,297 @@
+"""File-backed human-preference tasks: TL;DR comparisons / SFT, Anthropic HH, JSONL, Parquet, TFDS.
+
+Formats (one record per line for the JSONL-based ones; blank lines are skipped):
+  "tldr_comparisons"  OpenAI summarize-from-feedback comparisons: info.{subreddit,title,post},
+                      summaries[0..1].text, choice (0/1). Prompt = TLDR_PROMPT; chosen =
+                      summaries[choice]. Records with info.article and no info.post (the CNN/DM
+                      batches) are skipped and counted in a warning.
+  "tldr_sft"          OpenAI TL;DR SFT data: subreddit, title, post, summary (kind "sft" only).
+  "hh"                Anthropic HH-RLHF: chosen, rejected transcripts; prompt = common prefix up
+                      to and including the last "\n\nAssistant:"; responses = the remainders.
+  "jsonl", "parquet"  columns prompt, chosen, rejected (kind "pairs"/"rm_pairwise") or
+                      prompt, response (kind "sft").
+  "tfds"              a TFDS builder by name, features renamed through `tfds_field_map`.
+Malformed records raise ValueError("<file>:<line>: <what is wrong>") (Parquet: "row N").
+"""
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any, Iterator, Mapping, Sequence
+
+from absl import logging
+import seqio
+import tensorflow as tf
+
+from rso_jax.tasks import preprocessors as prep
+from rso_jax.tasks import sources
+from rso_jax.tasks import vocab as vocab_lib
+
+FORMATS = ("tldr_comparisons", "tldr_sft", "hh", "jsonl", "parquet", "tfds")
+TLDR_PROMPT = "SUBREDDIT: r/{subreddit}\nTITLE: {title}\nPOST: {post}\nTL;DR:"
+HH_ASSISTANT = "\n\nAssistant:"
+_DEFAULT_KIND = {"tldr_sft": "sft"}
+_PAIR_KINDS = ("pairs", "rm_pairwise")
+
+Record = dict[str, str]
+
+
+class _Malformed(Exception):
+  """A record-level problem; the reader adds the file and line."""
+
+
+def _where(path: str, line: int, unit: str = "") -> str:
+  return f"{path}:{line}" if not unit else f"{path}: {unit} {line}"
+
+
+def _field(obj: Any, dotted: str, *, allow_empty: bool = True) -> str:
+  """obj[a][b]... for "a.b"; must be a string."""
+  v = obj
+  for part in dotted.split("."):
+    if isinstance(v, list) and part.isdigit():
+      idx = int(part)
+      if idx >= len(v):
+        raise _Malformed(f"field {dotted!r}: list has {len(v)} items, no index {idx}")
+      v = v[idx]
+    elif isinstance(v, dict) and part in v:
+      v = v[part]
+    else:
+      raise _Malformed(f"missing field {dotted!r}")
+  if not isinstance(v, str):
+    raise _Malformed(f"field {dotted!r} must be a string, got {type(v).__name__}: {v!r:.80}")
+  if not allow_empty and not v.strip():
+    raise _Malformed(f"field {dotted!r} is empty")
+  return v
+
+
+def tldr_prompt(subreddit: str, title: str, post: str) -> str:
+  """`SUBREDDIT: r/… TITLE: … POST: … TL;DR:` (newline separated, as in the RSO/DPO setups)."""
+  return TLDR_PROMPT.format(subreddit=subreddit, title=title.strip(), post=post.strip())
+
+
+def split_hh(chosen: str, rejected: str) -> tuple[str, str, str]:
+  """(prompt, chosen response, rejected response) from two HH transcripts.
+
+  The prompt is the longest common prefix of both transcripts cut after its last
+  "\n\nAssistant:"; responses are the rest, leading whitespace stripped.
+  """
+  n = 0
+  limit = min(len(chosen), len(rejected))
+  while n < limit and chosen[n] == rejected[n]:
+    n += 1
+  cut = chosen.rfind(HH_ASSISTANT, 0, n)
+  if cut < 0 or cut + len(HH_ASSISTANT) > n:
+    raise _Malformed("chosen and rejected share no prefix ending in '\\n\\nAssistant:'")
+  end = cut + len(HH_ASSISTANT)
+  return chosen[:end], chosen[end:].lstrip(), rejected[end:].lstrip()
+
+
+# ----------------------------------------------------------------------------- record parsers
+
+
+def _parse_tldr_comparison(obj: Mapping[str, Any], kind: str) -> Record | None:
+  info = obj.get("info")
+  if not isinstance(info, dict):
+    raise _Malformed("missing object field 'info'")
+  if "post" not in info and "article" in info:
+    return None  # CNN/DM comparison: not a TL;DR post.
+  prompt = tldr_prompt(_field(obj, "info.subreddit"), _field(obj, "info.title"),
+                       _field(obj, "info.post"))
+  texts = [_field(obj, f"summaries.{i}.text").strip() for i in (0, 1)]
+  choice = obj.get("choice")
+  if isinstance(choice, bool) or choice not in (0, 1):
+    raise _Malformed(f"field 'choice' must be 0 or 1, got {choice!r}")
+  if kind == "sft":
+    return {"inputs": prompt, "targets": texts[choice]}
+  return {"inputs": prompt, "chosen": texts[choice], "rejected": texts[1 - choice]}
+
+
+def _parse_tldr_sft(obj: Mapping[str, Any], kind: str) -> Record:
+  del kind
+  prompt = tldr_prompt(_field(obj, "subreddit"), _field(obj, "title"), _field(obj, "post"))
+  return {"inputs": prompt, "targets": _field(obj, "summary", allow_empty=False).strip()}
+
+
+def _parse_hh(obj: Mapping[str, Any], kind: str) -> Record:
+  prompt, chosen, rejected = split_hh(_field(obj, "chosen"), _field(obj, "rejected"))
+  if kind == "sft":
+    return {"inputs": prompt, "targets": chosen}
+  return {"inputs": prompt, "chosen": chosen, "rejected": rejected}
+
+
+def _parse_generic(obj: Mapping[str, Any], kind: str) -> Record:
+  if kind == "sft":
+    return {"inputs": _field(obj, "prompt"), "targets": _field(obj, "response")}
+  return {"inputs": _field(obj, "prompt"), "chosen": _field(obj, "chosen"),
+          "rejected": _field(obj, "rejected")}
+
+
+_PARSERS = {"tldr_comparisons": _parse_tldr_comparison, "tldr_sft": _parse_tldr_sft,
+            "hh": _parse_hh, "jsonl": _parse_generic, "parquet": _parse_generic}
+
+
+def _jsonl_objects(path: str) -> Iterator[tuple[int, Any]]:
+  with tf.io.gfile.GFile(path, "r") as f:
+    for lineno, line in enumerate(f, start=1):
+      if not line.strip():
+        continue
+      try:
+        yield lineno, json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{_where(path, lineno)}: invalid JSON ({e.msg} at column {e.colno})"
+                         ) from None
+
+
+def _parquet_objects(path: str) -> Iterator[tuple[int, Any]]:
+  import pyarrow as pa  # pylint: disable=g-import-not-at-top
+  import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
+  try:
+    with tf.io.gfile.GFile(path, "rb") as f:
+      data = f.read()
+    rows = pq.read_table(pa.BufferReader(data)).to_pylist()
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(f"{path}: cannot read as Parquet: {e}") from e
+  for i, row in enumerate(rows):
+    yield i, row
+
+
+def read_records(path: str, format: str, kind: str = "pairs") -> list[Record]:  # pylint: disable=redefined-builtin
+  """Parses one file into records with keys "inputs" and "chosen"/"rejected" or "targets"."""
+  _check_format_kind(format, kind)
+  if format == "parquet":
+    objects, unit = _parquet_objects(path), "row"
+  else:
+    objects, unit = _jsonl_objects(path), ""
+  parse = _PARSERS[format]
+  records, skipped = [], 0
+  for lineno, obj in objects:
+    try:
+      if not isinstance(obj, dict):
+        raise _Malformed(f"record must be a JSON object, got {type(obj).__name__}")
+      rec = parse(obj, kind)
+    except _Malformed as e:
+      raise ValueError(f"{_where(path, lineno, unit)}: {e} (format {format!r})") from None
+    if rec is None:
+      skipped += 1
+      continue
+    records.append(rec)
+  if skipped:
+    logging.warning("%s: skipped %d CNN/DM records (info.article without info.post)", path,
+                    skipped)
+  if not records:
+    raise ValueError(f"{path}: no records (format {format!r})")
+  return records
+
+
+def _check_format_kind(format: str, kind: str) -> None:  # pylint: disable=redefined-builtin
+  if format not in FORMATS:
+    raise ValueError(f"Unknown preference file format {format!r}; expected one of {FORMATS}")
+  if kind not in sources.TASK_KINDS or kind == "prompts":
+    raise ValueError(f"Unknown kind {kind!r}; expected 'sft', 'pairs' or 'rm_pairwise'")
+  if format == "tldr_sft" and kind != "sft":
+    raise ValueError(f"format 'tldr_sft' has no preference pairs; kind must be 'sft', got {kind!r}")
+
+
+def _expand(paths: str | Sequence[str]) -> tuple[str, ...]:
+  paths = [paths] if isinstance(paths, str) else list(paths)
+  out = []
+  for p in paths:
+    matches = sorted(tf.io.gfile.glob(p)) if any(c in p for c in "*?[") else [p]
+    if not matches or not all(tf.io.gfile.exists(m) for m in matches):
+      raise ValueError(f"Preference data file not found: {p!r}")
+    out.extend(matches)
+  return tuple(out)
+
+
+@functools.lru_cache(maxsize=16)
+def _load_columns(paths: tuple[str, ...], stamps: tuple[Any, ...], format: str,  # pylint: disable=redefined-builtin
+                  kind: str) -> Mapping[str, tuple[str, ...]]:
+  del stamps  # Part of the cache key only: a rewritten file is read again.
+  records = [r for p in paths for r in read_records(p, format, kind)]
+  return {k: tuple(r[k] for r in records) for k in records[0]}
+
+
+def _stamp(path: str) -> tuple[Any, ...]:
+  st = tf.io.gfile.stat(path)
+  return (st.length, st.mtime_nsec)
+
+
+def register_preference_file_task(
+    name: str,
+    path: str | Sequence[str] | Mapping[str, str | Sequence[str]] | None,
+    format: str,  # pylint: disable=redefined-builtin
+    *,
+    kind: str | None = None,
+    spm_path: str | None = None,
+    truncate: str = "count",
+    flip_seed: int = 0,
+    rm_response_label: str = "RESPONSE",
+    tfds_name: str | None = None,
+    tfds_field_map: Mapping[str, str] | None = None,
+    tfds_splits: Mapping[str, str] | None = None,
+    tfds_data_dir: str | None = None,
+) -> seqio.Task:
+  """Registers (or replaces) seqio task `name` over preference / SFT files.
+
+  Args:
+    name: task name.
+    path: file path or glob, a list of them, or {split: path(s)}; a bare path is the "train"
+      split. Local or any tf.io.gfile filesystem (gs://...). Unused for format "tfds".
+    format: one of FORMATS.
+    kind: "pairs" (inputs, chosen, rejected; the default), "rm_pairwise" (reward-ranking
+      text-to-text with seeded A/B flips) or "sft" (inputs -> targets; default for "tldr_sft";
+      for comparison/HH formats the chosen response is the target).
+    spm_path: SentencePiece model (e.g. the T5 vocab); None = bytes.
+    truncate: "count" or "error" (over-long examples are never trimmed silently).
+    flip_seed: seed of the A/B flips for kind "rm_pairwise".
+    rm_response_label: "RESPONSE" ([RESPONSE A], dialogue) or "SUMMARY" ([SUMMARY A], the
+      paper's TL;DR tags) for kind "rm_pairwise".
+    tfds_name: TFDS builder "name[:version]" for format "tfds" (read by seqio.TfdsDataSource).
+    tfds_field_map: {our field: TFDS feature path ('/' for nesting)}, our fields being
+      prompt, chosen, rejected (pairs) or prompt, response (sft).
+    tfds_splits: {our split: TFDS split}, default {"train": "train", "validation": "validation"}.
+    tfds_data_dir: TFDS data directory.
+
+  Returns:
+    The registered seqio.Task.
+  """
+  kind = kind or _DEFAULT_KIND.get(format, "pairs")
+  _check_format_kind(format, kind)
+  vocabulary = vocab_lib.get_vocabulary(spm_path)
+  if format == "tfds":
+    return _register_tfds(name, kind, vocabulary, truncate, flip_seed, rm_response_label,
+                          tfds_name, tfds_field_map, tfds_splits, tfds_data_dir)
+  if path is None or (not isinstance(path, (str, Mapping)) and not list(path)):
+    raise ValueError(f"register_preference_file_task({name!r}): path is required for format "
+                     f"{format!r}")
+  split_paths = dict(path) if isinstance(path, Mapping) else {"train": path}
+  expanded = {split: _expand(p) for split, p in split_paths.items()}
+  read_kind = "sft" if kind == "sft" else "pairs"
+
+  def columns_fn(split: str) -> Mapping[str, Sequence[str]]:
+    paths = expanded[split]
+    return _load_columns(paths, tuple(_stamp(p) for p in paths), format, read_kind)
+
+  source = sources.InMemoryDataSource(columns_fn, splits=list(expanded))
+  return sources.add_task(name, source, kind, vocabulary, truncate=truncate, flip_seed=flip_seed,
+                          rm_response_label=rm_response_label)
+
+
+def _register_tfds(name, kind, vocabulary, truncate, flip_seed, rm_response_label, tfds_name,
+                   field_map, splits, data_dir) -> seqio.Task:
+  if not tfds_name:
+    raise ValueError(f"register_preference_file_task({name!r}): format 'tfds' needs tfds_name")
+  needed = ("prompt", "response") if kind == "sft" else ("prompt", "chosen", "rejected")
+  field_map = dict(field_map or {f: f for f in needed})
+  missing = [f for f in needed if f not in field_map]
+  if missing:
+    raise ValueError(f"tfds_field_map for {tfds_name!r} lacks {missing}; needs {list(needed)}")
+  ours = {"prompt": "inputs", "response": "targets", "chosen": "chosen", "rejected": "rejected"}
+  key_map = {ours[f]: field_map[f] for f in needed}
+  source = seqio.TfdsDataSource(
+      tfds_name=tfds_name, tfds_data_dir=data_dir,
+      splits=dict(splits or {"train": "train", "validation": "validation"}))
+  rekey = functools.partial(prep.rekey_nested, key_map=key_map)
+  return sources.add_task(name, source, kind, vocabulary, truncate=truncate,
+                          flip_seed=flip_seed, rm_response_label=rm_response_label,
+                          pre_tokenize=[rekey])
