@@ -164,20 +164,33 @@ class PolicyModel(BaseModel):
   def __init__(self, config: network.T5Config, loss: str = "hinge_norm", gamma: float = 0.05,
                loss_kwargs: Optional[Mapping[str, Any]] = None,
                use_cached_reference: bool = True, reference_params: Any = None,
-               sft_weight: float = 0.0):
+               reference_checkpoint: Optional[str] = None, sft_weight: float = 0.0):
     super().__init__(config)
     from rso_jax import feature_converters  # pylint: disable=g-import-not-at-top
     self.loss = losses.get_loss_fn(loss)
     self.gamma = float(gamma)
     self.loss_kwargs = dict(loss_kwargs or {})
     self.use_cached_reference = bool(use_cached_reference)
-    self.reference_params = reference_params
+    self._reference_params = reference_params
+    self.reference_checkpoint = reference_checkpoint
     self.sft_weight = float(sft_weight)
-    if self.loss.uses_reference and not use_cached_reference and reference_params is None:
+    if (self.loss.uses_reference and not use_cached_reference and reference_params is None
+        and reference_checkpoint is None):
       raise ValueError(f"loss {self.loss.name!r} needs reference log-probs: set "
                        "use_cached_reference=True (pair tasks from the sampling stage) or "
-                       "give reference_params")
+                       "give reference_params / reference_checkpoint")
     self.feature_converter = feature_converters.PairwiseFeatureConverter()
+
+  @property
+  def reference_params(self) -> Any:
+    """Frozen π_sft params when log-probs are recomputed (loaded lazily from a checkpoint,
+    so a pipeline can build that checkpoint first); None with cached reference log-probs."""
+    if self.use_cached_reference or not self.loss.uses_reference:
+      return self._reference_params
+    if self._reference_params is None and self.reference_checkpoint:
+      from rso_jax import checkpoints  # pylint: disable=g-import-not-at-top
+      self._reference_params = checkpoints.load_params(self.reference_checkpoint)
+    return self._reference_params
 
   def input_shapes(self, batch_size, feature_lengths):
     li, lt = feature_lengths["inputs"], feature_lengths["targets"]

@@ -223,6 +223,10 @@ def train(*, model, model_dir: str, train_steps: int, batch_size: int,
     final_dir = checkpoints.resolve_params_path(model_dir)
     if hasattr(model, "config"):
       checkpoints.write_config(final_dir, model.config)
+    if jax.process_index() == 0:
+      with open(os.path.join(model_dir, "COMPLETED.tmp"), "w") as f:
+        f.write(f"{step}\n")
+      os.replace(os.path.join(model_dir, "COMPLETED.tmp"), os.path.join(model_dir, "COMPLETED"))
     for fn in after_training:
       fn(model_dir)
   return last
@@ -269,11 +273,17 @@ def parse_flags(argv: Sequence[str]):
   return files, bindings, search
 
 
+def _quiet_gin_search(record: logging.LogRecord) -> bool:
+  """gin logs an ERROR for every search-path candidate of an include that is not there."""
+  return not str(record.msg).startswith("Path not found")
+
+
 def configure_gin(files: Sequence[str], bindings: Sequence[str], search: Sequence[str]) -> None:
   with gin.unlock_config():
     gin.clear_config(clear_constants=False)
   gin.config._set_config_is_locked(False)  # pylint: disable=protected-access  (a re-run)
-  for p in [os.getcwd(), REPO_GIN_DIR, *search]:
+  logging.getLogger().addFilter(_quiet_gin_search)
+  for p in [REPO_GIN_DIR, *search]:
     gin.add_config_file_search_path(p)
   for f in files:
     found = os.path.exists(f) or any(os.path.exists(os.path.join(p, f))

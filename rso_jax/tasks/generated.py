@@ -1,0 +1,69 @@
+"""seqio tasks over the preference pairs that the sampling stage writes (TFRecord shards).
+
+Each record holds the prompt and both responses already tokenized (EOS included, so the
+reference log-probs stored beside them refer to exactly these tokens), their raw text
+(`*_pretokenized`), `ref_chosen_logps` / `ref_rejected_logps` = log π_sft(y|x) (untempered),
+and the reward-model and golden rewards of both responses (when known).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from typing import Optional
+
+import seqio
+import tensorflow as tf
+
+from rso_jax.tasks import vocab as vocab_lib
+
+SHARD_PATTERN = "pairs-*.tfrecord"
+TOKEN_FEATURES = ("inputs", "chosen", "rejected")
+TEXT_FEATURES = tuple(f"{f}_pretokenized" for f in TOKEN_FEATURES)
+FLOAT_FEATURES = ("ref_chosen_logps", "ref_rejected_logps", "chosen_reward", "rejected_reward",
+                  "chosen_golden_reward", "rejected_golden_reward")
+
+
+def feature_description():
+  desc = {f: tf.io.VarLenFeature(tf.int64) for f in TOKEN_FEATURES}
+  desc.update({f: tf.io.FixedLenFeature([], tf.string) for f in TEXT_FEATURES})
+  desc.update({f: tf.io.FixedLenFeature([], tf.float32, default_value=float("nan"))
+               for f in FLOAT_FEATURES})
+  return desc
+
+
+def to_example(record: dict) -> bytes:
+  """A record (token lists, texts, floats) -> serialized `tf.train.Example`."""
+  feats = {}
+  for f in TOKEN_FEATURES:
+    feats[f] = tf.train.Feature(int64_list=tf.train.Int64List(value=[int(t) for t in record[f]]))
+  for f in TEXT_FEATURES:
+    feats[f] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[record[f].encode("utf-8")]))
+  for f in FLOAT_FEATURES:
+    if f in record and record[f] is not None:
+      feats[f] = tf.train.Feature(float_list=tf.train.FloatList(value=[float(record[f])]))
+  return tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString()
+
+
+def _dense_int32(ds: tf.data.Dataset) -> tf.data.Dataset:
+  def fn(ex):
+    ex = dict(ex)
+    for f in TOKEN_FEATURES:
+      ex[f] = tf.cast(tf.sparse.to_dense(ex[f]) if isinstance(ex[f], tf.SparseTensor) else ex[f],
+                      tf.int32)
+    return ex
+  return ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def register_pair_task(name: str, data_dir: str, spm_path: Optional[str] = None) -> seqio.Task:
+  """(Re-)registers `name` over `data_dir/pairs-*.tfrecord` (split "train")."""
+  files = sorted(glob.glob(os.path.join(data_dir, SHARD_PATTERN)))
+  if not files:
+    raise FileNotFoundError(f"no pair shards {SHARD_PATTERN!r} in {data_dir!r}: run the "
+                            "sampling stage (python -m rso_jax.sample) first")
+  vocabulary = vocab_lib.get_vocabulary(spm_path)
+  source = seqio.TFExampleDataSource({"train": files}, feature_description=feature_description())
+  seqio.TaskRegistry.remove(name)
+  return seqio.TaskRegistry.add(
+      name, source=source, preprocessors=[_dense_int32],
+      output_features={f: seqio.Feature(vocabulary, add_eos=True) for f in TOKEN_FEATURES})
