@@ -192,7 +192,8 @@ def process_batch(sampler: Sampler, scorer, vocab, prompts: Sequence[str],
                   prompt_tokens: np.ndarray, key, *, strategy: str, num_samples: int,
                   beta: float, rejection_mode: str, proposal_correction: bool,
                   pair_method: str, label_with: str,
-                  golden_fn: Optional[Callable] = None, n_real: Optional[int] = None):
+                  golden_fn: Optional[Callable] = None, n_real: Optional[int] = None,
+                  keep_unfinished: bool = False):
   """One batch of prompts -> (records, _Accum) over its first `n_real` rows (rest: padding)."""
   k_sample, k_select = jax.random.split(key)
   out = sampler(prompt_tokens, k_sample)
@@ -201,7 +202,9 @@ def process_batch(sampler: Sampler, scorer, vocab, prompts: Sequence[str],
   lengths = np.asarray(out.lengths)
   finished = np.asarray(out.finished)
   nonempty = lengths > 1  # more than the EOS token
-  valid = finished & nonempty
+  # A candidate without EOS within max_decode_length is truncated: invalid unless configured
+  # (counted as `unfinished` either way).
+  valid = (finished | keep_unfinished) & nonempty
   rewards = np.asarray(scorer.score(list(prompts), texts), np.float32)  # [B, N]
   if rewards.shape != (b, n):
     raise ValueError(f"reward model returned shape {rewards.shape}, expected {(b, n)}")
@@ -221,10 +224,10 @@ def process_batch(sampler: Sampler, scorer, vocab, prompts: Sequence[str],
   else:
     sel = rejection.select(strategy, k_select, masked, num_samples, mask=jnp.asarray(valid))
   sel = jax.device_get(sel)
+  pref_fn = _label_fn(scorer, label_with, prompts, texts, rewards)
   pairs = jax.device_get(pairs_lib.make_pairs(
       pair_method, jnp.asarray(sel.indices), jnp.asarray(sel.valid),
-      rewards=jnp.asarray(rewards),
-      preference_fn=_label_fn(scorer, label_with, prompts, texts, rewards)))
+      rewards=None if pref_fn else jnp.asarray(rewards), preference_fn=pref_fn))
 
   m = b if n_real is None else n_real
   v, sv = valid[:m], sel.valid[:m]
@@ -285,7 +288,7 @@ def run(*, policy_checkpoint: str, reward_checkpoint: Optional[str], output_dir:
         max_prompts: Optional[int] = None, prompts_per_shard: int = 256,
         batch_prompts: int = 16, seed: int = 0, mesh_shape: Sequence[int] = (-1, 1, 1),
         task_name: Optional[str] = None, stop_after_shards: Optional[int] = None,
-        progress: bool = True) -> Dict[str, Any]:
+        keep_unfinished: bool = False, progress: bool = True) -> Dict[str, Any]:
   """Runs (or resumes) the sampling stage; returns the summary statistics.
 
   `label_with`: "preference" labels each pair with the reward model's ρ(x, y1, y2) (the
@@ -339,6 +342,7 @@ def run(*, policy_checkpoint: str, reward_checkpoint: Optional[str], output_dir:
                   beta=beta, rejection_mode=rejection_mode,
                   proposal_correction=proposal_correction, pair_method=pair_method,
                   label_with=label_with, seed=seed, num_shards=num_shards,
+                  keep_unfinished=keep_unfinished,
                   prompts_per_shard=prompts_per_shard)
   manifest_path = os.path.join(output_dir, "manifest.json")
   if os.path.exists(manifest_path):
@@ -381,7 +385,7 @@ def run(*, policy_checkpoint: str, reward_checkpoint: Optional[str], output_dir:
           strategy=strategy, num_samples=num_samples, beta=beta,
           rejection_mode=rejection_mode, proposal_correction=proposal_correction,
           pair_method=pair_method, label_with=label_with, golden_fn=golden_fn,
-          n_real=end - start)
+          n_real=end - start, keep_unfinished=keep_unfinished)
       records.extend(recs)
       shard_acc.add(acc)
       bar.update(end - start)
