@@ -75,7 +75,11 @@ class T5Config:
                          f"choose from {sorted(_ACTIVATIONS)}")
     if not 0.0 <= self.dropout_rate < 1.0:
       raise ValueError(f"T5Config.dropout_rate must be in [0, 1), got {self.dropout_rate!r}")
-    jnp.dtype(self.dtype), jnp.dtype(self.param_dtype)  # raises on an unknown dtype name
+    for name in ("dtype", "param_dtype"):
+      try:
+        jnp.dtype(getattr(self, name))
+      except TypeError as e:
+        raise ValueError(f"T5Config.{name}={getattr(self, name)!r} is not a dtype") from e
 
   @property
   def activation_dtype(self) -> DType:

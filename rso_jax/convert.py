@@ -1,0 +1,364 @@
+"""Import a HuggingFace T5 checkpoint directory into `network.py`'s (config, params).
+
+    python -m rso_jax.convert --hf_dir=/path/to/flan-t5-base --out=/path/to/ckpt
+
+reads `config.json` and `model.safetensors` (or a sharded `model.safetensors.index.json`) with
+safetensors' NumPy loader (bfloat16 tensors through a small header reader, since NumPy has no
+bfloat16), so no torch is needed at run time, and writes a params checkpoint in the layout of
+`checkpoints.py` (`<out>/params/` orbax tree + `<out>/t5_config.json`) that the trainer and the
+sampling stage start from (`INITIAL_CHECKPOINT_PATH=<out>`).
+
+Supported (`model_type` "t5" or "mt5", `T5ForConditionalGeneration`):
+- T5 v1.1 / Flan-T5 / mT5: `feed_forward_proj="gated-gelu"` -> `mlp_activations=("gelu",
+  "linear")` (HF's "gelu_new" is the tanh approximation, as in T5X), untied `lm_head`.
+- T5 v1.0: `feed_forward_proj="relu"` (single `wi`) with tied, `d_model**-0.5`-scaled output
+  embedding -> `mlp_activations=("relu",)`, `logits_via_embedding=True`; parity is tested.
+- Other `feed_forward_proj` values whose activation has an exact counterpart in `network.py`
+  ("gelu_new"/"gelu_pytorch_tanh" -> "gelu", "gelu" -> "gelu_exact", "relu", "silu"/"swish",
+  gated or not). Anything else (e.g. "gated-quick_gelu") is a ValueError naming the field.
+- Output head, following transformers 5: `scale_decoder_outputs` (or, in older configs,
+  `tie_word_embeddings`, default True) says whether the decoder output is scaled by
+  `d_model**-0.5`; `lm_head.weight` absent from the file (or bit-equal to `shared.weight`) means
+  the head is tied to the embedding.
+  Tied + scaled -> `logits_via_embedding=True`; otherwise an untied `logits_dense` kernel
+  (a copy of the embedding when the file ties them without scaling, the scale folded into the
+  kernel when a separate head is scaled).
+Refused with a ValueError naming the field: other `model_type`s (umt5, longt5, ...), other
+architectures (encoder-only, classification heads), tensors the mapping does not consume, and
+shape mismatches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import struct
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+from safetensors import safe_open
+
+from rso_jax import checkpoints
+from rso_jax import network
+
+Params = Dict[str, Any]
+
+SUPPORTED_MODEL_TYPES = ("t5", "mt5")
+SUPPORTED_ARCHITECTURES = ("T5ForConditionalGeneration", "T5WithLMHeadModel",
+                           "MT5ForConditionalGeneration")
+# HF activation name (config.dense_act_fn) -> network._ACTIVATIONS name, exact counterparts only.
+HF_ACTIVATIONS = {
+    "gelu_new": "gelu",
+    "gelu_pytorch_tanh": "gelu",
+    "gelu": "gelu_exact",
+    "relu": "relu",
+    "silu": "silu",
+    "swish": "silu",
+}
+# Tensors HF itself ignores when loading (the decoder's unused cross-attention position bias).
+_IGNORED = ("decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight",)
+
+
+# ------------------------------------------------------------------------------ config
+
+
+def config_from_hf(hf_config: Mapping[str, Any], tied_head: bool) -> Tuple[network.T5Config, bool]:
+  """(`T5Config`, scale_decoder_outputs) from a parsed HF `config.json`.
+
+  `tied_head`: whether the checkpoint has no separate `lm_head.weight`.
+  """
+  model_type = hf_config.get("model_type")
+  if model_type not in SUPPORTED_MODEL_TYPES:
+    raise ValueError(f"config.json model_type={model_type!r} is not supported; expected one of "
+                     f"{SUPPORTED_MODEL_TYPES}")
+  archs = hf_config.get("architectures") or []
+  bad = [a for a in archs if a not in SUPPORTED_ARCHITECTURES]
+  if bad:
+    raise ValueError(f"config.json architectures={archs!r} is not supported; expected one of "
+                     f"{SUPPORTED_ARCHITECTURES}")
+  ffp = hf_config.get("feed_forward_proj", "relu")
+  parts = str(ffp).split("-")
+  if len(parts) > 2 or (len(parts) == 2 and parts[0] != "gated"):
+    raise ValueError(f"config.json feed_forward_proj={ffp!r}: expected 'gated-ACT' or 'ACT'")
+  gated = parts[0] == "gated" and len(parts) == 2
+  hf_act = "gelu_new" if ffp == "gated-gelu" else parts[-1]  # HF's backward-compatible alias
+  if hf_act not in HF_ACTIVATIONS:
+    raise ValueError(f"config.json feed_forward_proj={ffp!r}: activation {hf_act!r} has no "
+                     f"exact counterpart in network.py; supported: {sorted(HF_ACTIVATIONS)}")
+  act = HF_ACTIVATIONS[hf_act]
+  if "scale_decoder_outputs" in hf_config:  # transformers >= 5 writes it explicitly
+    scale = bool(hf_config["scale_decoder_outputs"])
+  else:  # older configs: tie_word_embeddings (default True) meant tied *and* scaled.
+    scale = hf_config.get("tie_word_embeddings", True) is not False
+  d_model = int(hf_config["d_model"])
+  num_layers = int(hf_config["num_layers"])
+  num_decoder_layers = hf_config.get("num_decoder_layers")
+  config = network.T5Config(
+      vocab_size=int(hf_config["vocab_size"]),
+      emb_dim=d_model,
+      num_heads=int(hf_config["num_heads"]),
+      head_dim=int(hf_config["d_kv"]),
+      mlp_dim=int(hf_config["d_ff"]),
+      num_encoder_layers=num_layers,
+      num_decoder_layers=int(num_layers if num_decoder_layers is None else num_decoder_layers),
+      mlp_activations=(act, "linear") if gated else (act,),
+      dropout_rate=float(hf_config.get("dropout_rate", 0.1)),
+      relative_attention_num_buckets=int(hf_config.get("relative_attention_num_buckets", 32)),
+      relative_attention_max_distance=int(hf_config.get("relative_attention_max_distance", 128)),
+      layer_norm_epsilon=float(hf_config.get("layer_norm_epsilon", 1e-6)),
+      logits_via_embedding=bool(tied_head and scale),
+  )
+  return config, scale
+
+
+# ------------------------------------------------------------------------------ tensors
+
+
+def _safetensors_files(hf_dir: str) -> list:
+  index = os.path.join(hf_dir, "model.safetensors.index.json")
+  single = os.path.join(hf_dir, "model.safetensors")
+  if os.path.exists(index):
+    with open(index) as f:
+      weight_map = json.load(f)["weight_map"]
+    return sorted({os.path.join(hf_dir, v) for v in weight_map.values()})
+  if os.path.exists(single):
+    return [single]
+  raise FileNotFoundError(
+      f"no model.safetensors or model.safetensors.index.json in {hf_dir!r} (only safetensors "
+      f"checkpoints are read; re-save a PyTorch .bin one with save_pretrained("
+      f"safe_serialization=True))")
+
+
+def _read_bf16(path: str, name: str) -> np.ndarray:
+  """One BF16 tensor from a safetensors file (NumPy has no bfloat16; read the raw bytes)."""
+  with open(path, "rb") as f:
+    (header_len,) = struct.unpack("<Q", f.read(8))
+    header = json.loads(f.read(header_len))
+    info = header[name]
+    start, end = info["data_offsets"]
+    f.seek(8 + header_len + start)
+    buf = f.read(end - start)
+  return np.frombuffer(buf, dtype=ml_dtypes.bfloat16).reshape(info["shape"])
+
+
+def read_safetensors(hf_dir: str) -> Dict[str, np.ndarray]:
+  """All tensors of a (possibly sharded) safetensors checkpoint as float32 NumPy arrays."""
+  tensors = {}
+  for path in _safetensors_files(hf_dir):
+    with safe_open(path, framework="numpy") as f:
+      for name in f.keys():
+        try:
+          x = f.get_tensor(name)
+        except TypeError:  # bfloat16
+          x = _read_bf16(path, name)
+        tensors[name] = np.asarray(x, dtype=np.float32)
+  return tensors
+
+
+# ------------------------------------------------------------------------------ mapping
+
+
+class _Tensors:
+  """Pops HF tensors by name, checking shapes, so leftovers can be reported."""
+
+  def __init__(self, tensors: Dict[str, np.ndarray]):
+    self._t = dict(tensors)  # shallow copy: the caller's dict is left intact
+
+  def has(self, name: str) -> bool:
+    return name in self._t
+
+  def peek(self, name: str) -> Optional[np.ndarray]:
+    return self._t.get(name)
+
+  def pop(self, name: str, shape: Tuple[int, ...]) -> np.ndarray:
+    if name not in self._t:
+      raise ValueError(f"checkpoint is missing tensor {name!r} (expected shape {shape})")
+    x = self._t.pop(name)
+    if tuple(x.shape) != tuple(shape):
+      raise ValueError(f"tensor {name!r} has shape {tuple(x.shape)}, expected {tuple(shape)} "
+                       f"from config.json")
+    return x
+
+  def leftover(self) -> list:
+    return sorted(k for k in self._t if k not in _IGNORED)
+
+
+def _attention(t: _Tensors, prefix: str, cfg: network.T5Config) -> Params:
+  """HF q/k/v `[H*D, E]`, o `[E, H*D]` -> kernels `[E, H, D]` and out `[H, D, E]`."""
+  e, h, d = cfg.emb_dim, cfg.num_heads, cfg.head_dim
+  out = {}
+  for hf, ours in (("q", "query"), ("k", "key"), ("v", "value")):
+    w = t.pop(f"{prefix}.{hf}.weight", (h * d, e))
+    out[ours] = {"kernel": np.ascontiguousarray(w.T).reshape(e, h, d)}
+  w = t.pop(f"{prefix}.o.weight", (e, h * d))
+  out["out"] = {"kernel": np.ascontiguousarray(w.T).reshape(h, d, e)}
+  return out
+
+
+def _mlp(t: _Tensors, prefix: str, cfg: network.T5Config) -> Params:
+  """HF wi `[F, E]` / wi_0, wi_1, wo `[E, F]` -> `[E, F]` / `[F, E]` kernels."""
+  e, f = cfg.emb_dim, cfg.mlp_dim
+  out = {}
+  names = ["wi"] if len(cfg.mlp_activations) == 1 else [f"wi_{i}" for i in
+                                                        range(len(cfg.mlp_activations))]
+  for n in names:
+    out[n] = {"kernel": np.ascontiguousarray(t.pop(f"{prefix}.{n}.weight", (f, e)).T)}
+  out["wo"] = {"kernel": np.ascontiguousarray(t.pop(f"{prefix}.wo.weight", (e, f)).T)}
+  return out
+
+
+def _scale(t: _Tensors, name: str, cfg: network.T5Config) -> Params:
+  return {"scale": t.pop(name, (cfg.emb_dim,))}
+
+
+def _relpos(t: _Tensors, stack: str, cfg: network.T5Config) -> Params:
+  # HF [buckets, heads] -> ours [heads, buckets]
+  name = f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"
+  w = t.pop(name, (cfg.relative_attention_num_buckets, cfg.num_heads))
+  return {"rel_embedding": np.ascontiguousarray(w.T)}
+
+
+def params_from_hf(tensors: Dict[str, np.ndarray], cfg: network.T5Config,
+                   scale_decoder_outputs: bool) -> Params:
+  """HF T5 state dict (float32 NumPy) -> `network.Transformer` params (plain nested dict)."""
+  return _map_tensors(_Tensors(tensors), cfg, scale_decoder_outputs)
+
+
+def _map_tensors(t: _Tensors, cfg: network.T5Config, scale_decoder_outputs: bool) -> Params:
+  """Pops every HF tensor out of `t` (each is freed once mapped) into our param tree."""
+  v, e = cfg.vocab_size, cfg.emb_dim
+  if t.has("shared.weight"):
+    embedding = t.pop("shared.weight", (v, e))
+  else:
+    embedding = t.pop("encoder.embed_tokens.weight", (v, e))
+  for stack in ("encoder", "decoder"):  # tied copies of `shared`, when a file stores them
+    name = f"{stack}.embed_tokens.weight"
+    if t.has(name) and not np.array_equal(t.pop(name, (v, e)), embedding):
+      raise ValueError(f"tensor {name!r} differs from shared.weight: untied input embeddings "
+                       f"are not supported")
+
+  encoder: Params = {"relpos_bias": _relpos(t, "encoder", cfg)}
+  for i in range(cfg.num_encoder_layers):
+    p = f"encoder.block.{i}.layer"
+    encoder[f"layers_{i}"] = {
+        "pre_attention_layer_norm": _scale(t, f"{p}.0.layer_norm.weight", cfg),
+        "attention": _attention(t, f"{p}.0.SelfAttention", cfg),
+        "pre_mlp_layer_norm": _scale(t, f"{p}.1.layer_norm.weight", cfg),
+        "mlp": _mlp(t, f"{p}.1.DenseReluDense", cfg),
+    }
+  encoder["encoder_norm"] = _scale(t, "encoder.final_layer_norm.weight", cfg)
+
+  decoder: Params = {"relpos_bias": _relpos(t, "decoder", cfg)}
+  for i in range(cfg.num_decoder_layers):
+    p = f"decoder.block.{i}.layer"
+    decoder[f"layers_{i}"] = {
+        "pre_self_attention_layer_norm": _scale(t, f"{p}.0.layer_norm.weight", cfg),
+        "self_attention": _attention(t, f"{p}.0.SelfAttention", cfg),
+        "pre_cross_attention_layer_norm": _scale(t, f"{p}.1.layer_norm.weight", cfg),
+        "encoder_decoder_attention": _attention(t, f"{p}.1.EncDecAttention", cfg),
+        "pre_mlp_layer_norm": _scale(t, f"{p}.2.layer_norm.weight", cfg),
+        "mlp": _mlp(t, f"{p}.2.DenseReluDense", cfg),
+    }
+  decoder["decoder_norm"] = _scale(t, "decoder.final_layer_norm.weight", cfg)
+
+  head = t.pop("lm_head.weight", (v, e)) if t.has("lm_head.weight") else None
+  if cfg.logits_via_embedding:
+    if head is not None and not np.array_equal(head, embedding):
+      raise ValueError("lm_head.weight differs from shared.weight but the head is tied")
+  else:
+    # [V, E] -> [E, V]; the scale is folded into the kernel when the head is scaled.
+    w = embedding if head is None else head
+    kernel = np.ascontiguousarray(w.T)
+    if scale_decoder_outputs:
+      kernel = kernel * np.float32(e ** -0.5)
+    decoder["logits_dense"] = {"kernel": kernel}
+
+  left = t.leftover()
+  if left:
+    raise ValueError(f"checkpoint tensors not used by the T5 mapping (unsupported variant?): "
+                     f"{left[:8]}{' ...' if len(left) > 8 else ''}")
+  return {"token_embedder": {"embedding": embedding}, "encoder": encoder, "decoder": decoder}
+
+
+def abstract_params(config: network.T5Config) -> Params:
+  """Unboxed `jax.ShapeDtypeStruct` tree of `Transformer(config)`'s params (no FLOPs)."""
+  model = network.Transformer(config)
+  tokens = jnp.zeros((1, 1), jnp.int32)
+  variables = jax.eval_shape(
+      lambda: model.init(jax.random.key(0), tokens, tokens, tokens, enable_dropout=False))
+  return nn.unbox(variables["params"])
+
+
+def _paths(tree: Any) -> list:
+  return [jax.tree_util.keystr(k) for k, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
+def check_params(params: Params, config: network.T5Config) -> None:
+  """Raises ValueError unless `params` has exactly the tree and shapes of `init(config)`."""
+  expected = abstract_params(config)
+  exp_struct = jax.tree.structure(expected)
+  got_struct = jax.tree.structure(params)
+  if exp_struct != got_struct:
+    exp_paths = set(_paths(expected))
+    got_paths = set(_paths(params))
+    raise ValueError(f"param tree mismatch: missing {sorted(exp_paths - got_paths)[:8]}, "
+                     f"unexpected {sorted(got_paths - exp_paths)[:8]}")
+  for (path, e), g in zip(jax.tree_util.tree_flatten_with_path(expected)[0],
+                          jax.tree.leaves(params)):
+    if tuple(e.shape) != tuple(np.shape(g)):
+      raise ValueError(f"param {jax.tree_util.keystr(path)} has shape {np.shape(g)}, "
+                       f"expected {e.shape}")
+
+
+def from_hf(hf_dir: str) -> Tuple[network.T5Config, Params]:
+  """(`T5Config`, float32 NumPy params) from a HuggingFace T5 checkpoint directory."""
+  cfg_path = os.path.join(hf_dir, "config.json")
+  if not os.path.exists(cfg_path):
+    raise FileNotFoundError(f"no config.json in {hf_dir!r}")
+  with open(cfg_path) as f:
+    hf_config = json.load(f)
+  store = _Tensors(read_safetensors(hf_dir))  # the only reference: peak memory ~1x + 1 tensor
+  # Tied: no separate head, or one bit-equal to the embedding (files that store both copies).
+  tied = not store.has("lm_head.weight") or np.array_equal(
+      store.peek("lm_head.weight"),
+      store.peek("shared.weight" if store.has("shared.weight") else "encoder.embed_tokens.weight"))
+  config, scale = config_from_hf(hf_config, tied_head=tied)
+  params = _map_tensors(store, config, scale)
+  check_params(params, config)
+  return config, params
+
+
+# ------------------------------------------------------------------------------ checkpoint
+
+
+def save_converted(out: str, config: network.T5Config, params: Params) -> None:
+  """Writes `<out>/params/` (orbax) and `<out>/t5_config.json` (see `checkpoints.py`)."""
+  checkpoints.save_params(out, params, config)
+
+
+def load_converted(path: str) -> Tuple[network.T5Config, Params]:
+  """(config, params) written by `save_converted` / the CLI; checks the tree against the config."""
+  config, params = checkpoints.load_model(path)
+  check_params(params, config)
+  return config, params
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--hf_dir", required=True, help="HF checkpoint dir (config.json + "
+                      "model.safetensors or model.safetensors.index.json)")
+  parser.add_argument("--out", required=True, help="output params checkpoint directory")
+  args = parser.parse_args(argv)
+  config, params = from_hf(args.hf_dir)
+  save_converted(args.out, config, params)
+  n = sum(int(np.prod(np.shape(x))) for x in jax.tree.leaves(params))
+  print(f"wrote {n:,} parameters of {config} to {os.path.abspath(args.out)}")
+
+
+if __name__ == "__main__":
+  main()

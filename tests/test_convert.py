@@ -1,0 +1,246 @@
+"""HF import parity: `convert.from_hf` of a random tiny HF T5 vs. HF's own torch forward.
+
+The oracle is transformers' `T5ForConditionalGeneration` (torch, CPU, float32) on the very
+weights that were written to disk; our network runs on the imported params.
+"""
+
+import json
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from rso_jax import convert  # pylint: disable=g-import-not-at-top
+from rso_jax import network
+
+VOCAB = 128
+TOL = 1e-4
+
+
+def _hf_model(feed_forward_proj: str, tie_word_embeddings: bool, seed: int,
+              separate_head: bool = False):
+  cfg = transformers.T5Config(
+      vocab_size=VOCAB, d_model=64, d_kv=16, num_heads=4, d_ff=128, num_layers=2,
+      num_decoder_layers=2, relative_attention_num_buckets=32, dropout_rate=0.0,
+      feed_forward_proj=feed_forward_proj, tie_word_embeddings=tie_word_embeddings)
+  torch.manual_seed(seed)
+  model = transformers.T5ForConditionalGeneration(cfg).eval()
+  if separate_head:  # a Flan-T5-like checkpoint: lm_head is its own tensor
+    model.lm_head.weight = torch.nn.Parameter(torch.randn(VOCAB, 64))
+    model.config.tie_word_embeddings = False  # (scale_decoder_outputs is kept as constructed)
+  return model
+
+
+def _save_flan_style(model, path):
+  """Untied head, sharded files, and a transformers-4 style config.json (as on the Hub)."""
+  model.save_pretrained(path, safe_serialization=True, max_shard_size="100KB")
+  assert os.path.exists(os.path.join(path, "model.safetensors.index.json"))
+  cfg_file = os.path.join(path, "config.json")
+  with open(cfg_file) as f:
+    cfg = json.load(f)
+  cfg["tie_word_embeddings"] = False
+  for k in ("scale_decoder_outputs", "is_gated_act", "dense_act_fn"):
+    cfg.pop(k, None)
+  with open(cfg_file, "w") as f:
+    json.dump(cfg, f)
+
+
+# name -> (feed_forward_proj, tie_word_embeddings, separate lm_head, flan-style files)
+VARIANTS = {
+    "flan_untied_sharded": ("gated-gelu", False, True, True),
+    "v1_1_as_saved_by_hf5": ("gated-gelu", False, False, False),  # HF5 ties, does not scale
+    "v1_0_relu_tied": ("relu", True, False, False),
+    "gated_silu": ("gated-silu", False, True, False),
+    "relu_separate_scaled_head": ("relu", True, True, False),  # scale folded into the kernel
+}
+
+
+@pytest.fixture(scope="module")
+def hf_checkpoints(tmp_path_factory):
+  out = {}
+  for i, (name, (ffp, tie, separate, flan)) in enumerate(VARIANTS.items()):
+    model = _hf_model(ffp, tie, seed=i, separate_head=separate)
+    path = str(tmp_path_factory.mktemp(name))
+    if flan:
+      _save_flan_style(model, path)
+    else:
+      model.save_pretrained(path, safe_serialization=True)
+    out[name] = (model, path)
+  return out
+
+
+def _batch(seed: int):
+  """Random tokens with end padding (id 0): encoder [4, 11], decoder targets [4, 9]."""
+  rng = np.random.RandomState(seed)
+  enc = rng.randint(2, VOCAB, (4, 11))
+  for row, n in enumerate((11, 7, 3, 9)):
+    enc[row, n:] = 0
+  tgt = rng.randint(2, VOCAB, (4, 9))
+  for row, n in enumerate((9, 4, 6, 1)):
+    tgt[row, n:] = 0
+  dec = np.concatenate([np.zeros((4, 1), tgt.dtype), tgt[:, :-1]], axis=1)  # shift right, BOS=0
+  return enc, dec, tgt
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_logits_and_encoder_match_hf(hf_checkpoints, variant):
+  model, path = hf_checkpoints[variant]
+  config, params = convert.from_hf(path)
+  ffp, tie, separate, _ = VARIANTS[variant]
+  assert config.logits_via_embedding == (variant == "v1_0_relu_tied")
+  assert len(config.mlp_activations) == (1 if ffp == "relu" else 2)
+  net = network.Transformer(config)
+  enc, dec, tgt = _batch(0)
+  t = lambda x: torch.tensor(x)
+  with torch.no_grad():
+    hf_enc = model.encoder(input_ids=t(enc), attention_mask=t(enc > 0)).last_hidden_state.numpy()
+    hf_masked = model(input_ids=t(enc), attention_mask=t(enc > 0), decoder_input_ids=t(dec),
+                      decoder_attention_mask=t(tgt > 0)).logits.numpy()
+    hf_causal = model(input_ids=t(enc), attention_mask=t(enc > 0),
+                      decoder_input_ids=t(dec)).logits.numpy()
+  variables = {"params": params}
+  ours_enc = net.apply(variables, enc, method=network.Transformer.encode)
+  # Encoder output at every position (padded queries included: only keys are masked).
+  np.testing.assert_allclose(np.asarray(ours_enc), hf_enc, atol=TOL, rtol=0)
+  # Decoder padding given: HF and ours agree on every real target position.
+  ours_masked = np.asarray(net.apply(variables, enc, dec, tgt, enable_dropout=False))
+  valid = tgt > 0
+  np.testing.assert_allclose(ours_masked[valid], hf_masked[valid], atol=TOL, rtol=0)
+  # Causal mask only: every position agrees.
+  ours_causal = np.asarray(net.apply(variables, enc, dec, None, enable_dropout=False))
+  np.testing.assert_allclose(ours_causal, hf_causal, atol=TOL, rtol=0)
+  assert np.abs(hf_causal).max() > 1.0  # the comparison is not vacuous
+
+
+def test_params_match_init_tree(hf_checkpoints):
+  for name, (_, path) in hf_checkpoints.items():
+    config, params = convert.from_hf(path)
+    net = network.Transformer(config)
+    z = jnp.zeros((1, 3), jnp.int32)
+    init = nn.unbox(jax.eval_shape(
+        lambda: net.init(jax.random.key(0), z, z, z, enable_dropout=False))["params"])
+    assert jax.tree.structure(params) == jax.tree.structure(init), name
+    got = jax.tree.map(lambda x: (x.shape, x.dtype), params)
+    want = jax.tree.map(lambda x: (x.shape, np.dtype(np.float32)), init)
+    assert got == want, name
+    # Spot-check one transposition independently of the mapping code.
+    model = hf_checkpoints[name][0]
+    q = model.encoder.block[1].layer[0].SelfAttention.q.weight.detach().numpy()  # [H*D, E]
+    np.testing.assert_array_equal(
+        params["encoder"]["layers_1"]["attention"]["query"]["kernel"][:, 2, :],
+        q[2 * 16:3 * 16, :].T)
+
+
+def test_relative_position_bucket_matches_hf():
+  from transformers.models.t5 import modeling_t5  # pylint: disable=g-import-not-at-top
+  rel = np.arange(-700, 701)[None, :]
+  for bidirectional in (True, False):
+    for buckets, max_distance in ((32, 128), (64, 256), (16, 32), (128, 128)):
+      want = modeling_t5.T5Attention._relative_position_bucket(
+          torch.tensor(rel), bidirectional=bidirectional, num_buckets=buckets,
+          max_distance=max_distance).numpy()
+      got = network.relative_position_bucket(rel, bidirectional, buckets, max_distance)
+      np.testing.assert_array_equal(got, want)
+
+
+def test_head_stored_twice_is_tied(hf_checkpoints, tmp_path):
+  """A file holding `lm_head.weight` bit-equal to `shared.weight` (torch .bin style) is tied."""
+  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+  _, path = hf_checkpoints["v1_0_relu_tied"]
+  tensors = convert.read_safetensors(path)
+  assert "lm_head.weight" not in tensors
+  tensors["lm_head.weight"] = tensors["shared.weight"].copy()
+  tensors["encoder.embed_tokens.weight"] = tensors["shared.weight"].copy()
+  save_file(tensors, str(tmp_path / "model.safetensors"))
+  (tmp_path / "config.json").write_text(open(os.path.join(path, "config.json")).read())
+  config, params = convert.from_hf(str(tmp_path))
+  config0, params0 = convert.from_hf(path)
+  assert config.logits_via_embedding and config == config0
+  jax.tree.map(np.testing.assert_array_equal, params, params0)
+
+
+def test_bfloat16_checkpoint(tmp_path):
+  model = _hf_model("gated-gelu", False, seed=7, separate_head=True)
+  model.save_pretrained(tmp_path / "f32", safe_serialization=True)
+  model.to(torch.bfloat16).save_pretrained(tmp_path / "bf16", safe_serialization=True)
+  _, p32 = convert.from_hf(str(tmp_path / "f32"))
+  config, p16 = convert.from_hf(str(tmp_path / "bf16"))
+  assert config.param_dtype == "float32"
+  for a, b in zip(jax.tree.leaves(p32), jax.tree.leaves(p16)):
+    assert b.dtype == np.float32
+    np.testing.assert_array_equal(a.astype(jnp.bfloat16).astype(np.float32), b)
+
+
+def test_cli_orbax_round_trip(hf_checkpoints, tmp_path):
+  _, path = hf_checkpoints["flan_untied_sharded"]
+  out = str(tmp_path / "converted")
+  convert.main(["--hf_dir", path, "--out", out])
+  assert os.path.exists(os.path.join(out, "t5_config.json"))
+  config, params = convert.from_hf(path)
+  config2, params2 = convert.load_converted(out)
+  assert config2 == config
+  assert jax.tree.structure(params2) == jax.tree.structure(params)
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(params2)):
+    assert np.asarray(b).dtype == a.dtype
+    np.testing.assert_array_equal(np.asarray(b), a)
+
+
+def _hf_config(**overrides):
+  cfg = {"model_type": "t5", "architectures": ["T5ForConditionalGeneration"],
+         "vocab_size": VOCAB, "d_model": 64, "d_kv": 16, "num_heads": 4, "d_ff": 128,
+         "num_layers": 2, "feed_forward_proj": "gated-gelu", "tie_word_embeddings": False}
+  cfg.update(overrides)
+  return cfg
+
+
+@pytest.mark.parametrize("overrides,match", [
+    ({"model_type": "umt5"}, "model_type='umt5'"),
+    ({"model_type": "bart"}, "model_type='bart'"),
+    ({"architectures": ["T5EncoderModel"]}, "architectures"),
+    ({"feed_forward_proj": "gated-quick_gelu"}, "feed_forward_proj='gated-quick_gelu'"),
+    ({"feed_forward_proj": "relu-gelu"}, "feed_forward_proj='relu-gelu'"),
+])
+def test_unsupported_configs_are_refused(overrides, match):
+  with pytest.raises(ValueError, match=match):
+    convert.config_from_hf(_hf_config(**overrides), tied_head=False)
+
+
+def test_config_mapping():
+  cfg, scale = convert.config_from_hf(_hf_config(num_decoder_layers=3), tied_head=False)
+  assert (cfg.emb_dim, cfg.num_heads, cfg.head_dim, cfg.mlp_dim) == (64, 4, 16, 128)
+  assert (cfg.num_encoder_layers, cfg.num_decoder_layers) == (2, 3)
+  assert cfg.mlp_activations == ("gelu", "linear") and not scale
+  assert not cfg.logits_via_embedding
+  cfg, scale = convert.config_from_hf(
+      _hf_config(feed_forward_proj="gelu", tie_word_embeddings=None), tied_head=True)
+  assert cfg.mlp_activations == ("gelu_exact",)  # HF "gelu" is the exact erf GELU
+  cfg, scale = convert.config_from_hf(_hf_config(feed_forward_proj="relu") | {
+      "tie_word_embeddings": True}, tied_head=True)
+  assert scale and cfg.logits_via_embedding
+
+
+def test_bad_tensors_are_refused(hf_checkpoints, tmp_path):
+  _, path = hf_checkpoints["v1_1_as_saved_by_hf5"]
+  tensors = convert.read_safetensors(path)
+  with open(os.path.join(path, "config.json")) as f:
+    config, scale = convert.config_from_hf(json.load(f), tied_head=True)
+  extra = dict(tensors, **{"encoder.block.0.layer.0.SelfAttention.q.bias": np.zeros(64)})
+  with pytest.raises(ValueError, match="q.bias"):
+    convert.params_from_hf(extra, config, scale)
+  missing = {k: v for k, v in tensors.items() if "decoder.final_layer_norm" not in k}
+  with pytest.raises(ValueError, match="decoder.final_layer_norm.weight"):
+    convert.params_from_hf(missing, config, scale)
+  wrong = dict(tensors, **{"encoder.block.1.layer.1.DenseReluDense.wo.weight":
+                           np.zeros((64, 96), np.float32)})
+  with pytest.raises(ValueError, match=r"wo.weight.*\(64, 96\)"):
+    convert.params_from_hf(wrong, config, scale)
+  with pytest.raises(FileNotFoundError, match="model.safetensors"):
+    os.makedirs(tmp_path / "empty")
+    (tmp_path / "empty" / "config.json").write_text(json.dumps(_hf_config()))
+    convert.from_hf(str(tmp_path / "empty"))
