@@ -208,7 +208,10 @@ class Trainer:
     with self._ctx():
       if params is None:
         return jax.jit(init, out_shardings=self.shardings)(jax.random.key(self.seed))
-      params = jax.device_put(params, self.shardings.params)
+      # A fresh copy: the train step donates the state, which must not delete the caller's
+      # arrays (device_put onto the device they already live on would alias them).
+      params = jax.jit(lambda p: jax.tree.map(jnp.copy, p),
+                       out_shardings=self.shardings.params)(params)
       init_opt = jax.jit(self.optimizer.init, out_shardings=self.shardings.opt_state)
       return TrainState(step=jax.device_put(jnp.array(0, jnp.int32), self.shardings.step),
                         params=params, opt_state=init_opt(params))
