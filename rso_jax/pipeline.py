@@ -62,6 +62,11 @@ def _quote(v: Any) -> str:
   return json.dumps(v) if isinstance(v, str) else repr(v)
 
 
+def train_steps_binding(steps: int) -> str:
+  """The binding `TRAIN_STEPS=<steps>` for a stage (lets a run config set a stage's length)."""
+  return f"TRAIN_STEPS={int(steps)}"
+
+
 @dataclasses.dataclass
 class TrainStage:
   """Trains a checkpoint with `python -m rso_jax.train` unless `model_dir` is complete."""
