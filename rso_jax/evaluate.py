@@ -205,13 +205,8 @@ class EvalModel:
     self.module = network.Transformer(config)
     self.mesh = mesh
     self.max_decode_length = int(max_decode_length)
-    enc = jnp.ones((1, input_length), jnp.int32)
-    dec = jnp.ones((1, max_decode_length), jnp.int32)
-    with jax.set_mesh(mesh):
-      abstract = jax.eval_shape(
-          lambda: self.module.init(jax.random.key(0), enc, dec, dec, enable_dropout=False))
-    shardings = partitioning.logical_shardings(abstract["params"], mesh)
-    self.params = jax.device_put(params, shardings)
+    self.params = partitioning.place_params(self.module, params, mesh, input_length,
+                                            max_decode_length)
 
   def _enc(self, tokens: np.ndarray):
     return partitioning.shard_batch({"t": np.asarray(tokens, np.int32)}, self.mesh)["t"]

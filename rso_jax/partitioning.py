@@ -136,6 +136,18 @@ def logical_shardings(abstract_tree: Any, mesh: Mesh,
                       is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
 
 
+def place_params(module: nn.Module, params: Any, mesh: Mesh, encoder_length: int,
+                 decoder_length: int, rules: Sequence[Tuple[str, Any]] = LOGICAL_RULES) -> Any:
+  """Puts an (unboxed) param tree of a `network.Transformer` onto `mesh` by its logical axes."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  enc = jnp.ones((1, encoder_length), jnp.int32)
+  dec = jnp.ones((1, decoder_length), jnp.int32)
+  with jax.set_mesh(mesh):
+    abstract = jax.eval_shape(
+        lambda: module.init(jax.random.key(0), enc, dec, dec, enable_dropout=False))
+  return jax.device_put(params, logical_shardings(abstract["params"], mesh, rules))
+
+
 def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
   """Leading (batch) dim split over data+fsdp; the rest replicated."""
   axes = tuple(a for a in BATCH_AXES if mesh.shape[a] > 1)

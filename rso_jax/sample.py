@@ -159,13 +159,8 @@ class Sampler:
     self.mesh = mesh
     self.kw = dict(num_decodes=num_candidates, max_decode_length=max_decode_length,
                    temperature=temperature, top_k=top_k, top_p=top_p)
-    enc = jnp.ones((1, input_length), jnp.int32)
-    dec = jnp.ones((1, max_decode_length), jnp.int32)
-    with jax.set_mesh(mesh):
-      abstract = jax.eval_shape(
-          lambda: self.module.init(jax.random.key(0), enc, dec, dec, enable_dropout=False))
-    shardings = partitioning.logical_shardings(abstract["params"], mesh)
-    self.params = jax.device_put(params, shardings)
+    self.params = partitioning.place_params(self.module, params, mesh, input_length,
+                                            max_decode_length)
 
   def __call__(self, tokens: np.ndarray, key) -> decoding.SampleOutput:
     with jax.set_mesh(self.mesh):
