@@ -144,6 +144,16 @@ class Seq2SeqModel(BaseModel):
     return out.tokens
 
 
+def pair_input_shapes(batch_size: int, feature_lengths: Mapping[str, int]) -> dict:
+  """Shapes of a `PairwiseFeatureConverter` batch (prompt + chosen + rejected)."""
+  li, lt = feature_lengths["inputs"], feature_lengths["targets"]
+  shapes = {"encoder_input_tokens": (batch_size, li)}
+  for r in ("chosen", "rejected"):
+    for s in ("decoder_input_tokens", "decoder_target_tokens", "loss_weights"):
+      shapes[f"{r}_{s}"] = (batch_size, lt)
+  return shapes
+
+
 class PolicyModel(BaseModel):
   """Preference-trained policy: chosen and rejected scored in one forward pass.
 
@@ -193,11 +203,7 @@ class PolicyModel(BaseModel):
     return self._reference_params
 
   def input_shapes(self, batch_size, feature_lengths):
-    li, lt = feature_lengths["inputs"], feature_lengths["targets"]
-    shapes = {"encoder_input_tokens": (batch_size, li)}
-    for r in ("chosen", "rejected"):
-      for s in ("decoder_input_tokens", "decoder_target_tokens", "loss_weights"):
-        shapes[f"{r}_{s}"] = (batch_size, lt)
+    shapes = pair_input_shapes(batch_size, feature_lengths)
     if self.use_cached_reference and self.loss.uses_reference:
       shapes["ref_chosen_logps"] = (batch_size,)
       shapes["ref_rejected_logps"] = (batch_size,)

@@ -358,12 +358,7 @@ class BradleyTerryRewardModel(models.BaseModel):
     self.feature_converter = feature_converters.PairwiseFeatureConverter()
 
   def input_shapes(self, batch_size, feature_lengths):
-    li, lt = feature_lengths["inputs"], feature_lengths["targets"]
-    shapes = {"encoder_input_tokens": (batch_size, li)}
-    for r in ("chosen", "rejected"):
-      for s in ("decoder_input_tokens", "decoder_target_tokens", "loss_weights"):
-        shapes[f"{r}_{s}"] = (batch_size, lt)
-    return shapes
+    return models.pair_input_shapes(batch_size, feature_lengths)
 
   def get_initial_variables(self, rng: Array, input_shapes: Mapping[str, Tuple[int, ...]]):
     b, li = input_shapes["encoder_input_tokens"]
