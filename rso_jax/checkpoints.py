@@ -1,19 +1,37 @@
-"""Parameter checkpoints: one orbax layout shared by the trainer, the converter and the stages.
+"""Checkpoints that describe themselves: the orbax params layout plus a manifest.
 
 A *params checkpoint* is a directory holding `params/` (an orbax StandardCheckpointer tree of
-unboxed float arrays) and, optionally, `t5_config.json`. Every step directory that the trainer's
-CheckpointManager writes (`MODEL_DIR/checkpoints/<step>/`) has the same shape, so a finished run,
-a step of a run, or an imported HF checkpoint can all be passed wherever a params path is asked
-for (`INITIAL_CHECKPOINT_PATH`, the sampling stage's policy and reward model).
+unboxed float arrays). Every step directory that the trainer's CheckpointManager writes
+(`MODEL_DIR/checkpoints/<step>/`) has the same shape, so a finished run, a step of a run, or an
+imported HF checkpoint can be passed wherever a checkpoint path is asked for.
+
+Beside it (in the run directory, and in the final step directory) lies `rso_manifest.json`,
+which says what the checkpoint *is*, so one loader opens any of them with no macro telling it
+the kind:
+
+  kind             "seq2seq" (SFT or converted T5), "policy" (preference-trained),
+                   "pairwise_rm" (the paper's ranking model ρ), "bt_rm" (Bradley–Terry)
+  model_settings   the model class's loss-independent settings (e.g. BT pooling, separator)
+  network          the `network.T5Config` fields
+  vocabulary       {"type": "bytes"} or {"type": "sentencepiece", "path": ..., "extra_ids": n,
+                   "file": "spiece.model"} (a copy of the model file kept beside the manifest)
+  feature_lengths  the task feature lengths it was trained with ({"inputs": .., "targets": ..})
+  task             the seqio task / mixture it was trained on (None for converted checkpoints)
+
+A checkpoint written before manifests existed fails to load with a one-line error that names
+the command adding one (`python -m rso_jax.checkpoints add-manifest DIR --kind=...`).
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
 import re
-from typing import Any, Optional, Tuple
+import shutil
+import sys
+from typing import Any, Mapping, Optional, Sequence, Tuple
 
 import jax
 import orbax.checkpoint as ocp
@@ -21,37 +39,191 @@ import orbax.checkpoint as ocp
 from rso_jax import network
 
 CHECKPOINT_SUBDIR = "checkpoints"
-CONFIG_FILE = "t5_config.json"
+MANIFEST_FILE = "rso_manifest.json"
+LEGACY_CONFIG_FILE = "t5_config.json"  # what runs wrote before manifests (read by add-manifest)
+SPM_FILE = "spiece.model"
+FORMAT_VERSION = 1
+
+GENERATIVE_KINDS = ("seq2seq", "policy")
+REWARD_KINDS = ("pairwise_rm", "bt_rm")
+KINDS = GENERATIVE_KINDS + REWARD_KINDS
+KIND_NAMES = {"seq2seq": "a seq2seq (SFT) policy", "policy": "a preference-trained policy",
+              "pairwise_rm": "a pairwise ranking reward model ρ",
+              "bt_rm": "a Bradley-Terry reward model"}
 
 
-def save_params(path: str, params: Any, config: Optional[network.T5Config] = None) -> None:
-  """Writes `params` (and the network config) to `path` atomically (orbax commits by rename)."""
+class CheckpointError(ValueError):
+  """A checkpoint that is missing, undescribed, or not of the kind the caller needs."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Manifest:
+  """What a checkpoint is (see the module docstring)."""
+  kind: str
+  network: network.T5Config
+  vocabulary: Optional[Mapping[str, Any]]
+  feature_lengths: Optional[Mapping[str, int]] = None
+  model_settings: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  task: Optional[str] = None
+  source: str = "train"
+  # The directory the manifest was read from (resolves the vocabulary's copied file).
+  directory: Optional[str] = dataclasses.field(default=None, compare=False)
+
+  def __post_init__(self):
+    if self.kind not in KINDS:
+      raise CheckpointError(f"manifest kind={self.kind!r}: use one of {KINDS}")
+
+  def to_json(self) -> dict:
+    return {"format_version": FORMAT_VERSION, "kind": self.kind,
+            "model_settings": dict(self.model_settings),
+            "network": dataclasses.asdict(self.network),
+            "vocabulary": None if self.vocabulary is None else dict(self.vocabulary),
+            "feature_lengths": (None if self.feature_lengths is None
+                                else {k: int(v) for k, v in self.feature_lengths.items()}),
+            "task": self.task, "source": self.source}
+
+  @classmethod
+  def from_json(cls, d: Mapping[str, Any], directory: Optional[str] = None) -> "Manifest":
+    net = dict(d["network"])
+    net["mlp_activations"] = tuple(net["mlp_activations"])
+    return cls(kind=d["kind"], network=network.T5Config(**net), vocabulary=d.get("vocabulary"),
+               feature_lengths=d.get("feature_lengths"),
+               model_settings=d.get("model_settings") or {}, task=d.get("task"),
+               source=d.get("source", "train"), directory=directory)
+
+  def get_vocabulary(self):
+    """The seqio vocabulary this checkpoint reads and writes text with."""
+    return vocabulary_from_spec(self.vocabulary, self.directory)
+
+
+# ------------------------------------------------------------------------------ vocabularies
+
+
+def vocabulary_spec(vocab: Any) -> dict:
+  """A JSON description of a seqio vocabulary (bytes or SentencePiece)."""
+  import seqio  # pylint: disable=g-import-not-at-top
+  if isinstance(vocab, seqio.ByteVocabulary):
+    return {"type": "bytes"}
+  if isinstance(vocab, seqio.SentencePieceVocabulary):
+    return {"type": "sentencepiece", "path": vocab.sentencepiece_model_file,
+            "extra_ids": int(vocab.extra_ids)}
+  raise CheckpointError(f"vocabulary {type(vocab).__name__} cannot be described in a manifest: "
+                        "use seqio.ByteVocabulary or seqio.SentencePieceVocabulary")
+
+
+def vocabulary_from_spec(spec: Optional[Mapping[str, Any]], directory: Optional[str] = None):
+  """The seqio vocabulary of a manifest's `vocabulary` entry (the copied file first)."""
+  from rso_jax.tasks import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
+  if spec is None:
+    raise CheckpointError(
+        f"checkpoint {directory!r} has no vocabulary in its manifest: re-run `python -m "
+        "rso_jax.convert` with --spm_path=... (or --vocabulary=bytes)")
+  if spec.get("type") == "bytes":
+    return vocab_lib.get_vocabulary()
+  if spec.get("type") == "sentencepiece":
+    path = spec.get("path")
+    if directory and spec.get("file") and os.path.exists(os.path.join(directory, spec["file"])):
+      path = os.path.join(directory, spec["file"])
+    return vocab_lib.get_vocabulary(path, int(spec.get("extra_ids", 0)))
+  raise CheckpointError(f"manifest vocabulary {dict(spec)!r}: type must be bytes or "
+                        "sentencepiece")
+
+
+# ------------------------------------------------------------------------------ manifest files
+
+
+def _atomic_write_text(path: str, text: str) -> None:
+  tmp = f"{path}.tmp.{os.getpid()}"
+  with open(tmp, "w") as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
+def write_manifest(directory: str, manifest: Manifest) -> str:
+  """Writes `directory/rso_manifest.json` atomically; copies a SentencePiece model beside it."""
+  os.makedirs(directory, exist_ok=True)
+  d = manifest.to_json()
+  voc = d["vocabulary"]
+  if voc and voc.get("type") == "sentencepiece":
+    src = voc.get("path")
+    dst = os.path.join(directory, SPM_FILE)
+    if voc.get("file") and manifest.directory:  # a copy made earlier: carry it along
+      src = os.path.join(manifest.directory, voc["file"])
+    if src and os.path.exists(src):
+      if os.path.abspath(src) != os.path.abspath(dst):
+        shutil.copyfile(src, dst + ".tmp")
+        os.replace(dst + ".tmp", dst)
+      voc["file"] = SPM_FILE
+  path = os.path.join(directory, MANIFEST_FILE)
+  _atomic_write_text(path, json.dumps(d, indent=2, sort_keys=True))
+  return path
+
+
+def _manifest_dirs(path: str):
+  """Where a checkpoint's manifest may lie: the dir itself, its params dir, its run dir."""
+  path = os.path.abspath(os.path.expanduser(path))
+  yield path
+  try:
+    resolved = resolve_params_path(path)
+  except FileNotFoundError:
+    return
+  yield resolved
+  parent = os.path.dirname(resolved)
+  if os.path.basename(parent) == CHECKPOINT_SUBDIR:  # <run>/checkpoints/<step>
+    yield os.path.dirname(parent)
+
+
+def find_manifest(path: str) -> Optional[str]:
+  for d in _manifest_dirs(path):
+    if os.path.exists(os.path.join(d, MANIFEST_FILE)):
+      return d
+  return None
+
+
+def read_manifest(path: str) -> Manifest:
+  """The manifest of the checkpoint at `path` (a run, step, params or converted directory)."""
+  p = os.path.abspath(os.path.expanduser(path))
+  if not os.path.exists(p):
+    raise CheckpointError(f"checkpoint not found: {path!r}")
+  d = find_manifest(p)
+  if d is None:
+    raise CheckpointError(
+        f"checkpoint {path!r} has no {MANIFEST_FILE} (written before manifests existed?): add "
+        f"one with `python -m rso_jax.checkpoints add-manifest {path} --kind="
+        f"{{{','.join(KINDS)}}} [--spm_path=...] [--inputs_length=N --targets_length=N]`")
+  with open(os.path.join(d, MANIFEST_FILE)) as f:
+    raw = json.load(f)
+  try:
+    return Manifest.from_json(raw, directory=d)
+  except (KeyError, TypeError) as e:
+    raise CheckpointError(f"{os.path.join(d, MANIFEST_FILE)} is malformed: {e}") from None
+
+
+def check_kind(manifest: Manifest, path: str, expect: Sequence[str], role: str) -> None:
+  """Raises CheckpointError (one line) unless the checkpoint's kind is one of `expect`."""
+  if manifest.kind not in expect:
+    wanted = " or ".join(KIND_NAMES[k] for k in expect)
+    raise CheckpointError(f"{role} checkpoint {path!r} is {KIND_NAMES[manifest.kind]} "
+                          f"(kind={manifest.kind!r}), but {role} needs {wanted}")
+
+
+def read_config(path: str) -> network.T5Config:
+  """The network config of the checkpoint at `path` (from its manifest)."""
+  return read_manifest(path).network
+
+
+# ------------------------------------------------------------------------------ params
+
+
+def save_params(path: str, params: Any, manifest: Optional[Manifest] = None) -> None:
+  """Writes `params` (and the manifest) to `path` atomically (orbax commits by rename)."""
   path = os.path.abspath(path)
   os.makedirs(path, exist_ok=True)
   with ocp.StandardCheckpointer() as ckptr:
     ckptr.save(os.path.join(path, "params"), params, force=True)
     ckptr.wait_until_finished()
-  if config is not None:
-    write_config(path, config)
-
-
-def write_config(path: str, config: network.T5Config) -> None:
-  tmp = os.path.join(path, CONFIG_FILE + ".tmp")
-  with open(tmp, "w") as f:
-    json.dump(dataclasses.asdict(config), f, indent=2, sort_keys=True)
-  os.replace(tmp, os.path.join(path, CONFIG_FILE))
-
-
-def read_config(path: str) -> Optional[network.T5Config]:
-  """The `T5Config` stored beside a params checkpoint (or in its run directory), if any."""
-  for p in (resolve_params_path(path), path):
-    f = os.path.join(p, CONFIG_FILE)
-    if os.path.exists(f):
-      with open(f) as fh:
-        d = json.load(fh)
-      d["mlp_activations"] = tuple(d["mlp_activations"])
-      return network.T5Config(**d)
-  return None
+  if manifest is not None:
+    write_manifest(path, manifest)
 
 
 def latest_step(model_dir: str) -> Optional[int]:
@@ -89,14 +261,80 @@ def load_params(path: str, abstract_params: Any = None) -> Any:
     return ckptr.restore(ppath, abstract_params)
 
 
-def load_model(path: str) -> Tuple[network.T5Config, Any]:
-  """(config, params) from a params checkpoint that has its config beside it."""
-  config = read_config(path)
-  if config is None:
-    raise FileNotFoundError(f"no {CONFIG_FILE} beside the checkpoint at {path!r}")
-  return config, load_params(path)
+def load(path: str, abstract_params: Any = None) -> Tuple[Manifest, Any]:
+  """(manifest, params) of any checkpoint: the one loader."""
+  manifest = read_manifest(path)
+  return manifest, load_params(path, abstract_params)
 
 
 def abstract_with_shardings(abstract: Any, shardings: Any) -> Any:
   return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                       abstract, shardings)
+
+
+# ------------------------------------------------------------------------------ CLI
+
+
+def _describe(path: str) -> str:
+  m = read_manifest(path)
+  return json.dumps(dict(m.to_json(), manifest_dir=m.directory,
+                         params=resolve_params_path(path)), indent=2)
+
+
+def _add_manifest(args) -> str:
+  path = os.path.abspath(args.path)
+  if find_manifest(path) is not None and not args.force:
+    raise CheckpointError(f"{path!r} already has a manifest (pass --force to replace it)")
+  resolve_params_path(path)  # a params checkpoint must be there
+  config = None
+  for d in (path, resolve_params_path(path)):
+    f = os.path.join(d, LEGACY_CONFIG_FILE)
+    if os.path.exists(f):
+      with open(f) as fh:
+        net = json.load(fh)
+      net["mlp_activations"] = tuple(net["mlp_activations"])
+      config = network.T5Config(**net)
+      break
+  if config is None:
+    raise CheckpointError(f"no {LEGACY_CONFIG_FILE} at {path!r}: cannot tell the network config")
+  voc = ({"type": "sentencepiece", "path": os.path.abspath(args.spm_path),
+          "extra_ids": args.extra_ids} if args.spm_path else {"type": "bytes"})
+  lengths = None
+  if args.inputs_length and args.targets_length:
+    lengths = {"inputs": args.inputs_length, "targets": args.targets_length}
+  settings = json.loads(args.model_settings) if args.model_settings else {}
+  m = Manifest(kind=args.kind, network=config, vocabulary=voc, feature_lengths=lengths,
+               model_settings=settings, task=args.task, source="add-manifest")
+  return write_manifest(path, m)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m rso_jax.checkpoints",
+                                   description="Describe a checkpoint, or add a manifest to one.")
+  sub = parser.add_subparsers(dest="cmd", required=True)
+  d = sub.add_parser("describe", help="print a checkpoint's manifest")
+  d.add_argument("path")
+  a = sub.add_parser("add-manifest", help="describe a checkpoint written before manifests")
+  a.add_argument("path")
+  a.add_argument("--kind", required=True, choices=KINDS)
+  a.add_argument("--spm_path", default=None, help="SentencePiece model (default: bytes)")
+  a.add_argument("--extra_ids", type=int, default=0)
+  a.add_argument("--inputs_length", type=int, default=None)
+  a.add_argument("--targets_length", type=int, default=None)
+  a.add_argument("--task", default=None)
+  a.add_argument("--model_settings", default=None, help="JSON, e.g. '{\"pooling\": \"mean\"}'")
+  a.add_argument("--force", action="store_true")
+  args = parser.parse_args(argv)
+  try:
+    if args.cmd == "describe":
+      print(_describe(args.path))
+    else:
+      print(f"wrote {_add_manifest(args)}")
+  except (CheckpointError, FileNotFoundError) as e:
+    print(f"rso_jax.checkpoints: error: {e}", file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

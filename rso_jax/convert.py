@@ -1,12 +1,23 @@
 """Import a HuggingFace T5 checkpoint directory into `network.py`'s (config, params).
 
-    python -m rso_jax.convert --hf_dir=/path/to/flan-t5-base --out=/path/to/ckpt
+    python -m rso_jax.convert --hf_dir=/path/to/flan-t5-base --out=/path/to/ckpt \
+        [--spm_path=/path/to/spiece.model [--extra_ids=N] | --vocabulary=bytes]
 
 reads `config.json` and `model.safetensors` (or a sharded `model.safetensors.index.json`) with
 safetensors' NumPy loader (bfloat16 tensors through a small header reader, since NumPy has no
-bfloat16), so no torch is needed at run time, and writes a params checkpoint in the layout of
-`checkpoints.py` (`<out>/params/` orbax tree + `<out>/t5_config.json`) that the trainer and the
-sampling stage start from (`INITIAL_CHECKPOINT_PATH=<out>`).
+bfloat16), so no torch is needed at run time, and writes a self-describing params checkpoint in
+the layout of `checkpoints.py`: `<out>/params/` (orbax tree) + `<out>/rso_manifest.json`
+(kind "seq2seq", source "convert", the network config, the vocabulary) + `<out>/spiece.model`
+(a copy of the SentencePiece model, when there is one). The trainer and the sampling stage start
+from it (`INITIAL_CHECKPOINT_PATH=<out>`); `python -m rso_jax.export` is the inverse.
+
+Vocabulary (recorded in the manifest): `--spm_path` names a SentencePiece model, `--vocabulary=
+bytes` the byte vocabulary; with neither, `<hf_dir>/spiece.model` is used when it exists, else
+the manifest has no vocabulary (loading the checkpoint's vocabulary then fails with a one-line
+error saying how to fix it). `--extra_ids` (sentinels appended to the SentencePiece vocabulary)
+defaults, for `<hf_dir>/spiece.model`, to `extra_ids` of `<hf_dir>/tokenizer_config.json` when
+it has one (HF T5 dirs and `export` write it); otherwise to 100, HF T5's convention, when
+`pieces + 100 <= vocab_size`, else 0.
 
 Supported (`model_type` "t5" or "mt5", `T5ForConditionalGeneration`):
 - T5 v1.1 / Flan-T5 / mT5: `feed_forward_proj="gated-gelu"` -> `mlp_activations=("gelu",
@@ -14,8 +25,10 @@ Supported (`model_type` "t5" or "mt5", `T5ForConditionalGeneration`):
 - T5 v1.0: `feed_forward_proj="relu"` (single `wi`) with tied, `d_model**-0.5`-scaled output
   embedding -> `mlp_activations=("relu",)`, `logits_via_embedding=True`; parity is tested.
 - Other `feed_forward_proj` values whose activation has an exact counterpart in `network.py`
-  ("gelu_new"/"gelu_pytorch_tanh" -> "gelu", "gelu" -> "gelu_exact", "relu", "silu"/"swish",
-  gated or not). Anything else (e.g. "gated-quick_gelu") is a ValueError naming the field.
+  ("gelu_new"/"gelu_pytorch_tanh" -> "gelu", "gelu"/"gelu_python" -> "gelu_exact", "relu",
+  "silu"/"swish", gated or not; a gated exact GELU is "gated-gelu_python", since HF reads
+  "gated-gelu" as the tanh approximation). Anything else (e.g. "gated-quick_gelu") is a
+  ValueError naming the field.
 - Output head, following transformers 5: `scale_decoder_outputs` (or, in older configs,
   `tie_word_embeddings`, default True) says whether the decoder output is scaled by
   `d_model**-0.5`; `lm_head.weight` absent from the file (or bit-equal to `shared.weight`) means
@@ -34,6 +47,7 @@ import argparse
 import json
 import os
 import struct
+import sys
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import flax.linen as nn
@@ -56,6 +70,7 @@ HF_ACTIVATIONS = {
     "gelu_new": "gelu",
     "gelu_pytorch_tanh": "gelu",
     "gelu": "gelu_exact",
+    "gelu_python": "gelu_exact",  # erf GELU written in Python: how `export` spells a gated one
     "relu": "relu",
     "silu": "silu",
     "swish": "silu",
@@ -333,32 +348,157 @@ def from_hf(hf_dir: str) -> Tuple[network.T5Config, Params]:
   return config, params
 
 
+# ------------------------------------------------------------------------------ vocabulary
+
+
+class UsageError(ValueError):
+  """A command-line input that cannot work (reported as one line, exit status 2)."""
+
+
+def _spm_piece_count(spm_path: str) -> int:
+  import sentencepiece as spm  # pylint: disable=g-import-not-at-top
+  if "://" in spm_path:  # gs:// and friends, as seqio reads them
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    with tf.io.gfile.GFile(spm_path, "rb") as f:
+      proto = f.read()
+  else:
+    with open(spm_path, "rb") as f:
+      proto = f.read()
+  try:
+    return spm.SentencePieceProcessor(model_proto=proto).get_piece_size()
+  except RuntimeError as e:
+    raise UsageError(f"--spm_path={spm_path!r} is not a SentencePiece model: {e}") from None
+
+
+def _tokenizer_extra_ids(hf_dir: str) -> Optional[int]:
+  """`extra_ids` of `<hf_dir>/tokenizer_config.json` (HF T5 and `export` write it), if any."""
+  path = os.path.join(hf_dir, "tokenizer_config.json")
+  try:
+    with open(path) as f:
+      n = json.load(f).get("extra_ids")
+  except (OSError, ValueError, AttributeError):
+    return None
+  return int(n) if isinstance(n, int) and not isinstance(n, bool) else None
+
+
+def vocabulary_spec(hf_dir: str, vocab_size: int, spm_path: Optional[str] = None,
+                    extra_ids: Optional[int] = None,
+                    vocabulary: Optional[str] = None) -> Optional[Dict[str, Any]]:
+  """The manifest `vocabulary` entry for a conversion (see the module docstring), or None.
+
+  Raises UsageError when the choice cannot work: both given, a missing file, or a vocabulary
+  larger than the network's embedding table (`vocab_size` rows).
+  """
+  if spm_path and vocabulary:
+    raise UsageError("give either --spm_path or --vocabulary, not both")
+  if vocabulary is not None and vocabulary != "bytes":
+    raise UsageError(f"--vocabulary={vocabulary!r}: the only named vocabulary is 'bytes' "
+                     "(use --spm_path for a SentencePiece model)")
+  if vocabulary == "bytes":
+    if extra_ids:
+      raise UsageError("--extra_ids applies to a SentencePiece vocabulary, not to bytes")
+    from rso_jax.tasks import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
+    if vocab_size < vocab_lib.BYTE_VOCAB_SIZE:
+      raise UsageError(f"--vocabulary=bytes needs {vocab_lib.BYTE_VOCAB_SIZE} ids but the "
+                       f"checkpoint's embedding has vocab_size={vocab_size}")
+    return {"type": "bytes"}
+  if not spm_path:
+    found = os.path.join(hf_dir, checkpoints.SPM_FILE)
+    if not os.path.exists(found):
+      if extra_ids:
+        raise UsageError("--extra_ids needs a SentencePiece model: give --spm_path (no "
+                         f"{checkpoints.SPM_FILE} in {hf_dir!r})")
+      return None
+    spm_path = found
+    if extra_ids is None:
+      extra_ids = _tokenizer_extra_ids(hf_dir)
+  if "://" not in spm_path:
+    if not os.path.isfile(spm_path):
+      raise UsageError(f"--spm_path={spm_path!r}: no such file")
+    spm_path = os.path.abspath(spm_path)
+  pieces = _spm_piece_count(spm_path)
+  if extra_ids is None:
+    extra_ids = 100 if pieces + 100 <= vocab_size else 0
+  if extra_ids < 0:
+    raise UsageError(f"--extra_ids={extra_ids} must be >= 0")
+  if pieces + extra_ids > vocab_size:
+    raise UsageError(f"SentencePiece model {spm_path!r} has {pieces} pieces + {extra_ids} extra "
+                     f"ids = {pieces + extra_ids}, more than the checkpoint's vocab_size="
+                     f"{vocab_size}")
+  return {"type": "sentencepiece", "path": spm_path, "extra_ids": int(extra_ids)}
+
+
 # ------------------------------------------------------------------------------ checkpoint
 
 
-def save_converted(out: str, config: network.T5Config, params: Params) -> None:
-  """Writes `<out>/params/` (orbax) and `<out>/t5_config.json` (see `checkpoints.py`)."""
-  checkpoints.save_params(out, params, config)
+def save_converted(out: str, config: network.T5Config, params: Params,
+                   vocabulary: Optional[Mapping[str, Any]] = None) -> None:
+  """Writes `<out>/params/` (orbax) and its manifest (kind "seq2seq", source "convert").
+
+  `vocabulary`: the manifest's vocabulary spec (`vocabulary_spec`), None when unknown; a
+  SentencePiece model is copied to `<out>/spiece.model`.
+  """
+  manifest = checkpoints.Manifest(kind="seq2seq", network=config,
+                                  vocabulary=None if vocabulary is None else dict(vocabulary),
+                                  feature_lengths=None, task=None, source="convert")
+  checkpoints.save_params(out, params, manifest)
 
 
 def load_converted(path: str) -> Tuple[network.T5Config, Params]:
   """(config, params) written by `save_converted` / the CLI; checks the tree against the config."""
-  config, params = checkpoints.load_model(path)
-  check_params(params, config)
-  return config, params
+  manifest, params = checkpoints.load(path)
+  check_params(params, manifest.network)
+  return manifest.network, params
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def _read_vocab_size(hf_dir: str) -> int:
+  cfg_path = os.path.join(hf_dir, "config.json")
+  if not os.path.exists(cfg_path):
+    raise FileNotFoundError(f"no config.json in {hf_dir!r}")
+  with open(cfg_path) as f:
+    hf_config = json.load(f)
+  if "vocab_size" not in hf_config:
+    raise ValueError(f"{cfg_path} has no vocab_size")
+  return int(hf_config["vocab_size"])
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m rso_jax.convert",
+                                   description=__doc__.split("\n")[0])
   parser.add_argument("--hf_dir", required=True, help="HF checkpoint dir (config.json + "
                       "model.safetensors or model.safetensors.index.json)")
   parser.add_argument("--out", required=True, help="output params checkpoint directory")
+  parser.add_argument("--spm_path", default=None,
+                      help="SentencePiece model of the checkpoint (default: <hf_dir>/spiece.model "
+                      "when it exists)")
+  parser.add_argument("--extra_ids", type=int, default=None,
+                      help="sentinel ids after the SentencePiece pieces (default: <hf_dir>/"
+                      "tokenizer_config.json's extra_ids for <hf_dir>/spiece.model, else 100 "
+                      "when they fit in vocab_size, else 0)")
+  parser.add_argument("--vocabulary", default=None, choices=("bytes",),
+                      help="a named vocabulary instead of a SentencePiece model")
   args = parser.parse_args(argv)
-  config, params = from_hf(args.hf_dir)
-  save_converted(args.out, config, params)
+  try:
+    vocab = vocabulary_spec(args.hf_dir, _read_vocab_size(args.hf_dir), args.spm_path,
+                            args.extra_ids, args.vocabulary)
+    config, params = from_hf(args.hf_dir)
+    save_converted(args.out, config, params, vocab)
+  except (ValueError, FileNotFoundError) as e:  # UsageError, CheckpointError, refused configs
+    print(f"rso_jax.convert: error: {e}", file=sys.stderr)
+    return 2
   n = sum(int(np.prod(np.shape(x))) for x in jax.tree.leaves(params))
   print(f"wrote {n:,} parameters of {config} to {os.path.abspath(args.out)}")
+  if vocab is None:
+    print(f"rso_jax.convert: warning: no vocabulary recorded (no --spm_path, no "
+          f"{checkpoints.SPM_FILE} in {args.hf_dir!r}): re-run with --spm_path=... or "
+          "--vocabulary=bytes before sampling or training from it", file=sys.stderr)
+  elif vocab["type"] == "sentencepiece":
+    print(f"vocabulary: SentencePiece {vocab['path']} + {vocab['extra_ids']} extra ids "
+          f"(copied to {os.path.join(os.path.abspath(args.out), checkpoints.SPM_FILE)})")
+  else:
+    print("vocabulary: bytes")
+  return 0
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(main())

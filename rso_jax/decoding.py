@@ -146,8 +146,18 @@ def _batch_local_top_k(x: Array, k: int) -> Tuple[Array, Array]:
                        out_specs=(spec, spec))(x)
 
 
+def _allowed(logits: Array, vocab_size: Optional[int]) -> Array:
+  """float32 logits with the pad token, and ids >= `vocab_size` (the rows a network pads its
+  embedding table with, which no vocabulary can decode), set to -inf."""
+  x = logits.astype(jnp.float32).at[:, PAD_ID].set(-jnp.inf)
+  if vocab_size is not None and vocab_size < x.shape[-1]:
+    x = jnp.where(jnp.arange(x.shape[-1]) < vocab_size, x, -jnp.inf)
+  return x
+
+
 def sampling_logits(logits: Array, temperature: Any, top_k: Optional[int],
-                    top_p: Optional[Any]) -> Tuple[Array, Array]:
+                    top_p: Optional[Any], vocab_size: Optional[int] = None
+                    ) -> Tuple[Array, Array]:
   """The proposal law q of one step, as candidate logits and their token ids.
 
   Args:
@@ -156,13 +166,14 @@ def sampling_logits(logits: Array, temperature: Any, top_k: Optional[int],
     top_k: keep the k largest tempered logits (None = off; k is clipped to V).
     top_p: nucleus mass in (0, 1] applied after top-k (None or >= 1 = off; a float or a
       traced scalar).
+    vocab_size: ids at or above it are never proposed (None = every id of the table).
 
   Returns:
     `(cand_logits [R, K], cand_ids [R, K])`: unnormalized log q over K candidate tokens
     (removed ones are -inf); K = min(top_k, V) with top-k, V otherwise.
   """
   v = logits.shape[-1]
-  x = logits.astype(jnp.float32).at[:, PAD_ID].set(-jnp.inf)
+  x = _allowed(logits, vocab_size)
   if top_k is None and top_p is None:
     ids = jnp.broadcast_to(jnp.arange(v, dtype=jnp.int32), x.shape)
     return x / temperature, ids
@@ -180,18 +191,20 @@ def sampling_logits(logits: Array, temperature: Any, top_k: Optional[int],
 
 
 def _select(logits: Array, key: Array, temperature: Optional[Array], top_k: Optional[int],
-            top_p: Optional[Array]) -> Tuple[Array, Array, Array]:
+            top_p: Optional[Array], vocab_size: Optional[int] = None
+            ) -> Tuple[Array, Array, Array]:
   """Draws one token per row: `[R, V]` logits -> (token [R], log q [R], log π [R]).
 
   `temperature` None means greedy (static); a traced temperature equal to 0 is greedy too.
   """
   logits = logits.astype(jnp.float32)
   if temperature is None:
-    token = jnp.argmax(logits.at[:, PAD_ID].set(-jnp.inf), axis=-1).astype(jnp.int32)
+    token = jnp.argmax(_allowed(logits, vocab_size), axis=-1).astype(jnp.int32)
     log_q = jnp.zeros(token.shape, jnp.float32)
   else:
     is_greedy = temperature == 0.0
-    cand, ids = sampling_logits(logits, jnp.where(is_greedy, 1.0, temperature), top_k, top_p)
+    cand, ids = sampling_logits(logits, jnp.where(is_greedy, 1.0, temperature), top_k, top_p,
+                                vocab_size)
     j = jax.random.categorical(key, cand, axis=-1)
     # Greedy = the first candidate when they are sorted (top-k / top-p), else the argmax.
     j = jnp.where(is_greedy, 0 if top_k is not None or top_p is not None
@@ -210,11 +223,12 @@ def _select(logits: Array, key: Array, temperature: Optional[Array], top_k: Opti
 
 
 @functools.partial(jax.jit, static_argnames=("module", "num_decodes", "max_decode_length",
-                                             "top_k", "use_top_p", "use_eos", "greedy"))
+                                             "top_k", "use_top_p", "use_eos", "greedy",
+                                             "vocab_size"))
 def _sample_jit(module: nn.Module, params: Any, encoder_input_tokens: Array, key: Array,
                 temperature: Array, top_p: Array, eos_id: Array, *, num_decodes: int,
                 max_decode_length: int, top_k: Optional[int], use_top_p: bool, use_eos: bool,
-                greedy: bool) -> SampleOutput:
+                greedy: bool, vocab_size: Optional[int] = None) -> SampleOutput:
   """The sampler; temperature / top_p / eos_id are traced so changing them never recompiles."""
   b = encoder_input_tokens.shape[0]
   rows, length = b * num_decodes, max_decode_length
@@ -241,7 +255,7 @@ def _sample_jit(module: nn.Module, params: Any, encoder_input_tokens: Array, key
   def advance(state, logits, step):
     cache, _, tokens, lengths, finished, log_q, log_pi = state
     token, lq, lp = _select(logits[:, 0, :], jax.random.fold_in(key, step), temperature,
-                            top_k, top_p)
+                            top_k, top_p, vocab_size)
     active = jnp.logical_not(finished)
     token = jnp.where(active, token, PAD_ID)
     tokens = jax.lax.dynamic_update_slice(tokens, token[:, None], (0, step))
@@ -278,7 +292,7 @@ def _sample_jit(module: nn.Module, params: Any, encoder_input_tokens: Array, key
 
 
 def _run_sampler(module, params, encoder_input_tokens, key, *, num_decodes, max_decode_length,
-                 temperature, top_k, top_p, eos_id, greedy):
+                 temperature, top_k, top_p, eos_id, greedy, vocab_size=None):
   _check_tokens("encoder_input_tokens", encoder_input_tokens, 2)
   _check_sampling_args(num_decodes, max_decode_length, temperature, top_k, top_p, eos_id)
   if top_p is None:
@@ -291,13 +305,14 @@ def _run_sampler(module, params, encoder_input_tokens, key, *, num_decodes, max_
       jnp.asarray(temperature, jnp.float32), jnp.asarray(top_p, jnp.float32),
       jnp.int32(EOS_ID if eos_id is None else eos_id), num_decodes=int(num_decodes),
       max_decode_length=int(max_decode_length), top_k=None if top_k is None else int(top_k),
-      use_top_p=use_top_p, use_eos=eos_id is not None, greedy=greedy)
+      use_top_p=use_top_p, use_eos=eos_id is not None, greedy=greedy,
+      vocab_size=None if vocab_size is None else int(vocab_size))
 
 
 def sample(module: nn.Module, params: Any, encoder_input_tokens: Array, key: Array, *,
            num_decodes: int = 1, max_decode_length: int, temperature: float = 0.7,
            top_k: Optional[int] = 40, top_p: Optional[float] = None,
-           eos_id: Optional[int] = EOS_ID) -> SampleOutput:
+           eos_id: Optional[int] = EOS_ID, vocab_size: Optional[int] = None) -> SampleOutput:
   """Samples `num_decodes` responses per prompt with a KV cache (jitted, batch-shardable).
 
   The next-token law q is: pad removed, then `logits / temperature`, then top-k, then top-p on
@@ -318,6 +333,8 @@ def sample(module: nn.Module, params: Any, encoder_input_tokens: Array, key: Arr
     top_k: keep the k most likely tokens (paper: 40); None = off.
     top_p: nucleus mass in (0, 1]; None or 1 = off.
     eos_id: the end token (1); None = never stop early (every sequence has L tokens).
+    vocab_size: the vocabulary's real size: ids at or above it (the padding rows of the
+      embedding table) are never proposed (None = all ids). log π stays the model's own law.
 
   Returns:
     `SampleOutput` with `tokens [B, N, L]`, `lengths`, `proposal_logps` (log q),
@@ -325,18 +342,20 @@ def sample(module: nn.Module, params: Any, encoder_input_tokens: Array, key: Arr
   """
   return _run_sampler(module, params, encoder_input_tokens, key, num_decodes=num_decodes,
                       max_decode_length=max_decode_length, temperature=temperature,
-                      top_k=top_k, top_p=top_p, eos_id=eos_id, greedy=False)
+                      top_k=top_k, top_p=top_p, eos_id=eos_id, greedy=False,
+                      vocab_size=vocab_size)
 
 
 def greedy(module: nn.Module, params: Any, encoder_input_tokens: Array, *,
-           max_decode_length: int, eos_id: Optional[int] = EOS_ID) -> SampleOutput:
+           max_decode_length: int, eos_id: Optional[int] = EOS_ID,
+           vocab_size: Optional[int] = None) -> SampleOutput:
   """Greedy decoding (temperature 0, one decode per prompt): `tokens [B, 1, L]`.
 
   `proposal_logps` is 0 (a point mass); `model_logps` is log π of the greedy sequence.
   """
   return _run_sampler(module, params, encoder_input_tokens, jax.random.key(0), num_decodes=1,
                       max_decode_length=max_decode_length, temperature=0.0, top_k=None,
-                      top_p=None, eos_id=eos_id, greedy=True)
+                      top_p=None, eos_id=eos_id, greedy=True, vocab_size=vocab_size)
 
 
 # ------------------------------------------------------------------------------------------------

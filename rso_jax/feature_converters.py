@@ -19,11 +19,16 @@ pairwise (policy training on preference pairs, pointwise BT reward model):
     ref_chosen_logps, ref_rejected_logps (float32 scalars = log pi_sft(y|x), passed through
       when the dataset has them; both or neither)
   task_feature_lengths {"inputs": Li, "targets": Lt} (Lt serves both responses).
+
+both orders (the pairwise reward-ranking model's training aid):
+  `BothOrdersRankingConverter(vocabulary)`: each (prompt, chosen, rejected) example becomes the
+  two ranking examples "... [RESPONSE A] y_w [RESPONSE B] y_l" -> "A" and the swapped one -> "B",
+  adjacent, then the seq2seq features above.
 """
 from __future__ import annotations
 
 import copy
-from typing import Mapping
+from typing import Any, Mapping
 
 import seqio
 import tensorflow as tf
@@ -124,6 +129,57 @@ class PairwiseFeatureConverter(seqio.FeatureConverter):
     for f in self._passthrough_features:
       out[f] = task_feature_lengths.get(f, 1)
     return out
+
+
+def _ranking_text_tf(prompt, response_a, response_b, response_label: str):
+  """TF twin of `ranking_input_text` (string tensors in, string tensor out)."""
+  from rso_jax.tasks import preprocessors  # pylint: disable=g-import-not-at-top
+  return tf.strings.join([preprocessors.CONTEXT_TAG, prompt, f"[{response_label} A]", response_a,
+                          f"[{response_label} B]", response_b], separator=" ")
+
+
+RAW_PAIR_FEATURES = ("prompt_pretokenized", "chosen_pretokenized", "rejected_pretokenized")
+
+
+class BothOrdersRankingConverter(seqio.EncDecFeatureConverter):
+  """Reward-ranking examples in BOTH presentation orders, adjacent, then seq2seq features.
+
+  Each task example (its raw `prompt/chosen/rejected_pretokenized`, which the ranking tasks
+  keep) becomes two: `[CONTEXT] x [RESPONSE A] y_w [RESPONSE B] y_l` -> "A" and
+  `... [RESPONSE A] y_l [RESPONSE B] y_w` -> "B", re-tokenized with the task's vocabulary and
+  trimmed to the feature lengths (with the byte vocabulary both orders have exactly the length
+  the task already checked and counted). A batch of 2n rows therefore holds n pairs in both
+  orders: the gradients of order-blind features cancel within the batch, which is what lets a
+  small model find the A/B segments quickly (see gin/reward.gin).
+  """
+
+  def __init__(self, vocabulary: Any, response_label: str = "RESPONSE", **kwargs):
+    super().__init__(pack=False, **kwargs)
+    self._vocabulary = vocabulary
+    self._response_label = response_label
+
+  def __call__(self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]):
+    missing = [f for f in RAW_PAIR_FEATURES if f not in ds.element_spec]
+    if missing:
+      raise ValueError(f"both_orders=True needs the raw pair texts {missing} in the task "
+                       f"(reward-ranking tasks keep them); dataset has {list(ds.element_spec)}."
+                       " Use PairwiseRankingModel(both_orders=False) for other tasks.")
+    li, lt = int(task_feature_lengths["inputs"]), int(task_feature_lengths["targets"])
+    if lt < 2:
+      raise ValueError(f"targets length {lt} cannot hold 'A'/'B' and EOS")
+    vocab, label = self._vocabulary, self._response_label
+    eos = tf.constant([vocab.eos_id], tf.int32)
+
+    def tok(text, length):
+      return tf.concat([tf.cast(vocab.encode_tf(text), tf.int32)[:length - 1], eos], 0)
+
+    def both(ex):
+      x, yw, yl = (ex[f] for f in RAW_PAIR_FEATURES)
+      one = lambda a, b, t: tf.data.Dataset.from_tensors(
+          {"inputs": tok(_ranking_text_tf(x, a, b, label), li), "targets": tok(t, lt)})
+      return one(yw, yl, "A").concatenate(one(yl, yw, "B"))
+
+    return super().__call__(ds.flat_map(both), task_feature_lengths)
 
 
 def get_feature_converter(kind: str) -> seqio.FeatureConverter:

@@ -198,6 +198,35 @@ def bradley_terry(chosen_rewards: ArrayLike, rejected_rewards: ArrayLike,
           - label_smoothing * jax.nn.log_sigmoid(-logits))
 
 
+def bt_loss_and_metrics(chosen_rewards: Array, rejected_rewards: Array,
+                        weights: Optional[Array] = None, *, margin: float = 0.0,
+                        center_weight: float = 0.0) -> Tuple[Array, Dict[str, Array]]:
+  """Bradley–Terry reward loss and metrics over pairs with weight > 0.
+
+  loss = mean_w[−log σ(r_w − r_l − margin) + center_weight·(r_w + r_l)²].
+  """
+  rw = jnp.asarray(chosen_rewards, jnp.float32)
+  rl = jnp.asarray(rejected_rewards, jnp.float32)
+  w = jnp.ones_like(rw) if weights is None else jnp.asarray(weights, jnp.float32)
+  bt = bradley_terry(rw - margin, rl)
+  center = jnp.square(rw + rl)
+  loss = masked_mean(bt + center_weight * center, w)
+  diff = rw - rl
+  acc = jnp.where(diff > 0, 1.0, jnp.where(diff == 0, 0.5, 0.0))
+  metrics = {
+      "loss": loss,
+      "bt_loss": masked_mean(bt, w),
+      "center_loss": masked_mean(center, w),
+      "accuracy": masked_mean(acc, w),
+      "margin": masked_mean(diff, w),
+      "mean_reward": masked_mean(0.5 * (rw + rl), w),
+      "rewards/chosen": masked_mean(rw, w),
+      "rewards/rejected": masked_mean(rl, w),
+      "pairs/skipped_identical": jnp.sum(w <= 0).astype(jnp.float32),
+  }
+  return loss, metrics
+
+
 # ---------------------------------------------------------------------------
 # Registry.
 # ---------------------------------------------------------------------------

@@ -34,6 +34,12 @@ class BaseModel:
   """Shared plumbing: the network module, init from input shapes, decoding hooks."""
 
   FEATURE_DTYPES = {"encoder_input_tokens": jnp.int32}
+  # What `checkpoints.Manifest.kind` a checkpoint of this model is (see checkpoints.py).
+  manifest_kind = "seq2seq"
+
+  def manifest_settings(self) -> dict:
+    """The loss-independent settings a loader needs to rebuild this model (JSON-able)."""
+    return {}
 
   def __init__(self, config: network.T5Config):
     if not isinstance(config, network.T5Config):
@@ -95,6 +101,10 @@ class Seq2SeqModel(BaseModel):
     # [B, Ld, V]
     logits = self.logits(params, batch["encoder_input_tokens"], batch["decoder_input_tokens"],
                          batch["decoder_target_tokens"], dropout_rng)
+    return self.loss_from_logits(logits, batch)
+
+  def loss_from_logits(self, logits: Array, batch: Batch) -> Tuple[Array, Metrics]:
+    """The token cross-entropy loss and metrics of `[B, Ld, V]` logits against the batch."""
     targets = batch["decoder_target_tokens"]
     weights = batch.get("decoder_loss_weights", (targets > 0).astype(jnp.float32))
     weights = weights.astype(jnp.float32)
@@ -190,6 +200,8 @@ class PolicyModel(BaseModel):
                        "use_cached_reference=True (pair tasks from the sampling stage) or "
                        "give reference_params / reference_checkpoint")
     self.feature_converter = feature_converters.PairwiseFeatureConverter()
+
+  manifest_kind = "policy"
 
   @property
   def reference_params(self) -> Any:

@@ -136,16 +136,23 @@ def logical_shardings(abstract_tree: Any, mesh: Mesh,
                       is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
 
 
-def place_params(module: nn.Module, params: Any, mesh: Mesh, encoder_length: int,
-                 decoder_length: int, rules: Sequence[Tuple[str, Any]] = LOGICAL_RULES) -> Any:
-  """Puts an (unboxed) param tree of a `network.Transformer` onto `mesh` by its logical axes."""
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  enc = jnp.ones((1, encoder_length), jnp.int32)
-  dec = jnp.ones((1, decoder_length), jnp.int32)
-  with jax.set_mesh(mesh):
-    abstract = jax.eval_shape(
-        lambda: module.init(jax.random.key(0), enc, dec, dec, enable_dropout=False))
-  return jax.device_put(params, logical_shardings(abstract["params"], mesh, rules))
+class MeshRules:
+  """Context: the mesh (for sharding constraints) and the logical-axis rules, entered together."""
+
+  def __init__(self, mesh: Mesh, rules: Sequence[Tuple[str, Any]] = LOGICAL_RULES):
+    self.mesh, self.rules = mesh, tuple(rules)
+
+  def __enter__(self):
+    self._a = jax.set_mesh(self.mesh)
+    self._b = nn.logical_axis_rules(self.rules)
+    self._a.__enter__()
+    self._b.__enter__()
+    return self
+
+  def __exit__(self, *exc):
+    self._b.__exit__(*exc)
+    self._a.__exit__(*exc)
+    return False
 
 
 def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:

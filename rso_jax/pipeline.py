@@ -97,14 +97,12 @@ class SampleStage:
   reward_checkpoint: str
   task_name: str
   gin_file: str = "sample_rso.gin"
-  reward_kind: str = "pairwise"
   data_setting: str = "rso_sample_rank"
   bindings: Sequence[str] = ()
 
   def output_dir(self) -> str:
     key = json.dumps([os.path.abspath(self.policy_checkpoint),
-                      os.path.abspath(self.reward_checkpoint), self.reward_kind,
-                      self.data_setting, sorted(self.bindings)])
+                      os.path.abspath(self.reward_checkpoint), self.data_setting, sorted(self.bindings)])
     digest = hashlib.sha256(key.encode()).hexdigest()[:8]
     return os.path.join(os.path.abspath(self.run_dir), "samples",
                         f"{self.data_setting}-{digest}")
@@ -119,7 +117,6 @@ class SampleStage:
           f"SAMPLES_DIR={_quote(out)}",
           f"SFT_CHECKPOINT={_quote(os.path.abspath(self.policy_checkpoint))}",
           f"REWARD_CHECKPOINT={_quote(os.path.abspath(self.reward_checkpoint))}",
-          f"REWARD_KIND={_quote(self.reward_kind)}",
           f"DATA_SETTING={_quote(self.data_setting)}", *self.bindings])
     generated.register_pair_task(self.task_name, out)
     with open(os.path.join(out, "stats.json")) as f:
@@ -137,18 +134,18 @@ class EvaluateStage:
   reward_checkpoint: Optional[str]
   output_dir: str
   name: str
-  reward_kind: str = "pairwise"
   num_prompts: int = 256
   prompts_task: str = "synthetic_prompts"
   split: str = "validation"
 
   def __call__(self, model_dir: str) -> dict:
     from rso_jax import evaluate  # pylint: disable=g-import-not-at-top
+    from rso_jax import reports  # pylint: disable=g-import-not-at-top
     result = evaluate.evaluate_policy(
         model_dir, self.sft_checkpoint, reward_path=self.reward_checkpoint,
-        reward_kind=self.reward_kind, prompts_task=self.prompts_task, split=self.split,
+        prompts_task=self.prompts_task, split=self.split,
         num_prompts=self.num_prompts, output_dir=self.output_dir, name=self.name)
-    print(evaluate.format_table(result), flush=True)
+    print(reports.format_table(result), flush=True)
     print(f"report: {os.path.join(self.output_dir, f'eval_{self.name}.json')}; plot: "
           f"{os.path.join(self.output_dir, 'eval_plot.png')}", flush=True)
     return result

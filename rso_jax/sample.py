@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import math
 import os
 import sys
@@ -32,8 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rso_jax import checkpoints
-from rso_jax import decoding
-from rso_jax import network
+from rso_jax import inference
 from rso_jax import pairs as pairs_lib
 from rso_jax import partitioning
 from rso_jax import rejection
@@ -55,47 +53,34 @@ def is_complete(output_dir: str) -> bool:
   return os.path.exists(os.path.join(output_dir, COMPLETED))
 
 
-def read_prompts(task_name: str, split: str, input_length: int,
-                 max_prompts: Optional[int] = None):
-  """(texts, tokens [P, input_length]) of a seqio task's `inputs`, in order (no shuffling)."""
+def read_prompts(task_name: str, split: str, max_prompts: Optional[int] = None) -> List[str]:
+  """The `inputs_pretokenized` texts of a seqio task, in order (no shuffling).
+
+  Tokenization (with the policy checkpoint's vocabulary and lengths, and the over-length rule)
+  is the inference layer's job; nothing is skipped here.
+  """
   import seqio  # pylint: disable=g-import-not-at-top
   import rso_jax.tasks  # pylint: disable=g-import-not-at-top,unused-import
   task = seqio.get_mixture_or_task(task_name)
   ds = task.get_dataset(sequence_length=None, split=split, shuffle=False, num_epochs=1)
-  texts, toks, too_long = [], [], 0
+  texts = []
   for ex in ds.as_numpy_iterator():
     if max_prompts is not None and len(texts) >= max_prompts:
       break
-    t = ex["inputs"]
-    if len(t) > input_length:
-      too_long += 1
-      continue
+    if "inputs_pretokenized" not in ex:
+      raise ValueError(f"task {task_name!r} has no 'inputs_pretokenized' feature (the prompt "
+                       "text the sampling stage reads)")
     texts.append(ex["inputs_pretokenized"].decode("utf-8"))
-    toks.append(np.pad(t, (0, input_length - len(t))))
-  if too_long:
-    logging.warning("%d prompts of %s/%s are longer than %d tokens: skipped (counted in "
-                    "stats.json)", too_long, task_name, split, input_length)
   if not texts:
-    raise ValueError(f"task {task_name!r} split {split!r} has no prompt of at most "
-                     f"{input_length} tokens")
-  return texts, np.stack(toks).astype(np.int32), too_long
+    raise ValueError(f"task {task_name!r} split {split!r} has no prompts")
+  return texts
 
 
-def _decode_texts(vocab, tokens: np.ndarray) -> List[str]:
-  out = []
-  for row in tokens:
-    ids = [int(t) for t in row]
-    if decoding.EOS_ID in ids:
-      ids = ids[:ids.index(decoding.EOS_ID)]
-    out.append(vocab.decode([t for t in ids if t > 0]))
-  return out
-
-
-def _strip(tokens: np.ndarray) -> List[int]:
+def _strip(tokens: np.ndarray, eos_id: int) -> List[int]:
   """Token row up to and including EOS (padding removed)."""
   ids = [int(t) for t in tokens]
-  if decoding.EOS_ID in ids:
-    return ids[:ids.index(decoding.EOS_ID) + 1]
+  if eos_id in ids:
+    return ids[:ids.index(eos_id) + 1]
   return [t for t in ids if t > 0]
 
 
@@ -103,10 +88,13 @@ def _strip(tokens: np.ndarray) -> List[int]:
 class _Accum:
   """Running sums for stats.json."""
   prompts: int = 0
+  prompts_truncated: int = 0
   candidates: int = 0
   valid_candidates: int = 0
   unfinished: int = 0
   empty: int = 0
+  reward_unscorable: int = 0
+  labels_unscorable: int = 0
   accepted: int = 0
   visited: int = 0
   rounds: int = 0
@@ -149,27 +137,12 @@ class _Accum:
     return d
 
 
-class Sampler:
-  """Jitted candidate generation for one policy on one mesh."""
+def _label_fn(scorer: inference.RewardModel, label_with: str, prompts, texts, unscorable: set):
+  """preference_fn over candidate indices for `pairs.make_pairs` (host-side), or None.
 
-  def __init__(self, config: network.T5Config, params: Any, mesh, *, num_candidates: int,
-               max_decode_length: int, temperature: float, top_k: Optional[int],
-               top_p: Optional[float], input_length: int):
-    self.module = network.Transformer(config)
-    self.mesh = mesh
-    self.kw = dict(num_decodes=num_candidates, max_decode_length=max_decode_length,
-                   temperature=temperature, top_k=top_k, top_p=top_p)
-    self.params = partitioning.place_params(self.module, params, mesh, input_length,
-                                            max_decode_length)
-
-  def __call__(self, tokens: np.ndarray, key) -> decoding.SampleOutput:
-    with jax.set_mesh(self.mesh):
-      enc = partitioning.shard_batch({"t": tokens}, self.mesh)["t"]
-      return jax.device_get(decoding.sample(self.module, self.params, enc, key, **self.kw))
-
-
-def _label_fn(scorer, label_with: str, prompts, texts, rewards):
-  """preference_fn over candidate indices for `pairs.make_pairs` (host-side), or None."""
+  A preference the reward model cannot compute (responses too long together) counts as a tie
+  for the bracket; the pair is recorded in `unscorable` and not written.
+  """
   if label_with == "reward":
     return None
 
@@ -179,30 +152,39 @@ def _label_fn(scorer, label_with: str, prompts, texts, rewards):
     flat_p = [prompts[i] for i in range(bsz) for _ in range(p)]
     ya = [texts[i][a[i, j]] for i in range(bsz) for j in range(p)]
     yb = [texts[i][b[i, j]] for i in range(bsz) for j in range(p)]
-    return jnp.asarray(np.asarray(scorer.prefer(flat_p, ya, yb), np.float32).reshape(bsz, p))
+    prob = np.asarray(scorer.prefer(flat_p, ya, yb), np.float32).reshape(bsz, p)
+    for i, j in np.argwhere(~np.isfinite(prob)):
+      unscorable.add((int(i), frozenset((int(a[i, j]), int(b[i, j])))))
+    return jnp.asarray(np.where(np.isfinite(prob), prob, 0.5))
   return pref
 
 
-def process_batch(sampler: Sampler, scorer, vocab, prompts: Sequence[str],
-                  prompt_tokens: np.ndarray, key, *, strategy: str, num_samples: int,
-                  beta: float, rejection_mode: str, proposal_correction: bool,
-                  pair_method: str, label_with: str,
-                  golden_fn: Optional[Callable] = None, n_real: Optional[int] = None,
-                  keep_unfinished: bool = False):
+def process_batch(policy: inference.Generator, scorer: inference.RewardModel,
+                  prompts: Sequence[str], key, *, num_candidates: int,
+                  max_decode_length: Optional[int], temperature: float, top_k: Optional[int],
+                  top_p: Optional[float], strategy: str, num_samples: int, beta: float,
+                  rejection_mode: str, proposal_correction: bool, pair_method: str,
+                  label_with: str, golden_fn: Optional[Callable] = None,
+                  n_real: Optional[int] = None, keep_unfinished: bool = False):
   """One batch of prompts -> (records, _Accum) over its first `n_real` rows (rest: padding)."""
   k_sample, k_select = jax.random.split(key)
-  out = sampler(prompt_tokens, k_sample)
+  out = policy.generate(list(prompts), key=k_sample, num_decodes=num_candidates,
+                        temperature=temperature, top_k=top_k, top_p=top_p,
+                        max_decode_length=max_decode_length, batch_size=len(prompts))
   b, n, _ = out.tokens.shape
-  texts = [_decode_texts(vocab, out.tokens[i]) for i in range(b)]
-  lengths = np.asarray(out.lengths)
-  finished = np.asarray(out.finished)
+  texts = out.texts
+  lengths, finished = np.asarray(out.lengths), np.asarray(out.finished)
   nonempty = lengths > 1  # more than the EOS token
   # A candidate without EOS within max_decode_length is truncated: invalid unless configured
   # (counted as `unfinished` either way).
   valid = (finished | keep_unfinished) & nonempty
-  rewards = np.asarray(scorer.score(list(prompts), texts), np.float32)  # [B, N]
+  # Pairwise: Eq. 7's baseline y_b is the prompt's first valid (finished, non-empty) candidate.
+  rewards = np.asarray(scorer.reward(list(prompts), texts, valid=valid), np.float32)  # [B, N]
   if rewards.shape != (b, n):
     raise ValueError(f"reward model returned shape {rewards.shape}, expected {(b, n)}")
+  # NaN: the reward model could not read the whole response (inference.py's rule): invalid.
+  unscorable = valid & np.isnan(rewards)
+  valid = valid & ~unscorable
   bad = valid & ~np.isfinite(rewards)
   if bad.any():
     i, j = np.argwhere(bad)[0]
@@ -219,26 +201,30 @@ def process_batch(sampler: Sampler, scorer, vocab, prompts: Sequence[str],
   else:
     sel = rejection.select(strategy, k_select, masked, num_samples, mask=jnp.asarray(valid))
   sel = jax.device_get(sel)
-  pref_fn = _label_fn(scorer, label_with, prompts, texts, rewards)
+  no_label: set = set()
+  pref_fn = _label_fn(scorer, label_with, prompts, texts, no_label)
   pairs = jax.device_get(pairs_lib.make_pairs(
       pair_method, jnp.asarray(sel.indices), jnp.asarray(sel.valid),
-      rewards=None if pref_fn else jnp.asarray(rewards), preference_fn=pref_fn))
+      rewards=None if pref_fn else jnp.asarray(masked), preference_fn=pref_fn))
 
   m = b if n_real is None else n_real
   v, sv = valid[:m], sel.valid[:m]
-  acc = _Accum(prompts=m, candidates=m * n, valid_candidates=int(v.sum()),
+  acc = _Accum(prompts=m, prompts_truncated=int(out.prompt_truncated[:m].sum()),
+               candidates=m * n, valid_candidates=int(v.sum()),
                unfinished=int((~finished[:m]).sum()),
                empty=int((finished[:m] & ~nonempty[:m]).sum()),
+               reward_unscorable=int(unscorable[:m].sum()),
                accepted=int(np.sum(sv)), visited=int(np.sum(sel.num_visited[:m])),
                rounds=int(np.sum(sel.rounds[:m])))
   picked = lambda x: float(np.sum(np.take_along_axis(x[:m], sel.indices[:m], 1)[sv]))
   acc.reward_all = float(rewards[:m][v].sum())
-  acc.reward_selected = picked(rewards)
+  acc.reward_selected = picked(np.where(valid, rewards, 0.0))
   golden = None
   if golden_fn is not None:
     golden = np.asarray(golden_fn(list(prompts), texts), np.float32).reshape(b, n)
     acc.golden_all = float(golden[:m][v].sum())
     acc.golden_selected = picked(golden)
+  eos = policy.eos_id
   records = []
   for i in range(m):
     for j in range(pairs.chosen.shape[1]):
@@ -246,12 +232,15 @@ def process_batch(sampler: Sampler, scorer, vocab, prompts: Sequence[str],
         acc.skipped_invalid += 1
         continue
       c, r = int(pairs.chosen[i, j]), int(pairs.rejected[i, j])
+      if (i, frozenset((c, r))) in no_label:
+        acc.labels_unscorable += 1
+        continue
       if texts[i][c] == texts[i][r]:
         acc.skipped_identical += 1
         continue
       rec = {
-          "inputs": _strip(prompt_tokens[i]), "chosen": _strip(out.tokens[i, c]),
-          "rejected": _strip(out.tokens[i, r]), "inputs_pretokenized": prompts[i],
+          "inputs": _strip(out.prompt_tokens[i], eos), "chosen": _strip(out.tokens[i, c], eos),
+          "rejected": _strip(out.tokens[i, r], eos), "inputs_pretokenized": prompts[i],
           "chosen_pretokenized": texts[i][c], "rejected_pretokenized": texts[i][r],
           "ref_chosen_logps": float(out.model_logps[i, c]),
           "ref_rejected_logps": float(out.model_logps[i, r]),
@@ -273,9 +262,10 @@ def process_batch(sampler: Sampler, scorer, vocab, prompts: Sequence[str],
 
 
 def run(*, policy_checkpoint: str, reward_checkpoint: Optional[str], output_dir: str,
-        reward_kind: str = "pairwise", scorer: Any = None,
+        scorer: Optional[inference.RewardModel] = None,
         prompts_task: str = "synthetic_prompts", split: str = "train",
-        input_length: int = 32, max_decode_length: int = 32,
+        input_length: Optional[int] = None, max_decode_length: Optional[int] = None,
+        keep_context: str = "start",
         data_setting: str = "rso_sample_rank", num_candidates: int = 64, num_samples: int = 8,
         temperature: float = 0.7, top_k: Optional[int] = 40, top_p: Optional[float] = None,
         beta: float = 0.5, rejection_mode: str = "paper", proposal_correction: bool = False,
@@ -286,6 +276,13 @@ def run(*, policy_checkpoint: str, reward_checkpoint: Optional[str], output_dir:
         keep_unfinished: bool = False, progress: bool = True) -> Dict[str, Any]:
   """Runs (or resumes) the sampling stage; returns the summary statistics.
 
+  The policy and the reward model are opened by `inference.load` from their manifests (their
+  kinds are checked, their vocabularies and lengths used); `input_length` /
+  `max_decode_length` default to the policy checkpoint's `inputs` / `targets` lengths. Prompts
+  longer than `input_length` have their context cut (`keep_context`) and are counted
+  (`prompts_truncated`); candidates the reward model cannot read whole are invalid and counted
+  (`reward_unscorable`).
+
   `label_with`: "preference" labels each pair with the reward model's ρ(x, y1, y2) (the
   paper's choice for the pairwise model), "reward" by comparing pointwise rewards; "auto" =
   preference for a pairwise model, reward otherwise. `stop_after_shards` stops early (tests
@@ -293,7 +290,6 @@ def run(*, policy_checkpoint: str, reward_checkpoint: Optional[str], output_dir:
   """
   import rso_jax.tasks  # pylint: disable=g-import-not-at-top,unused-import
   from rso_jax.tasks import generated  # pylint: disable=g-import-not-at-top
-  from rso_jax.tasks import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
   if data_setting not in DATA_SETTINGS:
     raise ValueError(f"data_setting={data_setting!r}: sampling supports "
                      f"{sorted(DATA_SETTINGS)} ('direct' trains on D_hf and needs no sampling)")
@@ -302,36 +298,36 @@ def run(*, policy_checkpoint: str, reward_checkpoint: Optional[str], output_dir:
     raise ValueError(f"pair_method={pair_method!r}: use first_round or tournament")
   if num_samples > num_candidates:
     raise ValueError(f"num_samples={num_samples} > num_candidates={num_candidates}")
-  if label_with == "auto":
-    label_with = "preference" if reward_kind == "pairwise" else "reward"
-  if label_with not in ("preference", "reward"):
+  if label_with not in ("preference", "reward", "auto"):
     raise ValueError(f"label_with={label_with!r}: use preference, reward or auto")
-  os.makedirs(output_dir, exist_ok=True)
-
-  config, params = checkpoints.load_model(policy_checkpoint)
+  mesh = partitioning.create_mesh(mesh_shape)
+  dp = partitioning.data_parallel_size(mesh)
+  batch_prompts = max(dp, int(math.ceil(batch_prompts / dp)) * dp)
+  policy = inference.load(policy_checkpoint, mesh=mesh, expect=checkpoints.GENERATIVE_KINDS,
+                          role="policy", batch_size=batch_prompts, keep_context=keep_context,
+                          feature_lengths={"inputs": input_length,
+                                           "targets": max_decode_length})
   if scorer is None:
     if not reward_checkpoint:
       raise ValueError("no reward model: set REWARD_CHECKPOINT (or pass a scorer)")
-    from rso_jax import reward_models  # pylint: disable=g-import-not-at-top
-    scorer = reward_models.load_scorer(reward_checkpoint, kind=reward_kind)
-  vocab = vocab_lib.get_vocabulary()
+    scorer = inference.load(reward_checkpoint, mesh=mesh, expect=checkpoints.REWARD_KINDS,
+                            role="reward model", batch_size=256, keep_context=keep_context)
+  if label_with == "auto":
+    label_with = "preference" if scorer.kind == "pairwise_rm" else "reward"
   golden_fn = None
   if prompts_task.startswith("synthetic"):
     from rso_jax.tasks import synthetic  # pylint: disable=g-import-not-at-top
     golden_fn = lambda ps, ys: synthetic.golden_rewards(ps, ys)
 
-  texts, tokens, too_long = read_prompts(prompts_task, split, input_length, max_prompts)
-  mesh = partitioning.create_mesh(mesh_shape)
-  dp = partitioning.data_parallel_size(mesh)
-  batch_prompts = max(dp, int(math.ceil(batch_prompts / dp)) * dp)
-  sampler = Sampler(config, params, mesh, num_candidates=num_candidates,
-                    max_decode_length=max_decode_length, temperature=temperature, top_k=top_k,
-                    top_p=top_p, input_length=input_length)
+  texts = read_prompts(prompts_task, split, max_prompts)
+  os.makedirs(output_dir, exist_ok=True)
   num_shards = int(math.ceil(len(texts) / prompts_per_shard))
   manifest = dict(policy_checkpoint=os.path.abspath(policy_checkpoint),
                   reward_checkpoint=reward_checkpoint and os.path.abspath(reward_checkpoint),
-                  reward_kind=reward_kind, prompts_task=prompts_task, split=split,
-                  num_prompts=len(texts), prompts_skipped_too_long=too_long,
+                  reward_kind=scorer.kind, prompts_task=prompts_task, split=split,
+                  num_prompts=len(texts), input_length=policy.feature_lengths["inputs"],
+                  max_decode_length=policy.feature_lengths["targets"],
+                  keep_context=keep_context, vocabulary=dict(policy.manifest.vocabulary),
                   data_setting=data_setting, strategy=strategy, num_candidates=num_candidates,
                   num_samples=num_samples, temperature=temperature, top_k=top_k, top_p=top_p,
                   beta=beta, rejection_mode=rejection_mode,
@@ -376,7 +372,8 @@ def run(*, policy_checkpoint: str, reward_checkpoint: Optional[str], output_dir:
       idx = list(range(start, end)) + [end - 1] * (batch_prompts - (end - start))  # pad
       key = jax.random.fold_in(base_key, start)  # depends on the prompt index only
       recs, acc = process_batch(
-          sampler, scorer, vocab, [texts[i] for i in idx], tokens[idx], key,
+          policy, scorer, [texts[i] for i in idx], key, num_candidates=num_candidates,
+          max_decode_length=None, temperature=temperature, top_k=top_k, top_p=top_p,
           strategy=strategy, num_samples=num_samples, beta=beta,
           rejection_mode=rejection_mode, proposal_correction=proposal_correction,
           pair_method=pair_method, label_with=label_with, golden_fn=golden_fn,
@@ -394,6 +391,7 @@ def run(*, policy_checkpoint: str, reward_checkpoint: Optional[str], output_dir:
     written += 1
   bar.close()
   summary = total.summary()
+  summary["reward_model/contexts_truncated"] = scorer.stats["contexts_truncated"]
   summary["wall_seconds_this_run"] = time.time() - t0
   done = all(os.path.exists(os.path.join(output_dir, f"pairs-{s:05d}-of-{num_shards:05d}.tfrecord"))
              for s in range(num_shards))
@@ -401,7 +399,7 @@ def run(*, policy_checkpoint: str, reward_checkpoint: Optional[str], output_dir:
     _atomic_write_text(os.path.join(output_dir, STATS), json.dumps(summary, indent=2))
     _atomic_write_text(os.path.join(output_dir, COMPLETED), time.strftime("%Y-%m-%dT%H:%M:%S"))
     if task_name:
-      generated.register_pair_task(task_name, output_dir)
+      generated.register_pair_task(task_name, output_dir, policy.vocab)
   return summary
 
 
@@ -409,7 +407,9 @@ def format_summary(summary: Dict[str, Any]) -> str:
   keys = ["prompts", "pairs", "rejection/acceptance_rate", "rejection/rounds",
           "reward/all_mean", "reward/selected_mean", "reward/chosen_mean", "reward/rejected_mean",
           "golden/all_mean", "golden/selected_mean", "golden/chosen_mean",
-          "golden/rejected_mean", "golden/label_agreement", "unfinished", "skipped_identical"]
+          "golden/rejected_mean", "golden/label_agreement", "unfinished", "skipped_identical",
+          "prompts_truncated", "reward_unscorable", "labels_unscorable",
+          "reward_model/contexts_truncated"]
   rows = [f"  {k:<28s} {summary[k]:.4f}" if isinstance(summary.get(k), float)
           else f"  {k:<28s} {summary.get(k)}" for k in keys if k in summary]
   return "\n".join(rows)

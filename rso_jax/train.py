@@ -86,6 +86,33 @@ def get_dataset(cfg: DatasetConfig, feature_converter, *, num_epochs: Optional[i
   return ds.prefetch(2).as_numpy_iterator()
 
 
+def task_vocabulary(mixture_or_task_name: str):
+  """The vocabulary of a task's model inputs (the "inputs" feature, else the first one)."""
+  import seqio  # pylint: disable=g-import-not-at-top
+  feats = seqio.get_mixture_or_task(mixture_or_task_name).output_features
+  return (feats.get("inputs") or next(iter(feats.values()))).vocabulary
+
+
+def model_manifest(model, mixture_or_task_name: str, task_feature_lengths: Mapping[str, int]
+                   ) -> checkpoints.Manifest:
+  """What a checkpoint of `model` trained on the task is (`checkpoints.Manifest`).
+
+  A model that tokenizes on its own (reward models: separator, "A"/"B") must use the task's
+  vocabulary; a mismatch is a ConfigError rather than a reward model that reads other tokens.
+  """
+  vocab = task_vocabulary(mixture_or_task_name)
+  spec = checkpoints.vocabulary_spec(vocab)
+  own = getattr(model, "vocabulary", None)
+  if own is not None and checkpoints.vocabulary_spec(own) != spec:
+    raise ConfigError(f"{type(model).__name__} tokenizes with {checkpoints.vocabulary_spec(own)}"
+                      f" but task {mixture_or_task_name!r} uses {spec}: pass the task's "
+                      "vocabulary to the model")
+  return checkpoints.Manifest(
+      kind=model.manifest_kind, network=model.config, vocabulary=spec,
+      feature_lengths={k: int(v) for k, v in task_feature_lengths.items()},
+      model_settings=model.manifest_settings(), task=mixture_or_task_name)
+
+
 # --------------------------------------------------------------------------------------------
 # The training loop
 # --------------------------------------------------------------------------------------------
@@ -167,8 +194,9 @@ def train(*, model, model_dir: str, train_steps: int, batch_size: int,
       print_fn(f"initialized params from {initial_checkpoint_path}")
     state = tr.init_state(init_params)
     batches_done = 0
-    if hasattr(model, "config"):
-      checkpoints.write_config(model_dir, model.config)
+  manifest = model_manifest(model, mixture_or_task_name, task_feature_lengths)
+  if jax.process_index() == 0:
+    checkpoints.write_manifest(model_dir, manifest)
   step = int(jax.device_get(state.step))
 
   data_cfg = DatasetConfig(mixture_or_task_name, dict(task_feature_lengths), "train",
@@ -220,10 +248,8 @@ def train(*, model, model_dir: str, train_steps: int, batch_size: int,
   ckpt.close()
   logger.flush()
   if step >= train_steps:
-    final_dir = checkpoints.resolve_params_path(model_dir)
-    if hasattr(model, "config"):
-      checkpoints.write_config(final_dir, model.config)
     if jax.process_index() == 0:
+      checkpoints.write_manifest(checkpoints.resolve_params_path(model_dir), manifest)
       with open(os.path.join(model_dir, "COMPLETED.tmp"), "w") as f:
         f.write(f"{step}\n")
       os.replace(os.path.join(model_dir, "COMPLETED.tmp"), os.path.join(model_dir, "COMPLETED"))
@@ -319,7 +345,7 @@ def main(argv: Optional[Sequence[str]] = None, entry: Callable = None) -> int:
     files, bindings, search = parse_flags(argv)
     configure_gin(files, bindings, search)
     run_configured(entry)
-  except (ConfigError, FileNotFoundError, PermissionError) as e:
+  except (ConfigError, checkpoints.CheckpointError, FileNotFoundError, PermissionError) as e:
     if os.environ.get("RSO_JAX_TRACEBACK"):
       raise
     first = (str(e).strip().splitlines() or [type(e).__name__])[0]  # gin appends call context

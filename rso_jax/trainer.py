@@ -196,7 +196,7 @@ class Trainer:
                               out_shardings=replicated)
 
   def _ctx(self):
-    return _MeshRules(self.mesh, self.rules)
+    return partitioning.MeshRules(self.mesh, self.rules)
 
   # --- state ------------------------------------------------------------------------------
   def init_state(self, params: Any = None) -> TrainState:
@@ -275,25 +275,6 @@ class Trainer:
     if missing:
       raise KeyError(f"batch lacks features {sorted(missing)} (has {sorted(batch)})")
     return partitioning.shard_batch({k: batch[k] for k in self.input_shapes}, self.mesh)
-
-
-class _MeshRules:
-  """Context: the mesh (for sharding constraints) and the logical-axis rules."""
-
-  def __init__(self, mesh, rules):
-    self.mesh, self.rules = mesh, rules
-
-  def __enter__(self):
-    self._a = jax.set_mesh(self.mesh)
-    self._b = nn.logical_axis_rules(self.rules)
-    self._a.__enter__()
-    self._b.__enter__()
-    return self
-
-  def __exit__(self, *exc):
-    self._b.__exit__(*exc)
-    self._a.__exit__(*exc)
-    return False
 
 
 # --------------------------------------------------------------------------------------------

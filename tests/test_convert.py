@@ -10,13 +10,15 @@ import os
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import helpers
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from rso_jax import convert  # pylint: disable=g-import-not-at-top
+from rso_jax import checkpoints  # pylint: disable=g-import-not-at-top
+from rso_jax import convert
 from rso_jax import network
 
 VOCAB = 128
@@ -76,16 +78,7 @@ def hf_checkpoints(tmp_path_factory):
 
 
 def _batch(seed: int):
-  """Random tokens with end padding (id 0): encoder [4, 11], decoder targets [4, 9]."""
-  rng = np.random.RandomState(seed)
-  enc = rng.randint(2, VOCAB, (4, 11))
-  for row, n in enumerate((11, 7, 3, 9)):
-    enc[row, n:] = 0
-  tgt = rng.randint(2, VOCAB, (4, 9))
-  for row, n in enumerate((9, 4, 6, 1)):
-    tgt[row, n:] = 0
-  dec = np.concatenate([np.zeros((4, 1), tgt.dtype), tgt[:, :-1]], axis=1)  # shift right, BOS=0
-  return enc, dec, tgt
+  return helpers.hf_batch(seed, VOCAB)
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
@@ -177,18 +170,118 @@ def test_bfloat16_checkpoint(tmp_path):
     np.testing.assert_array_equal(a.astype(jnp.bfloat16).astype(np.float32), b)
 
 
-def test_cli_orbax_round_trip(hf_checkpoints, tmp_path):
+def test_cli_orbax_round_trip(hf_checkpoints, tmp_path, capsys):
   _, path = hf_checkpoints["flan_untied_sharded"]
   out = str(tmp_path / "converted")
-  convert.main(["--hf_dir", path, "--out", out])
-  assert os.path.exists(os.path.join(out, "t5_config.json"))
+  assert convert.main(["--hf_dir", path, "--out", out]) == 0
+  assert os.path.exists(os.path.join(out, checkpoints.MANIFEST_FILE))
+  assert not os.path.exists(os.path.join(out, checkpoints.LEGACY_CONFIG_FILE))
+  # No spiece.model in the HF dir and no flag: no vocabulary, and a warning saying how to fix it.
+  err = capsys.readouterr().err
+  assert "no vocabulary recorded" in err and "--spm_path" in err
+  manifest = checkpoints.read_manifest(out)
+  assert manifest.vocabulary is None
+  with pytest.raises(checkpoints.CheckpointError, match="--spm_path"):
+    manifest.get_vocabulary()
   config, params = convert.from_hf(path)
+  assert manifest.network == config
   config2, params2 = convert.load_converted(out)
   assert config2 == config
   assert jax.tree.structure(params2) == jax.tree.structure(params)
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(params2)):
     assert np.asarray(b).dtype == a.dtype
     np.testing.assert_array_equal(np.asarray(b), a)
+  # The one loader gives the same.
+  manifest3, params3 = checkpoints.load(out)
+  assert manifest3 == manifest
+  jax.tree.map(np.testing.assert_array_equal, params, jax.tree.map(np.asarray, params3))
+
+
+def _train_spm(prefix, pieces: int, alphabet: str = "abcdefghijklmnopqrstuvwxyz") -> str:
+  """A tiny SentencePiece model with seqio's special ids (pad 0, eos 1, unk 2, no bos)."""
+  import sentencepiece as spm  # pylint: disable=g-import-not-at-top
+  rng = np.random.RandomState(0)
+  words = ["".join(rng.choice(list(alphabet), rng.randint(2, 8))) for _ in range(300)]
+  spm.SentencePieceTrainer.train(
+      sentence_iterator=(" ".join(rng.choice(words, 8)) for _ in range(2000)),
+      model_prefix=str(prefix), vocab_size=pieces, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+      minloglevel=2)
+  return f"{prefix}.model"
+
+
+@pytest.fixture(scope="module")
+def spm_models(tmp_path_factory):
+  d = tmp_path_factory.mktemp("spm")
+  # 28 pieces + 100 T5 sentinels = 128 = VOCAB; 64 + 100 does not fit.
+  return {28: _train_spm(d / "sp28", 28, "abcdefgh"), 64: _train_spm(d / "sp64", 64)}
+
+
+def _hf_dir_with(hf_checkpoints, tmp_path, name, files):
+  """A copy of an HF checkpoint dir with extra files ({name: source path or JSON dict})."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  d = tmp_path / name
+  shutil.copytree(hf_checkpoints["v1_0_relu_tied"][1], d)
+  for fname, src in files.items():
+    if isinstance(src, dict):
+      (d / fname).write_text(json.dumps(src))
+    else:
+      shutil.copyfile(src, d / fname)
+  return str(d)
+
+
+def test_manifest_vocabulary(hf_checkpoints, spm_models, tmp_path, capsys):
+  config, params = convert.from_hf(hf_checkpoints["v1_0_relu_tied"][1])
+
+  def run(hf_dir, *flags):
+    out = str(tmp_path / f"out{len(os.listdir(tmp_path))}")
+    rc = convert.main(["--hf_dir", hf_dir, "--out", out, *flags])
+    return rc, out
+
+  # spiece.model in the HF dir, found by default: kind seq2seq, 100 extra ids (they fit), copied.
+  found = _hf_dir_with(hf_checkpoints, tmp_path, "hf28", {"spiece.model": spm_models[28]})
+  rc, out = run(found)
+  assert rc == 0
+  m = checkpoints.read_manifest(out)
+  assert (m.kind, m.source, m.task, m.feature_lengths) == ("seq2seq", "convert", None, None)
+  assert m.network == config
+  assert m.vocabulary == {"type": "sentencepiece", "path": os.path.join(found, "spiece.model"),
+                          "extra_ids": 100, "file": "spiece.model"}
+  with open(os.path.join(out, "spiece.model"), "rb") as f, open(spm_models[28], "rb") as g:
+    assert f.read() == g.read()
+  assert m.get_vocabulary().vocab_size == 128
+  # 64 pieces: 100 sentinels would not fit in vocab_size=128 -> 0 by default.
+  rc, out = run(hf_checkpoints["v1_0_relu_tied"][1], f"--spm_path={spm_models[64]}")
+  assert rc == 0 and checkpoints.read_manifest(out).vocabulary["extra_ids"] == 0
+  assert checkpoints.read_manifest(out).vocabulary["path"] == spm_models[64]
+  # tokenizer_config.json's extra_ids wins for the HF dir's own spiece.model.
+  tc = _hf_dir_with(hf_checkpoints, tmp_path, "hf64", {"spiece.model": spm_models[64],
+                                                       "tokenizer_config.json": {"extra_ids": 7}})
+  rc, out = run(tc)
+  assert rc == 0 and checkpoints.read_manifest(out).vocabulary["extra_ids"] == 7
+  rc, out = run(tc, "--extra_ids=64")
+  assert rc == 0 and checkpoints.read_manifest(out).vocabulary["extra_ids"] == 64
+  capsys.readouterr()
+
+  def refused(*flags, hf_dir=hf_checkpoints["v1_0_relu_tied"][1]):
+    rc, out = run(hf_dir, *flags)
+    assert rc == 2 and not os.path.exists(out)
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("rso_jax.convert: error: "), err
+    return err
+
+  assert "vocab_size=128" in refused(f"--spm_path={spm_models[64]}", "--extra_ids=65")
+  assert "259" in refused("--vocabulary=bytes")  # the byte vocabulary needs 259 ids
+  assert "no such file" in refused(f"--spm_path={tmp_path / 'missing.model'}")
+  assert "not both" in refused(f"--spm_path={spm_models[64]}", "--vocabulary=bytes")
+  assert "--spm_path" in refused("--extra_ids=3")  # no SentencePiece model to add them to
+  assert "not a SentencePiece model" in refused(
+      f"--spm_path={os.path.join(hf_checkpoints['v1_0_relu_tied'][1], 'config.json')}")
+  assert "config.json" in refused(hf_dir=str(tmp_path / "no_such_dir"))
+  bad = _hf_dir_with(hf_checkpoints, tmp_path, "umt5", {})
+  cfg = json.loads(open(os.path.join(bad, "config.json")).read()) | {"model_type": "umt5"}
+  with open(os.path.join(bad, "config.json"), "w") as f:
+    json.dump(cfg, f)
+  assert "model_type='umt5'" in refused(hf_dir=bad)
 
 
 def _hf_config(**overrides):

@@ -3,11 +3,11 @@
 import json
 import os
 
-import jax
 import numpy as np
 import pytest
 
-from rso_jax import checkpoints, decoding, evaluate, models, network, trainer
+import helpers
+from rso_jax import checkpoints, decoding, evaluate, models, network, reports, reward_models
 from rso_jax.tasks import embedded, synthetic
 from rso_jax.tasks import vocab as vocab_lib
 
@@ -23,8 +23,11 @@ KW = dict(prompts_task=TASK, split="validation", batch_size=8, max_decode_length
 class GoldenScorer:
   """Stands in for a proxy reward model: P(y1 ≻ y2) = σ(20·(r*(x, y1) − r*(x, y2)))."""
 
-  def score(self, prompts, responses, baselines=None):
-    return synthetic.golden_rewards(prompts, responses)
+  def reward(self, prompts, responses, baselines=None):
+    r = synthetic.golden_rewards(prompts, responses)
+    if baselines is not None:
+      r = r - synthetic.golden_rewards(prompts, [[b] for b in baselines])
+    return 20.0 * r
 
   def prefer(self, prompts, y1, y2):
     a = synthetic.golden_rewards(prompts, y1).astype(np.float64)
@@ -35,7 +38,7 @@ class GoldenScorer:
 class LengthScorer:
   """A hackable proxy: prefers the longer text, P(y1 ≻ y2) = σ(len(y1) − len(y2))."""
 
-  def score(self, prompts, responses, baselines=None):
+  def reward(self, prompts, responses, baselines=None):
     return np.array([[float(len(y)) for y in row] for row in responses], np.float32)
 
   def prefer(self, prompts, y1, y2):
@@ -44,11 +47,7 @@ class LengthScorer:
 
 
 def _save(path, seed):
-  m = models.Seq2SeqModel(CFG)
-  v = m.get_initial_variables(jax.random.key(seed), m.input_shapes(1, {"inputs": 32,
-                                                                       "targets": 12}))
-  checkpoints.save_params(str(path), trainer.unbox(v["params"]), CFG)
-  return str(path)
+  return helpers.save(path, models.Seq2SeqModel(CFG), {"inputs": 32, "targets": 12}, seed=seed)
 
 
 @pytest.fixture(scope="module")
@@ -103,18 +102,13 @@ def test_kl_estimate_matches_numpy_oracle():
     evaluate.kl_estimate(lp, ls[:, :2])
 
 
-def test_chunks_pad_last_batch_with_real_rows():
-  chunks = list(evaluate._chunks(13, 8))
-  assert chunks == [(0, list(range(8)), 8), (8, [8, 9, 10, 11, 12, 12, 12, 12], 5)]
-
-
 def test_format_table_lists_every_policy_and_decoding():
   rep = {"name": "p1", "kl/mean": 0.25, "kl/stderr": 0.01, "golden/sft_targets": 0.6,
          "results": {"greedy": {"vs_sft/proxy": 0.75, "vs_sft/golden": 0.5,
                                 "golden/policy": 0.7, "golden/sft": 0.65}}}
-  table = evaluate.format_table([rep, dict(rep, name="p2", results={})])
+  table = reports.format_table([rep, dict(rep, name="p2", results={})])
   assert "p1" in table and "greedy" in table and "75.0" in table and "0.250 ± 0.010" in table
-  assert evaluate.format_table({"p1": rep}) == evaluate.format_table(rep)
+  assert reports.format_table({"p1": rep}) == reports.format_table(rep)
 
 
 # ---------------------------------------------------------------------------------- end to end
@@ -171,9 +165,12 @@ def test_results_match_independent_decoding_of_the_real_rows(runs):
   vocab = vocab_lib.get_vocabulary()
   toks = np.stack([np.pad(np.array(vocab.encode(p) + [1], np.int32), (0, 32 - len(p) - 1))
                    for p in prompts])
-  config, params = checkpoints.load_model(runs["other"])
-  out = decoding.greedy(network.Transformer(config), params, toks, max_decode_length=12)
-  ys = evaluate.decode_texts(vocab, np.asarray(out.tokens[:, 0]))
+  manifest, params = checkpoints.load(runs["other"])
+  out = decoding.greedy(network.Transformer(manifest.network), params, toks,
+                        max_decode_length=12, vocab_size=vocab.vocab_size)
+  ys = []
+  for row in np.asarray(out.tokens[:, 0]).tolist():
+    ys.append(vocab.decode(row[:row.index(1)] if 1 in row else [t for t in row if t]))
   g_pol = synthetic.golden_rewards(prompts, ys)
   g_tgt = synthetic.golden_rewards(prompts, targets)
   res = runs["diff"]["results"]["greedy"]
@@ -196,13 +193,13 @@ def test_writes_report_summary_and_plot(runs):
   with open(os.path.join(out, "eval_plot.png"), "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
   assert not [n for n in os.listdir(out) if ".tmp" in n]
-  table = evaluate.format_table(evaluate.load_summary(out))
+  table = reports.format_table(reports.load_summary(out))
   assert "same" in table and "other" in table
 
 
 def test_missing_checkpoint_names_the_path(runs, tmp_path):
   missing = str(tmp_path / "no_such_policy")
-  with pytest.raises(FileNotFoundError, match="no_such_policy"):
+  with pytest.raises(checkpoints.CheckpointError, match="not found.*no_such_policy"):
     evaluate.evaluate_policy(missing, runs["sft"], scorer=GoldenScorer(), **KW)
   with pytest.raises(ValueError, match="decoding='beam'"):
     evaluate.evaluate_policy(runs["sft"], runs["sft"], decoding=("beam",), **KW)
@@ -219,3 +216,30 @@ def test_cli_prints_table_without_reward_model(runs, tmp_path, capsys):
     rep = json.load(f)
   assert rep["has_proxy"] is False and "vs_sft/proxy" not in rep["results"]["sample"]
   assert 0.0 <= rep["results"]["sample"]["vs_sft/golden"] <= 1.0
+
+
+def test_cli_refuses_checkpoints_of_the_wrong_kind(runs, tmp_path, capsys):
+  bt = helpers.save(tmp_path / "bt", reward_models.BradleyTerryRewardModel(CFG),
+                    {"inputs": 32, "targets": 32})
+  args = [f"--prompts_task={TASK}", "--num_prompts=8", "--batch_size=8"]
+  for bad in ([f"--policy={bt}", f"--sft={runs['sft']}"],
+              [f"--policy={runs['sft']}", f"--sft={runs['sft']}", f"--reward={runs['sft']}"]):
+    assert evaluate.main(bad + args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "checkpoint" in err and "needs" in err, err
+
+
+def test_reward_model_evaluation_against_an_oracle_and_a_real_checkpoint(tmp_path):
+  """A judge that IS the golden reward scores perfectly; a random BT checkpoint loads by its
+  manifest and gives finite statistics."""
+  perfect = evaluate.evaluate_reward_model(scorer=GoldenScorer())
+  assert perfect["accuracy_golden"] == 1.0 and perfect["accuracy_golden_symmetrized"] == 1.0
+  assert perfect["pearson_relative"] == pytest.approx(1.0, abs=1e-3)  # float32 rewards
+  assert perfect["spearman_relative"] == pytest.approx(1.0, abs=1e-3)  # float32 ties
+  assert perfect["within_prompt_spearman"] == pytest.approx(1.0)
+  assert perfect["reward_slope"] == pytest.approx(20.0, rel=1e-3)
+  assert perfect["position_bias"] == pytest.approx(0.0, abs=1e-9)
+  bt = helpers.save(tmp_path / "bt", reward_models.BradleyTerryRewardModel(CFG),
+                    {"inputs": 32, "targets": 32})
+  out = evaluate.evaluate_reward_model(bt)
+  assert 0.0 <= out["accuracy_golden"] <= 1.0 and np.isfinite(out["pearson_r_star"])

@@ -356,3 +356,21 @@ def test_token_shape_errors():
     losses.sequence_logps(logits[:, :4], targets, weights)
   with pytest.raises(ValueError, match="weights shape"):
     losses.token_cross_entropy(logits, targets, weights[:, :2])
+
+
+def test_bt_loss_and_metrics_match_numpy():
+  rng = np.random.default_rng(0)
+  rw, rl = rng.normal(size=9).astype(np.float32), rng.normal(size=9).astype(np.float32)
+  rl[2] = rw[2]
+  w = np.ones(9, np.float32)
+  w[4] = 0.0
+  loss, m = losses.bt_loss_and_metrics(rw, rl, w, margin=0.3, center_weight=0.05)
+  keep = w > 0
+  bt = np.log1p(np.exp(-(rw - rl - 0.3)))
+  np.testing.assert_allclose(loss, np.mean((bt + 0.05 * (rw + rl) ** 2)[keep]), rtol=1e-5)
+  np.testing.assert_allclose(m["bt_loss"], np.mean(bt[keep]), rtol=1e-5)
+  acc = np.where(rw > rl, 1.0, np.where(rw == rl, 0.5, 0.0))
+  np.testing.assert_allclose(m["accuracy"], np.mean(acc[keep]), rtol=1e-6)
+  np.testing.assert_allclose(m["margin"], np.mean((rw - rl)[keep]), rtol=1e-5)
+  np.testing.assert_allclose(m["mean_reward"], np.mean(((rw + rl) / 2)[keep]), rtol=1e-5, atol=1e-7)
+  assert float(m["pairs/skipped_identical"]) == 1.0

@@ -1,20 +1,17 @@
-"""Reward models: ranking format, losses vs NumPy, A/B symmetry, Eq. 7 baseline, invariance."""
+"""Reward models: ranking format, losses vs NumPy, A/B symmetry, packing, self-description."""
 
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 import seqio
 import tensorflow as tf
 
-from rso_jax import checkpoints, models, network, partitioning, reward_models as rm, train, trainer
+from helpers import CFG, fit, manifest, one_device_mesh, train_spm, word_texts
+from rso_jax import checkpoints, inference, models, reward_models as rm, train, trainer
 from rso_jax.tasks import preprocessors, synthetic
 
-CFG = network.T5Config(vocab_size=384, emb_dim=32, num_heads=2, head_dim=16, mlp_dim=64,
-                       num_encoder_layers=1, num_decoder_layers=1)
 VOCAB = seqio.ByteVocabulary()
 RANK_LEN = 96  # ranking inputs of the short examples below fit in 96 bytes
 BT_LENGTHS = {"inputs": 32, "targets": 32}
@@ -149,121 +146,16 @@ def test_flipping_ab_is_symmetric_after_training():
   pairs = _short_pairs(8, "train", length=64)
   batch = {k: jnp.asarray(v)
            for k, v in _rank_batch(pairs + pairs, [0] * 8 + [1] * 8, length=64).items()}
-  params = _init(model, {"inputs": 64, "targets": 8})
-  opt = optax.adam(3e-3)
-  state = opt.init(params)
-
-  @jax.jit
-  def step(params, state):
-    grads = jax.grad(lambda p: model.loss_fn(p, batch, None)[0])(params)
-    updates, state = opt.update(grads, state, params)
-    return optax.apply_updates(params, updates), state
-
-  for _ in range(300):
-    params, state = step(params, state)
-  scorer = rm.PairwiseScorer(CFG, params, feature_lengths={"inputs": 64}, batch_size=8)
+  params = fit(model, batch, _init(model, {"inputs": 64, "targets": 8}), 300, 3e-3)
+  scorer = inference.load(None, manifest=manifest("pairwise_rm", {"inputs": 64, "targets": 8}),
+                          params=params, mesh=one_device_mesh(), batch_size=8)
   x, c, r = [p.prompt for p in pairs], [p.chosen for p in pairs], [p.rejected for p in pairs]
   p_cr, p_rc = scorer.prefer(x, c, r), scorer.prefer(x, r, c)
   assert np.all(p_cr > 0.9) and np.all(p_rc < 0.1), (p_cr, p_rc)
   assert np.max(np.abs(p_cr - (1.0 - p_rc))) < 0.1
-  # The symmetrized scorer is antisymmetric by construction.
-  sym = rm.PairwiseScorer(CFG, params, feature_lengths={"inputs": 64}, batch_size=8,
-                          symmetrize=True)
-  np.testing.assert_allclose(sym.prefer(x, c, r), 1.0 - sym.prefer(x, r, c), atol=1e-6)
-
-
-def test_pointwise_baseline_is_exactly_zero_and_eq7(pw_params):
-  scorer = rm.PairwiseScorer(CFG, pw_params, feature_lengths={"inputs": RANK_LEN}, batch_size=4)
-  prompts = ["owl cat", "ram dog eel"]
-  cands = [["owl", "owl cat", "owl", "cat owl"], ["ram dog", "ram", "dog eel ram", "ram dog"]]
-  r = scorer.score(prompts, cands)
-  assert r.shape == (2, 4) and r.dtype == np.float32
-  assert r[0, 0] == 0.0 and r[0, 2] == 0.0 and r[1, 0] == 0.0 and r[1, 3] == 0.0
-  # Oracle: logit ρ(x, y, y_b) from the raw network on hand-tokenized inputs.
-  pref = jax.jit(rm.PairwiseRankingModel(CFG).preference_logits)
-  for b, j in [(0, 1), (0, 3), (1, 1), (1, 2)]:
-    tok = _tok([f"[CONTEXT] {prompts[b]} [RESPONSE A] {cands[b][j]} [RESPONSE B] "
-                f"{cands[b][0]}"], RANK_LEN)
-    want = float(pref(pw_params, jnp.asarray(tok))[0])
-    np.testing.assert_allclose(r[b, j], want, atol=1e-5)
-    assert r[b, j] != 0.0
-  # Explicit baselines: every candidate equal to its baseline is 0, the rest are compared.
-  r2 = scorer.score(prompts, cands, baselines=["cat owl", "zzz"])
-  assert r2[0, 3] == 0.0 and np.all(r2[1] != 0.0)
-  np.testing.assert_allclose(scorer.prefer(prompts, ["owl cat", "ram"], ["owl", "ram dog"]),
-                             1 / (1 + np.exp(-r[:, 1])), rtol=1e-5)
-
-
-def _scorers(pw_params, bt_params, batch_size):
-  return [rm.PairwiseScorer(CFG, pw_params, feature_lengths={"inputs": RANK_LEN},
-                            batch_size=batch_size),
-          rm.BTScorer(CFG, bt_params, feature_lengths=BT_LENGTHS, batch_size=batch_size)]
-
-
-def test_scores_invariant_to_batch_composition_and_padding(pw_params, bt_params):
-  alone_p, alone_y = ["owl cat ram"], [["owl cat", "owl cat ram", "ram owl", "cat"]]
-  env = synthetic.build_environment()
-  others_p = list(env.prompts["validation"][:6])
-  others_y = [[p, env.sft["validation"][i], "dog", p.split()[0]] for i, p in enumerate(others_p)]
-  big_p = others_p[:3] + alone_p + others_p[3:]
-  big_y = others_y[:3] + alone_y + others_y[3:]
-  for small, large in zip(_scorers(pw_params, bt_params, 3), _scorers(pw_params, bt_params, 8)):
-    a = small.score(alone_p, alone_y)[0]
-    b = large.score(big_p, big_y)[3]
-    np.testing.assert_allclose(a, b, atol=1e-5)
-    np.testing.assert_allclose(small.prefer(["owl cat"], ["owl"], ["cat"]),
-                               large.prefer(big_p[:2] + ["owl cat"], ["a", "b", "owl"],
-                                            ["c", "d", "cat"])[2:], atol=1e-5)
-    assert np.all(np.isfinite(b))
-
-
-def test_sharded_scorers_match_single_device(pw_params, bt_params):
-  mesh = partitioning.create_mesh((-1, 1, 1))  # 8 simulated devices: batch rounded up to 8
-  sharded = [rm.PairwiseScorer(CFG, pw_params, feature_lengths={"inputs": RANK_LEN},
-                               batch_size=3, mesh=mesh),
-             rm.BTScorer(CFG, bt_params, feature_lengths=BT_LENGTHS, batch_size=3, mesh=mesh)]
-  prompts, cands = ["owl cat", "ram dog"], [["owl", "cat owl", "owl cat"], ["ram", "dog", "x"]]
-  for plain, shard in zip(_scorers(pw_params, bt_params, 4), sharded):
-    assert shard.batch_size == 8
-    np.testing.assert_allclose(shard.score(prompts, cands), plain.score(prompts, cands),
-                               atol=1e-5)
-
-
-def test_scorer_rejects_bad_input(pw_params):
-  scorer = rm.PairwiseScorer(CFG, pw_params, feature_lengths={"inputs": 32}, batch_size=2,
-                             truncate="error")
-  with pytest.raises(ValueError, match="row 1 has 1"):
-    scorer.score(["a", "b"], [["x", "y"], ["z"]])
-  with pytest.raises(ValueError, match="2 prompts but 1 rows"):
-    scorer.score(["a", "b"], [["x"]])
-  with pytest.raises(ValueError, match="feature length 32"):
-    scorer.score(["owl cat ram"], [["x", "owl cat ram dog " * 3]])
-  with pytest.raises(ValueError, match=r"y1\[0\] must be a string"):
-    scorer.prefer(["a"], [None], ["b"])
-  counting = rm.PairwiseScorer(CFG, pw_params, feature_lengths={"inputs": 32}, batch_size=2)
-  counting.score(["owl cat ram"], [["x", "owl cat ram dog " * 3]])
-  assert counting.truncation == {"sequences": 1, "truncated": 1}
 
 
 # ------------------------------------------------------------------------------ BT model
-def test_bt_loss_and_metrics_match_numpy():
-  rng = np.random.default_rng(0)
-  rw, rl = rng.normal(size=9).astype(np.float32), rng.normal(size=9).astype(np.float32)
-  rl[2] = rw[2]
-  w = np.ones(9, np.float32)
-  w[4] = 0.0
-  loss, m = rm.bt_loss_and_metrics(rw, rl, w, margin=0.3, center_weight=0.05)
-  keep = w > 0
-  bt = np.log1p(np.exp(-(rw - rl - 0.3)))
-  np.testing.assert_allclose(loss, np.mean((bt + 0.05 * (rw + rl) ** 2)[keep]), rtol=1e-5)
-  np.testing.assert_allclose(m["bt_loss"], np.mean(bt[keep]), rtol=1e-5)
-  acc = np.where(rw > rl, 1.0, np.where(rw == rl, 0.5, 0.0))
-  np.testing.assert_allclose(m["accuracy"], np.mean(acc[keep]), rtol=1e-6)
-  np.testing.assert_allclose(m["margin"], np.mean((rw - rl)[keep]), rtol=1e-5)
-  np.testing.assert_allclose(m["mean_reward"], np.mean(((rw + rl) / 2)[keep]), rtol=1e-5, atol=1e-7)
-  assert float(m["pairs/skipped_identical"]) == 1.0
-
-
 def test_bt_model_loss_uses_packed_rewards(bt_params):
   model = rm.BradleyTerryRewardModel(CFG, margin=0.1, center_weight=0.02)
   x, c, r = ["owl cat", "ram", "eel dog"], ["owl cat", "ram ewe", "eel"], ["cat", "ram ewe", "dog"]
@@ -283,49 +175,38 @@ def test_bt_model_loss_uses_packed_rewards(bt_params):
   bt = np.log1p(np.exp(-(rw - rl - 0.1))) + 0.02 * (rw + rl) ** 2
   np.testing.assert_allclose(loss, np.mean(bt[keep]), rtol=1e-4)
   np.testing.assert_allclose(m["rewards/chosen"], np.mean(rw[keep]), rtol=1e-4, atol=1e-6)
-  scorer = rm.BTScorer(CFG, bt_params, feature_lengths=BT_LENGTHS, batch_size=4)
-  np.testing.assert_allclose(scorer.score(x, [[y] for y in c])[:, 0], rw, atol=1e-5)
-  np.testing.assert_allclose(scorer.prefer(x, c, r), 1 / (1 + np.exp(-(rw - rl))), atol=1e-6)
-  rel = scorer.score(x, [[y, z] for y, z in zip(c, r)], baselines=r)
-  np.testing.assert_allclose(rel[:, 0], np.where(keep, rw - rl, 0.0), atol=1e-5)
-  assert np.all(rel[:, 1] == 0.0)
 
 
-# ------------------------------------------------------------------------------ trainer + loader
-def test_bt_trains_with_trainer_and_loads(tmp_path):
+# ------------------------------------------------------------------------------ trainer + manifest
+@pytest.mark.parametrize("make,task,lengths,kind,settings", [
+    (lambda: rm.BradleyTerryRewardModel(CFG, pooling="last"), "synthetic_dhf", BT_LENGTHS,
+     "bt_rm", {"pooling": "last", "separator": rm.BT_SEPARATOR}),
+    (lambda: rm.PairwiseRankingModel(CFG, both_orders=True), "synthetic_rm_pairwise",
+     {"inputs": 128, "targets": 8}, "pairwise_rm", {"response_label": "RESPONSE"})])
+def test_trained_reward_model_describes_itself(tmp_path, make, task, lengths, kind, settings):
   out = train.train(
-      model=rm.BradleyTerryRewardModel(CFG, pooling="last"), model_dir=str(tmp_path / "bt"),
-      train_steps=2, batch_size=8, mixture_or_task_name="synthetic_dhf",
-      task_feature_lengths=BT_LENGTHS, optimizer="adamw", learning_rate=1e-3, log_period=1,
-      async_checkpoint=False, mesh_shape=(-1, 1, 1), print_fn=lambda s: None)
-  assert {"accuracy", "margin", "mean_reward", "loss"} <= set(out)
-  assert checkpoints.read_config(str(tmp_path / "bt")) == CFG
-  with open(tmp_path / "bt" / "config.gin", "w") as f:  # what a gin run records
-    f.write("reward_models.BradleyTerryRewardModel.pooling = 'last'\n")
-  scorer = rm.load_scorer(str(tmp_path / "bt"), "bt", batch_size=4)
-  assert scorer.model.pooling == "last"
-  direct = rm.BTScorer(CFG, checkpoints.load_params(str(tmp_path / "bt")), pooling="last",
-                       batch_size=4)
-  args = (["owl cat"], [["owl", "cat owl"]])
-  np.testing.assert_array_equal(scorer.score(*args), direct.score(*args))
-  with pytest.raises(ValueError, match="kind='bt'"):
-    rm.load_scorer(str(tmp_path / "bt"), "pairwise")
+      model=make(), model_dir=str(tmp_path / "rm"), train_steps=2, batch_size=8,
+      mixture_or_task_name=task, task_feature_lengths=lengths, optimizer="adamw",
+      learning_rate=1e-3, log_period=1, async_checkpoint=False, mesh_shape=(-1, 1, 1),
+      print_fn=lambda s: None)
+  assert "loss" in out
+  for path in (tmp_path / "rm", tmp_path / "rm" / "checkpoints" / "2"):
+    m = checkpoints.read_manifest(str(path))
+    assert (m.kind, m.network, m.task, dict(m.model_settings)) == (kind, CFG, task, settings)
+    assert m.feature_lengths == lengths and m.vocabulary == {"type": "bytes"}
+  loaded = inference.load(str(tmp_path / "rm"), mesh=one_device_mesh(), batch_size=4)
+  assert loaded.kind == kind and loaded.feature_lengths == lengths
+  r = loaded.reward(["owl cat"], [["owl", "cat owl", "owl cat"]])
+  assert r.shape == (1, 3) and np.all(np.isfinite(r))
 
 
-def test_pairwise_loader_round_trip(tmp_path, pw_params):
-  checkpoints.save_params(str(tmp_path / "pw"), pw_params, CFG)
-  loaded = rm.load_scorer(str(tmp_path / "pw"), "pairwise", batch_size=4,
-                          feature_lengths={"inputs": RANK_LEN})
-  direct = rm.PairwiseScorer(CFG, pw_params, feature_lengths={"inputs": RANK_LEN}, batch_size=4)
-  args = (["owl cat"], [["owl", "cat owl", "owl cat"]])
-  np.testing.assert_array_equal(loaded.score(*args), direct.score(*args))
-  with pytest.raises(ValueError, match="kind='pairwise'"):
-    rm.load_scorer(str(tmp_path / "pw"), "bt")
-  with pytest.raises(ValueError, match="kind='ranker'"):
-    rm.load_scorer(str(tmp_path / "pw"), "ranker")
-  os.remove(tmp_path / "pw" / checkpoints.CONFIG_FILE)
-  with pytest.raises(FileNotFoundError, match="t5_config.json"):
-    rm.load_scorer(str(tmp_path / "pw"), "pairwise")
+def test_model_vocabulary_must_be_the_task_vocabulary(tmp_path):
+  spm_path = train_spm(tmp_path, word_texts(200), vocab_size=40)
+  model = rm.BradleyTerryRewardModel(CFG, vocabulary=seqio.SentencePieceVocabulary(spm_path))
+  with pytest.raises(train.ConfigError, match="uses {'type': 'bytes'}"):
+    train.train(model=model, model_dir=str(tmp_path / "x"), train_steps=1, batch_size=8,
+                mixture_or_task_name="synthetic_dhf", task_feature_lengths=BT_LENGTHS,
+                async_checkpoint=False, print_fn=lambda s: None)
 
 
 @pytest.mark.parametrize("gin_file,task,lengths", [

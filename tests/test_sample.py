@@ -4,40 +4,35 @@ import glob
 import json
 import os
 
-import jax
 import numpy as np
 import pytest
 import seqio
 
-from rso_jax import checkpoints, models, network, sample, trainer
+from helpers import CFG, save
+from rso_jax import checkpoints, models, reward_models, sample
 from rso_jax.tasks import generated, synthetic
-
-CFG = network.T5Config(vocab_size=384, emb_dim=32, num_heads=2, head_dim=16, mlp_dim=64,
-                       num_encoder_layers=1, num_decoder_layers=1)
 
 
 class GoldenScorer:
   """Stands in for a reward model: the golden reward plus a length bonus (a 'proxy')."""
+  kind = "bt_rm"
+  stats = {"contexts_truncated": 0, "responses_too_long": 0}
 
-  def score(self, prompts, responses, baselines=None):
+  def reward(self, prompts, responses, baselines=None, valid=None):
     r = synthetic.golden_rewards(prompts, responses)
     lens = np.array([[len(y) for y in row] for row in responses], np.float32)
     return (r + 0.01 * lens).astype(np.float32)
 
   def prefer(self, prompts, y1, y2):
-    a = self.score(prompts, [[y] for y in y1])[:, 0]
-    b = self.score(prompts, [[y] for y in y2])[:, 0]
+    a = self.reward(prompts, [[y] for y in y1])[:, 0]
+    b = self.reward(prompts, [[y] for y in y2])[:, 0]
     return 1.0 / (1.0 + np.exp(-(a - b) * 10.0))
 
 
 @pytest.fixture(scope="module")
 def policy_dir(tmp_path_factory):
-  d = tmp_path_factory.mktemp("policy")
-  m = models.Seq2SeqModel(CFG)
-  v = m.get_initial_variables(jax.random.key(0), m.input_shapes(1, {"inputs": 32,
-                                                                    "targets": 8}))
-  checkpoints.save_params(str(d), trainer.unbox(v["params"]), CFG)
-  return str(d)
+  return save(tmp_path_factory.mktemp("policy"), models.Seq2SeqModel(CFG),
+              {"inputs": 32, "targets": 8})
 
 
 def _run(policy_dir, out, **kw):
@@ -82,7 +77,7 @@ def test_killed_stage_resumes_without_recompute_or_duplicates(policy_dir, tmp_pa
 def test_pair_task_feeds_the_policy_converter(policy_dir, tmp_path):
   out = tmp_path / "s"
   summary = _run(policy_dir, out, data_setting="sft_sample_rank")
-  task = generated.register_pair_task("test_sample_pairs", str(out))
+  generated.register_pair_task("test_sample_pairs", str(out))
   ds = seqio.get_dataset("test_sample_pairs", {"inputs": 32, "targets": 8},
                          models.PolicyModel(CFG).feature_converter, shuffle=False)
   batch = next(ds.batch(4).as_numpy_iterator())
@@ -111,3 +106,42 @@ def test_bad_settings(policy_dir, tmp_path):
     _run(policy_dir, tmp_path / "d", data_setting="direct")
   with pytest.raises(ValueError, match="num_samples"):
     _run(policy_dir, tmp_path / "e", num_samples=9)
+
+
+def test_checkpoint_kinds_are_checked(policy_dir, tmp_path):
+  rm_dir = save(tmp_path / "rm", reward_models.BradleyTerryRewardModel(CFG),
+                {"inputs": 32, "targets": 32})
+  with pytest.raises(checkpoints.CheckpointError, match="policy needs"):
+    _run(rm_dir, tmp_path / "a")
+  with pytest.raises(checkpoints.CheckpointError, match="reward model needs"):
+    _run(policy_dir, tmp_path / "b", scorer=None, reward_checkpoint=policy_dir)
+
+
+def test_real_reward_models_long_prompts_and_unreadable_candidates(policy_dir, tmp_path):
+  """Real checkpoints end to end: a pairwise ρ labels pairs against a valid baseline; a BT
+  model that cannot read 8-token responses whole marks them invalid (counted, never paired);
+  prompts longer than the policy's input length are cut and counted, not dropped."""
+  pw = save(tmp_path / "pw", reward_models.PairwiseRankingModel(CFG),
+            {"inputs": 96, "targets": 8})
+  s = _run(policy_dir, tmp_path / "pw_out", scorer=None, reward_checkpoint=pw, input_length=16)
+  assert s["prompts"] == 12 and s["prompts_truncated"] > 0 and s["pairs"] > 0
+  assert s["reward_unscorable"] == 0
+  manifest = json.loads((tmp_path / "pw_out" / "manifest.json").read_text())
+  assert manifest["reward_kind"] == "pairwise_rm" and manifest["label_with"] == "preference"
+  assert manifest["input_length"] == 16 and manifest["max_decode_length"] == 8
+  bt = save(tmp_path / "bt", reward_models.BradleyTerryRewardModel(CFG),
+            {"inputs": 32, "targets": 4})
+  s = _run(policy_dir, tmp_path / "bt_out", scorer=None, reward_checkpoint=bt)
+  assert s["reward_unscorable"] > 0
+  assert s["valid_candidates"] + s["reward_unscorable"] <= s["candidates"]
+  vocab = seqio.ByteVocabulary()
+  for raw in _records(str(tmp_path / "bt_out")):
+    ex = tf_example(raw)
+    for f in ("chosen", "rejected"):  # only responses the reward model read whole (+ EOS)
+      assert len(vocab.encode(ex[f + "_pretokenized"])) + 1 <= 4
+
+
+def tf_example(raw):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  ex = tf.io.parse_single_example(raw, generated.feature_description())
+  return {f: ex[f].numpy().decode("utf-8") for f in generated.TEXT_FEATURES}

@@ -9,6 +9,7 @@ and the reward-model and golden rewards of both responses (when known).
 from __future__ import annotations
 
 import glob
+import json
 import os
 from typing import Optional
 
@@ -55,13 +56,28 @@ def _dense_int32(ds: tf.data.Dataset) -> tf.data.Dataset:
   return ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def register_pair_task(name: str, data_dir: str, spm_path: Optional[str] = None) -> seqio.Task:
-  """(Re-)registers `name` over `data_dir/pairs-*.tfrecord` (split "train")."""
+def register_pair_task(name: str, data_dir: str, vocabulary: Optional[seqio.Vocabulary] = None
+                       ) -> seqio.Task:
+  """(Re-)registers `name` over `data_dir/pairs-*.tfrecord` (split "train").
+
+  The vocabulary is the one the pairs were tokenized with: `vocabulary`, else the `vocabulary`
+  entry of the sampling stage's `data_dir/manifest.json` (the policy checkpoint's), else bytes.
+  """
   files = sorted(glob.glob(os.path.join(data_dir, SHARD_PATTERN)))
   if not files:
     raise FileNotFoundError(f"no pair shards {SHARD_PATTERN!r} in {data_dir!r}: run the "
                             "sampling stage (python -m rso_jax.sample) first")
-  vocabulary = vocab_lib.get_vocabulary(spm_path)
+  if vocabulary is None:
+    spec = None
+    manifest = os.path.join(data_dir, "manifest.json")
+    if os.path.exists(manifest):
+      with open(manifest) as f:
+        spec = json.load(f).get("vocabulary")
+    if spec:
+      from rso_jax import checkpoints  # pylint: disable=g-import-not-at-top
+      vocabulary = checkpoints.vocabulary_from_spec(spec)
+    else:
+      vocabulary = vocab_lib.get_vocabulary()
   source = seqio.TFExampleDataSource({"train": files}, feature_description=feature_description())
   seqio.TaskRegistry.remove(name)
   return seqio.TaskRegistry.add(

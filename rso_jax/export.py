@@ -1,0 +1,304 @@
+"""Export a seq2seq / policy checkpoint to a HuggingFace T5 directory (the inverse of convert.py).
+
+    python -m rso_jax.export --checkpoint=/path/to/run_or_step --out=/path/to/hf_dir [--force]
+
+reads any generative checkpoint through its manifest (`checkpoints.load`: a run directory, a
+step directory, or a converted checkpoint; kind "seq2seq" or "policy" — a reward model is refused
+with one line, exit status 2) and writes, atomically (into a temporary directory beside `--out`,
+then renamed):
+
+  config.json             transformers `T5Config` (model_type "t5",
+                          architectures ["T5ForConditionalGeneration"], pad 0 / eos 1 /
+                          decoder_start 0, the network's sizes; `vocab_size` is the network's
+                          full, possibly padded, embedding table, e.g. 384 for bytes)
+  generation_config.json  the same special ids for `generate`
+  model.safetensors       float32 tensors, written with `safetensors.numpy` (no torch)
+  spiece.model            the checkpoint's SentencePiece model (+ tokenizer_config.json with its
+                          `extra_ids`), when it has one; a byte vocabulary gets a
+                          tokenizer_config.json for `ByT5Tokenizer` (same ids as seqio's)
+
+so that `transformers.T5ForConditionalGeneration.from_pretrained(out)` loads it with no missing or
+unexpected keys, and `convert.from_hf(out)` gives back the same config and bit-identical params.
+
+Mapping (ours -> HF; `stack` is encoder/decoder, E emb_dim, H heads, D head_dim, F mlp_dim):
+  token_embedder/embedding [V, E]                -> shared.weight [V, E]
+  {self_,encoder_decoder_}attention/{query,key,value}/kernel [E, H, D]
+                                                 -> {SelfAttention,EncDecAttention}.{q,k,v}.weight
+                                                    [H*D, E]
+  .../out/kernel [H, D, E]                       -> ....o.weight [E, H*D]
+  mlp/wi (or wi_0, wi_1)/kernel [E, F]           -> DenseReluDense.wi(_0, _1).weight [F, E]
+  mlp/wo/kernel [F, E]                           -> DenseReluDense.wo.weight [E, F]
+  stack/relpos_bias/rel_embedding [H, buckets]   -> stack.block.0.layer.0.SelfAttention.
+                                                    relative_attention_bias.weight [buckets, H]
+  layer norm scales [E]                          -> ...layer_norm.weight / stack.final_layer_norm
+  decoder/logits_dense/kernel [E, V]             -> lm_head.weight [V, E] (tie_word_embeddings
+                                                    and scale_decoder_outputs false)
+  logits_via_embedding=True (T5 v1.0)            -> no lm_head.weight (tied; outputs scaled by
+                                                    d_model**-0.5: scale_decoder_outputs true)
+Activations: ("gelu", "linear") -> "gated-gelu" (HF's tanh "gelu_new"), ("gelu",) -> "gelu_new",
+("gelu_exact",) -> "gelu", ("gelu_exact", "linear") -> "gated-gelu_python", relu / silu as
+"[gated-]relu" / "[gated-]silu". Other `mlp_activations` have no HF counterpart: ValueError.
+Not exported: `dtype`, `param_dtype`, `remat` (runtime settings; the file is float32 and
+`convert` reads it back with the defaults).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+
+import jax
+import numpy as np
+
+from rso_jax import checkpoints
+from rso_jax import convert
+from rso_jax import network
+
+Params = Dict[str, Any]
+
+# network activation -> HF activation name (dense_act_fn), the inverse of convert.HF_ACTIVATIONS.
+_HF_ACT = {"gelu": "gelu_new", "gelu_exact": "gelu", "relu": "relu", "silu": "silu"}
+PAD_ID, EOS_ID, DECODER_START_ID = 0, 1, 0
+
+
+# ------------------------------------------------------------------------------ config
+
+
+def _feed_forward_proj(acts: Tuple[str, ...]) -> Tuple[str, str, bool]:
+  """(feed_forward_proj, dense_act_fn, is_gated_act) of `mlp_activations`."""
+  acts = tuple(acts)
+  gated = len(acts) == 2 and acts[1] == "linear"
+  if not (len(acts) == 1 or gated) or acts[0] not in _HF_ACT:
+    raise ValueError(f"T5Config.mlp_activations={acts!r} has no HF T5 counterpart: expected "
+                     f"(ACT,) or (ACT, 'linear') with ACT in {sorted(_HF_ACT)}")
+  act = _HF_ACT[acts[0]]
+  if not gated:
+    return act, act, False
+  if act == "gelu_new":
+    return "gated-gelu", "gelu_new", True  # HF's alias: "gated-gelu" means tanh GELU
+  if act == "gelu":
+    act = "gelu_python"  # exact erf GELU; "gated-gelu" would be read as the tanh one
+  return f"gated-{act}", act, True
+
+
+def hf_config(config: network.T5Config) -> Dict[str, Any]:
+  """transformers `config.json` contents for `config` (read back by `convert.config_from_hf`)."""
+  ffp, act, gated = _feed_forward_proj(config.mlp_activations)
+  tied = bool(config.logits_via_embedding)
+  return {
+      "architectures": ["T5ForConditionalGeneration"],
+      "model_type": "t5",
+      "vocab_size": int(config.vocab_size),
+      "d_model": int(config.emb_dim),
+      "d_kv": int(config.head_dim),
+      "d_ff": int(config.mlp_dim),
+      "num_layers": int(config.num_encoder_layers),
+      "num_decoder_layers": int(config.num_decoder_layers),
+      "num_heads": int(config.num_heads),
+      "relative_attention_num_buckets": int(config.relative_attention_num_buckets),
+      "relative_attention_max_distance": int(config.relative_attention_max_distance),
+      "dropout_rate": float(config.dropout_rate),
+      "layer_norm_epsilon": float(config.layer_norm_epsilon),
+      "initializer_factor": 1.0,
+      "feed_forward_proj": ffp,
+      "dense_act_fn": act,
+      "is_gated_act": gated,
+      # Tied head <=> outputs scaled by d_model**-0.5 (T5 v1.0); an untied head is unscaled.
+      # transformers < 5 reads both from tie_word_embeddings, >= 5 the scale explicitly.
+      "tie_word_embeddings": tied,
+      "scale_decoder_outputs": tied,
+      "is_encoder_decoder": True,
+      "use_cache": True,
+      "pad_token_id": PAD_ID,
+      "eos_token_id": EOS_ID,
+      "decoder_start_token_id": DECODER_START_ID,
+      "dtype": "float32",
+  }
+
+
+# ------------------------------------------------------------------------------ tensors
+
+
+def _np(x: Any) -> np.ndarray:
+  return np.asarray(jax.device_get(x)).astype(np.float32)
+
+
+def _attention(p: Params, prefix: str, cfg: network.T5Config, out: Dict[str, np.ndarray]):
+  """Kernels `[E, H, D]` / out `[H, D, E]` -> HF q/k/v `[H*D, E]`, o `[E, H*D]`."""
+  e, h, d = cfg.emb_dim, cfg.num_heads, cfg.head_dim
+  for hf, ours in (("q", "query"), ("k", "key"), ("v", "value")):
+    out[f"{prefix}.{hf}.weight"] = _np(p[ours]["kernel"]).reshape(e, h * d).T
+  out[f"{prefix}.o.weight"] = _np(p["out"]["kernel"]).reshape(h * d, e).T
+
+
+def _mlp(p: Params, prefix: str, cfg: network.T5Config, out: Dict[str, np.ndarray]):
+  """Kernels `[E, F]` (wi, wi_0, wi_1) / `[F, E]` (wo) -> HF `[F, E]` / `[E, F]`."""
+  names = ["wi"] if len(cfg.mlp_activations) == 1 else [
+      f"wi_{i}" for i in range(len(cfg.mlp_activations))]
+  for n in names + ["wo"]:
+    out[f"{prefix}.{n}.weight"] = _np(p[n]["kernel"]).T
+
+
+def to_hf(config: network.T5Config, params: Params) -> Tuple[Dict[str, Any],
+                                                            Dict[str, np.ndarray]]:
+  """(HF `config.json` dict, {HF tensor name: float32 C-contiguous array}) of our network.
+
+  Raises ValueError when `params` is not `Transformer(config)`'s tree or the config has no HF
+  counterpart.
+  """
+  hf_cfg = hf_config(config)  # refuses unsupported activations first
+  convert.check_params(params, config)
+  t: Dict[str, np.ndarray] = {"shared.weight": _np(params["token_embedder"]["embedding"])}
+  for stack, layer_names in (
+      ("encoder", ("pre_attention_layer_norm", "attention", "pre_mlp_layer_norm", "mlp")),
+      ("decoder", ("pre_self_attention_layer_norm", "self_attention",
+                   "pre_cross_attention_layer_norm", "encoder_decoder_attention",
+                   "pre_mlp_layer_norm", "mlp"))):
+    tree = params[stack]
+    # [H, buckets] -> [buckets, H]
+    t[f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"] = _np(
+        tree["relpos_bias"]["rel_embedding"]).T
+    n_layers = config.num_encoder_layers if stack == "encoder" else config.num_decoder_layers
+    for i in range(n_layers):
+      lp = tree[f"layers_{i}"]
+      # HF sub-layers: encoder 0 = self attention, 1 = MLP; decoder 0 self, 1 cross, 2 MLP.
+      for j in range(len(layer_names) // 2):
+        norm, block = layer_names[2 * j], layer_names[2 * j + 1]
+        prefix = f"{stack}.block.{i}.layer.{j}"
+        t[f"{prefix}.layer_norm.weight"] = _np(lp[norm]["scale"])
+        if block == "mlp":
+          _mlp(lp[block], f"{prefix}.DenseReluDense", config, t)
+        else:
+          hf_block = "EncDecAttention" if block == "encoder_decoder_attention" else "SelfAttention"
+          _attention(lp[block], f"{prefix}.{hf_block}", config, t)
+    norm = "encoder_norm" if stack == "encoder" else "decoder_norm"
+    t[f"{stack}.final_layer_norm.weight"] = _np(tree[norm]["scale"])
+  if not config.logits_via_embedding:
+    # [E, V] -> [V, E], unscaled (scale_decoder_outputs is false for an untied head).
+    t["lm_head.weight"] = _np(params["decoder"]["logits_dense"]["kernel"]).T
+  return hf_cfg, {k: np.ascontiguousarray(v) for k, v in t.items()}
+
+
+# ------------------------------------------------------------------------------ files
+
+
+def _tokenizer_files(manifest: checkpoints.Manifest, directory: str) -> None:
+  """spiece.model + tokenizer_config.json for the checkpoint's vocabulary (if it has one)."""
+  spec = manifest.vocabulary
+  if spec is None:
+    return
+  special = {"eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
+  if spec.get("type") == "bytes":
+    tok = dict(special, tokenizer_class="ByT5Tokenizer", extra_ids=0)
+  elif spec.get("type") == "sentencepiece":
+    src = spec.get("path")
+    if spec.get("file") and manifest.directory:
+      copied = os.path.join(manifest.directory, spec["file"])
+      if os.path.exists(copied):
+        src = copied
+    if not src:
+      raise checkpoints.CheckpointError(
+          f"manifest in {manifest.directory!r} names a SentencePiece vocabulary without a file")
+    dst = os.path.join(directory, checkpoints.SPM_FILE)
+    if "://" in src:
+      import tensorflow as tf  # pylint: disable=g-import-not-at-top
+      tf.io.gfile.copy(src, dst, overwrite=True)
+    elif os.path.exists(src):
+      shutil.copyfile(src, dst)
+    else:
+      raise checkpoints.CheckpointError(
+          f"the checkpoint's SentencePiece model {src!r} is missing (manifest in "
+          f"{manifest.directory!r})")
+    tok = dict(special, tokenizer_class="T5Tokenizer", extra_ids=int(spec.get("extra_ids", 0)))
+  else:
+    raise checkpoints.CheckpointError(f"manifest vocabulary {dict(spec)!r}: type must be bytes "
+                                      "or sentencepiece")
+  with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
+    json.dump(tok, f, indent=2, sort_keys=True)
+
+
+def _write_dir(directory: str, hf_cfg: Mapping[str, Any], tensors: Mapping[str, np.ndarray],
+               manifest: checkpoints.Manifest) -> None:
+  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(directory, "config.json"), "w") as f:
+    json.dump(hf_cfg, f, indent=2, sort_keys=True)
+  with open(os.path.join(directory, "generation_config.json"), "w") as f:
+    json.dump({"decoder_start_token_id": DECODER_START_ID, "eos_token_id": EOS_ID,
+               "pad_token_id": PAD_ID}, f, indent=2, sort_keys=True)
+  save_file(dict(tensors), os.path.join(directory, "model.safetensors"),
+            metadata={"format": "pt"})
+  _tokenizer_files(manifest, directory)
+
+
+def export(checkpoint_path: str, out_dir: str, force: bool = False) -> str:
+  """Writes the HF T5 directory of a generative checkpoint to `out_dir`; returns its path.
+
+  Raises `checkpoints.CheckpointError` for a missing/undescribed checkpoint or a reward model,
+  ValueError for a network with no HF counterpart, FileExistsError when `out_dir` is a
+  non-empty directory and not `force`.
+  """
+  manifest = checkpoints.read_manifest(checkpoint_path)
+  checkpoints.check_kind(manifest, checkpoint_path, checkpoints.GENERATIVE_KINDS, "export")
+  hf_config(manifest.network)  # refuse an unsupported network before reading the params
+  out_dir = os.path.abspath(os.path.expanduser(out_dir))
+  if os.path.lexists(out_dir):
+    if not os.path.isdir(out_dir):
+      raise FileExistsError(f"output {out_dir!r} exists and is not a directory")
+    if os.listdir(out_dir) and not force:
+      raise FileExistsError(f"output directory {out_dir!r} is not empty (pass --force to "
+                            "replace it)")
+  _, params = checkpoints.load(checkpoint_path)
+  hf_cfg, tensors = to_hf(manifest.network, params)
+  del params
+
+  parent, base = os.path.split(out_dir)
+  os.makedirs(parent, exist_ok=True)
+  tmp = os.path.join(parent, f".{base}.tmp-{os.getpid()}")
+  old = os.path.join(parent, f".{base}.old-{os.getpid()}")
+  shutil.rmtree(tmp, ignore_errors=True)
+  os.makedirs(tmp)
+  try:
+    _write_dir(tmp, hf_cfg, tensors, manifest)
+    if os.path.isdir(out_dir):
+      if os.listdir(out_dir):  # force: move the old one aside, swap, then delete it
+        os.rename(out_dir, old)
+      else:
+        os.rmdir(out_dir)
+    os.rename(tmp, out_dir)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    if os.path.isdir(old) and not os.path.exists(out_dir):
+      os.rename(old, out_dir)
+    raise
+  shutil.rmtree(old, ignore_errors=True)
+  return out_dir
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m rso_jax.export",
+                                   description=__doc__.split("\n")[0])
+  parser.add_argument("--checkpoint", required=True,
+                      help="seq2seq or policy checkpoint (run, step or converted directory)")
+  parser.add_argument("--out", required=True, help="HF T5 directory to write")
+  parser.add_argument("--force", action="store_true", help="replace a non-empty --out")
+  args = parser.parse_args(argv)
+  try:
+    out = export(args.checkpoint, args.out, force=args.force)
+  except (ValueError, FileNotFoundError, FileExistsError) as e:  # CheckpointError is a ValueError
+    print(f"rso_jax.export: error: {e}", file=sys.stderr)
+    return 2
+  with open(os.path.join(out, "config.json")) as f:
+    vocab_size = json.load(f)["vocab_size"]
+  files = sorted(os.listdir(out))
+  print(f"wrote {checkpoints.read_manifest(args.checkpoint).kind} checkpoint "
+        f"{os.path.abspath(args.checkpoint)} (vocab_size {vocab_size}) to {out}: "
+        f"{', '.join(files)}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

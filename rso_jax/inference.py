@@ -1,0 +1,487 @@
+"""The one place a checkpoint is put on a mesh and used: text in, text (or numbers) out.
+
+    policy = inference.load("runs/sft", expect=checkpoints.GENERATIVE_KINDS, role="policy")
+    out = policy.generate(["list: apple pear"], key=jax.random.key(0), num_decodes=64)
+    out.texts[0][:3], out.model_logps[0, :3]          # texts in the policy's own vocabulary
+    rm = inference.load("runs/rm", expect=checkpoints.REWARD_KINDS, role="reward model")
+    rm.reward(prompts, out.texts)                      # [B, N] (BT r, or Eq. 7 logit ρ(x, y, y_b))
+
+`load` reads the checkpoint's manifest (`checkpoints.py`), rebuilds its model class, and
+restores the params straight into arrays sharded by their logical axes on the mesh. Every text
+is tokenized with the checkpoint's own vocabulary and lengths, every batch is padded to a
+fixed number of rows (a multiple of the data-parallel size, so each shape compiles once and a
+result never depends on what else is in the batch) — here and nowhere else.
+
+Two classes:
+  * `Generator` (kinds "seq2seq", "policy"): `generate` (N candidates per prompt; temperature /
+    top-k / top-p; tokens, texts, log q and untempered log π), `greedy`, `score` (teacher-forced
+    log π of given responses).
+  * `RewardModel` (kinds "pairwise_rm", "bt_rm"): `reward(prompts [B], responses [B][N],
+    baselines=None) -> [B, N]` and `prefer(prompts, y1, y2) -> P(y1 ≻ y2) [M]`. Pairwise: paper
+    Eq. 7, `r(x, y) = logit ρ(x, y, y_b)` against one baseline y_b per prompt (a candidate equal
+    to it gets exactly 0); BT: `r(x, y)` (minus `r(x, y_b)` with baselines), `prefer` = σ(r1 − r2).
+
+Over-length inputs: one rule everywhere (sampler, scorer, evaluation, `infer`):
+  * the *context* (the prompt) is cut to what fits, keeping its beginning (`keep_context="start"`,
+    default: TL;DR posts lead with subreddit and title) or its end (`"end"`: dialogues, where the
+    last turn matters); every cut is counted in `stats["contexts_truncated"]`;
+  * a *response* is never cut. For `score` the target length grows to the longest response.
+    For a reward model, a response (or, pairwise, both responses with their tags) that does not
+    fit the trained length leaves nothing to judge: its reward / preference is NaN and counted in
+    `stats["responses_too_long"]`; callers drop and count those (the sampling stage marks such
+    candidates invalid).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import flax.linen as nn
+import jax
+import numpy as np
+
+from rso_jax import checkpoints
+from rso_jax import decoding
+from rso_jax import models
+from rso_jax import network
+from rso_jax import partitioning
+
+KEEP_CONTEXT = ("start", "end")
+Texts = Sequence[str]
+
+
+@dataclasses.dataclass
+class Generation:
+  """Decodes of P prompts, N each (NumPy).
+
+  Attributes:
+    texts: `[P][N]` response texts (cut at EOS, in the checkpoint's vocabulary).
+    tokens: `[P, N, L]` int32 response tokens, EOS included, 0 after it.
+    lengths: `[P, N]` generated tokens incl. EOS (L when unfinished).
+    finished: `[P, N]` bool, EOS emitted within L tokens.
+    proposal_logps: `[P, N]` log q(y|x) under the sampling law (0 for greedy).
+    model_logps: `[P, N]` untempered log π(y|x) (T = 1, no top-k / top-p).
+    prompt_tokens: `[P, Li]` int32 prompt tokens the model read (EOS included, 0-padded).
+    prompt_truncated: `[P]` bool, the prompt's context was cut to fit `Li`.
+  """
+  texts: List[List[str]]
+  tokens: np.ndarray
+  lengths: np.ndarray
+  finished: np.ndarray
+  proposal_logps: np.ndarray
+  model_logps: np.ndarray
+  prompt_tokens: np.ndarray
+  prompt_truncated: np.ndarray
+
+
+def _as_texts(name: str, texts: Any) -> List[str]:
+  out = []
+  for i, t in enumerate(texts):
+    if isinstance(t, (bytes, np.bytes_)):
+      t = bytes(t).decode("utf-8")
+    if not isinstance(t, str):
+      raise ValueError(f"{name}[{i}] must be a string, got {type(t).__name__}: {t!r}")
+    out.append(t)
+  return out
+
+
+def _as_rows(prompts: Texts, responses: Any) -> Tuple[List[str], List[List[str]]]:
+  """(prompts [B], responses [B][N]) checked: equal counts, N >= 1 and equal in every row."""
+  prompts = _as_texts("prompts", prompts)
+  if isinstance(responses, np.ndarray):
+    responses = responses.tolist()
+  if len(responses) != len(prompts):
+    raise ValueError(f"{len(prompts)} prompts but {len(responses)} rows of responses")
+  rows = [_as_texts(f"responses[{b}]", row) for b, row in enumerate(responses)]
+  for b, row in enumerate(rows):
+    if len(row) != len(rows[0]) or not row:
+      raise ValueError(f"responses must be [B, N] with N >= 1: row 0 has {len(rows[0])}, "
+                       f"row {b} has {len(row)}")
+  return prompts, rows
+
+
+def build_model(manifest: checkpoints.Manifest, vocabulary: Any = None) -> models.BaseModel:
+  """The model class a checkpoint of `manifest.kind` was trained as (loss-independent)."""
+  from rso_jax import reward_models  # pylint: disable=g-import-not-at-top
+  vocab = vocabulary if vocabulary is not None else manifest.get_vocabulary()
+  settings = dict(manifest.model_settings)
+  if manifest.kind in checkpoints.GENERATIVE_KINDS:
+    return models.Seq2SeqModel(manifest.network)
+  if manifest.kind == "pairwise_rm":
+    return reward_models.PairwiseRankingModel(
+        manifest.network, vocabulary=vocab,
+        response_label=settings.get("response_label", reward_models.RESPONSE_LABEL))
+  return reward_models.BradleyTerryRewardModel(
+      manifest.network, vocabulary=vocab, pooling=settings.get("pooling", "mean"),
+      separator=settings.get("separator", reward_models.BT_SEPARATOR))
+
+
+class _Loaded:
+  """A checkpoint on a mesh: vocabulary, lengths, params, tokenization and padded batches."""
+
+  def __init__(self, manifest: checkpoints.Manifest, mesh, *, path: Optional[str] = None,
+               params: Any = None, batch_size: int = 64,
+               feature_lengths: Optional[Mapping[str, int]] = None,
+               keep_context: str = "start"):
+    if keep_context not in KEEP_CONTEXT:
+      raise ValueError(f"keep_context={keep_context!r}: use one of {KEEP_CONTEXT}")
+    if int(batch_size) != batch_size or batch_size < 1:
+      raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    self.manifest, self.path, self.kind = manifest, path, manifest.kind
+    self.config: network.T5Config = manifest.network
+    self.vocab = manifest.get_vocabulary()
+    self.eos_id = int(self.vocab.eos_id)
+    lengths = dict(manifest.feature_lengths or {})
+    lengths.update({k: int(v) for k, v in (feature_lengths or {}).items() if v})
+    for k in ("inputs", "targets"):
+      if not lengths.get(k):
+        raise checkpoints.CheckpointError(
+            f"checkpoint {path!r} records no '{k}' feature length (a converted checkpoint?): "
+            f"pass feature_lengths={{'{k}': N}}")
+    self.feature_lengths = lengths
+    self.keep_context = keep_context
+    self.mesh = mesh
+    self.dp = partitioning.data_parallel_size(mesh)
+    self.batch_size = int(math.ceil(batch_size / self.dp)) * self.dp
+    self.stats: Dict[str, int] = {"contexts_truncated": 0, "responses_too_long": 0}
+    self.model = build_model(manifest, self.vocab)
+    shapes = self.model.input_shapes(1, {"inputs": lengths["inputs"],
+                                         "targets": lengths["targets"]})
+    with self._ctx():
+      boxed = jax.eval_shape(lambda: self.model.get_initial_variables(jax.random.key(0),
+                                                                      shapes))["params"]
+    shardings = partitioning.logical_shardings(boxed, mesh)
+    if params is None:
+      target = checkpoints.abstract_with_shardings(nn.unbox(boxed), shardings)
+      try:
+        params = checkpoints.load_params(path, target)
+      except (ValueError, KeyError) as e:
+        raise checkpoints.CheckpointError(
+            f"checkpoint {path!r}: its params do not match its manifest ({manifest.kind}, "
+            f"{manifest.network}): {str(e).splitlines()[0][:300]}") from None
+      self.params = params
+    else:
+      self.params = jax.device_put(nn.unbox(params), shardings)
+
+  def _ctx(self):
+    return partitioning.MeshRules(self.mesh)
+
+  # --- text <-> tokens -------------------------------------------------------------------
+  def encode(self, text: str) -> List[int]:
+    return [int(t) for t in self.vocab.encode(text)]
+
+  def _cut(self, ids: List[int], keep: int) -> List[int]:
+    keep = max(keep, 0)
+    return ids[:keep] if self.keep_context == "start" else ids[len(ids) - keep:]
+
+  def tokenize_contexts(self, texts: Texts, length: int) -> Tuple[np.ndarray, np.ndarray]:
+    """`[M, length]` int32 tokens + EOS (0-padded) and `[M]` bool "context was cut"."""
+    out = np.zeros((len(texts), length), np.int32)
+    cut = np.zeros((len(texts),), bool)
+    for i, t in enumerate(texts):
+      ids = self.encode(t)
+      if len(ids) + 1 > length:
+        ids, cut[i] = self._cut(ids, length - 1), True
+      out[i, :len(ids)] = ids
+      out[i, len(ids)] = self.eos_id
+    self.stats["contexts_truncated"] += int(cut.sum())
+    return out, cut
+
+  def tokenize_responses(self, texts: Texts, length: Optional[int] = None
+                         ) -> Tuple[np.ndarray, np.ndarray]:
+    """`[M, L]` tokens + EOS and `[M]` bool "fits": never cut. With `length` None, L is the
+    longest response rounded up to a multiple of 16; else rows over `length` are left empty
+    and marked as not fitting."""
+    ids = [self.encode(t) for t in texts]
+    need = max([len(x) + 1 for x in ids] + [1])
+    if length is None:
+      length = int(math.ceil(need / 16)) * 16
+    out = np.zeros((len(texts), length), np.int32)
+    fits = np.array([len(x) + 1 <= length for x in ids], bool)
+    for i, x in enumerate(ids):
+      if fits[i]:
+        out[i, :len(x)] = x
+        out[i, len(x)] = self.eos_id
+    return out, fits
+
+  def detokenize(self, tokens: np.ndarray) -> List[str]:
+    """`[M, L]` response tokens -> M texts (cut at the first EOS, padding dropped)."""
+    out = []
+    for row in np.asarray(tokens):
+      ids = [int(t) for t in row]
+      if self.eos_id in ids:
+        ids = ids[:ids.index(self.eos_id)]
+      out.append(self.vocab.decode([t for t in ids if t > 0]))
+    return out
+
+  # --- fixed-shape batches ----------------------------------------------------------------
+  def _shard(self, arrays: Sequence[np.ndarray]):
+    return [partitioning.shard_batch({"x": a}, self.mesh)["x"] for a in arrays]
+
+  def _map_rows(self, fn, arrays: Sequence[np.ndarray], rows: Optional[int] = None) -> np.ndarray:
+    """`fn(params, *[rows, ...]) -> [rows]` over all M rows, the last chunk zero-padded."""
+    rows = rows or self.batch_size
+    m = arrays[0].shape[0]
+    out = np.zeros((m,), np.float32)
+    for start in range(0, m, rows):
+      chunk = [a[start:start + rows] for a in arrays]
+      n = chunk[0].shape[0]
+      chunk = [np.concatenate([c, np.zeros((rows - n,) + c.shape[1:], c.dtype)]) for c in chunk]
+      with self._ctx():
+        res = fn(self.params, *self._shard(chunk))
+      out[start:start + n] = np.asarray(jax.device_get(res), np.float32)[:n]
+    return out
+
+
+def _prompt_chunks(num: int, rows: int):
+  """(start, row indices padded to `rows` by repeating the last one, real rows)."""
+  for start in range(0, num, rows):
+    end = min(start + rows, num)
+    yield start, list(range(start, end)) + [end - 1] * (rows - (end - start)), end - start
+
+
+class Generator(_Loaded):
+  """A seq2seq / policy checkpoint: generate, greedy, score (see the module docstring)."""
+
+  def generate(self, prompts: Texts, *, key: jax.Array, num_decodes: int = 1,
+               temperature: float = 0.7, top_k: Optional[int] = 40,
+               top_p: Optional[float] = None, max_decode_length: Optional[int] = None,
+               batch_size: Optional[int] = None) -> Generation:
+    """`num_decodes` samples for each prompt (temperature 0 = greedy).
+
+    Prompts run in chunks of `batch_size` rows (default: the loader's; padded by repeating
+    the last prompt); the chunk starting at prompt index s draws with `fold_in(key, s)`, so the
+    samples are a function of (key, batch_size, prompts) only, not of the mesh.
+    """
+    prompts = _as_texts("prompts", prompts)
+    if not prompts:
+      raise ValueError("generate: no prompts")
+    length = int(max_decode_length or self.feature_lengths["targets"])
+    rows = int(math.ceil((batch_size or self.batch_size) / self.dp)) * self.dp
+    tokens, cut = self.tokenize_contexts(prompts, self.feature_lengths["inputs"])
+    parts = []
+    for start, idx, n in _prompt_chunks(len(prompts), rows):
+      with self._ctx():
+        enc = self._shard([tokens[idx]])[0]
+        out = jax.device_get(decoding.sample(
+            self.model.module, self.params, enc, jax.random.fold_in(key, start),
+            num_decodes=num_decodes, max_decode_length=length, temperature=temperature,
+            top_k=top_k, top_p=top_p, vocab_size=self.vocab.vocab_size))
+      parts.append(jax.tree.map(lambda x, n=n: np.asarray(x)[:n], out))
+    cat = lambda f: np.concatenate([getattr(p, f) for p in parts])
+    toks = cat("tokens")
+    return Generation(texts=[self.detokenize(row) for row in toks], tokens=toks,
+                      lengths=cat("lengths"), finished=cat("finished"),
+                      proposal_logps=cat("proposal_logps"), model_logps=cat("model_logps"),
+                      prompt_tokens=tokens, prompt_truncated=cut)
+
+  def greedy(self, prompts: Texts, *, max_decode_length: Optional[int] = None,
+             top_k: Optional[int] = 40, batch_size: Optional[int] = None) -> Generation:
+    """One greedy decode per prompt (the sampler at temperature 0: top-k does not change an
+    argmax, and keeping it shares one compiled program with sampled decodes)."""
+    return self.generate(prompts, key=jax.random.key(0), num_decodes=1, temperature=0.0,
+                         top_k=top_k, max_decode_length=max_decode_length,
+                         batch_size=batch_size)
+
+  def score(self, prompts: Texts, responses: Any, *, batch_size: Optional[int] = None
+            ) -> np.ndarray:
+    """Teacher-forced untempered `log π(y|x)` `[P, N]` of responses to prompts.
+
+    `responses`: `[P][N]` texts, or `[P, N, L]` int tokens in this checkpoint's vocabulary
+    (EOS included, 0 after it). Responses are never cut.
+    """
+    prompts = _as_texts("prompts", prompts)
+    if isinstance(responses, np.ndarray) and np.issubdtype(responses.dtype, np.integer):
+      if responses.ndim != 3 or responses.shape[0] != len(prompts):
+        raise ValueError(f"response tokens must be [P={len(prompts)}, N, L], got "
+                         f"{responses.shape}")
+      resp = responses.astype(np.int32)
+    else:
+      prompts, rows = _as_rows(prompts, responses)
+      flat, _ = self.tokenize_responses([y for row in rows for y in row])
+      resp = flat.reshape(len(rows), len(rows[0]), -1)
+    p, n, length = resp.shape
+    tokens, _ = self.tokenize_contexts(prompts, self.feature_lengths["inputs"])
+    rows = int(math.ceil((batch_size or self.batch_size) / self.dp)) * self.dp
+    out = np.zeros((p, n), np.float32)
+    for start, idx, m in _prompt_chunks(p, rows):
+      with self._ctx():
+        enc, tgt = self._shard([tokens[idx], resp[idx].reshape(rows * n, length)])
+        res = decoding.score(self.model.module, self.params, enc, tgt)
+      out[start:start + m] = np.asarray(jax.device_get(res)).reshape(rows, n)[:m]
+    return out
+
+
+class RewardModel(_Loaded):
+  """A pairwise ρ or Bradley–Terry checkpoint: reward, prefer (see the module docstring).
+
+  `symmetrize=True` (pairwise only) averages both presentation orders,
+  `logit ρ = (ℓ(x, y1, y2) − ℓ(x, y2, y1)) / 2` (removes position bias; twice the compute).
+  """
+
+  def __init__(self, *args, symmetrize: bool = False, **kwargs):
+    super().__init__(*args, **kwargs)
+    self.symmetrize = bool(symmetrize)
+    m = self.model
+    if self.kind == "pairwise_rm":
+      self._fn = lambda p, t: _reward_models().preference_logits_jit(
+          m.module, p, t, token_a=m.token_a, token_b=m.token_b)
+    else:
+      self._fn = lambda p, x, y: _reward_models().bt_rewards_jit(
+          m.module, p, x, y, separator=m.separator_ids, eos_id=m.eos_id)
+
+  # --- pairwise ρ ---------------------------------------------------------------------------
+  def ranking_tokens(self, prompts: Texts, y_a: Texts, y_b: Texts
+                     ) -> Tuple[np.ndarray, np.ndarray]:
+    """`[M, Li]` ranking inputs `[CONTEXT] x [R A] y_a [R B] y_b` + EOS and `[M]` "fits".
+
+    An input that fits is tokenized exactly as the training task does (the whole string); one
+    that does not has its context cut (counted), the tags and both responses kept whole; when
+    even the responses do not fit, the row is left empty and marked.
+    """
+    from rso_jax.tasks import preprocessors  # pylint: disable=g-import-not-at-top
+    rm = _reward_models()
+    length = self.feature_lengths["inputs"]
+    label = self.model.response_label
+    tag = self.encode(preprocessors.CONTEXT_TAG)
+    out = np.zeros((len(prompts), length), np.int32)
+    fits = np.ones((len(prompts),), bool)
+    for i, (x, a, b) in enumerate(zip(prompts, y_a, y_b)):
+      ids = self.encode(rm.ranking_input_text(x, a, b, label))
+      if len(ids) + 1 > length:
+        tail = self.encode(f" [{label} A] {a} [{label} B] {b}")
+        context = self.encode(f"{preprocessors.CONTEXT_TAG} {x}")[len(tag):]
+        budget = length - 1 - len(tag) - len(tail)
+        if budget < 0:
+          fits[i] = False
+          continue
+        ids = tag + self._cut(context, budget) + tail
+        self.stats["contexts_truncated"] += 1
+      out[i, :len(ids)] = ids
+      out[i, len(ids)] = self.eos_id
+    self.stats["responses_too_long"] += int((~fits).sum())
+    return out, fits
+
+  def _preference_logits(self, prompts: List[str], y_a: List[str], y_b: List[str]) -> np.ndarray:
+    """logit ρ(x, y_a, y_b) `[M]`, one order, identical inputs computed once; NaN: no fit."""
+    keys = list(zip(prompts, y_a, y_b))
+    unique = sorted(set(keys))
+    if not unique:
+      return np.zeros((0,), np.float32)
+    where = {k: i for i, k in enumerate(unique)}
+    tokens, fits = self.ranking_tokens(*zip(*unique))
+    logits = np.where(fits, self._map_rows(self._fn, [tokens]), np.nan)
+    return logits[[where[k] for k in keys]].astype(np.float32)
+
+  def _pair_logits(self, prompts, y1, y2) -> np.ndarray:
+    fwd = self._preference_logits(prompts, y1, y2)
+    if not self.symmetrize:
+      return fwd
+    return 0.5 * (fwd - self._preference_logits(prompts, y2, y1))
+
+  # --- Bradley–Terry ------------------------------------------------------------------------
+  def _bt(self, prompts: List[str], responses: List[str]) -> np.ndarray:
+    """r(x, y) `[M]` for aligned prompts and responses (identical pairs computed once)."""
+    keys = list(zip(prompts, responses))
+    unique = sorted(set(keys))
+    if not unique:
+      return np.zeros((0,), np.float32)
+    where = {k: i for i, k in enumerate(unique)}
+    x_tok, _ = self.tokenize_contexts([k[0] for k in unique], self.feature_lengths["inputs"])
+    y_tok, fits = self.tokenize_responses([k[1] for k in unique],
+                                          self.feature_lengths["targets"])
+    self.stats["responses_too_long"] += int((~fits).sum())
+    r = np.where(fits, self._map_rows(self._fn, [x_tok, y_tok]), np.nan)
+    return r[[where[k] for k in keys]].astype(np.float32)
+
+  # --- the interface ------------------------------------------------------------------------
+  def prefer(self, prompts: Texts, y1: Texts, y2: Texts) -> np.ndarray:
+    """P(y1 ≻ y2 | x) `[M]` float32 (ρ with y1 shown as A, or σ(r1 − r2)); NaN: no fit."""
+    prompts, y1, y2 = (_as_texts("prompts", prompts), _as_texts("y1", y1),
+                       _as_texts("y2", y2))
+    if not len(prompts) == len(y1) == len(y2):
+      raise ValueError(f"prefer needs equal lengths: {len(prompts)} prompts, {len(y1)} y1, "
+                       f"{len(y2)} y2")
+    if self.kind == "pairwise_rm":
+      d = self._pair_logits(prompts, y1, y2)
+    else:
+      r = self._bt(prompts + prompts, y1 + y2)
+      d = r[:len(prompts)] - r[len(prompts):]
+    with np.errstate(over="ignore", invalid="ignore"):
+      return (1.0 / (1.0 + np.exp(-d))).astype(np.float32)
+
+  def reward(self, prompts: Texts, responses: Any, baselines: Optional[Texts] = None,
+             valid: Optional[np.ndarray] = None) -> np.ndarray:
+    """Pointwise rewards `[B, N]` float32 for B prompts and N responses each; NaN: no fit.
+
+    Pairwise (paper Eq. 7): `logit ρ(x, y, y_b)`; a response equal to its baseline gets
+    exactly 0. `baselines` default: per prompt its first non-empty response that `valid`
+    `[B, N]` (e.g. finished decodes) allows, else its first response (`baseline_texts`).
+    BT: `r(x, y)`, or `r(x, y) − r(x, y_b)` with explicit baselines (a per-prompt shift, which
+    rejection sampling ignores).
+    """
+    prompts, rows = _as_rows(prompts, responses)
+    n = len(rows[0]) if rows else 0
+    if baselines is None:
+      base = baseline_texts(rows, valid) if self.kind == "pairwise_rm" else None
+    else:
+      base = _as_texts("baselines", baselines)
+      if len(base) != len(prompts):
+        raise ValueError(f"{len(prompts)} prompts but {len(base)} baselines")
+    out = np.zeros((len(rows), n), np.float32)
+    if self.kind == "pairwise_rm":
+      todo = [(b, j) for b, row in enumerate(rows) for j, y in enumerate(row) if y != base[b]]
+      if todo:
+        logits = self._pair_logits([prompts[b] for b, _ in todo],
+                                   [rows[b][j] for b, j in todo], [base[b] for b, _ in todo])
+        for (b, j), v in zip(todo, logits):
+          out[b, j] = v
+      return out
+    flat_p = [p for p in prompts for _ in range(n)]
+    flat_y = [y for row in rows for y in row]
+    r = self._bt(flat_p + (prompts if base else []), flat_y + (base or []))
+    out = r[:len(prompts) * n].reshape(len(prompts), n)
+    if base:
+      same = np.array([[y == base[b] for y in row] for b, row in enumerate(rows)])
+      out = np.where(same, 0.0, out - r[len(prompts) * n:][:, None])
+    return out.astype(np.float32)
+
+
+def baseline_texts(rows: List[List[str]], valid: Optional[np.ndarray] = None) -> List[str]:
+  """Eq. 7's y_b per prompt: its first non-empty response allowed by `valid` `[B, N]` (all
+  when None), else its first response."""
+  out = []
+  for b, row in enumerate(rows):
+    ok = [j for j, y in enumerate(row) if y and (valid is None or valid[b][j])]
+    out.append(row[ok[0]] if ok else row[0])
+  return out
+
+
+def _reward_models():
+  from rso_jax import reward_models  # pylint: disable=g-import-not-at-top
+  return reward_models
+
+
+def load(path: str, *, mesh=None, mesh_shape: Sequence[int] = (-1, 1, 1),
+         expect: Optional[Sequence[str]] = None, role: str = "checkpoint",
+         params: Any = None, manifest: Optional[checkpoints.Manifest] = None,
+         **kwargs) -> Union[Generator, RewardModel]:
+  """Opens any checkpoint (run, step, params or converted dir) on a mesh, by its manifest.
+
+  Args:
+    path: the checkpoint.
+    mesh: a mesh (default: `partitioning.create_mesh(mesh_shape)`).
+    expect: the kinds the caller can use (e.g. `checkpoints.REWARD_KINDS`); another kind is a
+      one-line `checkpoints.CheckpointError` naming `role`.
+    params / manifest: already-loaded pieces (tests; `path` then only names them).
+    **kwargs: `batch_size`, `feature_lengths` (override the manifest's), `keep_context`, and
+      for reward models `symmetrize`.
+  """
+  manifest = manifest or checkpoints.read_manifest(path)
+  if expect is not None:
+    checkpoints.check_kind(manifest, path, expect, role)
+  mesh = mesh if mesh is not None else partitioning.create_mesh(mesh_shape)
+  cls = Generator if manifest.kind in checkpoints.GENERATIVE_KINDS else RewardModel
+  return cls(manifest, mesh, path=path, params=params, **kwargs)

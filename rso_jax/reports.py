@@ -1,0 +1,173 @@
+"""Evaluation outputs: the report files, the summary of every policy, the plot and the table.
+
+`write_outputs(report, output_dir)` writes `eval_<name>.json`, updates `eval_summary.json`
+(every report by name) and redraws `eval_plot.png` (mean golden reward against KL(π ‖ π_sft),
+one point per policy), each atomically (temp file + rename). `format_table` prints the
+win-rate / KL table the main job ends with.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import re
+from typing import Any, Dict, List, Optional, Union
+
+import numpy as np
+
+SUMMARY_FILE = "eval_summary.json"
+PLOT_FILE = "eval_plot.png"
+
+
+def safe_name(name: str) -> str:
+  safe = re.sub(r"[^A-Za-z0-9._-]+", "_", str(name)).strip("._")
+  if not safe:
+    raise ValueError(f"name={name!r} has no usable characters for a file name")
+  return safe
+
+
+def _jsonable(x: Any) -> Any:
+  if isinstance(x, dict):
+    return {str(k): _jsonable(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_jsonable(v) for v in x]
+  if isinstance(x, (np.floating, float)):
+    return float(x) if math.isfinite(x) else None
+  if isinstance(x, np.integer):
+    return int(x)
+  if isinstance(x, np.bool_):
+    return bool(x)
+  return x
+
+
+def _atomic_write(path: str, data: Union[str, bytes]) -> None:
+  tmp = f"{path}.tmp.{os.getpid()}"
+  with open(tmp, "wb" if isinstance(data, bytes) else "w") as f:
+    f.write(data)
+  os.replace(tmp, path)
+
+
+def write_outputs(report: Dict[str, Any], output_dir: str) -> Dict[str, str]:
+  """Writes `eval_<name>.json`, updates `eval_summary.json` and redraws `eval_plot.png`."""
+  os.makedirs(output_dir, exist_ok=True)
+  name = safe_name(report["name"])
+  clean = _jsonable(report)
+  paths = {"report": os.path.join(output_dir, f"eval_{name}.json"),
+           "summary": os.path.join(output_dir, SUMMARY_FILE),
+           "plot": os.path.join(output_dir, PLOT_FILE)}
+  _atomic_write(paths["report"], json.dumps(clean, indent=2))
+  summary = load_summary(output_dir)
+  summary[name] = {k: v for k, v in clean.items() if k != "examples"}
+  _atomic_write(paths["summary"], json.dumps(summary, indent=2))
+  _atomic_write(paths["plot"], plot_summary(summary))
+  return paths
+
+
+def load_summary(output_dir: str) -> Dict[str, Any]:
+  """`{name: report}` from `output_dir/eval_summary.json` ({} if absent)."""
+  path = os.path.join(output_dir, SUMMARY_FILE)
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    summary = json.load(f)
+  if not isinstance(summary, dict):
+    raise ValueError(f"{path} does not hold a {{name: report}} object")
+  return summary
+
+
+def _plot_mode(report: Dict[str, Any]) -> Optional[str]:
+  modes = list(report.get("results", {}))
+  return "sample" if "sample" in modes else (modes[0] if modes else None)
+
+
+def plot_summary(summary: Dict[str, Any]) -> bytes:
+  """PNG bytes: mean golden reward (y) vs KL(π ‖ π_sft) (x), one labeled point per policy.
+
+  Uses the sampled decodes when present (else greedy); π_sft is drawn at KL = 0. Without a
+  golden reward the y axis is the proxy win rate against π_sft.
+  """
+  from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  fig = Figure(figsize=(6.0, 4.5), dpi=100)
+  FigureCanvasAgg(fig)
+  ax = fig.add_subplot(1, 1, 1)
+  use_golden = any(r.get("has_golden") for r in summary.values())
+  ylabel = "mean golden reward r*" if use_golden else "proxy win rate vs π_sft"
+  sft_points = {}
+  modes = set()
+  for name, r in summary.items():
+    mode = _plot_mode(r)
+    res = r.get("results", {}).get(mode, {}) if mode else {}
+    x = r.get("kl/mean")
+    y = res.get("golden/policy") if use_golden else res.get("vs_sft/proxy")
+    if x is None or y is None:
+      continue
+    modes.add(mode)
+    yerr = (res.get("golden/policy_stderr") if use_golden else res.get("vs_sft/proxy_stderr"))
+    ax.errorbar([x], [y], xerr=[r.get("kl/stderr") or 0.0], yerr=[yerr or 0.0], fmt="o",
+                capsize=3)
+    ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    if use_golden and res.get("golden/sft") is not None:
+      # One π_sft point per reference and prompt set.
+      sft_points[(r.get("sft_path"), r.get("prompts_task"), r.get("split"),
+                  r.get("num_prompts"), mode)] = res["golden/sft"]
+  for y in sft_points.values():
+    ax.plot([0.0], [y], marker="x", color="gray")
+    ax.annotate("π_sft", (0.0, y), textcoords="offset points", xytext=(4, -10), fontsize=8,
+                color="gray")
+  ax.set_xlabel("KL(π ‖ π_sft) estimate (nats)")
+  ax.set_ylabel(ylabel)
+  ax.set_title(f"policies ({'/'.join(sorted(modes)) or 'no data'} decoding)")
+  ax.grid(True, alpha=0.3)
+  fig.tight_layout()
+  buf = io.BytesIO()
+  fig.savefig(buf, format="png")
+  return buf.getvalue()
+
+
+# ------------------------------------------------------------------------------------------------
+# Table.
+
+
+def _fmt(x: Any, pct: bool = False) -> str:
+  if x is None or (isinstance(x, float) and not math.isfinite(x)):
+    return "-"
+  return f"{100 * x:.1f}" if pct else f"{x:.3f}"
+
+
+def format_table(results: Union[Dict[str, Any], List[Dict[str, Any]]]) -> str:
+  """A compact text table, one row per policy and decoding.
+
+  Columns: win rate (%) vs π_sft (proxy / golden), vs the SFT targets (proxy / golden), mean r*
+  of the policy and of π_sft, and the KL estimate ± its standard error. Accepts one report,
+  a list of reports, or a summary `{name: report}`.
+  """
+  if isinstance(results, dict):
+    reports = [results] if "results" in results else list(results.values())
+  else:
+    reports = list(results)
+  header = ["policy", "decode", "win% vs π_sft proxy/gold", "win% vs SFT target proxy/gold",
+            "r* policy/π_sft", "KL(π‖π_sft) ± se"]
+  pair = lambda a, b, pct: f"{_fmt(a, pct)} / {_fmt(b, pct)}"
+  rows = []
+  for r in reports:
+    kl = r.get("kl/mean")
+    kl_s = "-" if kl is None else f"{kl:.3f} ± {_fmt(r.get('kl/stderr'))}"
+    for mode, res in r.get("results", {}).items():
+      rows.append([str(r.get("name", "?")), mode,
+                   pair(res.get("vs_sft/proxy"), res.get("vs_sft/golden"), True),
+                   pair(res.get("vs_sft_targets/proxy"), res.get("vs_sft_targets/golden"), True),
+                   pair(res.get("golden/policy"), res.get("golden/sft"), False), kl_s])
+  widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h)
+            for i, h in enumerate(header)]
+  line = lambda cells: "  ".join(c.ljust(w) if i < 2 else c.rjust(w)
+                                 for i, (c, w) in enumerate(zip(cells, widths)))
+  out = [line(header), line(["-" * w for w in widths])] + [line(row) for row in rows]
+  targets = {r.get("golden/sft_targets") for r in reports} - {None}
+  if len(targets) == 1:
+    out.append(f"(win rates in %; mean r* of the SFT targets: {_fmt(targets.pop())})")
+  else:
+    out.append("(win rates in %)")
+  return "\n".join(out)

@@ -1,0 +1,109 @@
+"""Shared test pieces: the tiny network config, self-describing checkpoints, small meshes."""
+
+import os
+
+import jax
+import numpy as np
+
+from rso_jax import checkpoints, network, partitioning, trainer
+
+CFG = network.T5Config(vocab_size=384, emb_dim=32, num_heads=2, head_dim=16, mlp_dim=64,
+                       num_encoder_layers=1, num_decoder_layers=1)
+BYTES = {"type": "bytes"}
+
+
+def manifest(kind, lengths, config=CFG, vocabulary=None, settings=None, task=None,
+             source="test"):
+  return checkpoints.Manifest(kind=kind, network=config, vocabulary=vocabulary or BYTES,
+                              feature_lengths=dict(lengths) if lengths else None,
+                              model_settings=settings or {}, task=task, source=source)
+
+
+def init_params(model, lengths, seed=0):
+  """Unboxed initial params (jitted init: several times faster than eager on CPU)."""
+  init = jax.jit(lambda k: model.get_initial_variables(k, model.input_shapes(2, lengths)))
+  return jax.device_get(trainer.unbox(init(jax.random.key(seed))["params"]))
+
+
+def tokens(texts, length, vocab=None):
+  """`[M, length]` int32: each text's ids (cut to length − 1) + EOS, 0-padded."""
+  import seqio  # pylint: disable=g-import-not-at-top
+  vocab = vocab or seqio.ByteVocabulary()
+  out = np.zeros((len(texts), length), np.int32)
+  for i, t in enumerate(texts):
+    ids = list(vocab.encode(t))[:length - 1] + [1]
+    out[i, :len(ids)] = ids
+  return out
+
+
+def save(path, model, lengths, params=None, seed=0, vocabulary=None, kind=None):
+  """A params checkpoint of `model` with its manifest; returns the path."""
+  params = init_params(model, lengths, seed) if params is None else params
+  m = manifest(kind or model.manifest_kind, lengths, model.config, vocabulary,
+               model.manifest_settings())
+  checkpoints.save_params(str(path), params, m)
+  return str(path)
+
+
+def one_device_mesh():
+  return partitioning.create_mesh((1, 1, 1), devices=jax.devices()[:1])
+
+
+def train_spm(directory, texts, vocab_size=96):
+  """A small SentencePiece model trained on `texts`; returns its path."""
+  import sentencepiece as spm  # pylint: disable=g-import-not-at-top
+  prefix = os.path.join(str(directory), "spm")
+  spm.SentencePieceTrainer.train(
+      sentence_iterator=iter(list(texts)), model_prefix=prefix, vocab_size=vocab_size,
+      model_type="unigram", character_coverage=1.0, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+      hard_vocab_limit=False,
+      minloglevel=2)
+  return prefix + ".model"
+
+
+WORDS = ("owl cat ram dog eel ewe yak fox bee ant elk emu gnu hen jay koi").split()
+
+
+def word_texts(n, lo=3, hi=12, seed=0):
+  rng = np.random.default_rng(seed)
+  return [" ".join(rng.choice(WORDS, rng.integers(lo, hi))) for _ in range(n)]
+
+
+def seq2seq_batch(inputs, targets):
+  """A seq2seq batch from `[B, Li]` input and `[B, Lt]` target tokens (EOS included)."""
+  targets = np.asarray(targets, np.int32)
+  dec = np.concatenate([np.zeros((len(targets), 1), np.int32), targets[:, :-1]], 1)
+  return {"encoder_input_tokens": np.asarray(inputs, np.int32),
+          "decoder_target_tokens": targets, "decoder_input_tokens": dec,
+          "decoder_loss_weights": (targets > 0).astype(np.float32)}
+
+
+def fit(model, batch, params, steps, learning_rate):
+  """`steps` Adam steps of `model.loss_fn` on one fixed batch (tests that need a model that
+  has learned something specific); returns the params."""
+  import optax  # pylint: disable=g-import-not-at-top
+  opt = optax.adam(learning_rate)
+  state = opt.init(params)
+
+  @jax.jit
+  def step(p, s):
+    g = jax.grad(lambda q: model.loss_fn(q, batch, None)[0])(p)
+    u, s = opt.update(g, s, p)
+    return optax.apply_updates(p, u), s
+
+  for _ in range(steps):
+    params, state = step(params, state)
+  return params
+
+
+def hf_batch(seed, vocab_size):
+  """Random tokens with end padding (id 0): encoder [4, 11], decoder inputs and targets [4, 9]."""
+  rng = np.random.RandomState(seed)
+  enc = rng.randint(2, vocab_size, (4, 11))
+  for row, n in enumerate((11, 7, 3, 9)):
+    enc[row, n:] = 0
+  tgt = rng.randint(2, vocab_size, (4, 9))
+  for row, n in enumerate((9, 4, 6, 1)):
+    tgt[row, n:] = 0
+  dec = np.concatenate([np.zeros((4, 1), tgt.dtype), tgt[:, :-1]], axis=1)  # shift right, BOS=0
+  return enc, dec, tgt
