@@ -24,7 +24,6 @@ the command adding one (`python -m rso_jax.checkpoints add-manifest DIR --kind=.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -309,8 +308,11 @@ def _add_manifest(args) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m rso_jax.checkpoints",
-                                   description="Describe a checkpoint, or add a manifest to one.")
+  """Exit status 0 done, 2 a user error (one line; RSO_JAX_TRACEBACK=1 for the traceback)."""
+  from rso_jax import train as train_lib  # pylint: disable=g-import-not-at-top
+  parser = train_lib.ArgumentParser(prog="python -m rso_jax.checkpoints",
+                                    error_prefix="rso_jax.checkpoints",
+                                    description="Describe a checkpoint, or add a manifest to one.")
   sub = parser.add_subparsers(dest="cmd", required=True)
   d = sub.add_parser("describe", help="print a checkpoint's manifest")
   d.add_argument("path")
@@ -325,15 +327,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   a.add_argument("--model_settings", default=None, help="JSON, e.g. '{\"pooling\": \"mean\"}'")
   a.add_argument("--force", action="store_true")
   args = parser.parse_args(argv)
-  try:
+
+  def run():
     if args.cmd == "describe":
       print(_describe(args.path))
     else:
       print(f"wrote {_add_manifest(args)}")
-  except (CheckpointError, FileNotFoundError) as e:
-    print(f"rso_jax.checkpoints: error: {e}", file=sys.stderr)
-    return 2
-  return 0
+
+  # ValueError: CheckpointError, a malformed --model_settings JSON.
+  return train_lib.cli_main("rso_jax.checkpoints", run,
+                            user_errors=(*train_lib.USER_ERRORS, ValueError))
 
 
 if __name__ == "__main__":

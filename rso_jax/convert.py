@@ -43,7 +43,6 @@ shape mismatches.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import struct
@@ -463,8 +462,11 @@ def _read_vocab_size(hf_dir: str) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m rso_jax.convert",
-                                   description=__doc__.split("\n")[0])
+  """Exit status 0 done, 2 a user error (one line; RSO_JAX_TRACEBACK=1 for the traceback)."""
+  from rso_jax import train as train_lib  # pylint: disable=g-import-not-at-top
+  parser = train_lib.ArgumentParser(prog="python -m rso_jax.convert",
+                                    error_prefix="rso_jax.convert",
+                                    description=__doc__.split("\n")[0])
   parser.add_argument("--hf_dir", required=True, help="HF checkpoint dir (config.json + "
                       "model.safetensors or model.safetensors.index.json)")
   parser.add_argument("--out", required=True, help="output params checkpoint directory")
@@ -478,26 +480,28 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument("--vocabulary", default=None, choices=("bytes",),
                       help="a named vocabulary instead of a SentencePiece model")
   args = parser.parse_args(argv)
-  try:
+
+  def run():
     vocab = vocabulary_spec(args.hf_dir, _read_vocab_size(args.hf_dir), args.spm_path,
                             args.extra_ids, args.vocabulary)
     config, params = from_hf(args.hf_dir)
-    save_converted(args.out, config, params, vocab)
-  except (ValueError, FileNotFoundError) as e:  # UsageError, CheckpointError, refused configs
-    print(f"rso_jax.convert: error: {e}", file=sys.stderr)
-    return 2
-  n = sum(int(np.prod(np.shape(x))) for x in jax.tree.leaves(params))
-  print(f"wrote {n:,} parameters of {config} to {os.path.abspath(args.out)}")
-  if vocab is None:
-    print(f"rso_jax.convert: warning: no vocabulary recorded (no --spm_path, no "
-          f"{checkpoints.SPM_FILE} in {args.hf_dir!r}): re-run with --spm_path=... or "
-          "--vocabulary=bytes before sampling or training from it", file=sys.stderr)
-  elif vocab["type"] == "sentencepiece":
-    print(f"vocabulary: SentencePiece {vocab['path']} + {vocab['extra_ids']} extra ids "
-          f"(copied to {os.path.join(os.path.abspath(args.out), checkpoints.SPM_FILE)})")
-  else:
-    print("vocabulary: bytes")
-  return 0
+    with train_lib.removed_on_failure(args.out):
+      save_converted(args.out, config, params, vocab)
+    n = sum(int(np.prod(np.shape(x))) for x in jax.tree.leaves(params))
+    print(f"wrote {n:,} parameters of {config} to {os.path.abspath(args.out)}")
+    if vocab is None:
+      print(f"rso_jax.convert: warning: no vocabulary recorded (no --spm_path, no "
+            f"{checkpoints.SPM_FILE} in {args.hf_dir!r}): re-run with --spm_path=... or "
+            "--vocabulary=bytes before sampling or training from it", file=sys.stderr)
+    elif vocab["type"] == "sentencepiece":
+      print(f"vocabulary: SentencePiece {vocab['path']} + {vocab['extra_ids']} extra ids "
+            f"(copied to {os.path.join(os.path.abspath(args.out), checkpoints.SPM_FILE)})")
+    else:
+      print("vocabulary: bytes")
+
+  # ValueError: UsageError, CheckpointError, refused configs.
+  return train_lib.cli_main("rso_jax.convert", run,
+                            user_errors=(*train_lib.USER_ERRORS, ValueError))
 
 
 if __name__ == "__main__":

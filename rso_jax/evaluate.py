@@ -32,7 +32,6 @@ atomically (temp file + rename).
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -496,8 +495,11 @@ def evaluate_reward_model(path: Optional[str] = None, split: str = "validation",
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  parser = argparse.ArgumentParser(
-      description="Win rates and KL of a policy against π_sft (rso_jax.evaluate).")
+  from rso_jax import train as train_lib  # pylint: disable=g-import-not-at-top
+  parser = train_lib.ArgumentParser(
+      prog="python -m rso_jax.evaluate", error_prefix="rso_jax.evaluate",
+      description="Win rates and KL of a policy against π_sft (rso_jax.evaluate). Exit status: "
+      "0 done, 2 a user error (one line; RSO_JAX_TRACEBACK=1 for the traceback).")
   parser.add_argument("--policy", default=None,
                       help="policy checkpoint (run/step/params dir); without it, --reward is "
                       "evaluated as a reward model on the embedded task (--sft: also on its "
@@ -521,35 +523,35 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument("--output_dir", default=None)
   parser.add_argument("--name", default=None)
   args = parser.parse_args(argv)
-  try:
+  if args.policy is None and not args.reward:
+    parser.error("give --policy and --sft (policy evaluation) or --reward (reward model)")
+  if args.policy is not None and not args.sft:
+    parser.error("--policy needs --sft (the reference of the win rates and the KL)")
+
+  def run():
     if args.policy is None:
-      if not args.reward:
-        parser.error("give --policy and --sft (policy evaluation) or --reward (reward model)")
       print(json.dumps(evaluate_reward_model(args.reward, args.split, seed=args.seed,
                                              policy_checkpoint=args.sft), indent=2))
-      return 0
-    if not args.sft:
-      parser.error("--policy needs --sft (the reference of the win rates and the KL)")
-    report = evaluate_policy(
-        args.policy, args.sft, reward_path=args.reward,
-        prompts_task=args.prompts_task, split=args.split, num_prompts=args.num_prompts,
-        input_length=args.input_length, max_decode_length=args.max_decode_length,
-        decoding=tuple(d.strip() for d in args.decoding.split(",") if d.strip()),
-        temperature=args.temperature, top_k=args.top_k or None,
-        kl_samples_per_prompt=args.kl_samples_per_prompt, seed=args.seed,
-        batch_size=args.batch_size, output_dir=args.output_dir, name=args.name)
+      return
+    with train_lib.removed_on_failure(args.output_dir or os.curdir):
+      report = evaluate_policy(
+          args.policy, args.sft, reward_path=args.reward,
+          prompts_task=args.prompts_task, split=args.split, num_prompts=args.num_prompts,
+          input_length=args.input_length, max_decode_length=args.max_decode_length,
+          decoding=tuple(d.strip() for d in args.decoding.split(",") if d.strip()),
+          temperature=args.temperature, top_k=args.top_k or None,
+          kl_samples_per_prompt=args.kl_samples_per_prompt, seed=args.seed,
+          batch_size=args.batch_size, output_dir=args.output_dir, name=args.name)
     for note in report["notes"]:
       print(f"note: {note}")
     print(reports.format_table(report))
     if args.output_dir:
       print(f"report: {os.path.join(args.output_dir, 'eval_' + report['name'] + '.json')}; "
             f"plot: {os.path.join(args.output_dir, reports.PLOT_FILE)}")
-  except (checkpoints.CheckpointError, FileNotFoundError, ValueError) as e:
-    if os.environ.get("RSO_JAX_TRACEBACK"):
-      raise
-    print(f"rso_jax.evaluate: error: {str(e).strip().splitlines()[0]}", file=sys.stderr)
-    return 2
-  return 0
+
+  # ValueError: the evaluation's own refusals (bad decoding, no prompts, unknown task, ...).
+  return train_lib.cli_main("rso_jax.evaluate", run,
+                            user_errors=(*train_lib.USER_ERRORS, ValueError))
 
 
 if __name__ == "__main__":

@@ -44,7 +44,6 @@ Not exported: `dtype`, `param_dtype`, `remat` (runtime settings; the file is flo
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -279,25 +278,29 @@ def export(checkpoint_path: str, out_dir: str, force: bool = False) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m rso_jax.export",
-                                   description=__doc__.split("\n")[0])
+  """Exit status 0 done, 2 a user error (one line; RSO_JAX_TRACEBACK=1 for the traceback)."""
+  from rso_jax import train as train_lib  # pylint: disable=g-import-not-at-top
+  parser = train_lib.ArgumentParser(prog="python -m rso_jax.export", error_prefix="rso_jax.export",
+                                    description=__doc__.split("\n")[0])
   parser.add_argument("--checkpoint", required=True,
                       help="seq2seq or policy checkpoint (run, step or converted directory)")
   parser.add_argument("--out", required=True, help="HF T5 directory to write")
   parser.add_argument("--force", action="store_true", help="replace a non-empty --out")
   args = parser.parse_args(argv)
-  try:
-    out = export(args.checkpoint, args.out, force=args.force)
-  except (ValueError, FileNotFoundError, FileExistsError) as e:  # CheckpointError is a ValueError
-    print(f"rso_jax.export: error: {e}", file=sys.stderr)
-    return 2
-  with open(os.path.join(out, "config.json")) as f:
-    vocab_size = json.load(f)["vocab_size"]
-  files = sorted(os.listdir(out))
-  print(f"wrote {checkpoints.read_manifest(args.checkpoint).kind} checkpoint "
-        f"{os.path.abspath(args.checkpoint)} (vocab_size {vocab_size}) to {out}: "
-        f"{', '.join(files)}")
-  return 0
+
+  def run():
+    with train_lib.removed_on_failure(args.out):  # and the parents export created for it
+      out = export(args.checkpoint, args.out, force=args.force)
+    with open(os.path.join(out, "config.json")) as f:
+      vocab_size = json.load(f)["vocab_size"]
+    files = sorted(os.listdir(out))
+    print(f"wrote {checkpoints.read_manifest(args.checkpoint).kind} checkpoint "
+          f"{os.path.abspath(args.checkpoint)} (vocab_size {vocab_size}) to {out}: "
+          f"{', '.join(files)}")
+
+  # ValueError: CheckpointError, a network with no HF counterpart.
+  return train_lib.cli_main("rso_jax.export", run,
+                            user_errors=(*train_lib.USER_ERRORS, ValueError))
 
 
 if __name__ == "__main__":

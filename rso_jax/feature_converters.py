@@ -23,7 +23,8 @@ pairwise (policy training on preference pairs, pointwise BT reward model):
 both orders (the pairwise reward-ranking model's training aid):
   `BothOrdersRankingConverter(vocabulary)`: each (prompt, chosen, rejected) example becomes the
   two ranking examples "... [RESPONSE A] y_w [RESPONSE B] y_l" -> "A" and the swapped one -> "B",
-  adjacent, then the seq2seq features above.
+  adjacent, then the seq2seq features above. Over-long inputs follow the reward-ranking rule
+  (context cut, responses never; a pair whose responses do not fit is dropped, both rows).
 """
 from __future__ import annotations
 
@@ -146,19 +147,32 @@ class BothOrdersRankingConverter(seqio.EncDecFeatureConverter):
 
   Each task example (its raw `prompt/chosen/rejected_pretokenized`, which the ranking tasks
   keep) becomes two: `[CONTEXT] x [RESPONSE A] y_w [RESPONSE B] y_l` -> "A" and
-  `... [RESPONSE A] y_l [RESPONSE B] y_w` -> "B", re-tokenized with the task's vocabulary and
-  trimmed to the feature lengths (with the byte vocabulary both orders have exactly the length
-  the task already checked and counted). A batch of 2n rows therefore holds n pairs in both
-  orders: the gradients of order-blind features cancel within the batch, which is what lets a
-  small model find the A/B segments quickly (see gin/reward.gin).
+  `... [RESPONSE A] y_l [RESPONSE B] y_w` -> "B", re-tokenized with the task's vocabulary under
+  the reward-ranking over-length rule (`preprocessors.ranking_input_ids`, the TF twin of
+  `inference.RewardModel.ranking_tokens`): an input that fits is the whole string; one that
+  does not has its context cut (start kept by default), tags and responses whole; a pair where
+  either order's responses alone do not fit is dropped (both rows). Pairs seen, cut and
+  dropped are counted in `preprocessors.truncation_stats(stats_name)`. A batch of 2n rows
+  therefore holds n pairs in both orders: the gradients of order-blind features cancel within
+  the batch, which is what lets a small model find the A/B segments quickly (see
+  gin/reward.gin).
   """
 
-  def __init__(self, vocabulary: Any, response_label: str = "RESPONSE", **kwargs):
+  STATS_NAME = "BothOrdersRankingConverter"
+
+  def __init__(self, vocabulary: Any, response_label: str = "RESPONSE", *,
+               keep_context: str = "start", stats_name: str | None = None, **kwargs):
+    from rso_jax.tasks import preprocessors  # pylint: disable=g-import-not-at-top
     super().__init__(pack=False, **kwargs)
+    if keep_context not in preprocessors.KEEP_CONTEXT:
+      raise ValueError(f"keep_context={keep_context!r}: use one of {preprocessors.KEEP_CONTEXT}")
     self._vocabulary = vocabulary
     self._response_label = response_label
+    self._keep_context = keep_context
+    self._stats_name = stats_name or self.STATS_NAME
 
   def __call__(self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]):
+    from rso_jax.tasks import preprocessors as prep  # pylint: disable=g-import-not-at-top
     missing = [f for f in RAW_PAIR_FEATURES if f not in ds.element_spec]
     if missing:
       raise ValueError(f"both_orders=True needs the raw pair texts {missing} in the task "
@@ -167,19 +181,41 @@ class BothOrdersRankingConverter(seqio.EncDecFeatureConverter):
     li, lt = int(task_feature_lengths["inputs"]), int(task_feature_lengths["targets"])
     if lt < 2:
       raise ValueError(f"targets length {lt} cannot hold 'A'/'B' and EOS")
-    vocab, label = self._vocabulary, self._response_label
+    vocab, label, keep = self._vocabulary, self._response_label, self._keep_context
     eos = tf.constant([vocab.eos_id], tf.int32)
+    counters = prep._counters(self._stats_name, ("inputs",))  # pylint: disable=protected-access
+    counters.feature_lengths = {"inputs": li}
 
-    def tok(text, length):
-      return tf.concat([tf.cast(vocab.encode_tf(text), tf.int32)[:length - 1], eos], 0)
+    def ranking(x, a, b):
+      whole = tf.cast(vocab.encode_tf(_ranking_text_tf(x, a, b, label)), tf.int32)
+      ids, status = prep.ranking_input_ids(vocab, whole, x, prep.ranking_tail(a, b, label), li,
+                                           keep)
+      return tf.concat([ids[:li - 1], eos], 0), status, tf.size(whole) + 1
 
     def both(ex):
       x, yw, yl = (ex[f] for f in RAW_PAIR_FEATURES)
-      one = lambda a, b, t: tf.data.Dataset.from_tensors(
-          {"inputs": tok(_ranking_text_tf(x, a, b, label), li), "targets": tok(t, lt)})
-      return one(yw, yl, "A").concatenate(one(yl, yw, "B"))
+      first, s1, n1 = ranking(x, yw, yl)
+      second, s2, n2 = ranking(x, yl, yw)
+      dropped = tf.logical_or(tf.equal(s1, prep.RANKING_DROPPED),
+                              tf.equal(s2, prep.RANKING_DROPPED))
+      token = counters.update(tf.cast(tf.reshape(tf.maximum(n1, n2), [1]), tf.int64),
+                              tf.constant([li], tf.int64), dropped)
+      with tf.control_dependencies([token]):
+        keep_pair = tf.logical_not(dropped)
+      return {"first": first, "second": second}, keep_pair
 
-    return super().__call__(ds.flat_map(both), task_feature_lengths)
+    def rows(pair, keep_pair):
+      del keep_pair
+      targets = [tf.concat([tf.cast(vocab.encode_tf(t), tf.int32)[:lt - 1], eos], 0)
+                 for t in ("A", "B")]
+      return tf.data.Dataset.from_tensors(
+          {"inputs": pair["first"], "targets": targets[0]}).concatenate(
+              tf.data.Dataset.from_tensors({"inputs": pair["second"], "targets": targets[1]}))
+
+    pairs = ds.map(both).filter(lambda pair, keep_pair: keep_pair).flat_map(rows)
+    options = tf.data.Options()  # The counters are diagnostic state (see preprocessors).
+    options.experimental_external_state_policy = tf.data.experimental.ExternalStatePolicy.IGNORE
+    return super().__call__(pairs.with_options(options), task_feature_lengths)
 
 
 def get_feature_converter(kind: str) -> seqio.FeatureConverter:

@@ -36,7 +36,6 @@ PROMPTS_FILE and TASK) are one line on stderr with exit status 2; nothing is wri
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import os
@@ -259,19 +258,13 @@ def format_summary(s: Dict[str, Any]) -> str:
 
 
 # ------------------------------------------------------------------------------ CLI
-_INFER_ARGS = tuple(p for p in inspect.signature(infer).parameters if p != "print_fn")
-
-
 def infer_configured(**kwargs):
-  """Entry point for gin (`infer.infer_configured.*` bindings are `infer`'s arguments)."""
-  unknown = sorted(set(kwargs) - set(_INFER_ARGS))
-  if unknown:
-    raise ConfigError(f"infer_configured has no argument(s) {unknown} (known: "
-                      f"{', '.join(_INFER_ARGS)})")
-  try:
-    return infer(**kwargs)
-  except checkpoints.CheckpointError as e:  # a ValueError that train.main does not report
-    raise ConfigError(" ".join(str(e).split())) from None
+  """Entry point for gin (`infer.infer_configured.*` bindings are `infer`'s arguments).
+
+  A binding `infer` does not take is a one-line ConfigError naming it (`train.checked_call`),
+  and so is a checkpoint of the wrong kind.
+  """
+  return train_lib.checked_call(infer, kwargs, "infer_configured")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

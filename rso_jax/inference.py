@@ -174,7 +174,7 @@ class _Loaded:
 
   def _cut(self, ids: List[int], keep: int) -> List[int]:
     keep = max(keep, 0)
-    return ids[:keep] if self.keep_context == "start" else ids[len(ids) - keep:]
+    return ids[:keep] if self.keep_context == "start" else ids[max(len(ids) - keep, 0):]
 
   def tokenize_contexts(self, texts: Texts, length: int) -> Tuple[np.ndarray, np.ndarray]:
     """`[M, length]` int32 tokens + EOS (0-padded) and `[M]` bool "context was cut"."""

@@ -11,6 +11,11 @@ own gin file, in a subprocess (a clean gin and JAX state per stage):
 
 A stage whose artifact is complete (a `COMPLETED` marker, or a user's own params checkpoint
 without a run directory around it) is reused; an interrupted stage resumes where it stopped.
+
+A stage that fails raises `StageFailed` (the CLI prints one line naming the stage and its exit
+status, and exits 3); a stage stopped by SIGTERM / SIGINT (exit status 143, or killed by the
+signal) raises `trainer.Preempted` (the CLI exits 143: rerun to continue). SIGTERM / SIGINT
+sent to this process while a stage runs are forwarded to the stage, which checkpoints.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 from typing import Any, Optional, Sequence
@@ -26,6 +32,18 @@ from typing import Any, Optional, Sequence
 from rso_jax import checkpoints
 
 COMPLETED = "COMPLETED"
+EXIT_PREEMPTED = 143  # trainer.EXIT_PREEMPTED
+
+
+class StageFailed(RuntimeError):
+  """A stage's subprocess exited with an error (the CLI's exit status 3)."""
+
+  def __init__(self, name: str, returncode: int, error_line: Optional[str] = None):
+    self.name, self.returncode, self.error_line = name, returncode, error_line
+    detail = f": {error_line}" if error_line else ""
+    super().__init__(f"stage {name!r} failed with exit code {returncode}{detail} (its output is "
+                     f"above, prefixed [{name}]; fix it and rerun the same command: finished "
+                     "stages are reused)")
 
 
 def is_complete(path: str) -> bool:
@@ -37,20 +55,55 @@ def is_complete(path: str) -> bool:
 
 
 def _run(name: str, module: str, gin_file: str, bindings: Sequence[str]) -> None:
+  """Runs `python -m module` for a stage, its output prefixed `[name]`.
+
+  Raises `StageFailed` on a non-zero exit, `trainer.Preempted` when the stage was stopped by
+  SIGTERM / SIGINT (its exit status 143, or killed by the signal, or a signal this process
+  received and forwarded to it while it ran).
+  """
+  from rso_jax import trainer  # pylint: disable=g-import-not-at-top
   cmd = [sys.executable, "-m", module, f"--gin_file={gin_file}"]
   cmd += [f"--gin.{b}" for b in bindings]
   print(f"[{name}] {' '.join(cmd[1:])}", flush=True)
   proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           bufsize=1)
-  assert proc.stdout is not None
-  for line in proc.stdout:
-    if _noise(line):
-      continue
-    print(f"[{name}] {line}", end="", flush=True)
-  rc = proc.wait()
+  forwarded = []
+
+  def forward(signum, frame):  # pylint: disable=unused-argument
+    forwarded.append(signum)
+    try:
+      proc.send_signal(signum)
+    except ProcessLookupError:
+      pass
+
+  old = {}
+  for sig in (signal.SIGTERM, signal.SIGINT):
+    try:
+      old[sig] = signal.signal(sig, forward)
+    except ValueError:  # not the main thread: no forwarding
+      pass
+  error_line = None
+  try:
+    assert proc.stdout is not None
+    for line in proc.stdout:
+      if _noise(line):
+        continue
+      if line.startswith("rso_jax.") and ": error: " in line:
+        error_line = line.strip()
+      print(f"[{name}] {line}", end="", flush=True)
+    rc = proc.wait()
+  finally:
+    for sig, handler in old.items():
+      signal.signal(sig, handler)
+  stopped = rc in (EXIT_PREEMPTED, -signal.SIGTERM, -signal.SIGINT)
+  if stopped or (forwarded and rc != 0):
+    raise trainer.Preempted(f"preempted: stage {name!r} stopped (exit code {rc}) with what it "
+                            "finished saved; rerun the same command to continue")
   if rc:
-    raise RuntimeError(f"stage {name!r} failed with exit code {rc}; rerunning the same command "
-                       "resumes it")
+    raise StageFailed(name, rc, error_line)
+  if forwarded:
+    raise trainer.Preempted(f"preempted after stage {name!r} finished; rerun the same command "
+                            "to continue")
 
 
 def _noise(line: str) -> bool:

@@ -19,9 +19,12 @@ The paper's three data settings are names: `rso_sample_rank` (rejection sampling
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import glob
 import json
 import math
 import os
+import signal
 import sys
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence
@@ -288,18 +291,54 @@ def run(*, policy_checkpoint: str, reward_checkpoint: Optional[str], output_dir:
   preference for a pairwise model, reward otherwise. `stop_after_shards` stops early (tests
   of resumption).
   """
+  import seqio  # pylint: disable=g-import-not-at-top
   import rso_jax.tasks  # pylint: disable=g-import-not-at-top,unused-import
   from rso_jax.tasks import generated  # pylint: disable=g-import-not-at-top
+  from rso_jax.train import ConfigError  # pylint: disable=g-import-not-at-top
+  # --- the arguments, before anything is loaded or written (ConfigError is a ValueError) ---
   if data_setting not in DATA_SETTINGS:
-    raise ValueError(f"data_setting={data_setting!r}: sampling supports "
-                     f"{sorted(DATA_SETTINGS)} ('direct' trains on D_hf and needs no sampling)")
+    close = difflib.get_close_matches(str(data_setting), list(DATA_SETTINGS), n=1)
+    raise ConfigError(f"DATA_SETTING={data_setting!r}: sampling supports "
+                      f"{', '.join(sorted(DATA_SETTINGS))}"
+                      + (f" (did you mean {close[0]!r}?)" if close else "")
+                      + " ('direct' trains on D_hf and needs no sampling)")
   strategy = DATA_SETTINGS[data_setting]
+  if not output_dir:
+    raise ConfigError("SAMPLES_DIR is empty: pass --gin.SAMPLES_DIR=\\\"path\\\"")
+  if not policy_checkpoint:
+    raise ConfigError("SFT_CHECKPOINT (policy_checkpoint) is empty")
   if pair_method not in ("first_round", "tournament"):
-    raise ValueError(f"pair_method={pair_method!r}: use first_round or tournament")
-  if num_samples > num_candidates:
-    raise ValueError(f"num_samples={num_samples} > num_candidates={num_candidates}")
+    raise ConfigError(f"pair_method={pair_method!r}: use first_round or tournament")
   if label_with not in ("preference", "reward", "auto"):
-    raise ValueError(f"label_with={label_with!r}: use preference, reward or auto")
+    raise ConfigError(f"label_with={label_with!r}: use preference, reward or auto")
+  if rejection_mode not in rejection.MODES:
+    raise ConfigError(f"rejection_mode={rejection_mode!r}: use one of {rejection.MODES}")
+  if keep_context not in inference.KEEP_CONTEXT:
+    raise ConfigError(f"keep_context={keep_context!r}: use one of {inference.KEEP_CONTEXT}")
+  is_int = lambda v: isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+  for name, v, optional in (("num_candidates", num_candidates, False),
+                            ("num_samples", num_samples, False),
+                            ("prompts_per_shard", prompts_per_shard, False),
+                            ("batch_prompts", batch_prompts, False),
+                            ("NUM_PROMPTS (max_prompts)", max_prompts, True),
+                            ("top_k", top_k, True), ("input_length", input_length, True),
+                            ("max_decode_length", max_decode_length, True)):
+    if not (optional and v is None) and not (is_int(v) and v >= 1):
+      raise ConfigError(f"{name}={v!r} must be an int >= 1" + (" or None" if optional else ""))
+  if num_samples > num_candidates:
+    raise ConfigError(f"num_samples={num_samples} > num_candidates={num_candidates}")
+  finite = lambda v: isinstance(v, (int, float, np.number)) and math.isfinite(float(v))
+  if not (finite(beta) and beta >= 0):
+    raise ConfigError(f"beta={beta!r} must be finite and >= 0 (paper: 0.5; 0 = top-k-over-N)")
+  if not (finite(temperature) and temperature >= 0):
+    raise ConfigError(f"temperature={temperature!r} must be finite and >= 0")
+  if top_p is not None and not (finite(top_p) and 0.0 < top_p <= 1.0):
+    raise ConfigError(f"top_p={top_p!r} must be in (0, 1] or None")
+  known = set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names())
+  if prompts_task not in known:
+    close = difflib.get_close_matches(prompts_task, sorted(known), n=1)
+    raise ConfigError(f"PROMPTS_TASK={prompts_task!r} is not a registered seqio task or mixture"
+                      + (f" (did you mean {close[0]!r}?)" if close else ""))
   mesh = partitioning.create_mesh(mesh_shape)
   dp = partitioning.data_parallel_size(mesh)
   batch_prompts = max(dp, int(math.ceil(batch_prompts / dp)) * dp)
@@ -416,13 +455,79 @@ def format_summary(summary: Dict[str, Any]) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+  """`python -m rso_jax.sample`: exit status 0 done, 2 a user error (one line), 143 stopped
+  by SIGTERM with its finished shards kept (rerun to continue at the first missing shard)."""
   from rso_jax import train as train_lib  # pylint: disable=g-import-not-at-top
   return train_lib.main(argv, entry=sample_configured)
 
 
+def _has_shards(output_dir: str) -> bool:
+  return bool(glob.glob(os.path.join(glob.escape(output_dir), "pairs-*-of-*.tfrecord")))
+
+
+def _remove_own_temp_files(output_dir: str) -> None:
+  """The temp files of the shard this process was writing when it stopped."""
+  for f in glob.glob(os.path.join(glob.escape(output_dir), f"*.tmp.{os.getpid()}")):
+    try:
+      os.remove(f)
+    except OSError:
+      pass
+
+
+def _stop_on_signal(signum, frame):  # pylint: disable=unused-argument
+  from rso_jax import trainer  # pylint: disable=g-import-not-at-top
+  raise trainer.Preempted(f"signal {signum}")
+
+
+def _raised_here(e: BaseException) -> bool:
+  """True when `e` was raised by this module's own checks (not deep in JAX or TF)."""
+  tb = e.__traceback__
+  while tb is not None and tb.tb_next is not None:
+    tb = tb.tb_next
+  return tb is not None and os.path.abspath(tb.tb_frame.f_code.co_filename) == \
+      os.path.abspath(__file__)
+
+
 def sample_configured(**kwargs):
-  """Entry point for gin (`sample.sample_configured.*` bindings are `run`'s arguments)."""
-  summary = run(**kwargs)
+  """Entry point for gin (`sample.sample_configured.*` bindings are `run`'s arguments).
+
+  A binding `run` does not take, and every refusal of the stage's own checks (arguments,
+  checkpoints, a SAMPLES_DIR holding another configuration, a non-finite reward), is a
+  one-line ConfigError. SIGTERM / SIGINT stop it at once with `trainer.Preempted`: finished
+  shards are kept (a rerun starts at the first missing one), the shard being written is
+  dropped. A SAMPLES_DIR this call created is removed again when it fails before finishing a
+  shard; one that existed before is never removed.
+  """
+  from rso_jax import train as train_lib  # pylint: disable=g-import-not-at-top
+  from rso_jax import trainer  # pylint: disable=g-import-not-at-top
+  output_dir = kwargs.get("output_dir")
+  if not output_dir:  # before the directory guard: there is no directory
+    return train_lib.checked_call(run, kwargs, "sample.sample_configured")
+  old = {}
+  for sig in (signal.SIGTERM, signal.SIGINT):
+    try:
+      old[sig] = signal.signal(sig, _stop_on_signal)
+    except ValueError:  # not the main thread
+      pass
+  try:
+    with train_lib.removed_on_failure(output_dir, keep=_has_shards):
+      try:
+        summary = train_lib.checked_call(run, kwargs, "sample.sample_configured")
+      except trainer.Preempted:
+        _remove_own_temp_files(os.path.abspath(output_dir))
+        n = len(glob.glob(os.path.join(glob.escape(os.path.abspath(output_dir)),
+                                       "pairs-*-of-*.tfrecord")))
+        raise trainer.Preempted(f"preempted: {n} finished shard(s) kept in "
+                                f"{os.path.abspath(output_dir)}; rerun the same command to "
+                                "continue at the first missing shard") from None
+      except ValueError as e:
+        _remove_own_temp_files(os.path.abspath(output_dir))
+        if isinstance(e, train_lib.ConfigError) or _raised_here(e):
+          raise train_lib.ConfigError(" ".join(str(e).split())) from None
+        raise
+  finally:
+    for sig, handler in old.items():
+      signal.signal(sig, handler)
   print("sampling summary:\n" + format_summary(summary))
   return summary
 

@@ -10,18 +10,29 @@ Macros used by the gin files: MODEL_DIR, TRAIN_STEPS, BATCH_SIZE, MIXTURE_OR_TAS
 TASK_FEATURE_LENGTHS, RANDOM_SEED, EVAL_PERIOD, INITIAL_CHECKPOINT_PATH.
 
 The effective gin config is written to `MODEL_DIR/config.gin`. Errors in the configuration
-or the input (unknown binding, missing task, unwritable MODEL_DIR, indivisible batch size)
-are reported as one line; set RSO_JAX_TRACEBACK=1 for the full traceback.
+or the input (unknown binding, a macro no binding reads, missing task, unwritable MODEL_DIR,
+indivisible batch size, TRAIN_STEPS < 1, a learning rate that is not finite and > 0) are
+reported as one line; set RSO_JAX_TRACEBACK=1 for the full traceback.
+
+Exit status (every rso_jax CLI): 0 done; 2 a user error (one line on stderr, nothing
+half-made left behind); 3 a pipeline stage failed (one line naming the stage and its exit
+status); 143 preempted (SIGTERM): the checkpoint is saved, rerun the same command to continue.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import dataclasses
+import difflib
+import inspect
 import logging
+import math
 import os
+import shutil
 import sys
 import time
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import gin
 import jax
@@ -29,6 +40,7 @@ import numpy as np
 
 from rso_jax import checkpoints
 from rso_jax import partitioning
+from rso_jax import pipeline
 from rso_jax import trainer as trainer_lib
 
 REPO_GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin")
@@ -36,6 +48,17 @@ REPO_GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fi
 
 class ConfigError(ValueError):
   """A configuration or input problem, reported as one line by the CLI."""
+
+
+# Exit statuses of every rso_jax CLI.
+EXIT_OK = 0
+EXIT_USER_ERROR = 2        # one line on stderr; RSO_JAX_TRACEBACK=1 for the traceback
+EXIT_STAGE_FAILED = 3      # a pipeline stage (subprocess) failed
+EXIT_PREEMPTED = trainer_lib.EXIT_PREEMPTED  # 143: checkpoint saved, rerun to continue
+
+# Errors a CLI reports as one line with exit status 2 (the input or the configuration is wrong).
+USER_ERRORS = (ConfigError, checkpoints.CheckpointError, FileNotFoundError, FileExistsError,
+               PermissionError, NotADirectoryError, IsADirectoryError)
 
 
 # --------------------------------------------------------------------------------------------
@@ -116,10 +139,14 @@ def model_manifest(model, mixture_or_task_name: str, task_feature_lengths: Mappi
 # --------------------------------------------------------------------------------------------
 # The training loop
 # --------------------------------------------------------------------------------------------
-def _prepare_model_dir(model_dir: str) -> str:
+def _model_dir_arg(model_dir: str) -> str:
   if not model_dir:
     raise ConfigError("MODEL_DIR is empty: pass --gin.MODEL_DIR=\\\"path\\\"")
-  model_dir = os.path.abspath(os.path.expanduser(model_dir))
+  return os.path.abspath(os.path.expanduser(model_dir))
+
+
+def _prepare_model_dir(model_dir: str) -> str:
+  model_dir = _model_dir_arg(model_dir)
   try:
     os.makedirs(model_dir, exist_ok=True)
     probe = os.path.join(model_dir, f".write_probe_{os.getpid()}")
@@ -129,6 +156,79 @@ def _prepare_model_dir(model_dir: str) -> str:
   except OSError as e:
     raise ConfigError(f"MODEL_DIR={model_dir!r} is not writable: {e.strerror}") from None
   return model_dir
+
+
+@contextlib.contextmanager
+def removed_on_failure(path: str, keep: Callable[[str], bool] = lambda path: False):
+  """Removes `path` if the body fails, when this command created it and `keep(path)` is false.
+
+  A directory that existed before is never touched; the empty parents this command created
+  along with `path` are removed too. `keep` says whether the directory holds something worth
+  keeping (a checkpoint, a finished shard: what a rerun resumes from).
+  """
+  path = os.path.abspath(os.path.expanduser(path))
+  created = []
+  d = path
+  while d and not os.path.exists(d) and d != os.path.dirname(d):
+    created.append(d)
+    d = os.path.dirname(d)
+  try:
+    yield path
+  except BaseException:
+    if created and jax.process_index() == 0:
+      if os.path.isdir(path) and not keep(path):
+        shutil.rmtree(path, ignore_errors=True)
+      if not os.path.exists(path):
+        for parent in created[1:]:
+          try:
+            os.rmdir(parent)  # only when empty
+          except OSError:
+            break
+    raise
+
+
+def _run_resumable(model_dir: str) -> bool:
+  """A MODEL_DIR worth keeping after a failure: a saved checkpoint or a finished run."""
+  return (checkpoints.latest_step(model_dir) is not None
+          or os.path.exists(os.path.join(model_dir, pipeline.COMPLETED)))
+
+
+def _is_int(v: Any) -> bool:
+  return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def _check_train_args(*, train_steps, batch_size, learning_rate, warmup_steps, weight_decay,
+                      grad_clip, num_microbatches, eval_period, eval_steps, checkpoint_period,
+                      keep_checkpoints, log_period) -> None:
+  """Refuses values that cannot run (before anything is built or written)."""
+  def positive_int(name, v, minimum=1):
+    if not _is_int(v) or v < minimum:
+      raise ConfigError(f"{name}={v!r} must be an int >= {minimum}")
+  positive_int("TRAIN_STEPS", train_steps)
+  positive_int("BATCH_SIZE", batch_size)
+  positive_int("num_microbatches", num_microbatches)
+  positive_int("warmup_steps", warmup_steps, 0)
+  positive_int("EVAL_PERIOD", eval_period, 0)
+  if eval_period:
+    positive_int("eval_steps", eval_steps)
+  positive_int("checkpoint_period", checkpoint_period)
+  positive_int("keep_checkpoints", keep_checkpoints)
+  positive_int("log_period", log_period)
+  try:
+    lr = float(learning_rate)
+  except (TypeError, ValueError):
+    lr = float("nan")
+  if not (math.isfinite(lr) and lr > 0):
+    raise ConfigError(f"LEARNING_RATE={learning_rate!r} must be a finite number > 0")
+  for name, v in (("weight_decay", weight_decay), ("grad_clip", grad_clip)):
+    if v is None and name == "grad_clip":
+      continue
+    try:
+      ok = math.isfinite(float(v)) and float(v) >= 0
+    except (TypeError, ValueError):
+      ok = False
+    if not ok:
+      raise ConfigError(f"{name}={v!r} must be a finite number >= 0")
 
 
 def _mean_metrics(rows: Sequence[Mapping[str, Any]]) -> dict:
@@ -156,21 +256,29 @@ def train(*, model, model_dir: str, train_steps: int, batch_size: int,
   `prerequisites` run first (e.g. building an SFT checkpoint or a sampled pair task that the
   run depends on); `after_training` callables get `model_dir` when training is done (e.g.
   evaluation). Returns the last train metrics (and `eval/...` if evaluated).
+
+  The arguments, the task, the mesh and the initial checkpoint are checked before MODEL_DIR is
+  created (ConfigError); a MODEL_DIR this call created is removed again if the run fails
+  before its first checkpoint. SIGTERM / SIGINT checkpoint at the next step boundary and raise
+  `trainer.Preempted` (the CLI's exit status 143): rerunning resumes bit for bit.
   """
+  model_dir = _model_dir_arg(model_dir)
+  _check_train_args(train_steps=train_steps, batch_size=batch_size, learning_rate=learning_rate,
+                    warmup_steps=warmup_steps, weight_decay=weight_decay, grad_clip=grad_clip,
+                    num_microbatches=num_microbatches, eval_period=eval_period,
+                    eval_steps=eval_steps, checkpoint_period=checkpoint_period,
+                    keep_checkpoints=keep_checkpoints, log_period=log_period)
+  try:
+    schedule = trainer_lib.make_schedule(learning_rate, warmup_steps, lr_decay, train_steps)
+    opt = trainer_lib.make_optimizer(optimizer, schedule, weight_decay=weight_decay,
+                                     grad_clip=grad_clip)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
   for fn in prerequisites:
     fn()
-  if train_steps < 0:
-    raise ConfigError(f"TRAIN_STEPS={train_steps} must be >= 0")
-  model_dir = _prepare_model_dir(model_dir)
-  if gin.config_is_locked() or gin.config_str():
-    with open(os.path.join(model_dir, "config.gin"), "w") as f:
-      f.write(gin.config_str())
   partitioning.initialize_distributed()
   mesh = partitioning.create_mesh(mesh_shape)
   rules = tuple(logical_rules) if logical_rules else partitioning.LOGICAL_RULES
-  schedule = trainer_lib.make_schedule(learning_rate, warmup_steps, lr_decay, train_steps)
-  opt = trainer_lib.make_optimizer(optimizer, schedule, weight_decay=weight_decay,
-                                   grad_clip=grad_clip)
   try:
     tr = trainer_lib.Trainer(model, opt, mesh, batch_size=batch_size,
                              feature_lengths=task_feature_lengths,
@@ -179,7 +287,33 @@ def train(*, model, model_dir: str, train_steps: int, batch_size: int,
   except ValueError as e:
     raise ConfigError(str(e)) from None
   _check_task(mixture_or_task_name)
+  manifest = model_manifest(model, mixture_or_task_name, task_feature_lengths)
+  if initial_checkpoint_path and checkpoints.latest_step(model_dir) is None:
+    try:
+      checkpoints.resolve_params_path(initial_checkpoint_path)
+    except FileNotFoundError as e:
+      raise ConfigError(f"INITIAL_CHECKPOINT_PATH={initial_checkpoint_path!r}: {e}") from None
 
+  with removed_on_failure(model_dir, keep=_run_resumable):
+    return _train_loop(
+        tr, model, manifest, _prepare_model_dir(model_dir), train_steps=train_steps,
+        batch_size=batch_size, mixture_or_task_name=mixture_or_task_name,
+        task_feature_lengths=task_feature_lengths, mesh=mesh, random_seed=random_seed,
+        eval_period=eval_period, eval_steps=eval_steps, eval_split=eval_split,
+        checkpoint_period=checkpoint_period, keep_checkpoints=keep_checkpoints,
+        log_period=log_period, initial_checkpoint_path=initial_checkpoint_path,
+        use_cached=use_cached, shuffle=shuffle, async_checkpoint=async_checkpoint,
+        after_training=after_training, step_callback=step_callback, print_fn=print_fn)
+
+
+def _train_loop(tr, model, manifest, model_dir: str, *, train_steps, batch_size,
+                mixture_or_task_name, task_feature_lengths, mesh, random_seed, eval_period,
+                eval_steps, eval_split, checkpoint_period, keep_checkpoints, log_period,
+                initial_checkpoint_path, use_cached, shuffle, async_checkpoint, after_training,
+                step_callback, print_fn) -> dict:
+  if gin.config_is_locked() or gin.config_str():
+    with open(os.path.join(model_dir, "config.gin"), "w") as f:
+      f.write(gin.config_str())
   ckpt = trainer_lib.CheckpointManager(model_dir, keep=keep_checkpoints,
                                        async_save=async_checkpoint)
   start = ckpt.latest_step()
@@ -194,7 +328,6 @@ def train(*, model, model_dir: str, train_steps: int, batch_size: int,
       print_fn(f"initialized params from {initial_checkpoint_path}")
     state = tr.init_state(init_params)
     batches_done = 0
-  manifest = model_manifest(model, mixture_or_task_name, task_feature_lengths)
   if jax.process_index() == 0:
     checkpoints.write_manifest(model_dir, manifest)
   step = int(jax.device_get(state.step))
@@ -222,29 +355,37 @@ def train(*, model, model_dir: str, train_steps: int, batch_size: int,
 
   last: dict = {}
   pending = []
-  with trainer_lib.PreemptionFlag() as preempt:
-    while step < train_steps:
-      try:
-        batch = next(it)
-      except StopIteration:
-        raise ConfigError(f"task {mixture_or_task_name!r} ran out of data") from None
-      logger.add_tokens(trainer_lib.count_tokens(batch))
-      state, metrics = tr.train_step(state, batch)
-      step += 1
-      batches_done += 1
-      pending.append(metrics)
-      if step % log_period == 0 or step == train_steps:
-        last = logger.write(step, _mean_metrics(jax.device_get(pending)))
-        pending = []
-        if step_callback is not None:
-          step_callback(step, last)
-      if eval_period and (step % eval_period == 0 or step == train_steps):
-        last.update(run_eval(step))
-      if step % checkpoint_period == 0 or step == train_steps or preempt.requested:
-        ckpt.save(state, {"batches": batches_done}, force=True)
-      if preempt.requested:
-        print_fn(f"preempted: checkpoint saved at step {step}; rerun the same command to resume")
-        break
+  try:
+    with trainer_lib.PreemptionFlag() as preempt:
+      while step < train_steps:
+        try:
+          batch = next(it)
+        except StopIteration:
+          raise ConfigError(f"task {mixture_or_task_name!r} ran out of data") from None
+        logger.add_tokens(trainer_lib.count_tokens(batch))
+        state, metrics = tr.train_step(state, batch)
+        step += 1
+        batches_done += 1
+        pending.append(metrics)
+        if step % log_period == 0 or step == train_steps:
+          last = logger.write(step, _mean_metrics(jax.device_get(pending)))
+          pending = []
+          if step_callback is not None:
+            step_callback(step, last)
+        if eval_period and (step % eval_period == 0 or step == train_steps):
+          last.update(run_eval(step))
+        if preempt.requested:
+          print_fn(f"signal {preempt.signal}: saving a checkpoint at step {step}")
+        if step % checkpoint_period == 0 or step == train_steps or preempt.requested:
+          ckpt.save(state, {"batches": batches_done}, force=True)
+        if preempt.requested:
+          break
+  except BaseException:
+    try:  # let a save in flight finish: it is what a rerun resumes from
+      ckpt.close()
+    except Exception:  # pylint: disable=broad-except
+      pass
+    raise
   ckpt.close()
   logger.flush()
   if step >= train_steps:
@@ -253,8 +394,12 @@ def train(*, model, model_dir: str, train_steps: int, batch_size: int,
       with open(os.path.join(model_dir, "COMPLETED.tmp"), "w") as f:
         f.write(f"{step}\n")
       os.replace(os.path.join(model_dir, "COMPLETED.tmp"), os.path.join(model_dir, "COMPLETED"))
-    for fn in after_training:
-      fn(model_dir)
+  if preempt.requested:
+    raise trainer_lib.Preempted(
+        f"preempted: checkpoint saved at step {step}/{train_steps} in {model_dir}; rerun the "
+        "same command to resume")
+  for fn in after_training:
+    fn(model_dir)
   return last
 
 
@@ -304,7 +449,68 @@ def _quiet_gin_search(record: logging.LogRecord) -> bool:
   return not str(record.msg).startswith("Path not found")
 
 
+def _macro_references(value: Any, out: set) -> None:
+  """Adds the names of the macros `value` references (`%NAME`, also inside containers)."""
+  if isinstance(value, gin.config.ConfigurableReference):
+    if value.configurable.wrapped is gin.config.macro:
+      out.add("/".join(value.scopes))
+  elif isinstance(value, dict):
+    for k, v in value.items():
+      _macro_references(k, out)
+      _macro_references(v, out)
+  elif isinstance(value, (list, tuple, set, frozenset)):
+    for v in value:
+      _macro_references(v, out)
+
+
+def unread_macros() -> dict:
+  """{macro: closest read macro or None} for every macro no binding reads.
+
+  A macro is read when a binding of a configurable (any scope) references it, directly, inside
+  a list / tuple / dict, or through another macro that is read. Call after parsing, before
+  anything runs: a typo in a macro name (`--gin.TRAIN_STEP=2`) otherwise sets a macro nobody
+  reads and the run silently uses the default.
+  """
+  macro_selector = gin.config._INVERSE_REGISTRY[gin.config.macro].selector  # pylint: disable=protected-access
+  macros, read = {}, set()
+  for (scope, selector), params in gin.config._CONFIG.items():  # pylint: disable=protected-access
+    if selector == macro_selector:
+      macros[scope] = params.get("value")
+    else:
+      for v in params.values():
+        _macro_references(v, read)
+  todo = [m for m in read if m in macros]
+  while todo:  # macros read through other macros
+    found: set = set()
+    _macro_references(macros[todo.pop()], found)
+    for m in found - read:
+      read.add(m)
+      if m in macros:
+        todo.append(m)
+  known = sorted(read)
+  return {m: next(iter(difflib.get_close_matches(m, known, n=1, cutoff=0.6)), None)
+          for m in sorted(set(macros) - read)}
+
+
+def _check_macros_read(bindings: Sequence[str]) -> None:
+  unread = unread_macros()
+  if not unread:
+    return
+  on_cli = {b.split("=", 1)[0].strip() for b in bindings if "=" in b}
+  parts = []
+  for m, close in unread.items():
+    where = f"--gin.{m}" if m in on_cli else f"macro {m} (set in a gin file)"
+    parts.append(f"{where}: no binding reads macro {m}"
+                 + (f"; did you mean {close}?" if close else ""))
+  raise ConfigError(" | ".join(parts))
+
+
 def configure_gin(files: Sequence[str], bindings: Sequence[str], search: Sequence[str]) -> None:
+  """Parses gin files and bindings; every problem is a one-line ConfigError.
+
+  Besides gin's own checks (unknown configurable or parameter, a `%gin.REQUIRED` macro left
+  unset), every macro set on the command line or in a gin file must be read by some binding.
+  """
   with gin.unlock_config():
     gin.clear_config(clear_constants=False)
   gin.config._set_config_is_locked(False)  # pylint: disable=protected-access  (a re-run)
@@ -319,8 +525,11 @@ def configure_gin(files: Sequence[str], bindings: Sequence[str], search: Sequenc
                         f"{', '.join(search) or 'no extra paths'})")
   try:
     gin.parse_config_files_and_bindings(list(files), list(bindings), finalize_config=False)
+    _check_macros_read(bindings)
     gin.finalize()  # runs the hook that names a `%gin.REQUIRED` macro left unset
   except (ValueError, KeyError, TypeError, NameError, ImportError, SyntaxError) as e:
+    if isinstance(e, ConfigError):
+      raise
     msg = str(e).strip().splitlines()
     raise ConfigError("gin: " + " | ".join(m.strip() for m in msg if m.strip())[:600]) from None
 
@@ -336,22 +545,92 @@ def run_configured(entry: Callable = None) -> Any:
     raise
 
 
+def checked_call(fn: Callable, kwargs: Mapping[str, Any], name: str,
+                 exclude: Iterable[str] = ("print_fn",)) -> Any:
+  """`fn(**kwargs)` for a gin entry point that takes `**kwargs` (sample, infer).
+
+  gin accepts any parameter name for a `**kwargs` function, so a misspelt binding would be a
+  TypeError deep in the call: here it is a ConfigError naming the binding and the closest
+  argument, as is a required argument left unbound. A CheckpointError from the call is
+  reported as a one-line ConfigError.
+  """
+  params = inspect.signature(fn).parameters
+  known = [p for p, v in params.items() if p not in set(exclude)
+           and v.kind in (v.POSITIONAL_OR_KEYWORD, v.KEYWORD_ONLY)]
+  unknown = sorted(set(kwargs) - set(known))
+  if unknown:
+    hints = []
+    for u in unknown:
+      close = difflib.get_close_matches(u, known, n=1, cutoff=0.6)
+      hints.append(f"{name}.{u}" + (f" (did you mean {name}.{close[0]}?)" if close else ""))
+    raise ConfigError(f"{name} has no argument(s) {', '.join(hints)} (known: "
+                      f"{', '.join(known)})")
+  missing = [p for p in known if params[p].default is inspect.Parameter.empty and p not in kwargs]
+  if missing:
+    raise ConfigError(f"{name} needs {', '.join(missing)}: bind {name}.{missing[0]} = ...")
+  try:
+    return fn(**kwargs)
+  except checkpoints.CheckpointError as e:
+    raise ConfigError(" ".join(str(e).split())) from None
+
+
+def one_line(e: BaseException) -> str:
+  """The first line of an error (gin appends the configurable's call context below it)."""
+  return (str(e).strip().splitlines() or [type(e).__name__])[0].strip()
+
+
+class ArgumentParser(argparse.ArgumentParser):
+  """argparse for the rso_jax CLIs: a usage error is one line `<prog>: error: ...`, exit 2."""
+
+  def __init__(self, *args, error_prefix: Optional[str] = None, **kwargs):
+    super().__init__(*args, **kwargs)
+    self.error_prefix = error_prefix or self.prog
+
+  def error(self, message: str):
+    if os.environ.get("RSO_JAX_TRACEBACK"):
+      self.print_usage(sys.stderr)
+    print(f"{self.error_prefix}: error: {' '.join(message.split())} (--help for usage)",
+          file=sys.stderr)
+    sys.exit(EXIT_USER_ERROR)
+
+
+def cli_main(prog: str, fn: Callable[[], Any],
+             user_errors: Sequence[type] = USER_ERRORS) -> int:
+  """Runs a CLI's body `fn` and maps its outcome to the exit status of every rso_jax CLI.
+
+  0: done. 2: a user error (`user_errors`): one line `<prog>: error: ...` on stderr, or the
+  traceback with RSO_JAX_TRACEBACK=1. 3: a pipeline stage failed (one line naming the stage
+  and its exit status). 143: preempted; the checkpoint is saved and rerunning resumes.
+  """
+  try:
+    fn()
+  except trainer_lib.Preempted as e:
+    print(f"{prog}: {one_line(e)}", file=sys.stderr)
+    return EXIT_PREEMPTED
+  except pipeline.StageFailed as e:
+    if os.environ.get("RSO_JAX_TRACEBACK"):
+      raise
+    print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
+    return EXIT_STAGE_FAILED
+  except tuple(user_errors) as e:  # pylint: disable=catching-non-exception
+    if os.environ.get("RSO_JAX_TRACEBACK"):
+      raise
+    print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
+    return EXIT_USER_ERROR
+  return EXIT_OK
+
+
 def main(argv: Optional[Sequence[str]] = None, entry: Callable = None) -> int:
   logging.basicConfig(level=logging.WARNING)
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
   argv = sys.argv[1:] if argv is None else argv
   prog = "rso_jax." + (entry.__module__.split(".")[-1] if entry else "train")
-  try:
+
+  def run():
     files, bindings, search = parse_flags(argv)
     configure_gin(files, bindings, search)
     run_configured(entry)
-  except (ConfigError, checkpoints.CheckpointError, FileNotFoundError, PermissionError) as e:
-    if os.environ.get("RSO_JAX_TRACEBACK"):
-      raise
-    first = (str(e).strip().splitlines() or [type(e).__name__])[0]  # gin appends call context
-    print(f"{prog}: error: {first}", file=sys.stderr)
-    return 2
-  return 0
+  return cli_main(prog, run)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import math
 import os
 import signal
@@ -404,11 +403,22 @@ def count_tokens(batch: Mapping[str, np.ndarray]) -> float:
 # --------------------------------------------------------------------------------------------
 # Preemption
 # --------------------------------------------------------------------------------------------
+# Exit status of a run stopped by SIGTERM after saving its checkpoint (the scheduler
+# convention 128 + SIGTERM): not done, nothing lost, rerun the same command to continue.
+EXIT_PREEMPTED = 143
+
+
+class Preempted(Exception):
+  """A run stopped by a signal after saving what a rerun resumes from (CLI exit status 143)."""
+
+
 class PreemptionFlag:
-  """Set by SIGTERM (and SIGINT); the loop checkpoints at the next step boundary and stops."""
+  """Set by SIGTERM (and SIGINT); the loop checkpoints at the next step boundary and stops
+  (`train.train` then raises `Preempted`)."""
 
   def __init__(self):
     self.requested = False
+    self.signal = None
     self._old = {}
 
   def __enter__(self):
@@ -420,7 +430,9 @@ class PreemptionFlag:
     return self
 
   def _handle(self, signum, frame):  # pylint: disable=unused-argument
-    logging.warning("signal %d: checkpointing at the next step boundary", signum)
+    # No I/O here: a handler that prints can interrupt a print (reentrant write error). The
+    # loop reports the signal when it acts on it.
+    self.signal = signum
     self.requested = True
 
   def __exit__(self, *exc):

@@ -25,6 +25,14 @@ def init_params(model, lengths, seed=0):
   return jax.device_get(trainer.unbox(init(jax.random.key(seed))["params"]))
 
 
+def zero_params(model, lengths):
+  """All-zero params of `model` from shapes only (no initializer compiled): for tests of code
+  that reads no params, e.g. tokenization."""
+  shapes = jax.eval_shape(lambda: model.get_initial_variables(
+      jax.random.key(0), model.input_shapes(2, lengths)))["params"]
+  return jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), trainer.unbox(shapes))
+
+
 def tokens(texts, length, vocab=None):
   """`[M, length]` int32: each text's ids (cut to length − 1) + EOS, 0-padded."""
   import seqio  # pylint: disable=g-import-not-at-top

@@ -1,11 +1,15 @@
 """Feature converters: pairwise (with optional reference log-probs) and seq2seq, vs a NumPy oracle."""
+import helpers
 import numpy as np
 import pytest
 import seqio
 import tensorflow as tf
 
-import rso_jax.tasks as tasks
+from helpers import CFG, manifest, one_device_mesh
 from rso_jax import feature_converters as fc
+from rso_jax import inference
+from rso_jax import reward_models as rm
+import rso_jax.tasks as tasks
 
 LI, LT = 6, 5
 EXAMPLES = [
@@ -126,3 +130,47 @@ def test_end_to_end_with_synthetic_tasks():
   assert rm_batch["encoder_input_tokens"].shape == (8, 128)
   assert set(rm_batch["decoder_target_tokens"][:, 0].tolist()) <= {ord("A") + 3, ord("B") + 3}
   np.testing.assert_array_equal(rm_batch["decoder_target_tokens"][:, 1], 1)  # EOS.
+
+
+def _zero_pw_params():
+  """Zero params of the pairwise ranking model (`ranking_tokens` reads none)."""
+  return helpers.zero_params(rm.PairwiseRankingModel(CFG), {"inputs": 32, "targets": 8})
+
+
+@pytest.mark.parametrize("keep_context", ["start", "end"])
+def test_both_orders_converter_follows_the_over_length_rule(keep_context):
+  """Both orders of each pair == `RewardModel.ranking_tokens`: the context is cut, never the
+  responses; a pair whose responses alone do not fit is dropped (both rows) and counted."""
+  length = 96
+  pairs = [("owl cat", "ram", "dog eel"),
+           ("owl cat ram " * 400 + "yak", "fox bee", "ant"),  # 4,803 bytes: the context is cut.
+           ("owl", "c" * 40, "r" * 40)]                         # Tags + responses: 109 > 95.
+  ds = tf.data.Dataset.from_tensor_slices({
+      f"{f}_pretokenized": [p[i] for p in pairs]
+      for i, f in enumerate(("prompt", "chosen", "rejected"))})
+  name = f"t_both_{keep_context}"
+  tasks.reset_truncation_stats(name)
+  conv = fc.BothOrdersRankingConverter(tasks.get_vocabulary(), keep_context=keep_context,
+                                       stats_name=name)
+  rows = list(conv(ds, {"inputs": length, "targets": 8}).as_numpy_iterator())
+  assert len(rows) == 4  # Two pairs in both orders; the third pair dropped whole.
+  scorer = inference.load(
+      None, manifest=manifest("pairwise_rm", {"inputs": length, "targets": 8}),
+      params=_zero_pw_params(),
+      mesh=one_device_mesh(), keep_context=keep_context)
+  for k, (x, w, l) in enumerate(pairs[:2]):
+    want, fits = scorer.ranking_tokens([x, x], [w, l], [l, w])
+    assert fits.all()
+    for row, tokens, letter in zip(rows[2 * k:2 * k + 2], want, "AB"):
+      np.testing.assert_array_equal(row["encoder_input_tokens"], tokens)
+      np.testing.assert_array_equal(row["decoder_target_tokens"][:2], [ord(letter) + 3, 1])
+  v = tasks.get_vocabulary()
+  cut = v.decode([t for t in rows[2]["encoder_input_tokens"].tolist() if t > 1])
+  assert cut.endswith(" [RESPONSE A] fox bee [RESPONSE B] ant")
+  assert cut.startswith("[CONTEXT] owl cat" if keep_context == "start" else "[CONTEXT] cat ram")
+  assert cut.endswith("ram yak [RESPONSE A] fox bee [RESPONSE B] ant") == (keep_context == "end")
+  assert not scorer.ranking_tokens(*[[p] for p in pairs[2]])[1][0]
+  stats = tasks.truncation_stats(name)
+  assert (stats["examples"], stats["truncated_examples"], stats["dropped"]) == (3, 1, 1)
+  with pytest.raises(ValueError, match="keep_context"):
+    fc.BothOrdersRankingConverter(v, keep_context="middle")

@@ -2,11 +2,15 @@
 import json
 import math
 
+import helpers
 import numpy as np
 import pytest
 import seqio
 import tensorflow as tf
 
+from helpers import CFG, manifest, one_device_mesh, train_spm, word_texts
+from rso_jax import inference
+from rso_jax import reward_models as rm
 import rso_jax.tasks as tasks
 from rso_jax.tasks import preprocessors as prep
 from rso_jax.tasks import synthetic as syn
@@ -302,3 +306,103 @@ def test_count_truncated_rejects_unknown_lengths():
   ds = tf.data.Dataset.from_tensors({"foo": tf.constant([1, 2, 3])})
   with pytest.raises(ValueError, match="none of the dataset features"):
     prep.count_truncated(ds, {"inputs": 4})
+
+
+# ----------------------------------------------------------------------------- reward-ranking over-length rule
+
+RM_LENGTHS = {"inputs": 128, "targets": 8}
+
+
+def _zero_pw_params():
+  """Zero params of the pairwise ranking model (`ranking_tokens` reads none)."""
+  return helpers.zero_params(rm.PairwiseRankingModel(CFG), {"inputs": 32, "targets": 8})
+
+
+@pytest.fixture(scope="module")
+def pw_params():
+  return _zero_pw_params()
+
+
+def _scorer(params, length, vocabulary=None, **kw):
+  return inference.load(None, manifest=manifest("pairwise_rm", {"inputs": length, "targets": 8},
+                                                vocabulary=vocabulary),
+                        params=params, mesh=one_device_mesh(), **kw)
+
+
+def _order(e):
+  """(y_a, y_b) of a ranking example, from its raw pair and flip."""
+  c, r = _text(e["chosen_pretokenized"]), _text(e["rejected_pretokenized"])
+  return (r, c) if e["flipped"] else (c, r)
+
+
+def test_rm_pairwise_long_prompt_cuts_the_context_never_the_responses(tmp_path, caplog):
+  prompt = ("owl cat ram " * 1000)[:10_000]
+  rows = [{"prompt": prompt, "chosen": "the cat sat", "rejected": "a dog ran off"},
+          {"prompt": "short", "chosen": "c" * 60, "rejected": "r" * 60},  # Tags + responses: 149.
+          {"prompt": "owl", "chosen": "yes", "rejected": "no"}]
+  path = _write_jsonl(tmp_path / "rm_long.jsonl", rows)
+  tasks.register_preference_file_task("t_rm_long", path, "jsonl", kind="rm_pairwise")
+  tasks.reset_truncation_stats("t_rm_long")
+  with caplog.at_level("WARNING"):
+    ex = _examples("t_rm_long", lengths=RM_LENGTHS)
+  assert len(ex) == 2  # The example whose responses alone do not fit is dropped.
+  v = tasks.get_vocabulary()
+  long, short = ex
+  a, b = _order(long)
+  tail = f" [RESPONSE A] {a} [RESPONSE B] {b}"
+  assert len(long["inputs"]) == 128 and long["inputs"][-1] == 1
+  text = v.decode(long["inputs"][:-1].tolist())
+  assert text.endswith(tail)  # Both responses whole, at the end of the input.
+  assert text == "[CONTEXT]" + (" " + prompt)[:127 - len("[CONTEXT]") - len(tail)] + tail
+  # The label still names the chosen response's position.
+  label = "B" if long["flipped"] else "A"
+  assert _text(long["targets_pretokenized"]) == label
+  assert long["targets"].tolist() == [ord(label) + 3, 1]
+  assert (a if label == "A" else b) == "the cat sat"
+  assert short["inputs"].tolist() == v.encode(rm.ranking_input_text("owl", *_order(short))) + [1]
+  stats = tasks.truncation_stats("t_rm_long")
+  assert stats["examples"] == 3 and stats["truncated_examples"] == 1 and stats["dropped"] == 1
+  assert stats["truncated"] == {"inputs": 1, "targets": 0}
+  assert stats["max_length"]["inputs"] == len(rm.ranking_input_text(prompt, a, b)) + 1
+  assert "were DROPPED: their responses alone" in caplog.text
+  # truncate="error" still refuses any over-long input.
+  tasks.register_preference_file_task("t_rm_long_err", path, "jsonl", kind="rm_pairwise",
+                                      truncate="error")
+  with pytest.raises(tf.errors.InvalidArgumentError, match="feature inputs is longer"):
+    _examples("t_rm_long_err", lengths=RM_LENGTHS)
+
+
+@pytest.mark.parametrize("vocabulary", ["bytes", "sentencepiece"])
+def test_rm_pairwise_tokens_equal_the_inference_rule(tmp_path, pw_params, vocabulary):
+  """Task tokens == `RewardModel.ranking_tokens` for whole, cut and dropped inputs."""
+  length, spm_path, spec = (128, None, None) if vocabulary == "bytes" else (48, None, None)
+  if vocabulary == "sentencepiece":
+    tags = "[CONTEXT] owl cat [RESPONSE A] ram dog [RESPONSE B] yak A B"
+    spm_path = train_spm(tmp_path, word_texts(400, seed=3) + [tags] * 20, vocab_size=96)
+    spec = {"type": "sentencepiece", "path": spm_path, "extra_ids": 0}
+  prompts = word_texts(6, lo=1, hi=4, seed=7) + word_texts(6, lo=40, hi=70, seed=9)
+  responses = word_texts(24, lo=1, hi=5, seed=8)
+  rows = [{"prompt": p, "chosen": responses[2 * i], "rejected": responses[2 * i + 1] + " owl"}
+          for i, p in enumerate(prompts)]
+  rows.append({"prompt": "owl", "chosen": "cat " * 40, "rejected": "dog " * 40})  # Dropped.
+  path = _write_jsonl(tmp_path / "rm.jsonl", rows)
+  name = f"t_rm_rule_{vocabulary}"
+  tasks.register_preference_file_task(name, path, "jsonl", kind="rm_pairwise", spm_path=spm_path)
+  tasks.reset_truncation_stats(name)
+  ex = _examples(name, lengths={"inputs": length, "targets": 8})
+  assert len(ex) == len(rows) - 1
+  scorer = _scorer(pw_params, length, spec)
+  for e in ex:
+    a, b = _order(e)
+    want, fits = scorer.ranking_tokens([_text(e["prompt_pretokenized"])], [a], [b])
+    assert fits[0]
+    got = np.zeros(length, np.int32)
+    got[:len(e["inputs"])] = e["inputs"]
+    np.testing.assert_array_equal(got, want[0])
+  _, fits = scorer.ranking_tokens(["owl"], ["cat " * 40], ["dog " * 40])
+  assert not fits[0]
+  stats = tasks.truncation_stats(name)
+  assert stats["truncated"]["inputs"] == scorer.stats["contexts_truncated"] >= 3
+  assert stats["dropped"] == scorer.stats["responses_too_long"] == 1
+  assert stats["examples"] - stats["truncated_examples"] - stats["dropped"] >= 3  # Whole ones.
+  assert stats["examples"] == len(rows)

@@ -73,7 +73,8 @@ def test_resume_is_bit_exact(tmp_path):
     if step == 4:
       os.kill(os.getpid(), signal.SIGTERM)  # handled: checkpoint at this step, then stop
 
-  _train(part, 8, checkpoint_period=100, step_callback=preempt)
+  with pytest.raises(trainer.Preempted, match="checkpoint saved at step 4/8"):  # CLI: exit 143
+    _train(part, 8, checkpoint_period=100, step_callback=preempt)
   assert checkpoints.latest_step(str(part)) == 4
   _train(part, 8, checkpoint_period=100)
   assert checkpoints.latest_step(str(part)) == 8

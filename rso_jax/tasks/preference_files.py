@@ -11,12 +11,22 @@ Formats (one record per line for the JSONL-based ones; blank lines are skipped):
   "jsonl", "parquet"  columns prompt, chosen, rejected (kind "pairs"/"rm_pairwise") or
                       prompt, response (kind "sft").
   "tfds"              a TFDS builder by name, features renamed through `tfds_field_map`.
-Malformed records raise ValueError("<file>:<line>: <what is wrong>") (Parquet: "row N").
+
+Bad records (file formats): a line that is not valid UTF-8 or not valid JSON, a record missing
+a field or with a field of the wrong type, an empty response (after stripping whitespace),
+identical chosen and rejected responses. Per task, `bad_records=`:
+  "error" (default): the first one raises ValueError("<file>:<line>: <reason>") (Parquet:
+      "<file>: row N: <reason>");
+  "skip": bad records are skipped and counted; when more than `max_bad_fraction` (default
+      0.01) of a split's records are bad, loading fails with the count, the fraction and the
+      first reasons. `bad_record_stats()` returns the counts for a stage to report.
 """
 from __future__ import annotations
 
 import functools
 import json
+import numbers
+import threading
 from typing import Any, Iterator, Mapping, Sequence
 
 from absl import logging
@@ -28,6 +38,9 @@ from rso_jax.tasks import sources
 from rso_jax.tasks import vocab as vocab_lib
 
 FORMATS = ("tldr_comparisons", "tldr_sft", "hh", "jsonl", "parquet", "tfds")
+BAD_RECORD_POLICIES = ("error", "skip")
+DEFAULT_MAX_BAD_FRACTION = 0.01
+MAX_REASONS = 5  # Reasons kept (and shown) per split.
 TLDR_PROMPT = "SUBREDDIT: r/{subreddit}\nTITLE: {title}\nPOST: {post}\nTL;DR:"
 HH_ASSISTANT = "\n\nAssistant:"
 _DEFAULT_KIND = {"tldr_sft": "sft"}
@@ -130,16 +143,41 @@ _PARSERS = {"tldr_comparisons": _parse_tldr_comparison, "tldr_sft": _parse_tldr_
             "hh": _parse_hh, "jsonl": _parse_generic, "parquet": _parse_generic}
 
 
+_FIELD_NAMES = {"inputs": "prompt", "chosen": "chosen response",
+                "rejected": "rejected response", "targets": "response"}
+
+
+def _check_record(rec: Record) -> None:
+  """Raises _Malformed for text that cannot be trained on: not encodable, empty, identical."""
+  for key, value in rec.items():
+    try:
+      value.encode("utf-8")
+    except UnicodeEncodeError as e:
+      raise _Malformed(f"the {_FIELD_NAMES.get(key, key)} is not valid Unicode text "
+                       f"({e.reason} at character {e.start})") from None
+  for key in ("chosen", "rejected", "targets"):
+    if key in rec and not rec[key].strip():
+      raise _Malformed(f"the {_FIELD_NAMES[key]} is empty")
+  if "chosen" in rec and rec["chosen"].strip() == rec["rejected"].strip():
+    raise _Malformed("chosen and rejected responses are identical (no preference to learn)")
+
+
 def _jsonl_objects(path: str) -> Iterator[tuple[int, Any]]:
-  with tf.io.gfile.GFile(path, "r") as f:
-    for lineno, line in enumerate(f, start=1):
+  """(line number, parsed JSON or a _Malformed) per non-blank line; bytes decoded per line."""
+  with tf.io.gfile.GFile(path, "rb") as f:
+    for lineno, raw in enumerate(f, start=1):
+      try:
+        line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+      except UnicodeDecodeError as e:
+        yield lineno, _Malformed(f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at byte "
+                                 f"{e.start + 1} of the line)")
+        continue
       if not line.strip():
         continue
       try:
         yield lineno, json.loads(line)
       except json.JSONDecodeError as e:
-        raise ValueError(f"{_where(path, lineno)}: invalid JSON ({e.msg} at column {e.colno})"
-                         ) from None
+        yield lineno, _Malformed(f"invalid JSON ({e.msg} at column {e.colno})")
 
 
 def _parquet_objects(path: str) -> Iterator[tuple[int, Any]]:
@@ -155,32 +193,119 @@ def _parquet_objects(path: str) -> Iterator[tuple[int, Any]]:
     yield i, row
 
 
-def read_records(path: str, format: str, kind: str = "pairs") -> list[Record]:  # pylint: disable=redefined-builtin
-  """Parses one file into records with keys "inputs" and "chosen"/"rejected" or "targets"."""
-  _check_format_kind(format, kind)
+def _read(path: str, format: str, kind: str, bad_records: str  # pylint: disable=redefined-builtin
+          ) -> tuple[list[Record], dict[str, Any]]:
+  """One file -> (records, {"records", "kept", "skipped", "filtered", "reasons"})."""
   if format == "parquet":
     objects, unit = _parquet_objects(path), "row"
   else:
     objects, unit = _jsonl_objects(path), ""
   parse = _PARSERS[format]
-  records, skipped = [], 0
+  records, reasons = [], []
+  n = skipped = filtered = 0
   for lineno, obj in objects:
+    n += 1
     try:
+      if isinstance(obj, _Malformed):
+        raise obj
       if not isinstance(obj, dict):
         raise _Malformed(f"record must be a JSON object, got {type(obj).__name__}")
       rec = parse(obj, kind)
+      if rec is not None:
+        _check_record(rec)
     except _Malformed as e:
-      raise ValueError(f"{_where(path, lineno, unit)}: {e} (format {format!r})") from None
-    if rec is None:
+      reason = f"{_where(path, lineno, unit)}: {e}"
+      if bad_records == "error":
+        raise ValueError(f"{reason} (format {format!r}; bad_records='skip' skips and counts "
+                         "bad records)") from None
       skipped += 1
+      if len(reasons) < MAX_REASONS:
+        reasons.append(reason)
+      continue
+    if rec is None:
+      filtered += 1
       continue
     records.append(rec)
-  if skipped:
+  if filtered:
     logging.warning("%s: skipped %d CNN/DM records (info.article without info.post)", path,
-                    skipped)
-  if not records:
+                    filtered)
+  if not n:
     raise ValueError(f"{path}: no records (format {format!r})")
+  return records, {"records": n, "kept": len(records), "skipped": skipped,
+                   "filtered": filtered, "reasons": reasons}
+
+
+def _check_budget(where: str, summary: Mapping[str, Any], max_bad_fraction: float) -> None:
+  n, k = summary["records"], summary["skipped"]
+  frac = k / max(n, 1)
+  if k and frac > max_bad_fraction:
+    raise ValueError(
+        f"{where}: {k} of {n} records ({frac:.2%}) are bad, more than max_bad_fraction="
+        f"{max_bad_fraction:g}; first: " + "; ".join(summary["reasons"]) +
+        ". Fix the data, or raise max_bad_fraction.")
+  if not summary["kept"]:
+    raise ValueError(f"{where}: no usable records ({n} read, {k} bad, "
+                     f"{summary['filtered']} not applicable)")
+
+
+def read_records(path: str, format: str, kind: str = "pairs", *,  # pylint: disable=redefined-builtin
+                 bad_records: str = "error",
+                 max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION) -> list[Record]:
+  """Parses one file into records with keys "inputs" and "chosen"/"rejected" or "targets".
+
+  Bad records raise ValueError("<file>:<line>: <reason>") (bad_records="error"), or are skipped
+  (bad_records="skip") within the `max_bad_fraction` budget (past it: ValueError).
+  """
+  _check_format_kind(format, kind)
+  _check_bad_policy(bad_records, max_bad_fraction)
+  records, summary = _read(path, format, kind, bad_records)
+  _check_budget(path, summary, max_bad_fraction)
   return records
+
+
+def _check_bad_policy(bad_records: str, max_bad_fraction: float) -> None:
+  if bad_records not in BAD_RECORD_POLICIES:
+    raise ValueError(f"bad_records must be one of {BAD_RECORD_POLICIES}, got {bad_records!r}")
+  if (isinstance(max_bad_fraction, bool) or not isinstance(max_bad_fraction, numbers.Real)
+      or not 0.0 <= max_bad_fraction <= 1.0):
+    raise ValueError(f"max_bad_fraction must be a number in [0, 1], got {max_bad_fraction!r}")
+
+
+# ----------------------------------------------------------------------------- bad-record counts
+
+_BAD_STATS: dict[str, dict[str, dict[str, Any]]] = {}  # task -> split -> summary
+_BAD_STATS_LOCK = threading.Lock()
+
+
+def bad_record_stats(name: str | None = None) -> dict[str, Any]:
+  """Bad-record counts of file-backed tasks (for the splits read so far).
+
+  One task's dict, or {task: dict} for all: {"records" (non-blank lines / rows read), "kept",
+  "skipped" (bad records skipped under bad_records="skip"), "filtered" (records of another
+  kind, e.g. CNN/DM in TL;DR comparisons), "reasons" (the first MAX_REASONS
+  "<file>:<line>: <reason>"), "splits": {split: the same counts}}.
+  """
+  def merged(task: str) -> dict[str, Any]:
+    splits = _BAD_STATS.get(task, {})
+    out: dict[str, Any] = {k: sum(v[k] for v in splits.values())
+                           for k in ("records", "kept", "skipped", "filtered")}
+    out["reasons"] = [r for v in splits.values() for r in v["reasons"]][:MAX_REASONS]
+    out["splits"] = {sp: dict(v, reasons=list(v["reasons"])) for sp, v in splits.items()}
+    return out
+
+  with _BAD_STATS_LOCK:
+    if name is not None:
+      return merged(name)
+    return {task: merged(task) for task in _BAD_STATS}
+
+
+def reset_bad_record_stats(name: str | None = None) -> None:
+  """Forgets the bad-record counts (of one task, or all)."""
+  with _BAD_STATS_LOCK:
+    if name is None:
+      _BAD_STATS.clear()
+    else:
+      _BAD_STATS.pop(name, None)
 
 
 def _check_format_kind(format: str, kind: str) -> None:  # pylint: disable=redefined-builtin
@@ -205,10 +330,19 @@ def _expand(paths: str | Sequence[str]) -> tuple[str, ...]:
 
 @functools.lru_cache(maxsize=16)
 def _load_columns(paths: tuple[str, ...], stamps: tuple[Any, ...], format: str,  # pylint: disable=redefined-builtin
-                  kind: str) -> Mapping[str, tuple[str, ...]]:
+                  kind: str, bad_records: str
+                  ) -> tuple[Mapping[str, tuple[str, ...]], Mapping[str, Any]]:
+  """(columns, bad-record summary over all `paths`)."""
   del stamps  # Part of the cache key only: a rewritten file is read again.
-  records = [r for p in paths for r in read_records(p, format, kind)]
-  return {k: tuple(r[k] for r in records) for k in records[0]}
+  records, total = [], {"records": 0, "kept": 0, "skipped": 0, "filtered": 0, "reasons": []}
+  for p in paths:
+    recs, summary = _read(p, format, kind, bad_records)
+    records.extend(recs)
+    for k in ("records", "kept", "skipped", "filtered"):
+      total[k] += summary[k]
+    total["reasons"] = (total["reasons"] + summary["reasons"])[:MAX_REASONS]
+  columns = {k: tuple(r[k] for r in records) for k in records[0]} if records else {}
+  return columns, total
 
 
 def _stamp(path: str) -> tuple[Any, ...]:
@@ -226,6 +360,9 @@ def register_preference_file_task(
     truncate: str = "count",
     flip_seed: int = 0,
     rm_response_label: str = "RESPONSE",
+    keep_context: str = "start",
+    bad_records: str = "error",
+    max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION,
     tfds_name: str | None = None,
     tfds_field_map: Mapping[str, str] | None = None,
     tfds_splits: Mapping[str, str] | None = None,
@@ -242,10 +379,22 @@ def register_preference_file_task(
       text-to-text with seeded A/B flips) or "sft" (inputs -> targets; default for "tldr_sft";
       for comparison/HH formats the chosen response is the target).
     spm_path: SentencePiece model (e.g. the T5 vocab); None = bytes.
-    truncate: "count" or "error" (over-long examples are never trimmed silently).
+    truncate: "count" or "error" (over-long examples are never trimmed silently). For kind
+      "rm_pairwise", "count" cuts an over-long input's context, never its responses, and drops
+      (and counts) an example whose responses alone do not fit: see
+      `preprocessors.append_eos_and_check_length` and `truncation_stats(name)["dropped"]`.
     flip_seed: seed of the A/B flips for kind "rm_pairwise".
     rm_response_label: "RESPONSE" ([RESPONSE A], dialogue) or "SUMMARY" ([SUMMARY A], the
       paper's TL;DR tags) for kind "rm_pairwise".
+    keep_context: for kind "rm_pairwise", which end of an over-long context survives the cut:
+      "start" (TL;DR posts) or "end" (dialogues such as HH, where the last turn matters).
+    bad_records: "error" (default: the first bad record raises ValueError("<file>:<line>:
+      <reason>")) or "skip" (skip and count them; see `bad_record_stats(name)`). Bad: invalid
+      UTF-8 or JSON, missing / mistyped fields, an empty response (after stripping
+      whitespace), identical chosen and rejected responses. Not applied to format "tfds".
+    max_bad_fraction: with bad_records="skip", loading a split fails when more than this
+      fraction of its records are bad (the message gives the count, the fraction and the
+      first reasons). Default 0.01.
     tfds_name: TFDS builder "name[:version]" for format "tfds" (read by seqio.TfdsDataSource).
     tfds_field_map: {our field: TFDS feature path ('/' for nesting)}, our fields being
       prompt, chosen, rejected (pairs) or prompt, response (sft).
@@ -257,28 +406,46 @@ def register_preference_file_task(
   """
   kind = kind or _DEFAULT_KIND.get(format, "pairs")
   _check_format_kind(format, kind)
+  _check_bad_policy(bad_records, max_bad_fraction)
   vocabulary = vocab_lib.get_vocabulary(spm_path)
   if format == "tfds":
+    if bad_records != "error":
+      raise ValueError(f"register_preference_file_task({name!r}): bad_records={bad_records!r} "
+                       "applies to the file formats, not to format 'tfds'")
     return _register_tfds(name, kind, vocabulary, truncate, flip_seed, rm_response_label,
+                          keep_context,
                           tfds_name, tfds_field_map, tfds_splits, tfds_data_dir)
   if path is None or (not isinstance(path, (str, Mapping)) and not list(path)):
     raise ValueError(f"register_preference_file_task({name!r}): path is required for format "
                      f"{format!r}")
   split_paths = dict(path) if isinstance(path, Mapping) else {"train": path}
   expanded = {split: _expand(p) for split, p in split_paths.items()}
+  reset_bad_record_stats(name)  # A re-registered task counts its own files only.
   read_kind = "sft" if kind == "sft" else "pairs"
 
   def columns_fn(split: str) -> Mapping[str, Sequence[str]]:
     paths = expanded[split]
-    return _load_columns(paths, tuple(_stamp(p) for p in paths), format, read_kind)
+    columns, summary = _load_columns(paths, tuple(_stamp(p) for p in paths), format, read_kind,
+                                     bad_records)
+    with _BAD_STATS_LOCK:
+      new = _BAD_STATS.setdefault(name, {}).get(split) != summary
+      _BAD_STATS[name][split] = dict(summary, reasons=list(summary["reasons"]))
+    where = f"Task {name!r} split {split!r}"
+    _check_budget(where, summary, max_bad_fraction)
+    if new and summary["skipped"]:
+      logging.warning("%s: skipped %d of %d records (%.2f%%) as bad (bad_records='skip'); "
+                      "first: %s", where, summary["skipped"], summary["records"],
+                      100.0 * summary["skipped"] / summary["records"],
+                      "; ".join(summary["reasons"]))
+    return columns
 
   source = sources.InMemoryDataSource(columns_fn, splits=list(expanded))
   return sources.add_task(name, source, kind, vocabulary, truncate=truncate, flip_seed=flip_seed,
-                          rm_response_label=rm_response_label)
+                          rm_response_label=rm_response_label, keep_context=keep_context)
 
 
-def _register_tfds(name, kind, vocabulary, truncate, flip_seed, rm_response_label, tfds_name,
-                   field_map, splits, data_dir) -> seqio.Task:
+def _register_tfds(name, kind, vocabulary, truncate, flip_seed, rm_response_label, keep_context,
+                   tfds_name, field_map, splits, data_dir) -> seqio.Task:
   if not tfds_name:
     raise ValueError(f"register_preference_file_task({name!r}): format 'tfds' needs tfds_name")
   needed = ("prompt", "response") if kind == "sft" else ("prompt", "chosen", "rejected")
@@ -294,4 +461,4 @@ def _register_tfds(name, kind, vocabulary, truncate, flip_seed, rm_response_labe
   rekey = functools.partial(prep.rekey_nested, key_map=key_map)
   return sources.add_task(name, source, kind, vocabulary, truncate=truncate,
                           flip_seed=flip_seed, rm_response_label=rm_response_label,
-                          pre_tokenize=[rekey])
+                          keep_context=keep_context, pre_tokenize=[rekey])

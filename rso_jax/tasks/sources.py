@@ -94,9 +94,14 @@ def _decode_text(output, example=None, is_target=False) -> str:
 
 def add_task(name: str, source: seqio.DataSource, kind: str, vocabulary: seqio.Vocabulary, *,
              truncate: str = "count", flip_seed: int = 0, rm_response_label: str = "RESPONSE",
+             keep_context: str = "start",
              pre_tokenize: Sequence[Callable[..., tf.data.Dataset]] = (),
              shuffle_buffer_size: int = 10_000) -> seqio.Task:
-  """(Re-)registers task `name` of `kind` over `source` (idempotent: replaces a same-name task)."""
+  """(Re-)registers task `name` of `kind` over `source` (idempotent: replaces a same-name task).
+
+  `keep_context`: which end of an over-long reward-ranking context survives the cut ("start";
+  "end" for dialogues), the rule of `inference.RewardModel.ranking_tokens`.
+  """
   if kind not in TASK_KINDS:
     raise ValueError(f"Unknown task kind {kind!r}; expected one of {list(TASK_KINDS)}")
   if truncate not in prep.TRUNCATE_POLICIES:
@@ -107,7 +112,8 @@ def add_task(name: str, source: seqio.DataSource, kind: str, vocabulary: seqio.V
                                            response_label=rm_response_label))
   preprocessors += [
       seqio.preprocessors.tokenize,
-      functools.partial(prep.append_eos_and_check_length, truncate=truncate, stats_name=name),
+      functools.partial(prep.append_eos_and_check_length, truncate=truncate, stats_name=name,
+                        keep_context=keep_context),
   ]
   output_features = {f: seqio.Feature(vocabulary, add_eos=True) for f in TASK_KINDS[kind]}
   extra = {}

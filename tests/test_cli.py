@@ -1,0 +1,321 @@
+"""Every CLI: a user error is one line on stderr and exit 2, nothing half-made is left behind;
+a macro no binding reads is an error; a failed pipeline stage exits 3, a preempted run 143."""
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from helpers import CFG, save
+from rso_jax import (checkpoints, convert, evaluate, export, infer, models, pipeline,
+                     reward_models, sample, train, trainer)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL_NET = ["network.T5Config.emb_dim=32", "network.T5Config.mlp_dim=64",
+             "network.T5Config.num_heads=2", "network.T5Config.head_dim=16",
+             "network.T5Config.num_encoder_layers=1", "network.T5Config.num_decoder_layers=1"]
+
+
+def _one_line(err, *needles, prefix="error: "):
+  lines = [l for l in err.strip().splitlines() if not pipeline._noise(l)]  # pylint: disable=protected-access
+  assert len(lines) == 1, err
+  assert f": {prefix}" in lines[0], lines[0]
+  for n in needles:
+    assert n in lines[0], lines[0]
+  return lines[0]
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+  d = tmp_path_factory.mktemp("ckpts")
+  return {"sft": save(d / "sft", models.Seq2SeqModel(CFG), {"inputs": 32, "targets": 8}),
+          "bt": save(d / "bt", reward_models.BradleyTerryRewardModel(CFG),
+                     {"inputs": 32, "targets": 32})}
+
+
+# ------------------------------------------------------------------------------ gin macros
+@pytest.mark.parametrize("flag,named,suggested", [("TRAIN_STEP=2", "TRAIN_STEP", "TRAIN_STEPS"),
+                                                  ("BATCH_SIZ=4", "BATCH_SIZ", "BATCH_SIZE"),
+                                                  ("NO_SUCH_THING=4", "NO_SUCH_THING", None)])
+def test_a_macro_no_binding_reads_is_an_error(tmp_path, capsys, flag, named, suggested):
+  run = tmp_path / "runs" / "sft"
+  rc = train.main(["--gin_file=sft.gin", f'--gin.MODEL_DIR="{run}"', f"--gin.{flag}"])
+  assert rc == 2
+  line = _one_line(capsys.readouterr().err, f"--gin.{named}:", f"macro {named}")
+  assert (f"did you mean {suggested}?" in line) if suggested else ("did you mean" not in line)
+  assert not os.path.exists(tmp_path / "runs")
+
+
+def test_a_macro_set_in_a_gin_file_and_read_by_nobody(tmp_path, capsys):
+  f = tmp_path / "extra.gin"
+  f.write_text("EVAL_PERIODS = 5\n")
+  rc = train.main(["--gin_file=sft.gin", f"--gin_file={f}", f'--gin.MODEL_DIR="{tmp_path}/r"'])
+  assert rc == 2
+  _one_line(capsys.readouterr().err, "macro EVAL_PERIODS (set in a gin file)",
+            "did you mean EVAL_PERIOD?")
+
+
+REQUIRED = {"sft.gin": ["MODEL_DIR='r'"], "reward.gin": ["MODEL_DIR='r'"],
+            "reward_bt.gin": ["MODEL_DIR='r'"],
+            "sample_rso.gin": ["SAMPLES_DIR='s'", "SFT_CHECKPOINT='a'", "REWARD_CHECKPOINT='b'"],
+            "infer.gin": ["CHECKPOINT='c'", "OUTPUT='o.jsonl'"]}
+GIN_FILES = sorted(os.path.relpath(f, os.path.join(REPO, "gin"))
+                   for f in glob.glob(os.path.join(REPO, "gin", "**", "*.gin"), recursive=True))
+
+
+@pytest.mark.parametrize("gin_file", GIN_FILES)
+def test_every_shipped_gin_file_reads_every_macro_it_sets(gin_file):
+  files = [gin_file]
+  if gin_file.startswith("models/"):  # a size is included by a run file
+    files = ["sft.gin", gin_file]
+  train.configure_gin(files, REQUIRED.get(files[0], []), [])
+  assert not train.unread_macros()
+
+
+def test_the_bindings_the_pipeline_passes_to_its_stages_are_read():
+  """rso_hinge.gin's stages: what TrainStage / SampleStage put on their command lines."""
+  import gin  # pylint: disable=g-import-not-at-top
+  train.configure_gin(["rso_hinge.gin"], [], [])
+  reward_gin = gin.query_parameter("%REWARD_GIN")
+  for gin_file in ("sft.gin", reward_gin):
+    train.configure_gin([gin_file], ["MODEL_DIR='r'", pipeline.train_steps_binding(5),
+                                     "BATCH_SIZE=8", "EVAL_PERIOD=0", *SMALL_NET], [])
+  train.configure_gin(["sample_rso.gin"], ["SAMPLES_DIR='s'", "SFT_CHECKPOINT='a'",
+                                           "REWARD_CHECKPOINT='b'", "DATA_SETTING='x'",
+                                           "NUM_PROMPTS=16"], [])
+
+
+# ------------------------------------------------------------------------------ train
+@pytest.mark.parametrize("flags,needle", [
+    (["--gin.TRAIN_STEPS=0"], "TRAIN_STEPS=0 must be"),
+    (["--gin.TRAIN_STEPS=0", "--gin.train_lib.train.lr_decay='constant'"], "TRAIN_STEPS=0 must"),
+    (["--gin.LEARNING_RATE=-0.1"], "LEARNING_RATE=-0.1 must be"),
+    (["--gin.LEARNING_RATE=0"], "LEARNING_RATE=0 must be"),
+    (["--gin.LEARNING_RATE=1e999"], "LEARNING_RATE=inf must be"),
+    (["--gin.train_lib.train.lr_decay='cosin'"], "unknown decay 'cosin'"),
+    (["--gin.INITIAL_CHECKPOINT_PATH='/nonexistent/ckpt'"], "INITIAL_CHECKPOINT_PATH="),
+])
+def test_train_refuses_bad_values_before_creating_model_dir(tmp_path, capsys, flags, needle):
+  run = tmp_path / "runs" / "sft"
+  rc = train.main(["--gin_file=sft.gin", f'--gin.MODEL_DIR="{run}"', *flags])
+  assert rc == 2
+  _one_line(capsys.readouterr().err, needle)
+  assert not os.path.exists(tmp_path / "runs")
+
+
+def test_traceback_on_request(tmp_path, monkeypatch):
+  monkeypatch.setenv("RSO_JAX_TRACEBACK", "1")
+  with pytest.raises(train.ConfigError, match="TRAIN_STEPS=0"):
+    train.main(["--gin_file=sft.gin", f'--gin.MODEL_DIR="{tmp_path}/r"', "--gin.TRAIN_STEPS=0"])
+
+
+def test_removed_on_failure_removes_only_what_it_created(tmp_path):
+  old = tmp_path / "old"
+  old.mkdir()
+  (old / "keep.txt").write_text("x")
+  with pytest.raises(RuntimeError):
+    with train.removed_on_failure(str(old)):
+      (old / "new.txt").write_text("y")
+      raise RuntimeError
+  assert sorted(os.listdir(old)) == ["keep.txt", "new.txt"]  # existed before: untouched
+  new = tmp_path / "a" / "b" / "c"
+  with pytest.raises(RuntimeError):
+    with train.removed_on_failure(str(new)):
+      new.mkdir(parents=True)
+      (new / "config.gin").write_text("x")
+      raise RuntimeError
+  assert sorted(os.listdir(tmp_path)) == ["old"]  # c and the parents it needed are gone
+  with pytest.raises(RuntimeError):
+    with train.removed_on_failure(str(new), keep=lambda d: True):  # e.g. a checkpoint
+      new.mkdir(parents=True)
+      raise RuntimeError
+  assert new.is_dir()
+
+
+# ------------------------------------------------------------------------------ pipeline
+def test_a_failed_stage_exits_3_naming_the_stage(tmp_path, capsys):
+  stage = json.dumps(SMALL_NET + ["BATCH_SIZE=8", "TRAIN_STEPS=0"])
+  rc = train.main(["--gin_file=rso_hinge.gin", f'--gin.RUN_DIR="{tmp_path}"',
+                   f'--gin.MODEL_DIR="{tmp_path}/policy"', f'--gin.SFT_CHECKPOINT="{tmp_path}/sft"',
+                   f'--gin.REWARD_CHECKPOINT="{tmp_path}/rm"',
+                   f"--gin.sft/pipeline.TrainStage.bindings={stage}"])
+  out, err = capsys.readouterr()
+  assert rc == 3, err
+  _one_line(err, "stage 'sft' failed with exit code 2", "TRAIN_STEPS=0 must be")
+  assert "[sft] rso_jax.train: error: TRAIN_STEPS=0" in out
+  assert os.listdir(tmp_path) == []  # no stage directory, no policy directory
+
+
+@pytest.fixture
+def fake_stage(tmp_path, monkeypatch):
+  """`python -m fake_stage` exits with $FAKE_RC (or kills itself with SIGTERM)."""
+  (tmp_path / "fake_stage.py").write_text(
+      "import os, signal, sys\n"
+      "rc = int(os.environ['FAKE_RC'])\n"
+      "print('rso_jax.fake: error: something is wrong' if rc == 2 else 'working')\n"
+      "sys.stdout.flush()\n"
+      "os.kill(os.getpid(), signal.SIGTERM) if rc < 0 else sys.exit(rc)\n")
+  monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+  return lambda rc: (monkeypatch.setenv("FAKE_RC", str(rc)),
+                     pipeline._run("fake", "fake_stage", "x.gin", []))[1]  # pylint: disable=protected-access
+
+
+@pytest.mark.parametrize("rc,status,needle", [
+    (0, 0, None), (2, 3, "stage 'fake' failed with exit code 2: rso_jax.fake: error: something"),
+    (1, 3, "stage 'fake' failed with exit code 1"), (143, 143, "preempted: stage 'fake'"),
+    (-15, 143, "preempted: stage 'fake' stopped (exit code -15)")])
+def test_stage_exit_codes_propagate(fake_stage, capsys, rc, status, needle):
+  assert train.cli_main("rso_jax.train", lambda: fake_stage(rc)) == status
+  err = capsys.readouterr().err
+  if needle is None:
+    assert err == ""
+  else:
+    _one_line(err, needle, prefix="error: " if status == 3 else "preempted: ")
+
+
+def test_sigterm_checkpoints_and_exits_143_then_a_rerun_resumes(tmp_path, capsys):
+  run = tmp_path / "sft"
+  flags = ["--gin_file=sft.gin", f'--gin.MODEL_DIR="{run}"', "--gin.BATCH_SIZE=8",
+           "--gin.EVAL_PERIOD=0", "--gin.train_lib.train.log_period=1",
+           *[f"--gin.{b}" for b in SMALL_NET]]
+  # One device: the child compiles faster (the sharded paths are tested elsewhere).
+  env = dict(os.environ, PYTHONUNBUFFERED="1", JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  proc = subprocess.Popen([sys.executable, "-m", "rso_jax.train", *flags,
+                           "--gin.TRAIN_STEPS=100000"], cwd=REPO, env=env, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  try:
+    for line in proc.stdout:
+      if line.startswith("step "):  # training: stop it the way a scheduler does
+        proc.send_signal(signal.SIGTERM)
+        break
+    out, err = proc.communicate(timeout=120)
+  finally:
+    proc.kill()
+  assert proc.returncode == 143, err
+  _one_line(err, "rso_jax.train: preempted: checkpoint saved at step", "rerun the same command",
+            prefix="preempted: ")
+  step = checkpoints.latest_step(str(run))
+  assert step and not os.path.exists(run / "COMPLETED")
+  # The rerun resumes from that checkpoint (here: told to stop there, so it only restores the
+  # state and marks the run finished; test_trainer checks that a resumed run is bit-exact).
+  assert train.main(flags + [f"--gin.TRAIN_STEPS={step}"]) == 0
+  assert f"resumed from {run}/checkpoints/{step}" in capsys.readouterr().out
+  assert os.path.exists(run / "COMPLETED")
+
+
+# ------------------------------------------------------------------------------ sample
+def _sample_flags(ckpts, samples_dir, *extra):
+  return ["--gin_file=sample_rso.gin", f'--gin.SAMPLES_DIR="{samples_dir}"',
+          f'--gin.SFT_CHECKPOINT="{ckpts["sft"]}"', f'--gin.REWARD_CHECKPOINT="{ckpts["bt"]}"',
+          "--gin.NUM_PROMPTS=4", *extra]
+
+
+@pytest.mark.parametrize("flag,needles", [
+    ("--gin.sample.sample_configured.beta=-1.0", ["beta=-1.0 must be finite and >= 0"]),
+    ("--gin.DATA_SETTING='rso_sample_rnak'", ["DATA_SETTING='rso_sample_rnak'",
+                                              "did you mean 'rso_sample_rank'?"]),
+    ("--gin.sample.sample_configured.bta=0.5", ["sample.sample_configured.bta",
+                                                "did you mean sample.sample_configured.beta?"]),
+    ("--gin.PROMPTS_TASK='no_such_task'", ["PROMPTS_TASK='no_such_task'"]),
+    ("--gin.SFT_CHECKPOINT='/nonexistent/sft'", ["checkpoint not found", "/nonexistent/sft"]),
+])
+def test_sample_refusals_are_one_line_and_leave_no_directory(ckpts, tmp_path, capsys, flag,
+                                                            needles):
+  samples = tmp_path / "runs" / "samples"
+  rc = sample.main(_sample_flags(ckpts, samples, flag))
+  assert rc == 2
+  _one_line(capsys.readouterr().err, *needles)
+  assert not os.path.exists(tmp_path / "runs")
+
+
+def test_sample_refuses_a_samples_dir_of_another_configuration(ckpts, tmp_path, capsys):
+  samples = tmp_path / "samples"
+  samples.mkdir()
+  (samples / "manifest.json").write_text(json.dumps({"beta": 9.0}))
+  rc = sample.main(_sample_flags(ckpts, samples))
+  assert rc == 2
+  _one_line(capsys.readouterr().err, "holds shards of a different configuration",
+            "use another output directory")
+  assert os.listdir(samples) == ["manifest.json"]  # it existed before: never removed
+
+
+def test_a_sample_run_that_fails_midway_leaves_no_directory(ckpts, tmp_path, monkeypatch):
+  def broken(*args, **kwargs):
+    raise RuntimeError("a bug deep in the sampler")
+  monkeypatch.setattr(sample, "process_batch", broken)
+  samples = tmp_path / "runs" / "samples"
+  with pytest.raises(RuntimeError, match="a bug"):  # not a user error: the traceback
+    sample.main(_sample_flags(ckpts, samples))
+  assert not os.path.exists(tmp_path / "runs")  # it held no finished shard
+
+
+def test_a_preempted_sample_run_keeps_its_finished_shards(ckpts, tmp_path, monkeypatch, capsys):
+  calls = []
+
+  def fake(policy, scorer, prompts, key, n_real=None, **kwargs):
+    calls.append(1)
+    if len(calls) > 1:  # SIGTERM while the second shard is computed
+      signal.raise_signal(signal.SIGTERM)
+    return [], sample._Accum(prompts=n_real)  # pylint: disable=protected-access
+  monkeypatch.setattr(sample, "process_batch", fake)
+  samples = tmp_path / "samples"
+  rc = sample.main(_sample_flags(ckpts, samples,
+                                 "--gin.sample.sample_configured.prompts_per_shard=2"))
+  assert rc == 143
+  _one_line(capsys.readouterr().err, "rso_jax.sample: preempted: 1 finished shard(s) kept",
+            "rerun the same command", prefix="preempted: ")
+  assert sorted(os.listdir(samples)) == ["manifest.json", "pairs-00000-of-00002.tfrecord",
+                                         "stats-00000.json"]  # no temp file of shard 2
+
+
+# ------------------------------------------------------------------------------ other CLIs
+def test_infer_unknown_binding(ckpts, tmp_path, capsys):
+  rc = infer.main(["--gin_file=infer.gin", f'--gin.CHECKPOINT="{ckpts["sft"]}"',
+                   f'--gin.OUTPUT="{tmp_path}/o/out.jsonl"', "--gin.TASK='synthetic_prompts'",
+                   "--gin.infer.infer_configured.num_decode=2"])
+  assert rc == 2
+  _one_line(capsys.readouterr().err, "infer_configured.num_decode",
+            "did you mean infer_configured.num_decodes?")
+  assert not os.path.exists(tmp_path / "o")
+
+
+def test_evaluate_errors_are_one_line(ckpts, tmp_path, capsys):
+  for argv, needle in ((["--policy=x"], "--policy needs --sft"),
+                       (["--reward=x", "--num_prompts=abc"], "invalid int value: 'abc'")):
+    with pytest.raises(SystemExit) as exc:  # argparse
+      evaluate.main(argv)
+    assert exc.value.code == 2
+    _one_line(capsys.readouterr().err, "rso_jax.evaluate: error:", needle)
+  out_dir = tmp_path / "e" / "out"
+  for argv, needle in (
+      ([f"--policy={ckpts['sft']}", f"--sft={tmp_path}/nope"], "checkpoint not found"),
+      ([f"--policy={ckpts['bt']}", f"--sft={ckpts['sft']}"], "kind='bt_rm'"),
+      ([f"--policy={ckpts['sft']}", f"--sft={ckpts['sft']}", "--decoding=beam"],
+       "decoding='beam'"),
+      ([f"--policy={ckpts['sft']}", f"--sft={ckpts['sft']}", "--prompts_task=no_such_task"],
+       "no_such_task")):
+    assert evaluate.main(argv + ["--num_prompts=4", f"--output_dir={out_dir}"]) == 2, argv
+    _one_line(capsys.readouterr().err, "rso_jax.evaluate: error:", needle)
+    assert not os.path.exists(tmp_path / "e")
+
+
+def test_export_convert_checkpoints_errors_are_one_line(ckpts, tmp_path, capsys):
+  out = tmp_path / "x" / "y" / "hf"
+  assert export.main(["--checkpoint", ckpts["bt"], "--out", str(out)]) == 2
+  _one_line(capsys.readouterr().err, "rso_jax.export: error:", "bt_rm")
+  assert convert.main(["--hf_dir", str(tmp_path / "nope"), "--out", str(out)]) == 2
+  _one_line(capsys.readouterr().err, "rso_jax.convert: error:", "no config.json")
+  assert not os.path.exists(tmp_path / "x")
+  with pytest.raises(SystemExit) as exc:
+    export.main(["--checkpoint", ckpts["sft"]])
+  assert exc.value.code == 2
+  _one_line(capsys.readouterr().err, "rso_jax.export: error:", "--out")
+  assert checkpoints.main(["describe", str(tmp_path / "nope")]) == 2
+  _one_line(capsys.readouterr().err, "rso_jax.checkpoints: error:", "checkpoint not found")
+  assert checkpoints.main(["add-manifest", str(tmp_path), "--kind=seq2seq"]) == 2
+  _one_line(capsys.readouterr().err, "rso_jax.checkpoints: error:", "no params checkpoint")
