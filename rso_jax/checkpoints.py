@@ -309,8 +309,8 @@ def _add_manifest(args) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   """Exit status 0 done, 2 a user error (one line; RSO_JAX_TRACEBACK=1 for the traceback)."""
-  from rso_jax import train as train_lib  # pylint: disable=g-import-not-at-top
-  parser = train_lib.ArgumentParser(prog="python -m rso_jax.checkpoints",
+  from rso_jax import cli  # pylint: disable=g-import-not-at-top
+  parser = cli.ArgumentParser(prog="python -m rso_jax.checkpoints",
                                     error_prefix="rso_jax.checkpoints",
                                     description="Describe a checkpoint, or add a manifest to one.")
   sub = parser.add_subparsers(dest="cmd", required=True)
@@ -335,8 +335,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       print(f"wrote {_add_manifest(args)}")
 
   # ValueError: CheckpointError, a malformed --model_settings JSON.
-  return train_lib.cli_main("rso_jax.checkpoints", run,
-                            user_errors=(*train_lib.USER_ERRORS, ValueError))
+  return cli.cli_main("rso_jax.checkpoints", run,
+                            user_errors=(*cli.USER_ERRORS, ValueError))
 
 
 if __name__ == "__main__":

@@ -463,8 +463,8 @@ def _read_vocab_size(hf_dir: str) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   """Exit status 0 done, 2 a user error (one line; RSO_JAX_TRACEBACK=1 for the traceback)."""
-  from rso_jax import train as train_lib  # pylint: disable=g-import-not-at-top
-  parser = train_lib.ArgumentParser(prog="python -m rso_jax.convert",
+  from rso_jax import cli  # pylint: disable=g-import-not-at-top
+  parser = cli.ArgumentParser(prog="python -m rso_jax.convert",
                                     error_prefix="rso_jax.convert",
                                     description=__doc__.split("\n")[0])
   parser.add_argument("--hf_dir", required=True, help="HF checkpoint dir (config.json + "
@@ -485,7 +485,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     vocab = vocabulary_spec(args.hf_dir, _read_vocab_size(args.hf_dir), args.spm_path,
                             args.extra_ids, args.vocabulary)
     config, params = from_hf(args.hf_dir)
-    with train_lib.removed_on_failure(args.out):
+    with cli.removed_on_failure(args.out):
       save_converted(args.out, config, params, vocab)
     n = sum(int(np.prod(np.shape(x))) for x in jax.tree.leaves(params))
     print(f"wrote {n:,} parameters of {config} to {os.path.abspath(args.out)}")
@@ -500,8 +500,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       print("vocabulary: bytes")
 
   # ValueError: UsageError, CheckpointError, refused configs.
-  return train_lib.cli_main("rso_jax.convert", run,
-                            user_errors=(*train_lib.USER_ERRORS, ValueError))
+  return cli.cli_main("rso_jax.convert", run,
+                            user_errors=(*cli.USER_ERRORS, ValueError))
 
 
 if __name__ == "__main__":

@@ -495,8 +495,8 @@ def evaluate_reward_model(path: Optional[str] = None, split: str = "validation",
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  from rso_jax import train as train_lib  # pylint: disable=g-import-not-at-top
-  parser = train_lib.ArgumentParser(
+  from rso_jax import cli  # pylint: disable=g-import-not-at-top
+  parser = cli.ArgumentParser(
       prog="python -m rso_jax.evaluate", error_prefix="rso_jax.evaluate",
       description="Win rates and KL of a policy against π_sft (rso_jax.evaluate). Exit status: "
       "0 done, 2 a user error (one line; RSO_JAX_TRACEBACK=1 for the traceback).")
@@ -533,7 +533,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       print(json.dumps(evaluate_reward_model(args.reward, args.split, seed=args.seed,
                                              policy_checkpoint=args.sft), indent=2))
       return
-    with train_lib.removed_on_failure(args.output_dir or os.curdir):
+    with cli.removed_on_failure(args.output_dir or os.curdir):
       report = evaluate_policy(
           args.policy, args.sft, reward_path=args.reward,
           prompts_task=args.prompts_task, split=args.split, num_prompts=args.num_prompts,
@@ -550,8 +550,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             f"plot: {os.path.join(args.output_dir, reports.PLOT_FILE)}")
 
   # ValueError: the evaluation's own refusals (bad decoding, no prompts, unknown task, ...).
-  return train_lib.cli_main("rso_jax.evaluate", run,
-                            user_errors=(*train_lib.USER_ERRORS, ValueError))
+  return cli.cli_main("rso_jax.evaluate", run,
+                            user_errors=(*cli.USER_ERRORS, ValueError))
 
 
 if __name__ == "__main__":

@@ -279,8 +279,8 @@ def export(checkpoint_path: str, out_dir: str, force: bool = False) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   """Exit status 0 done, 2 a user error (one line; RSO_JAX_TRACEBACK=1 for the traceback)."""
-  from rso_jax import train as train_lib  # pylint: disable=g-import-not-at-top
-  parser = train_lib.ArgumentParser(prog="python -m rso_jax.export", error_prefix="rso_jax.export",
+  from rso_jax import cli  # pylint: disable=g-import-not-at-top
+  parser = cli.ArgumentParser(prog="python -m rso_jax.export", error_prefix="rso_jax.export",
                                     description=__doc__.split("\n")[0])
   parser.add_argument("--checkpoint", required=True,
                       help="seq2seq or policy checkpoint (run, step or converted directory)")
@@ -289,7 +289,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   args = parser.parse_args(argv)
 
   def run():
-    with train_lib.removed_on_failure(args.out):  # and the parents export created for it
+    with cli.removed_on_failure(args.out):  # and the parents export created for it
       out = export(args.checkpoint, args.out, force=args.force)
     with open(os.path.join(out, "config.json")) as f:
       vocab_size = json.load(f)["vocab_size"]
@@ -299,8 +299,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           f"{', '.join(files)}")
 
   # ValueError: CheckpointError, a network with no HF counterpart.
-  return train_lib.cli_main("rso_jax.export", run,
-                            user_errors=(*train_lib.USER_ERRORS, ValueError))
+  return cli.cli_main("rso_jax.export", run,
+                            user_errors=(*cli.USER_ERRORS, ValueError))
 
 
 if __name__ == "__main__":

@@ -49,9 +49,10 @@ import numpy as np
 from rso_jax import checkpoints
 from rso_jax import inference
 from rso_jax import partitioning
+from rso_jax import cli
 from rso_jax import train as train_lib
 
-ConfigError = train_lib.ConfigError
+ConfigError = cli.ConfigError
 # Keys `infer` writes: a prompts-file field of the same name would be overwritten.
 OUTPUT_KEYS = ("responses", "logp", "logq", "finished", "prompt_truncated", "rewards")
 
@@ -261,10 +262,10 @@ def format_summary(s: Dict[str, Any]) -> str:
 def infer_configured(**kwargs):
   """Entry point for gin (`infer.infer_configured.*` bindings are `infer`'s arguments).
 
-  A binding `infer` does not take is a one-line ConfigError naming it (`train.checked_call`),
+  A binding `infer` does not take is a one-line ConfigError naming it (`cli.checked_call`),
   and so is a checkpoint of the wrong kind.
   """
-  return train_lib.checked_call(infer, kwargs, "infer_configured")
+  return cli.checked_call(infer, kwargs, "infer_configured")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

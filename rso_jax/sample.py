@@ -498,11 +498,11 @@ def sample_configured(**kwargs):
   dropped. A SAMPLES_DIR this call created is removed again when it fails before finishing a
   shard; one that existed before is never removed.
   """
-  from rso_jax import train as train_lib  # pylint: disable=g-import-not-at-top
+  from rso_jax import cli  # pylint: disable=g-import-not-at-top
   from rso_jax import trainer  # pylint: disable=g-import-not-at-top
   output_dir = kwargs.get("output_dir")
   if not output_dir:  # before the directory guard: there is no directory
-    return train_lib.checked_call(run, kwargs, "sample.sample_configured")
+    return cli.checked_call(run, kwargs, "sample.sample_configured")
   old = {}
   for sig in (signal.SIGTERM, signal.SIGINT):
     try:
@@ -510,9 +510,9 @@ def sample_configured(**kwargs):
     except ValueError:  # not the main thread
       pass
   try:
-    with train_lib.removed_on_failure(output_dir, keep=_has_shards):
+    with cli.removed_on_failure(output_dir, keep=_has_shards):
       try:
-        summary = train_lib.checked_call(run, kwargs, "sample.sample_configured")
+        summary = cli.checked_call(run, kwargs, "sample.sample_configured")
       except trainer.Preempted:
         _remove_own_temp_files(os.path.abspath(output_dir))
         n = len(glob.glob(os.path.join(glob.escape(os.path.abspath(output_dir)),
@@ -522,8 +522,8 @@ def sample_configured(**kwargs):
                                 "continue at the first missing shard") from None
       except ValueError as e:
         _remove_own_temp_files(os.path.abspath(output_dir))
-        if isinstance(e, train_lib.ConfigError) or _raised_here(e):
-          raise train_lib.ConfigError(" ".join(str(e).split())) from None
+        if isinstance(e, cli.ConfigError) or _raised_here(e):
+          raise cli.ConfigError(" ".join(str(e).split())) from None
         raise
   finally:
     for sig, handler in old.items():

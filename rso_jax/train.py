@@ -21,18 +21,12 @@ status); 143 preempted (SIGTERM): the checkpoint is saved, rerun the same comman
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import dataclasses
-import difflib
-import inspect
 import logging
 import math
 import os
-import shutil
 import sys
-import time
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import gin
 import jax
@@ -43,22 +37,9 @@ from rso_jax import partitioning
 from rso_jax import pipeline
 from rso_jax import trainer as trainer_lib
 
-REPO_GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin")
-
-
-class ConfigError(ValueError):
-  """A configuration or input problem, reported as one line by the CLI."""
-
-
-# Exit statuses of every rso_jax CLI.
-EXIT_OK = 0
-EXIT_USER_ERROR = 2        # one line on stderr; RSO_JAX_TRACEBACK=1 for the traceback
-EXIT_STAGE_FAILED = 3      # a pipeline stage (subprocess) failed
-EXIT_PREEMPTED = trainer_lib.EXIT_PREEMPTED  # 143: checkpoint saved, rerun to continue
-
-# Errors a CLI reports as one line with exit status 2 (the input or the configuration is wrong).
-USER_ERRORS = (ConfigError, checkpoints.CheckpointError, FileNotFoundError, FileExistsError,
-               PermissionError, NotADirectoryError, IsADirectoryError)
+# The command-line machinery lives in cli.py; these names stay importable from here.
+from rso_jax.cli import ConfigError  # pylint: disable=g-bad-import-order
+from rso_jax.cli import cli_main, configure_gin, parse_flags, removed_on_failure
 
 
 # --------------------------------------------------------------------------------------------
@@ -156,35 +137,6 @@ def _prepare_model_dir(model_dir: str) -> str:
   except OSError as e:
     raise ConfigError(f"MODEL_DIR={model_dir!r} is not writable: {e.strerror}") from None
   return model_dir
-
-
-@contextlib.contextmanager
-def removed_on_failure(path: str, keep: Callable[[str], bool] = lambda path: False):
-  """Removes `path` if the body fails, when this command created it and `keep(path)` is false.
-
-  A directory that existed before is never touched; the empty parents this command created
-  along with `path` are removed too. `keep` says whether the directory holds something worth
-  keeping (a checkpoint, a finished shard: what a rerun resumes from).
-  """
-  path = os.path.abspath(os.path.expanduser(path))
-  created = []
-  d = path
-  while d and not os.path.exists(d) and d != os.path.dirname(d):
-    created.append(d)
-    d = os.path.dirname(d)
-  try:
-    yield path
-  except BaseException:
-    if created and jax.process_index() == 0:
-      if os.path.isdir(path) and not keep(path):
-        shutil.rmtree(path, ignore_errors=True)
-      if not os.path.exists(path):
-        for parent in created[1:]:
-          try:
-            os.rmdir(parent)  # only when empty
-          except OSError:
-            break
-    raise
 
 
 def _run_resumable(model_dir: str) -> bool:
@@ -406,134 +358,6 @@ def _train_loop(tr, model, manifest, model_dir: str, *, train_steps, batch_size,
 # --------------------------------------------------------------------------------------------
 # CLI
 # --------------------------------------------------------------------------------------------
-def parse_flags(argv: Sequence[str]):
-  """T5X flag conventions -> (gin files, bindings, search paths)."""
-  files, bindings, search = [], [], []
-  args = list(argv)
-  i = 0
-  while i < len(args):
-    a = args[i]
-    def value():
-      nonlocal i
-      if "=" in a:
-        return a.split("=", 1)[1]
-      i += 1
-      if i >= len(args):
-        raise ConfigError(f"flag {a} needs a value")
-      return args[i]
-    if a.startswith("--gin_file"):
-      files.append(value())
-    elif a.startswith("--gin_bindings"):
-      bindings.append(value())
-    elif a.startswith("--gin_search_paths"):
-      search.extend(p for p in value().split(",") if p)
-    elif a.startswith("--gin."):
-      if "=" not in a:
-        raise ConfigError(f"{a}: use --gin.NAME=VALUE")
-      name, val = a[len("--gin."):].split("=", 1)
-      bindings.append(f"{name} = {val}")
-    elif a in ("-h", "--help"):
-      print(__doc__)
-      sys.exit(0)
-    else:
-      raise ConfigError(f"unknown flag {a!r} (use --gin_file, --gin.NAME=VALUE, "
-                        "--gin_bindings, --gin_search_paths)")
-    i += 1
-  if not files:
-    raise ConfigError("no --gin_file given")
-  return files, bindings, search
-
-
-def _quiet_gin_search(record: logging.LogRecord) -> bool:
-  """gin logs an ERROR for every search-path candidate of an include that is not there."""
-  return not str(record.msg).startswith("Path not found")
-
-
-def _macro_references(value: Any, out: set) -> None:
-  """Adds the names of the macros `value` references (`%NAME`, also inside containers)."""
-  if isinstance(value, gin.config.ConfigurableReference):
-    if value.configurable.wrapped is gin.config.macro:
-      out.add("/".join(value.scopes))
-  elif isinstance(value, dict):
-    for k, v in value.items():
-      _macro_references(k, out)
-      _macro_references(v, out)
-  elif isinstance(value, (list, tuple, set, frozenset)):
-    for v in value:
-      _macro_references(v, out)
-
-
-def unread_macros() -> dict:
-  """{macro: closest read macro or None} for every macro no binding reads.
-
-  A macro is read when a binding of a configurable (any scope) references it, directly, inside
-  a list / tuple / dict, or through another macro that is read. Call after parsing, before
-  anything runs: a typo in a macro name (`--gin.TRAIN_STEP=2`) otherwise sets a macro nobody
-  reads and the run silently uses the default.
-  """
-  macro_selector = gin.config._INVERSE_REGISTRY[gin.config.macro].selector  # pylint: disable=protected-access
-  macros, read = {}, set()
-  for (scope, selector), params in gin.config._CONFIG.items():  # pylint: disable=protected-access
-    if selector == macro_selector:
-      macros[scope] = params.get("value")
-    else:
-      for v in params.values():
-        _macro_references(v, read)
-  todo = [m for m in read if m in macros]
-  while todo:  # macros read through other macros
-    found: set = set()
-    _macro_references(macros[todo.pop()], found)
-    for m in found - read:
-      read.add(m)
-      if m in macros:
-        todo.append(m)
-  known = sorted(read)
-  return {m: next(iter(difflib.get_close_matches(m, known, n=1, cutoff=0.6)), None)
-          for m in sorted(set(macros) - read)}
-
-
-def _check_macros_read(bindings: Sequence[str]) -> None:
-  unread = unread_macros()
-  if not unread:
-    return
-  on_cli = {b.split("=", 1)[0].strip() for b in bindings if "=" in b}
-  parts = []
-  for m, close in unread.items():
-    where = f"--gin.{m}" if m in on_cli else f"macro {m} (set in a gin file)"
-    parts.append(f"{where}: no binding reads macro {m}"
-                 + (f"; did you mean {close}?" if close else ""))
-  raise ConfigError(" | ".join(parts))
-
-
-def configure_gin(files: Sequence[str], bindings: Sequence[str], search: Sequence[str]) -> None:
-  """Parses gin files and bindings; every problem is a one-line ConfigError.
-
-  Besides gin's own checks (unknown configurable or parameter, a `%gin.REQUIRED` macro left
-  unset), every macro set on the command line or in a gin file must be read by some binding.
-  """
-  with gin.unlock_config():
-    gin.clear_config(clear_constants=False)
-  gin.config._set_config_is_locked(False)  # pylint: disable=protected-access  (a re-run)
-  logging.getLogger().addFilter(_quiet_gin_search)
-  for p in [REPO_GIN_DIR, *search]:
-    gin.add_config_file_search_path(p)
-  for f in files:
-    found = os.path.exists(f) or any(os.path.exists(os.path.join(p, f))
-                                     for p in [REPO_GIN_DIR, *search])
-    if not found:
-      raise ConfigError(f"gin file {f!r} not found (searched ., {REPO_GIN_DIR}, "
-                        f"{', '.join(search) or 'no extra paths'})")
-  try:
-    gin.parse_config_files_and_bindings(list(files), list(bindings), finalize_config=False)
-    _check_macros_read(bindings)
-    gin.finalize()  # runs the hook that names a `%gin.REQUIRED` macro left unset
-  except (ValueError, KeyError, TypeError, NameError, ImportError, SyntaxError) as e:
-    if isinstance(e, ConfigError):
-      raise
-    msg = str(e).strip().splitlines()
-    raise ConfigError("gin: " + " | ".join(m.strip() for m in msg if m.strip())[:600]) from None
-
-
 def run_configured(entry: Callable = None) -> Any:
   """Calls the gin-configured `entry` (default: `train`)."""
   fn = gin.get_configurable(entry or train)
@@ -545,81 +369,6 @@ def run_configured(entry: Callable = None) -> Any:
     raise
 
 
-def checked_call(fn: Callable, kwargs: Mapping[str, Any], name: str,
-                 exclude: Iterable[str] = ("print_fn",)) -> Any:
-  """`fn(**kwargs)` for a gin entry point that takes `**kwargs` (sample, infer).
-
-  gin accepts any parameter name for a `**kwargs` function, so a misspelt binding would be a
-  TypeError deep in the call: here it is a ConfigError naming the binding and the closest
-  argument, as is a required argument left unbound. A CheckpointError from the call is
-  reported as a one-line ConfigError.
-  """
-  params = inspect.signature(fn).parameters
-  known = [p for p, v in params.items() if p not in set(exclude)
-           and v.kind in (v.POSITIONAL_OR_KEYWORD, v.KEYWORD_ONLY)]
-  unknown = sorted(set(kwargs) - set(known))
-  if unknown:
-    hints = []
-    for u in unknown:
-      close = difflib.get_close_matches(u, known, n=1, cutoff=0.6)
-      hints.append(f"{name}.{u}" + (f" (did you mean {name}.{close[0]}?)" if close else ""))
-    raise ConfigError(f"{name} has no argument(s) {', '.join(hints)} (known: "
-                      f"{', '.join(known)})")
-  missing = [p for p in known if params[p].default is inspect.Parameter.empty and p not in kwargs]
-  if missing:
-    raise ConfigError(f"{name} needs {', '.join(missing)}: bind {name}.{missing[0]} = ...")
-  try:
-    return fn(**kwargs)
-  except checkpoints.CheckpointError as e:
-    raise ConfigError(" ".join(str(e).split())) from None
-
-
-def one_line(e: BaseException) -> str:
-  """The first line of an error (gin appends the configurable's call context below it)."""
-  return (str(e).strip().splitlines() or [type(e).__name__])[0].strip()
-
-
-class ArgumentParser(argparse.ArgumentParser):
-  """argparse for the rso_jax CLIs: a usage error is one line `<prog>: error: ...`, exit 2."""
-
-  def __init__(self, *args, error_prefix: Optional[str] = None, **kwargs):
-    super().__init__(*args, **kwargs)
-    self.error_prefix = error_prefix or self.prog
-
-  def error(self, message: str):
-    if os.environ.get("RSO_JAX_TRACEBACK"):
-      self.print_usage(sys.stderr)
-    print(f"{self.error_prefix}: error: {' '.join(message.split())} (--help for usage)",
-          file=sys.stderr)
-    sys.exit(EXIT_USER_ERROR)
-
-
-def cli_main(prog: str, fn: Callable[[], Any],
-             user_errors: Sequence[type] = USER_ERRORS) -> int:
-  """Runs a CLI's body `fn` and maps its outcome to the exit status of every rso_jax CLI.
-
-  0: done. 2: a user error (`user_errors`): one line `<prog>: error: ...` on stderr, or the
-  traceback with RSO_JAX_TRACEBACK=1. 3: a pipeline stage failed (one line naming the stage
-  and its exit status). 143: preempted; the checkpoint is saved and rerunning resumes.
-  """
-  try:
-    fn()
-  except trainer_lib.Preempted as e:
-    print(f"{prog}: {one_line(e)}", file=sys.stderr)
-    return EXIT_PREEMPTED
-  except pipeline.StageFailed as e:
-    if os.environ.get("RSO_JAX_TRACEBACK"):
-      raise
-    print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
-    return EXIT_STAGE_FAILED
-  except tuple(user_errors) as e:  # pylint: disable=catching-non-exception
-    if os.environ.get("RSO_JAX_TRACEBACK"):
-      raise
-    print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
-    return EXIT_USER_ERROR
-  return EXIT_OK
-
-
 def main(argv: Optional[Sequence[str]] = None, entry: Callable = None) -> int:
   logging.basicConfig(level=logging.WARNING)
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -627,7 +376,8 @@ def main(argv: Optional[Sequence[str]] = None, entry: Callable = None) -> int:
   prog = "rso_jax." + (entry.__module__.split(".")[-1] if entry else "train")
 
   def run():
-    files, bindings, search = parse_flags(argv)
+    doc = sys.modules[entry.__module__].__doc__ if entry else __doc__
+    files, bindings, search = parse_flags(argv, doc)
     configure_gin(files, bindings, search)
     run_configured(entry)
   return cli_main(prog, run)

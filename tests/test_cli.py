@@ -11,8 +11,8 @@ import sys
 import pytest
 
 from helpers import CFG, save
-from rso_jax import (checkpoints, convert, evaluate, export, infer, models, pipeline,
-                     reward_models, sample, train, trainer)
+from rso_jax import (checkpoints, cli, convert, evaluate, export, infer, models, pipeline,
+                     reward_models, sample, train)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL_NET = ["network.T5Config.emb_dim=32", "network.T5Config.mlp_dim=64",
@@ -73,7 +73,7 @@ def test_every_shipped_gin_file_reads_every_macro_it_sets(gin_file):
   if gin_file.startswith("models/"):  # a size is included by a run file
     files = ["sft.gin", gin_file]
   train.configure_gin(files, REQUIRED.get(files[0], []), [])
-  assert not train.unread_macros()
+  assert not cli.unread_macros()
 
 
 def test_the_bindings_the_pipeline_passes_to_its_stages_are_read():
