@@ -13,13 +13,12 @@ dropout key, `fold_in(seed, step)`) and the data position (batches consumed).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
 import signal
 import time
-from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import flax
 import flax.linen as nn

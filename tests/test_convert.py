@@ -88,27 +88,9 @@ def test_logits_and_encoder_match_hf(hf_checkpoints, variant):
   ffp, tie, separate, _ = VARIANTS[variant]
   assert config.logits_via_embedding == (variant == "v1_0_relu_tied")
   assert len(config.mlp_activations) == (1 if ffp == "relu" else 2)
-  net = network.Transformer(config)
-  enc, dec, tgt = _batch(0)
-  t = lambda x: torch.tensor(x)
-  with torch.no_grad():
-    hf_enc = model.encoder(input_ids=t(enc), attention_mask=t(enc > 0)).last_hidden_state.numpy()
-    hf_masked = model(input_ids=t(enc), attention_mask=t(enc > 0), decoder_input_ids=t(dec),
-                      decoder_attention_mask=t(tgt > 0)).logits.numpy()
-    hf_causal = model(input_ids=t(enc), attention_mask=t(enc > 0),
-                      decoder_input_ids=t(dec)).logits.numpy()
-  variables = {"params": params}
-  ours_enc = net.apply(variables, enc, method=network.Transformer.encode)
-  # Encoder output at every position (padded queries included: only keys are masked).
-  np.testing.assert_allclose(np.asarray(ours_enc), hf_enc, atol=TOL, rtol=0)
-  # Decoder padding given: HF and ours agree on every real target position.
-  ours_masked = np.asarray(net.apply(variables, enc, dec, tgt, enable_dropout=False))
-  valid = tgt > 0
-  np.testing.assert_allclose(ours_masked[valid], hf_masked[valid], atol=TOL, rtol=0)
-  # Causal mask only: every position agrees.
-  ours_causal = np.asarray(net.apply(variables, enc, dec, None, enable_dropout=False))
-  np.testing.assert_allclose(ours_causal, hf_causal, atol=TOL, rtol=0)
-  assert np.abs(hf_causal).max() > 1.0  # the comparison is not vacuous
+  # Encoder outputs (padded queries too: only keys are masked), logits at real targets with
+  # decoder padding, and every position under the causal mask alone.
+  helpers.assert_logits_match_hf(model, config, params, *_batch(0), tol=TOL)
 
 
 def test_params_match_init_tree(hf_checkpoints):
