@@ -26,15 +26,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
-import shutil
 import sys
 from typing import Any, Mapping, Optional, Sequence, Tuple
 
 import jax
 import orbax.checkpoint as ocp
 
+from rso_jax import fs
 from rso_jax import network
 
 CHECKPOINT_SUBDIR = "checkpoints"
@@ -121,8 +120,8 @@ def vocabulary_from_spec(spec: Optional[Mapping[str, Any]], directory: Optional[
     return vocab_lib.get_vocabulary()
   if spec.get("type") == "sentencepiece":
     path = spec.get("path")
-    if directory and spec.get("file") and os.path.exists(os.path.join(directory, spec["file"])):
-      path = os.path.join(directory, spec["file"])
+    if directory and spec.get("file") and fs.exists(fs.join(directory, spec["file"])):
+      path = fs.join(directory, spec["file"])
     return vocab_lib.get_vocabulary(path, int(spec.get("extra_ids", 0)))
   raise CheckpointError(f"manifest vocabulary {dict(spec)!r}: type must be bytes or "
                         "sentencepiece")
@@ -131,58 +130,50 @@ def vocabulary_from_spec(spec: Optional[Mapping[str, Any]], directory: Optional[
 # ------------------------------------------------------------------------------ manifest files
 
 
-def _atomic_write_text(path: str, text: str) -> None:
-  tmp = f"{path}.tmp.{os.getpid()}"
-  with open(tmp, "w") as f:
-    f.write(text)
-  os.replace(tmp, path)
-
-
 def write_manifest(directory: str, manifest: Manifest) -> str:
   """Writes `directory/rso_manifest.json` atomically; copies a SentencePiece model beside it."""
-  os.makedirs(directory, exist_ok=True)
+  fs.makedirs(directory)
   d = manifest.to_json()
   voc = d["vocabulary"]
   if voc and voc.get("type") == "sentencepiece":
     src = voc.get("path")
-    dst = os.path.join(directory, SPM_FILE)
+    dst = fs.join(directory, SPM_FILE)
     if voc.get("file") and manifest.directory:  # a copy made earlier: carry it along
-      src = os.path.join(manifest.directory, voc["file"])
-    if src and os.path.exists(src):
-      if os.path.abspath(src) != os.path.abspath(dst):
-        shutil.copyfile(src, dst + ".tmp")
-        os.replace(dst + ".tmp", dst)
+      src = fs.join(manifest.directory, voc["file"])
+    if src and fs.exists(src):
+      if fs.abspath(src) != fs.abspath(dst):
+        fs.atomic_write_bytes(dst, fs.read_bytes(src))
       voc["file"] = SPM_FILE
-  path = os.path.join(directory, MANIFEST_FILE)
-  _atomic_write_text(path, json.dumps(d, indent=2, sort_keys=True))
+  path = fs.join(directory, MANIFEST_FILE)
+  fs.atomic_write_text(path, json.dumps(d, indent=2, sort_keys=True))
   return path
 
 
 def _manifest_dirs(path: str):
   """Where a checkpoint's manifest may lie: the dir itself, its params dir, its run dir."""
-  path = os.path.abspath(os.path.expanduser(path))
+  path = fs.abspath(path)
   yield path
   try:
     resolved = resolve_params_path(path)
   except FileNotFoundError:
     return
   yield resolved
-  parent = os.path.dirname(resolved)
-  if os.path.basename(parent) == CHECKPOINT_SUBDIR:  # <run>/checkpoints/<step>
-    yield os.path.dirname(parent)
+  parent = fs.dirname(resolved)
+  if fs.basename(parent) == CHECKPOINT_SUBDIR:  # <run>/checkpoints/<step>
+    yield fs.dirname(parent)
 
 
 def find_manifest(path: str) -> Optional[str]:
   for d in _manifest_dirs(path):
-    if os.path.exists(os.path.join(d, MANIFEST_FILE)):
+    if fs.exists(fs.join(d, MANIFEST_FILE)):
       return d
   return None
 
 
 def read_manifest(path: str) -> Manifest:
   """The manifest of the checkpoint at `path` (a run, step, params or converted directory)."""
-  p = os.path.abspath(os.path.expanduser(path))
-  if not os.path.exists(p):
+  p = fs.abspath(path)
+  if not fs.exists(p):
     raise CheckpointError(f"checkpoint not found: {path!r}")
   d = find_manifest(p)
   if d is None:
@@ -190,12 +181,11 @@ def read_manifest(path: str) -> Manifest:
         f"checkpoint {path!r} has no {MANIFEST_FILE} (written before manifests existed?): add "
         f"one with `python -m rso_jax.checkpoints add-manifest {path} --kind="
         f"{{{','.join(KINDS)}}} [--spm_path=...] [--inputs_length=N --targets_length=N]`")
-  with open(os.path.join(d, MANIFEST_FILE)) as f:
-    raw = json.load(f)
+  raw = json.loads(fs.read_text(fs.join(d, MANIFEST_FILE)))
   try:
     return Manifest.from_json(raw, directory=d)
   except (KeyError, TypeError) as e:
-    raise CheckpointError(f"{os.path.join(d, MANIFEST_FILE)} is malformed: {e}") from None
+    raise CheckpointError(f"{fs.join(d, MANIFEST_FILE)} is malformed: {e}") from None
 
 
 def check_kind(manifest: Manifest, path: str, expect: Sequence[str], role: str) -> None:
@@ -216,32 +206,32 @@ def read_config(path: str) -> network.T5Config:
 
 def save_params(path: str, params: Any, manifest: Optional[Manifest] = None) -> None:
   """Writes `params` (and the manifest) to `path` atomically (orbax commits by rename)."""
-  path = os.path.abspath(path)
-  os.makedirs(path, exist_ok=True)
+  path = fs.abspath(path)  # URLs (gs://...) go to orbax as they are
+  fs.makedirs(path)
   with ocp.StandardCheckpointer() as ckptr:
-    ckptr.save(os.path.join(path, "params"), params, force=True)
+    ckptr.save(fs.join(path, "params"), params, force=True)
     ckptr.wait_until_finished()
   if manifest is not None:
     write_manifest(path, manifest)
 
 
 def latest_step(model_dir: str) -> Optional[int]:
-  d = os.path.join(model_dir, CHECKPOINT_SUBDIR)
-  if not os.path.isdir(d):
+  d = fs.join(model_dir, CHECKPOINT_SUBDIR)
+  if not fs.isdir(d):
     return None
-  steps = [int(n) for n in os.listdir(d) if re.fullmatch(r"\d+", n)
-           and os.path.isdir(os.path.join(d, n, "params"))]
+  steps = [int(n) for n in fs.listdir(d) if re.fullmatch(r"\d+", n)
+           and fs.isdir(fs.join(d, n, "params"))]
   return max(steps) if steps else None
 
 
 def resolve_params_path(path: str) -> str:
   """A params-checkpoint directory from a run dir, a step dir, or a params dir itself."""
-  path = os.path.abspath(os.path.expanduser(path))
-  if os.path.isdir(os.path.join(path, "params")):
+  path = fs.abspath(path)
+  if fs.isdir(fs.join(path, "params")):
     return path
   step = latest_step(path)
   if step is not None:
-    return os.path.join(path, CHECKPOINT_SUBDIR, str(step))
+    return fs.join(path, CHECKPOINT_SUBDIR, str(step))
   raise FileNotFoundError(
       f"no params checkpoint at {path!r}: expected {path}/params or "
       f"{path}/{CHECKPOINT_SUBDIR}/<step>/params")
@@ -253,7 +243,7 @@ def load_params(path: str, abstract_params: Any = None) -> Any:
   `abstract_params`: optional tree of `jax.ShapeDtypeStruct` (with `.sharding`) to restore
   directly into sharded device arrays; without it, arrays come back on the default device.
   """
-  ppath = os.path.join(resolve_params_path(path), "params")
+  ppath = fs.join(resolve_params_path(path), "params")
   with ocp.StandardCheckpointer() as ckptr:
     if abstract_params is None:
       return ckptr.restore(ppath)
@@ -281,22 +271,21 @@ def _describe(path: str) -> str:
 
 
 def _add_manifest(args) -> str:
-  path = os.path.abspath(args.path)
+  path = fs.abspath(args.path)
   if find_manifest(path) is not None and not args.force:
     raise CheckpointError(f"{path!r} already has a manifest (pass --force to replace it)")
   resolve_params_path(path)  # a params checkpoint must be there
   config = None
   for d in (path, resolve_params_path(path)):
-    f = os.path.join(d, LEGACY_CONFIG_FILE)
-    if os.path.exists(f):
-      with open(f) as fh:
-        net = json.load(fh)
+    f = fs.join(d, LEGACY_CONFIG_FILE)
+    if fs.exists(f):
+      net = json.loads(fs.read_text(f))
       net["mlp_activations"] = tuple(net["mlp_activations"])
       config = network.T5Config(**net)
       break
   if config is None:
     raise CheckpointError(f"no {LEGACY_CONFIG_FILE} at {path!r}: cannot tell the network config")
-  voc = ({"type": "sentencepiece", "path": os.path.abspath(args.spm_path),
+  voc = ({"type": "sentencepiece", "path": fs.abspath(args.spm_path),
           "extra_ids": args.extra_ids} if args.spm_path else {"type": "bytes"})
   lengths = None
   if args.inputs_length and args.targets_length:

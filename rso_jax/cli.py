@@ -1,7 +1,9 @@
 """What every rso_jax command line shares: T5X-style gin flags, one-line errors, exit statuses.
 
   parse_flags / configure_gin   `--gin_file`, `--gin.NAME=VALUE`, `--gin_bindings`,
-                                `--gin_search_paths`; a macro no binding reads is an error
+                                `--gin_search_paths`, `--stage`; a macro no binding reads is an
+                                error; the experiment's task registrations run
+  invocation_flags              this process's gin flags (what a pipeline stage receives)
   checked_call                  a gin entry taking **kwargs (sample, infer): unknown or missing
                                 bindings named, with the closest argument
   ArgumentParser, cli_main      argparse / any body -> the exit status of every rso_jax CLI
@@ -16,11 +18,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import difflib
 import inspect
 import logging
 import os
-import shutil
 import sys
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
@@ -28,6 +30,7 @@ import gin
 import jax
 
 from rso_jax import checkpoints
+from rso_jax import fs
 from rso_jax import pipeline
 from rso_jax import trainer as trainer_lib
 
@@ -57,30 +60,49 @@ def removed_on_failure(path: str, keep: Callable[[str], bool] = lambda path: Fal
   along with `path` are removed too. `keep` says whether the directory holds something worth
   keeping (a checkpoint, a finished shard: what a rerun resumes from).
   """
-  path = os.path.abspath(os.path.expanduser(path))
+  path = fs.abspath(path)
   created = []
   d = path
-  while d and not os.path.exists(d) and d != os.path.dirname(d):
+  while d and not fs.exists(d) and d != fs.dirname(d) and not d.endswith("://"):
     created.append(d)
-    d = os.path.dirname(d)
+    d = fs.dirname(d)
   try:
     yield path
   except BaseException:
     if created and jax.process_index() == 0:
-      if os.path.isdir(path) and not keep(path):
-        shutil.rmtree(path, ignore_errors=True)
-      if not os.path.exists(path):
+      if fs.isdir(path) and not keep(path):
+        try:
+          fs.rmtree(path)
+        except OSError:
+          pass
+      if not fs.exists(path):
         for parent in created[1:]:
           try:
-            os.rmdir(parent)  # only when empty
+            if fs.listdir(parent):
+              break
+            fs.rmtree(parent)  # only when empty
           except OSError:
             break
     raise
 
 
-def parse_flags(argv: Sequence[str], doc: Optional[str] = None):
-  """T5X flag conventions -> (gin files, bindings, search paths); `--help` prints `doc`."""
+@dataclasses.dataclass(frozen=True)
+class Flags:
+  """A command line's gin flags (T5X conventions) and the pipeline stage it runs, if any."""
+  files: Sequence[str]
+  bindings: Sequence[str]
+  search: Sequence[str]
+  stage: Optional[str] = None
+
+
+def parse_flags(argv: Sequence[str], doc: Optional[str] = None) -> Flags:
+  """T5X flag conventions -> `Flags`; `--help` prints `doc`.
+
+  `--stage=NAME` runs one stage of an experiment: the entry point is called under the gin
+  scope NAME (`NAME/train_lib.train`, `NAME/sample.sample_configured`), as the pipeline does.
+  """
   files, bindings, search = [], [], []
+  stage = None
   args = list(argv)
   i = 0
   while i < len(args):
@@ -99,6 +121,10 @@ def parse_flags(argv: Sequence[str], doc: Optional[str] = None):
       bindings.append(value())
     elif a.startswith("--gin_search_paths"):
       search.extend(p for p in value().split(",") if p)
+    elif a.startswith("--stage"):
+      stage = value().strip()
+      if not stage:
+        raise ConfigError("--stage needs a stage name (e.g. --stage=sft)")
     elif a.startswith("--gin."):
       if "=" not in a:
         raise ConfigError(f"{a}: use --gin.NAME=VALUE")
@@ -109,11 +135,30 @@ def parse_flags(argv: Sequence[str], doc: Optional[str] = None):
       sys.exit(0)
     else:
       raise ConfigError(f"unknown flag {a!r} (use --gin_file, --gin.NAME=VALUE, "
-                        "--gin_bindings, --gin_search_paths)")
+                        "--gin_bindings, --gin_search_paths, --stage)")
     i += 1
   if not files:
     raise ConfigError("no --gin_file given")
-  return files, bindings, search
+  return Flags(files, bindings, search, stage)
+
+
+_INVOCATION: Optional[Flags] = None  # what configure_gin parsed last
+
+
+def invocation_flags() -> list:
+  """The gin flags this process was configured with, as command-line arguments.
+
+  A pipeline stage's subprocess receives exactly these (plus `--stage`), so it parses the same
+  gin files, search paths and overrides: the whole operative configuration. Empty when gin
+  was not configured through `configure_gin`.
+  """
+  inv = _INVOCATION
+  if inv is None:
+    return []
+  out = [f"--gin_search_paths={p}" for p in inv.search]
+  out += [f"--gin_file={f}" for f in inv.files]
+  out += [f"--gin_bindings={b}" for b in inv.bindings]
+  return out
 
 
 def _quiet_gin_search(record: logging.LogRecord) -> bool:
@@ -164,11 +209,15 @@ def unread_macros() -> dict:
           for m in sorted(set(macros) - read)}
 
 
-def _check_macros_read(bindings: Sequence[str]) -> None:
-  unread = unread_macros()
+def _check_macros_read(bindings: Sequence[str], unread_in_files: Mapping[str, Any]) -> None:
+  """Every macro set on the command line is read, and so is every macro the gin files set
+  (`unread_in_files`: unread before the command line's bindings; one a command-line binding
+  made unread by replacing its reader, e.g. `--gin.sft/train_lib.train.train_steps=0` for
+  SFT_STEPS, is not an error)."""
+  on_cli = {b.split("=", 1)[0].strip() for b in bindings if "=" in b}
+  unread = {m: c for m, c in unread_macros().items() if m in on_cli or m in unread_in_files}
   if not unread:
     return
-  on_cli = {b.split("=", 1)[0].strip() for b in bindings if "=" in b}
   parts = []
   for m, close in unread.items():
     where = f"--gin.{m}" if m in on_cli else f"macro {m} (set in a gin file)"
@@ -182,7 +231,12 @@ def configure_gin(files: Sequence[str], bindings: Sequence[str], search: Sequenc
 
   Besides gin's own checks (unknown configurable or parameter, a `%gin.REQUIRED` macro left
   unset), every macro set on the command line or in a gin file must be read by some binding.
+  Then the experiment's task registrations (`rso_jax.tasks.experiment_tasks`, when the config
+  binds it) run, so every process of a run -- the main job and each stage -- sees the same
+  seqio tasks; a registration that fails (a missing data file) is a ConfigError.
   """
+  global _INVOCATION
+  _INVOCATION = Flags(tuple(files), tuple(bindings), tuple(search))
   with gin.unlock_config():
     gin.clear_config(clear_constants=False)
   gin.config._set_config_is_locked(False)  # pylint: disable=protected-access  (a re-run)
@@ -196,14 +250,33 @@ def configure_gin(files: Sequence[str], bindings: Sequence[str], search: Sequenc
       raise ConfigError(f"gin file {f!r} not found (searched ., {REPO_GIN_DIR}, "
                         f"{', '.join(search) or 'no extra paths'})")
   try:
-    gin.parse_config_files_and_bindings(list(files), list(bindings), finalize_config=False)
-    _check_macros_read(bindings)
+    gin.parse_config_files_and_bindings(list(files), None, finalize_config=False)
+    unread_in_files = unread_macros()
+    gin.parse_config(list(bindings))
+    _check_macros_read(bindings, unread_in_files)
     gin.finalize()  # runs the hook that names a `%gin.REQUIRED` macro left unset
   except (ValueError, KeyError, TypeError, NameError, ImportError, SyntaxError) as e:
     if isinstance(e, ConfigError):
       raise
     msg = str(e).strip().splitlines()
     raise ConfigError("gin: " + " | ".join(m.strip() for m in msg if m.strip())[:600]) from None
+  _register_experiment_tasks()
+
+
+def _register_experiment_tasks() -> None:
+  tasks_lib = sys.modules.get("rso_jax.tasks")  # imported by a gin file that binds it
+  if tasks_lib is None:
+    return
+  try:
+    hook = gin.get_configurable(tasks_lib.experiment_tasks)
+  except ValueError:  # no gin file binds it
+    return
+  try:
+    hook()
+  except (ValueError, KeyError, TypeError) as e:
+    if isinstance(e, ConfigError):
+      raise
+    raise ConfigError("task registration: " + one_line(e)) from None
 
 
 def checked_call(fn: Callable, kwargs: Mapping[str, Any], name: str,

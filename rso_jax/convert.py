@@ -57,6 +57,7 @@ import numpy as np
 from safetensors import safe_open
 
 from rso_jax import checkpoints
+from rso_jax import fs
 from rso_jax import network
 
 Params = Dict[str, Any]
@@ -488,14 +489,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     with cli.removed_on_failure(args.out):
       save_converted(args.out, config, params, vocab)
     n = sum(int(np.prod(np.shape(x))) for x in jax.tree.leaves(params))
-    print(f"wrote {n:,} parameters of {config} to {os.path.abspath(args.out)}")
+    print(f"wrote {n:,} parameters of {config} to {fs.abspath(args.out)}")
     if vocab is None:
       print(f"rso_jax.convert: warning: no vocabulary recorded (no --spm_path, no "
             f"{checkpoints.SPM_FILE} in {args.hf_dir!r}): re-run with --spm_path=... or "
             "--vocabulary=bytes before sampling or training from it", file=sys.stderr)
     elif vocab["type"] == "sentencepiece":
       print(f"vocabulary: SentencePiece {vocab['path']} + {vocab['extra_ids']} extra ids "
-            f"(copied to {os.path.join(os.path.abspath(args.out), checkpoints.SPM_FILE)})")
+            f"(copied to {fs.join(fs.abspath(args.out), checkpoints.SPM_FILE)})")
     else:
       print("vocabulary: bytes")
 

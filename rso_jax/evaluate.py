@@ -44,6 +44,7 @@ import jax
 import numpy as np
 
 from rso_jax import checkpoints
+from rso_jax import fs
 from rso_jax import inference
 from rso_jax import partitioning
 from rso_jax import reports
@@ -289,7 +290,7 @@ def evaluate_policy(
     raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
   if int(kl_samples_per_prompt) != kl_samples_per_prompt or kl_samples_per_prompt < 0:
     raise ValueError(f"kl_samples_per_prompt must be an int >= 0, got {kl_samples_per_prompt!r}")
-  name = reports.safe_name(name or os.path.basename(os.path.abspath(policy_path).rstrip("/")))
+  name = reports.safe_name(name or fs.basename(fs.abspath(policy_path)))
   mesh = partitioning.create_mesh(mesh_shape)
   lengths = {"inputs": input_length, "targets": max_decode_length}
   load = lambda path, role: inference.load(
@@ -320,8 +321,8 @@ def evaluate_policy(
   base_key = jax.random.key(seed)
 
   report: Dict[str, Any] = dict(
-      name=name, policy_path=os.path.abspath(policy_path), sft_path=os.path.abspath(sft_path),
-      reward_path=reward_path and os.path.abspath(reward_path),
+      name=name, policy_path=fs.abspath(policy_path), sft_path=fs.abspath(sft_path),
+      reward_path=reward_path and fs.abspath(reward_path),
       reward_kind=scorer.kind if isinstance(scorer, inference.RewardModel) else None,
       prompts_task=prompts_task, split=split, num_prompts=num,
       num_prompts_requested=num_prompts, prompts_in_split=data["available"],
@@ -546,8 +547,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       print(f"note: {note}")
     print(reports.format_table(report))
     if args.output_dir:
-      print(f"report: {os.path.join(args.output_dir, 'eval_' + report['name'] + '.json')}; "
-            f"plot: {os.path.join(args.output_dir, reports.PLOT_FILE)}")
+      print(f"report: {fs.join(args.output_dir, 'eval_' + report['name'] + '.json')}; "
+            f"plot: {fs.join(args.output_dir, reports.PLOT_FILE)}")
 
   # ValueError: the evaluation's own refusals (bad decoding, no prompts, unknown task, ...).
   return cli.cli_main("rso_jax.evaluate", run,

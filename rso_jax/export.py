@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
@@ -54,6 +53,7 @@ import jax
 import numpy as np
 
 from rso_jax import checkpoints
+from rso_jax import fs
 from rso_jax import convert
 from rso_jax import network
 
@@ -196,18 +196,15 @@ def _tokenizer_files(manifest: checkpoints.Manifest, directory: str) -> None:
   elif spec.get("type") == "sentencepiece":
     src = spec.get("path")
     if spec.get("file") and manifest.directory:
-      copied = os.path.join(manifest.directory, spec["file"])
-      if os.path.exists(copied):
+      copied = fs.join(manifest.directory, spec["file"])
+      if fs.exists(copied):
         src = copied
     if not src:
       raise checkpoints.CheckpointError(
           f"manifest in {manifest.directory!r} names a SentencePiece vocabulary without a file")
-    dst = os.path.join(directory, checkpoints.SPM_FILE)
-    if "://" in src:
-      import tensorflow as tf  # pylint: disable=g-import-not-at-top
-      tf.io.gfile.copy(src, dst, overwrite=True)
-    elif os.path.exists(src):
-      shutil.copyfile(src, dst)
+    dst = fs.join(directory, checkpoints.SPM_FILE)
+    if fs.exists(src):
+      fs.copy(src, dst, overwrite=True)
     else:
       raise checkpoints.CheckpointError(
           f"the checkpoint's SentencePiece model {src!r} is missing (manifest in "
@@ -216,20 +213,24 @@ def _tokenizer_files(manifest: checkpoints.Manifest, directory: str) -> None:
   else:
     raise checkpoints.CheckpointError(f"manifest vocabulary {dict(spec)!r}: type must be bytes "
                                       "or sentencepiece")
-  with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
+  with fs.open(fs.join(directory, "tokenizer_config.json"), "w") as f:
     json.dump(tok, f, indent=2, sort_keys=True)
 
 
 def _write_dir(directory: str, hf_cfg: Mapping[str, Any], tensors: Mapping[str, np.ndarray],
                manifest: checkpoints.Manifest) -> None:
-  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
-  with open(os.path.join(directory, "config.json"), "w") as f:
+  from safetensors import numpy as st  # pylint: disable=g-import-not-at-top
+  with fs.open(fs.join(directory, "config.json"), "w") as f:
     json.dump(hf_cfg, f, indent=2, sort_keys=True)
-  with open(os.path.join(directory, "generation_config.json"), "w") as f:
+  with fs.open(fs.join(directory, "generation_config.json"), "w") as f:
     json.dump({"decoder_start_token_id": DECODER_START_ID, "eos_token_id": EOS_ID,
                "pad_token_id": PAD_ID}, f, indent=2, sort_keys=True)
-  save_file(dict(tensors), os.path.join(directory, "model.safetensors"),
-            metadata={"format": "pt"})
+  weights = fs.join(directory, "model.safetensors")
+  if fs.is_url(weights):  # gs://...: serialize in memory, upload once
+    with fs.open(weights, "wb") as f:
+      f.write(st.save(dict(tensors), metadata={"format": "pt"}))
+  else:
+    st.save_file(dict(tensors), weights, metadata={"format": "pt"})
   _tokenizer_files(manifest, directory)
 
 
@@ -243,38 +244,46 @@ def export(checkpoint_path: str, out_dir: str, force: bool = False) -> str:
   manifest = checkpoints.read_manifest(checkpoint_path)
   checkpoints.check_kind(manifest, checkpoint_path, checkpoints.GENERATIVE_KINDS, "export")
   hf_config(manifest.network)  # refuse an unsupported network before reading the params
-  out_dir = os.path.abspath(os.path.expanduser(out_dir))
-  if os.path.lexists(out_dir):
-    if not os.path.isdir(out_dir):
+  out_dir = fs.abspath(out_dir)
+  if fs.exists(out_dir) or (not fs.is_url(out_dir) and os.path.lexists(out_dir)):
+    if not fs.isdir(out_dir):
       raise FileExistsError(f"output {out_dir!r} exists and is not a directory")
-    if os.listdir(out_dir) and not force:
+    if fs.listdir(out_dir) and not force:
       raise FileExistsError(f"output directory {out_dir!r} is not empty (pass --force to "
                             "replace it)")
   _, params = checkpoints.load(checkpoint_path)
   hf_cfg, tensors = to_hf(manifest.network, params)
   del params
 
-  parent, base = os.path.split(out_dir)
-  os.makedirs(parent, exist_ok=True)
-  tmp = os.path.join(parent, f".{base}.tmp-{os.getpid()}")
-  old = os.path.join(parent, f".{base}.old-{os.getpid()}")
-  shutil.rmtree(tmp, ignore_errors=True)
-  os.makedirs(tmp)
+  # Written beside `out_dir`, then renamed into place (on gs:// a rename is a copy per object).
+  parent, base = fs.dirname(out_dir), fs.basename(out_dir)
+  fs.makedirs(parent)
+  tmp = fs.join(parent, f".{base}.tmp-{os.getpid()}")
+  old = fs.join(parent, f".{base}.old-{os.getpid()}")
+  _rmtree_quietly(tmp)
+  fs.makedirs(tmp)
   try:
     _write_dir(tmp, hf_cfg, tensors, manifest)
-    if os.path.isdir(out_dir):
-      if os.listdir(out_dir):  # force: move the old one aside, swap, then delete it
-        os.rename(out_dir, old)
+    if fs.isdir(out_dir):
+      if fs.listdir(out_dir):  # force: move the old one aside, swap, then delete it
+        fs.rename(out_dir, old, overwrite=False)
       else:
-        os.rmdir(out_dir)
-    os.rename(tmp, out_dir)
+        fs.rmtree(out_dir)
+    fs.rename(tmp, out_dir, overwrite=False)
   except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    if os.path.isdir(old) and not os.path.exists(out_dir):
-      os.rename(old, out_dir)
+    _rmtree_quietly(tmp)
+    if fs.isdir(old) and not fs.exists(out_dir):
+      fs.rename(old, out_dir, overwrite=False)
     raise
-  shutil.rmtree(old, ignore_errors=True)
+  _rmtree_quietly(old)
   return out_dir
+
+
+def _rmtree_quietly(path: str) -> None:
+  try:
+    fs.rmtree(path)
+  except Exception:  # pylint: disable=broad-except  (best-effort cleanup)
+    pass
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -291,11 +300,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   def run():
     with cli.removed_on_failure(args.out):  # and the parents export created for it
       out = export(args.checkpoint, args.out, force=args.force)
-    with open(os.path.join(out, "config.json")) as f:
-      vocab_size = json.load(f)["vocab_size"]
-    files = sorted(os.listdir(out))
+    vocab_size = json.loads(fs.read_text(fs.join(out, "config.json")))["vocab_size"]
+    files = fs.listdir(out)
     print(f"wrote {checkpoints.read_manifest(args.checkpoint).kind} checkpoint "
-          f"{os.path.abspath(args.checkpoint)} (vocab_size {vocab_size}) to {out}: "
+          f"{fs.abspath(args.checkpoint)} (vocab_size {vocab_size}) to {out}: "
           f"{', '.join(files)}")
 
   # ValueError: CheckpointError, a network with no HF counterpart.

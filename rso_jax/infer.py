@@ -47,6 +47,7 @@ import jax
 import numpy as np
 
 from rso_jax import checkpoints
+from rso_jax import fs
 from rso_jax import inference
 from rso_jax import partitioning
 from rso_jax import cli
@@ -61,10 +62,10 @@ OUTPUT_KEYS = ("responses", "logp", "logq", "finished", "prompt_truncated", "rew
 def read_prompts_file(path: str) -> Tuple[List[str], List[Dict[str, Any]]]:
   """(prompts, carried fields) of a JSONL prompts file; a bad line is a ConfigError naming
   `path:line`."""
-  if not os.path.isfile(path):
+  if not fs.isfile(path):
     raise ConfigError(f"PROMPTS_FILE {path!r} not found")
   prompts, extras = [], []
-  with open(path, encoding="utf-8") as f:
+  with fs.open(path, "r") as f:  # UTF-8
     for lineno, line in enumerate(f, start=1):
       if not line.strip():
         continue
@@ -110,9 +111,11 @@ def _floats(values) -> List[Optional[float]]:
 def _check_output(output: str) -> str:
   if not output:
     raise ConfigError("OUTPUT is empty: pass --gin.OUTPUT=\\\"out.jsonl\\\"")
-  output = os.path.abspath(os.path.expanduser(output))
-  if os.path.isdir(output):
+  output = fs.abspath(output)
+  if fs.isdir(output):
     raise ConfigError(f"OUTPUT={output!r} is a directory: name a file")
+  if fs.is_url(output):  # gs://...: the object store says at write time
+    return output
   parent = os.path.dirname(output)
   while not os.path.exists(parent):
     parent = os.path.dirname(parent)
@@ -122,16 +125,9 @@ def _check_output(output: str) -> str:
 
 
 def _write_jsonl_atomically(path: str, rows: Sequence[Dict[str, Any]]) -> None:
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = f"{path}.tmp.{os.getpid()}"
-  try:
-    with open(tmp, "w", encoding="utf-8") as f:
-      for row in rows:
-        f.write(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n")
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+  fs.makedirs(fs.dirname(path))
+  fs.atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n"
+                                     for row in rows))
 
 
 # ------------------------------------------------------------------------------ inference

@@ -65,6 +65,11 @@ class Generation:
     model_logps: `[P, N]` untempered log π(y|x) (T = 1, no top-k / top-p).
     prompt_tokens: `[P, Li]` int32 prompt tokens the model read (EOS included, 0-padded).
     prompt_truncated: `[P]` bool, the prompt's context was cut to fit `Li`.
+    retokenized: `[P, N]` bool, the decode was replaced by its text's own tokenization
+      (`generate(canonical=True)`; all False otherwise).
+    consistent: `[P, N]` bool, the text re-encodes to exactly the tokens (with
+      `canonical=True`, False only where the text's own tokenization is longer than the
+      decode length allowed; None without `canonical`).
   """
   texts: List[List[str]]
   tokens: np.ndarray
@@ -74,6 +79,8 @@ class Generation:
   model_logps: np.ndarray
   prompt_tokens: np.ndarray
   prompt_truncated: np.ndarray
+  retokenized: Optional[np.ndarray] = None
+  consistent: Optional[np.ndarray] = None
 
 
 def _as_texts(name: str, texts: Any) -> List[str]:
@@ -248,12 +255,21 @@ class Generator(_Loaded):
   def generate(self, prompts: Texts, *, key: jax.Array, num_decodes: int = 1,
                temperature: float = 0.7, top_k: Optional[int] = 40,
                top_p: Optional[float] = None, max_decode_length: Optional[int] = None,
-               batch_size: Optional[int] = None) -> Generation:
+               batch_size: Optional[int] = None, canonical: bool = False) -> Generation:
     """`num_decodes` samples for each prompt (temperature 0 = greedy).
 
     Prompts run in chunks of `batch_size` rows (default: the loader's; padded by repeating
     the last prompt); the chunk starting at prompt index s draws with `fold_in(key, s)`, so the
     samples are a function of (key, batch_size, prompts) only, not of the mesh.
+
+    `canonical=True` (the sampling stage): a decode whose text does not re-encode to its
+    tokens (a SentencePiece segmentation the tokenizer would not produce, "▁th" "e" for
+    "▁the"; bytes that are not valid UTF-8) is replaced by its text's own tokenization (the
+    text normalized by one encode / decode round), and its `model_logps` are re-scored on
+    those tokens, so text, tokens and log π describe the same response: what the reward
+    model reads is what the policy is trained on. `proposal_logps` stay the sampled path's.
+    Marked in `retokenized`; a text whose own tokenization is longer than the decode length
+    is left as sampled and marked not `consistent` (callers drop it).
     """
     prompts = _as_texts("prompts", prompts)
     if not prompts:
@@ -272,10 +288,47 @@ class Generator(_Loaded):
       parts.append(jax.tree.map(lambda x, n=n: np.asarray(x)[:n], out))
     cat = lambda f: np.concatenate([getattr(p, f) for p in parts])
     toks = cat("tokens")
-    return Generation(texts=[self.detokenize(row) for row in toks], tokens=toks,
-                      lengths=cat("lengths"), finished=cat("finished"),
-                      proposal_logps=cat("proposal_logps"), model_logps=cat("model_logps"),
-                      prompt_tokens=tokens, prompt_truncated=cut)
+    gen = Generation(texts=[self.detokenize(row) for row in toks], tokens=toks,
+                     lengths=cat("lengths"), finished=cat("finished"),
+                     proposal_logps=cat("proposal_logps"), model_logps=cat("model_logps"),
+                     prompt_tokens=tokens, prompt_truncated=cut,
+                     retokenized=np.zeros(toks.shape[:2], bool))
+    return self._canonicalize(prompts, gen, batch_size) if canonical else gen
+
+  def _canonicalize(self, prompts: List[str], gen: Generation,
+                    batch_size: Optional[int]) -> Generation:
+    """`generate(canonical=True)`: decodes replaced by their texts' own tokenization."""
+    p, n, length = gen.tokens.shape
+    gen.consistent = np.ones((p, n), bool)
+    changed = []
+    for i in range(p):
+      for j in range(n):
+        row = [int(t) for t in gen.tokens[i, j]]
+        ids = row[:row.index(self.eos_id)] if self.eos_id in row else row
+        ids = [t for t in ids if t > 0]
+        text = gen.texts[i][j]
+        canon = self.encode(text)
+        if canon == ids:
+          continue
+        text = self.vocab.decode(canon)  # one normalization round: a fixed point
+        canon = self.encode(text)
+        new = canon + [self.eos_id] if gen.finished[i, j] else canon
+        if len(new) > length:  # its own tokenization does not fit: kept as sampled, marked
+          gen.consistent[i, j] = False
+          continue
+        gen.tokens[i, j] = 0
+        gen.tokens[i, j, :len(new)] = new
+        gen.lengths[i, j] = len(new)
+        gen.texts[i][j] = text
+        gen.retokenized[i, j] = True
+        changed.append((i, j))
+    if changed:
+      rows = sorted({i for i, _ in changed})
+      scores = self.score([prompts[i] for i in rows], gen.tokens[rows], batch_size=batch_size)
+      for k, i in enumerate(rows):
+        mask = gen.retokenized[i]
+        gen.model_logps[i, mask] = scores[k, mask]
+    return gen
 
   def greedy(self, prompts: Texts, *, max_decode_length: Optional[int] = None,
              top_k: Optional[int] = 40, batch_size: Optional[int] = None) -> Generation:

@@ -18,6 +18,15 @@ r_a > r_b) or from a pairwise preference function
 `preference_fn(idx_a[B, P], idx_b[B, P]) -> P(a ≻ b)[B, P]` (a beats b iff
 P > 0.5, the paper's rule rho(x, y1, y2) > 0.5). Ties therefore go to b.
 
+Slot order. A selector returns its k slots in its own order (rso: acceptance
+order, so slots (0, 1) would be same-round neighbours; top-k: descending
+reward). `make_pairs(..., key=key)` therefore first applies `shuffle_slots`: a
+per-prompt uniformly random order of the valid slots, placed first, invalid
+slots after. The pairs are then a uniformly random matching (first-round) or
+a uniformly random bracket (tournament) of the selected valid set, so the data
+settings differ only in *which* candidates are selected, never in how they
+are paired. Without `key` the slots are paired in the order given.
+
 A pair touching an invalid slot is invalid (valid=False). In a tournament
 the valid player of such a pair advances unplayed, so a prompt with v valid
 slots yields exactly v - 1 valid pairs. Entries of invalid pairs are in-range
@@ -132,6 +141,65 @@ def _preference_beats(
   return beats
 
 
+def _check_key(key: Any) -> Any:
+  if key is None:
+    raise ValueError("shuffle_slots needs a jax.random key.")
+  key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
+  if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+    if key.shape != ():
+      raise ValueError(f"key must be a single key, got shape {key.shape}.")
+    return key
+  if key.dtype != jnp.uint32 or key.ndim != 1:
+    raise ValueError(f"key must be a jax.random key (typed, or raw uint32 key "
+                     f"data), got dtype {key.dtype} shape {key.shape}.")
+  return jax.random.wrap_key_data(key)
+
+
+@jax.jit
+def _shuffle(key, indices, valid):
+  batch, k = indices.shape
+  if k == 0:
+    return indices, valid
+  # Row b's order depends on (key, b) only, not on the batch it shares.
+  perm = jax.vmap(lambda row: jax.random.permutation(
+      jax.random.fold_in(key, row), k))(jnp.arange(batch, dtype=jnp.int32))
+  # Valid slots first, in their (uniformly random) permuted order.
+  first = jnp.argsort(~jnp.take_along_axis(valid, perm, axis=1), axis=1,
+                      stable=True)
+  perm = jnp.take_along_axis(perm, first, axis=1)
+  return (jnp.take_along_axis(indices, perm, axis=1),
+          jnp.take_along_axis(valid, perm, axis=1))
+
+
+def shuffle_slots(key: Any, indices: Array, valid: Array) -> tuple[Array,
+                                                                   Array]:
+  """A per-prompt uniformly random order of the selected slots.
+
+  Args:
+    key: a jax.random key (typed, or raw uint32 key data); prompt b uses
+      `fold_in(key, b)`, so its order does not depend on the other prompts.
+    indices: [B, k] int candidate indices into N.
+    valid: [B, k] bool.
+
+  Returns:
+    (indices, valid) [B, k], each row permuted: its valid slots first, in a
+    uniformly random order (each of the v! orders equally likely), then its
+    invalid slots. The set of (index, valid) entries of a row is unchanged.
+    With these slots first-round-rank pairs a uniformly random matching of
+    the valid candidates (one left out at random when v is odd) and
+    tournament-rank plays a uniformly random bracket, v - 1 valid pairs.
+  """
+  if np.ndim(indices) != 2 or tuple(np.shape(valid)) != tuple(
+      np.shape(indices)):
+    raise ValueError(f"indices and valid must have one shape [B, k], got "
+                     f"{tuple(np.shape(indices))} and "
+                     f"{tuple(np.shape(valid))}.")
+  valid = jnp.asarray(valid)
+  if valid.dtype != jnp.bool_:
+    raise ValueError(f"valid must be bool, got dtype {valid.dtype}.")
+  return _shuffle(_check_key(key), jnp.asarray(indices), valid)
+
+
 # Round helpers are jitted so that the eager preference_fn path costs one
 # cached executable per round shape instead of one dispatch per jnp op.
 
@@ -188,18 +256,23 @@ def _pairs_from_rewards(indices, valid, rewards, method):
 
 def make_pairs(method: str, indices: Array, valid: Array, *,
                rewards: Optional[Array] = None,
-               preference_fn: Optional[PreferenceFn] = None) -> Pairs:
+               preference_fn: Optional[PreferenceFn] = None,
+               key: Any = None) -> Pairs:
   """Builds and labels pairs; method is "first_round" or "tournament".
 
   Args:
     method: "first_round" (P = k // 2) or "tournament" (P = max(k - 1, 0)).
-    indices: [B, k] selected candidate indices into N (acceptance order).
+    indices: [B, k] selected candidate indices into N (any order).
     valid: [B, k] bool.
     rewards: [B, N] pointwise rewards (jitted path), or
     preference_fn: (idx_a[B, P], idx_b[B, P]) -> P(a ≻ b)[B, P], called once
       per tournament round (once for first_round), eagerly unless the caller
       traces this function; its values are checked to lie in [0, 1] on valid
       pairs when concrete.
+    key: a jax.random key: the slots are first put in a random order by
+      `shuffle_slots(key, indices, valid)` (what the sampling stage does, so
+      the pairing does not depend on the selector's order). None: the slots
+      are paired in the order given (no randomness).
 
   Returns:
     Pairs(chosen[B, P], rejected[B, P], valid[B, P]).
@@ -213,6 +286,8 @@ def make_pairs(method: str, indices: Array, valid: Array, *,
     raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
   indices, valid, rewards = _check_inputs(indices, valid, rewards,
                                           preference_fn)
+  if key is not None:
+    indices, valid = _shuffle(_check_key(key), indices, valid)
   if rewards is not None:
     return _pairs_from_rewards(indices, valid, rewards, method=method)
   return _BUILDERS[method](indices, valid, _preference_beats(preference_fn))
@@ -220,18 +295,20 @@ def make_pairs(method: str, indices: Array, valid: Array, *,
 
 def first_round_pairs(indices: Array, valid: Array, *,
                       rewards: Optional[Array] = None,
-                      preference_fn: Optional[PreferenceFn] = None) -> Pairs:
+                      preference_fn: Optional[PreferenceFn] = None,
+                      key: Any = None) -> Pairs:
   """First-round-rank: slots (0, 1), (2, 3), ... -> P = k // 2 pairs.
 
   Args and errors as `make_pairs`.
   """
   return make_pairs("first_round", indices, valid, rewards=rewards,
-                    preference_fn=preference_fn)
+                    preference_fn=preference_fn, key=key)
 
 
 def tournament_pairs(indices: Array, valid: Array, *,
                      rewards: Optional[Array] = None,
-                     preference_fn: Optional[PreferenceFn] = None) -> Pairs:
+                     preference_fn: Optional[PreferenceFn] = None,
+                     key: Any = None) -> Pairs:
   """Tournament-rank: single elimination with byes -> P = k - 1 pairs.
 
   Pairs are ordered round by round, slot order within a round; the chosen
@@ -239,4 +316,4 @@ def tournament_pairs(indices: Array, valid: Array, *,
   with pointwise labels). Args and errors as `make_pairs`.
   """
   return make_pairs("tournament", indices, valid, rewards=rewards,
-                    preference_fn=preference_fn)
+                    preference_fn=preference_fn, key=key)

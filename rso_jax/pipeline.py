@@ -1,21 +1,30 @@
-"""Stages of the end-to-end RSO run, bound from gin as the policy run's prerequisites.
+"""The stages of one experiment, all configured by the run's own gin files.
 
-`python -m rso_jax.train --gin_file=gin/rso_hinge.gin` trains the policy; before that, its
-`prerequisites` build whatever upstream artifact is missing, each by its own stage with its
-own gin file, in a subprocess (a clean gin and JAX state per stage):
+One experiment configuration reaches every stage. The run's gin files (an experiment file:
+includes plus macros; `gin/pipeline.gin`: the stages) bind each stage's entry point under a
+gin scope named after the stage, and `python -m rso_jax.train --gin_file=<experiment>` trains
+the policy (the unscoped `train_lib.train`). Its `prerequisites` build whatever artifact is
+missing, each in a subprocess that receives the SAME gin files, search paths and overrides as
+this process plus `--stage=NAME`, and calls the stage's entry under `gin.config_scope(NAME)`
+(T5X scopes `train/` and `infer_eval/` the same way):
 
-  TrainStage("sft")     -> SFT checkpoint        (gin/sft.gin)
-  TrainStage("reward")  -> reward model          (gin/reward.gin or gin/reward_bt.gin)
-  SampleStage           -> labeled pair task     (gin/sample_rso.gin; rso / sft sample-rank)
-  EvaluateStage         <- after training: win rates, KL, report and plot
+  TrainStage("sft")     sft/train_lib.train               -> SFT_CHECKPOINT
+  TrainStage("reward")  reward/train_lib.train            -> REWARD_CHECKPOINT
+  SampleStage("sample") sample/sample.sample_configured   -> RUN_DIR/samples/<setting>-<hash>
+  EvaluateStage         (this process, after training)    <- win rates, KL, report, plot
 
-A stage whose artifact is complete (a `COMPLETED` marker, or a user's own params checkpoint
-without a run directory around it) is reused; an interrupted stage resumes where it stopped.
+So a task, a vocabulary, feature lengths, a mesh or a model size set anywhere in the run's
+configuration is the one every stage uses; a stage binds only what differs (its model, its
+task, its length in steps). A stage's artifact that is complete is reused -- after checking
+that it is what the configuration asks for (kind, task, feature lengths; a mismatch is a
+ConfigError naming both) -- and an interrupted stage resumes where it stopped.
 
 A stage that fails raises `StageFailed` (the CLI prints one line naming the stage and its exit
 status, and exits 3); a stage stopped by SIGTERM / SIGINT (exit status 143, or killed by the
 signal) raises `trainer.Preempted` (the CLI exits 143: rerun to continue). SIGTERM / SIGINT
 sent to this process while a stage runs are forwarded to the stage, which checkpoints.
+
+Paths go through `rso_jax.fs`: RUN_DIR may be a `gs://` URL.
 """
 
 from __future__ import annotations
@@ -27,9 +36,10 @@ import os
 import signal
 import subprocess
 import sys
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 from rso_jax import checkpoints
+from rso_jax import fs
 
 COMPLETED = "COMPLETED"
 EXIT_PREEMPTED = 143  # trainer.EXIT_PREEMPTED
@@ -48,25 +58,52 @@ class StageFailed(RuntimeError):
 
 def is_complete(path: str) -> bool:
   """True for a finished run/stage directory or a bare params checkpoint (user-provided)."""
-  if os.path.exists(os.path.join(path, COMPLETED)):
+  if fs.exists(fs.join(path, COMPLETED)):
     return True
-  bare = os.path.isdir(os.path.join(path, "params"))
-  return bare and not os.path.isdir(os.path.join(path, checkpoints.CHECKPOINT_SUBDIR))
+  bare = fs.isdir(fs.join(path, "params"))
+  return bare and not fs.isdir(fs.join(path, checkpoints.CHECKPOINT_SUBDIR))
 
 
-def _run(name: str, module: str, gin_file: str, bindings: Sequence[str]) -> None:
-  """Runs `python -m module` for a stage, its output prefixed `[name]`.
+# ----------------------------------------------------------------------------- gin helpers
+def run_path(run_dir: str, name: str) -> str:
+  """`run_dir/name`: where a stage of the run keeps its artifact (gin: SFT_CHECKPOINT, ...)."""
+  if not run_dir:
+    raise ValueError("RUN_DIR is empty: pass --gin.RUN_DIR=\\\"path\\\"")
+  return fs.join(fs.abspath(run_dir), name)
+
+
+def stage_bindings(entry: Any, scope: str) -> dict:
+  """The arguments gin passes to `entry` when called under `scope` (references evaluated)."""
+  import gin  # pylint: disable=g-import-not-at-top
+  with gin.config_scope(scope):
+    return gin.get_bindings(entry)
+
+
+def _run(name: str, module: str, extra_bindings: Sequence[str] = (),
+         flags: Optional[Sequence[str]] = None) -> None:
+  """Runs `python -m module <this run's gin flags> --stage=name`, its output prefixed `[name]`.
+
+  `flags` default to the gin flags this process was configured with (`cli.invocation()`), so
+  the stage reads the whole operative configuration; `extra_bindings` are appended (what the
+  pipeline decides for the stage, e.g. its output directory).
 
   Raises `StageFailed` on a non-zero exit, `trainer.Preempted` when the stage was stopped by
   SIGTERM / SIGINT (its exit status 143, or killed by the signal, or a signal this process
   received and forwarded to it while it ran).
   """
+  from rso_jax import cli  # pylint: disable=g-import-not-at-top
   from rso_jax import trainer  # pylint: disable=g-import-not-at-top
-  cmd = [sys.executable, "-m", module, f"--gin_file={gin_file}"]
-  cmd += [f"--gin.{b}" for b in bindings]
+  if flags is None:
+    flags = cli.invocation_flags()
+  cmd = [sys.executable, "-m", module, *flags, f"--stage={name}"]
+  cmd += [f"--gin_bindings={b}" for b in extra_bindings]
   print(f"[{name}] {' '.join(cmd[1:])}", flush=True)
+  # The stage imports this very rso_jax, whatever the working directory.
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+      [root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
   proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          bufsize=1)
+                          bufsize=1, env=env)
   forwarded = []
 
   def forward(signum, frame):  # pylint: disable=unused-argument
@@ -111,72 +148,113 @@ def _noise(line: str) -> bool:
                                  "FunctionDataset", "computation placer"))
 
 
-def _quote(v: Any) -> str:
-  return json.dumps(v) if isinstance(v, str) else repr(v)
+def _lengths(v: Optional[Mapping[str, Any]]) -> Optional[dict]:
+  return None if v is None else {k: int(x) for k, x in dict(v).items()}
 
 
-def train_steps_binding(steps: int) -> str:
-  """The binding `TRAIN_STEPS=<steps>` for a stage (lets a run config set a stage's length)."""
-  return f"TRAIN_STEPS={int(steps)}"
+def check_reusable(name: str, path: str, model: Any, task: str,
+                   feature_lengths: Mapping[str, int]) -> None:
+  """Refuses to reuse a finished checkpoint that is not what stage `name` is configured to make.
+
+  Compares the checkpoint's manifest with the stage's configuration: its kind (the model's
+  `manifest_kind`) and, for a checkpoint this pipeline trained (one with a task recorded), the
+  task and the feature lengths. A user's own checkpoint (converted, no task) is checked for
+  its kind only.
+  """
+  from rso_jax.cli import ConfigError  # pylint: disable=g-import-not-at-top
+  try:
+    manifest = checkpoints.read_manifest(path)
+  except checkpoints.CheckpointError as e:
+    raise ConfigError(f"stage {name!r}: {e}") from None
+  want = getattr(model, "manifest_kind", None)
+  problems = []
+  if want and manifest.kind != want:
+    problems.append(f"it is {checkpoints.KIND_NAMES[manifest.kind]} (kind={manifest.kind!r}) "
+                    f"but the stage trains {checkpoints.KIND_NAMES[want]} (kind={want!r})")
+  if manifest.task is not None and manifest.task != task:
+    problems.append(f"it was trained on task {manifest.task!r} but the stage's task is "
+                    f"{task!r}")
+  if manifest.task is not None and _lengths(manifest.feature_lengths) != _lengths(
+      feature_lengths):
+    problems.append(f"its feature lengths are {_lengths(manifest.feature_lengths)} but the "
+                    f"stage's are {_lengths(feature_lengths)}")
+  if problems:
+    raise ConfigError(f"stage {name!r}: the finished checkpoint {path!r} does not match this "
+                      f"run's configuration: {'; '.join(problems)}. Remove it, or point the "
+                      "stage elsewhere (e.g. --gin.RUN_DIR, --gin.SFT_CHECKPOINT, "
+                      "--gin.REWARD_CHECKPOINT)")
 
 
+# ----------------------------------------------------------------------------- stages
 @dataclasses.dataclass
 class TrainStage:
-  """Trains a checkpoint with `python -m rso_jax.train` unless `model_dir` is complete."""
+  """Trains the checkpoint of `name/train_lib.train` unless its `model_dir` is complete."""
   name: str
-  gin_file: str
-  model_dir: str
-  bindings: Sequence[str] = ()
 
   def __call__(self) -> str:
-    if is_complete(self.model_dir):
-      print(f"[{self.name}] reusing {self.model_dir}", flush=True)
-      return self.model_dir
-    _run(self.name, "rso_jax.train", self.gin_file,
-         [f"MODEL_DIR={_quote(os.path.abspath(self.model_dir))}", *self.bindings])
-    return self.model_dir
+    from rso_jax import train as train_lib  # pylint: disable=g-import-not-at-top
+    args = stage_bindings(train_lib.train, self.name)
+    model_dir = args.get("model_dir")
+    if not model_dir:
+      from rso_jax.cli import ConfigError  # pylint: disable=g-import-not-at-top
+      raise ConfigError(f"stage {self.name!r}: bind {self.name}/train_lib.train.model_dir")
+    if is_complete(model_dir):
+      check_reusable(self.name, model_dir, args.get("model"), args.get("mixture_or_task_name"),
+                     args.get("task_feature_lengths"))
+      print(f"[{self.name}] reusing {model_dir}", flush=True)
+      return model_dir
+    _run(self.name, "rso_jax.train")
+    return model_dir
+
+
+def _hash_value(v: Any) -> Any:
+  if isinstance(v, str) and ("/" in v or v.startswith(".")):
+    return fs.abspath(v)  # a relative and an absolute path to the same checkpoint agree
+  return v
 
 
 @dataclasses.dataclass
 class SampleStage:
   """Builds (or reuses) the labeled pair task and registers it as `task_name`.
 
-  Samples live in `run_dir/samples/<data_setting>-<hash>`: the hash covers the sampling
-  configuration (policy, reward model, N, k, β, temperature, …), so an ablation override gets
-  its own directory and never mixes shards with another configuration.
+  Samples live in `run_dir/samples/<data_setting>-<hash>`: the hash covers every argument of
+  the stage's `sample.sample_configured` (policy, reward model, prompts task, N, k, β,
+  temperature, lengths, ...), so an ablation override gets its own directory and never mixes
+  shards with another configuration.
   """
   run_dir: str
-  policy_checkpoint: str
-  reward_checkpoint: str
   task_name: str
-  gin_file: str = "sample_rso.gin"
-  data_setting: str = "rso_sample_rank"
-  bindings: Sequence[str] = ()
+  name: str = "sample"
+
+  def _args(self) -> dict:
+    from rso_jax import sample  # pylint: disable=g-import-not-at-top
+    args = stage_bindings(sample.sample_configured, self.name)
+    args.pop("output_dir", None)
+    return args
 
   def output_dir(self) -> str:
-    key = json.dumps([os.path.abspath(self.policy_checkpoint),
-                      os.path.abspath(self.reward_checkpoint), self.data_setting, sorted(self.bindings)])
+    args = self._args()
+    key = json.dumps({k: _hash_value(v) for k, v in args.items()}, sort_keys=True, default=repr)
     digest = hashlib.sha256(key.encode()).hexdigest()[:8]
-    return os.path.join(os.path.abspath(self.run_dir), "samples",
-                        f"{self.data_setting}-{digest}")
+    setting = args.get("data_setting", "samples")
+    return fs.join(fs.abspath(self.run_dir), "samples", f"{setting}-{digest}")
 
   def __call__(self) -> str:
     from rso_jax.tasks import generated  # pylint: disable=g-import-not-at-top
     out = self.output_dir()
-    if os.path.exists(os.path.join(out, COMPLETED)):
-      print(f"[sample] reusing {out}", flush=True)
+    if fs.exists(fs.join(out, COMPLETED)):
+      print(f"[{self.name}] reusing {out}", flush=True)
     else:
-      _run("sample", "rso_jax.sample", self.gin_file, [
-          f"SAMPLES_DIR={_quote(out)}",
-          f"SFT_CHECKPOINT={_quote(os.path.abspath(self.policy_checkpoint))}",
-          f"REWARD_CHECKPOINT={_quote(os.path.abspath(self.reward_checkpoint))}",
-          f"DATA_SETTING={_quote(self.data_setting)}", *self.bindings])
+      _run(self.name, "rso_jax.sample",
+           [f"{self.name}/sample.sample_configured.output_dir = {json.dumps(out)}"])
     generated.register_pair_task(self.task_name, out)
-    with open(os.path.join(out, "stats.json")) as f:
-      stats = json.load(f)
-    print(f"[sample] {stats['pairs']} pairs from {stats['prompts']} prompts; acceptance rate "
-          f"{stats['rejection/acceptance_rate']:.3f}, golden reward all/selected "
-          f"{stats['golden/all_mean']:.3f}/{stats['golden/selected_mean']:.3f}", flush=True)
+    stats = json.loads(fs.read_text(fs.join(out, "stats.json")))
+    golden = (f", golden reward all/selected {stats['golden/all_mean']:.3f}/"
+              f"{stats['golden/selected_mean']:.3f}" if "golden/all_mean" in stats else "")
+    print(f"[{self.name}] {stats['pairs']} pairs from {stats['prompts']} prompts "
+          f"({stats.get('prompts_truncated', 0)} cut to the prompt length); acceptance rate "
+          f"{stats['rejection/acceptance_rate']:.3f}{golden}; task {self.task_name!r}",
+          flush=True)
     return out
 
 
@@ -187,18 +265,21 @@ class EvaluateStage:
   reward_checkpoint: Optional[str]
   output_dir: str
   name: str
-  num_prompts: int = 256
-  prompts_task: str = "synthetic_prompts"
+  prompts_task: str
+  num_prompts: Optional[int] = 256
   split: str = "validation"
+  keep_context: str = "start"
+  mesh_shape: Sequence[int] = (-1, 1, 1)
 
   def __call__(self, model_dir: str) -> dict:
     from rso_jax import evaluate  # pylint: disable=g-import-not-at-top
     from rso_jax import reports  # pylint: disable=g-import-not-at-top
     result = evaluate.evaluate_policy(
         model_dir, self.sft_checkpoint, reward_path=self.reward_checkpoint,
-        prompts_task=self.prompts_task, split=self.split,
-        num_prompts=self.num_prompts, output_dir=self.output_dir, name=self.name)
+        prompts_task=self.prompts_task, split=self.split, keep_context=self.keep_context,
+        num_prompts=self.num_prompts, output_dir=self.output_dir, name=self.name,
+        mesh_shape=tuple(self.mesh_shape))
     print(reports.format_table(result), flush=True)
-    print(f"report: {os.path.join(self.output_dir, f'eval_{self.name}.json')}; plot: "
-          f"{os.path.join(self.output_dir, 'eval_plot.png')}", flush=True)
+    print(f"report: {fs.join(self.output_dir, f'eval_{self.name}.json')}; plot: "
+          f"{fs.join(self.output_dir, 'eval_plot.png')}", flush=True)
     return result

@@ -11,11 +11,12 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import re
 from typing import Any, Dict, List, Optional, Union
 
 import numpy as np
+
+from rso_jax import fs
 
 SUMMARY_FILE = "eval_summary.json"
 PLOT_FILE = "eval_plot.png"
@@ -43,20 +44,17 @@ def _jsonable(x: Any) -> Any:
 
 
 def _atomic_write(path: str, data: Union[str, bytes]) -> None:
-  tmp = f"{path}.tmp.{os.getpid()}"
-  with open(tmp, "wb" if isinstance(data, bytes) else "w") as f:
-    f.write(data)
-  os.replace(tmp, path)
+  fs.atomic_write_bytes(path, data if isinstance(data, bytes) else data.encode("utf-8"))
 
 
 def write_outputs(report: Dict[str, Any], output_dir: str) -> Dict[str, str]:
   """Writes `eval_<name>.json`, updates `eval_summary.json` and redraws `eval_plot.png`."""
-  os.makedirs(output_dir, exist_ok=True)
+  fs.makedirs(output_dir)
   name = safe_name(report["name"])
   clean = _jsonable(report)
-  paths = {"report": os.path.join(output_dir, f"eval_{name}.json"),
-           "summary": os.path.join(output_dir, SUMMARY_FILE),
-           "plot": os.path.join(output_dir, PLOT_FILE)}
+  paths = {"report": fs.join(output_dir, f"eval_{name}.json"),
+           "summary": fs.join(output_dir, SUMMARY_FILE),
+           "plot": fs.join(output_dir, PLOT_FILE)}
   _atomic_write(paths["report"], json.dumps(clean, indent=2))
   summary = load_summary(output_dir)
   summary[name] = {k: v for k, v in clean.items() if k != "examples"}
@@ -67,11 +65,10 @@ def write_outputs(report: Dict[str, Any], output_dir: str) -> Dict[str, str]:
 
 def load_summary(output_dir: str) -> Dict[str, Any]:
   """`{name: report}` from `output_dir/eval_summary.json` ({} if absent)."""
-  path = os.path.join(output_dir, SUMMARY_FILE)
-  if not os.path.exists(path):
+  path = fs.join(output_dir, SUMMARY_FILE)
+  if not fs.exists(path):
     return {}
-  with open(path) as f:
-    summary = json.load(f)
+  summary = json.loads(fs.read_text(path))
   if not isinstance(summary, dict):
     raise ValueError(f"{path} does not hold a {{name: report}} object")
   return summary

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import glob
 import json
 import math
 import os
@@ -34,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rso_jax import checkpoints
+from rso_jax import fs
 from rso_jax import inference
 from rso_jax import pairs as pairs_lib
 from rso_jax import partitioning
@@ -46,14 +46,11 @@ STATS = "stats.json"
 
 
 def _atomic_write_text(path: str, text: str) -> None:
-  tmp = f"{path}.tmp.{os.getpid()}"
-  with open(tmp, "w") as f:
-    f.write(text)
-  os.replace(tmp, path)
+  fs.atomic_write_text(path, text)
 
 
 def is_complete(output_dir: str) -> bool:
-  return os.path.exists(os.path.join(output_dir, COMPLETED))
+  return fs.exists(fs.join(output_dir, COMPLETED))
 
 
 def read_prompts(task_name: str, split: str, max_prompts: Optional[int] = None) -> List[str]:
@@ -96,6 +93,8 @@ class _Accum:
   valid_candidates: int = 0
   unfinished: int = 0
   empty: int = 0
+  retokenized: int = 0
+  not_retokenizable: int = 0
   reward_unscorable: int = 0
   labels_unscorable: int = 0
   accepted: int = 0
@@ -169,11 +168,20 @@ def process_batch(policy: inference.Generator, scorer: inference.RewardModel,
                   rejection_mode: str, proposal_correction: bool, pair_method: str,
                   label_with: str, golden_fn: Optional[Callable] = None,
                   n_real: Optional[int] = None, keep_unfinished: bool = False):
-  """One batch of prompts -> (records, _Accum) over its first `n_real` rows (rest: padding)."""
-  k_sample, k_select = jax.random.split(key)
+  """One batch of prompts -> (records, _Accum) over its first `n_real` rows (rest: padding).
+
+  Every random choice comes from `key`, split three ways: decoding, selection, and the
+  per-prompt random order of the selected candidates before pairing (`pairs.shuffle_slots`),
+  so the pairs are a uniformly random matching / bracket of the selected set whatever the
+  selector's own order (rso: acceptance order), alike for every data setting.
+  """
+  # split(key, 3)[:2] == split(key) (partitionable threefry): decoding and selection draws
+  # are those of a two-way split.
+  k_sample, k_select, k_pair = jax.random.split(key, 3)
   out = policy.generate(list(prompts), key=k_sample, num_decodes=num_candidates,
                         temperature=temperature, top_k=top_k, top_p=top_p,
-                        max_decode_length=max_decode_length, batch_size=len(prompts))
+                        max_decode_length=max_decode_length, batch_size=len(prompts),
+                        canonical=True)  # text, tokens and log π of one response agree
   b, n, _ = out.tokens.shape
   texts = out.texts
   lengths, finished = np.asarray(out.lengths), np.asarray(out.finished)
@@ -181,6 +189,11 @@ def process_batch(policy: inference.Generator, scorer: inference.RewardModel,
   # A candidate without EOS within max_decode_length is truncated: invalid unless configured
   # (counted as `unfinished` either way).
   valid = (finished | keep_unfinished) & nonempty
+  # A text whose own tokenization is longer than the decode length is not the tokens it came
+  # from: the reward model would read one response and the policy train on another.
+  inconsistent = (np.zeros_like(valid) if out.consistent is None
+                  else ~np.asarray(out.consistent))
+  valid = valid & ~inconsistent
   # Pairwise: Eq. 7's baseline y_b is the prompt's first valid (finished, non-empty) candidate.
   rewards = np.asarray(scorer.reward(list(prompts), texts, valid=valid), np.float32)  # [B, N]
   if rewards.shape != (b, n):
@@ -208,7 +221,7 @@ def process_batch(policy: inference.Generator, scorer: inference.RewardModel,
   pref_fn = _label_fn(scorer, label_with, prompts, texts, no_label)
   pairs = jax.device_get(pairs_lib.make_pairs(
       pair_method, jnp.asarray(sel.indices), jnp.asarray(sel.valid),
-      rewards=None if pref_fn else jnp.asarray(masked), preference_fn=pref_fn))
+      rewards=None if pref_fn else jnp.asarray(masked), preference_fn=pref_fn, key=k_pair))
 
   m = b if n_real is None else n_real
   v, sv = valid[:m], sel.valid[:m]
@@ -216,6 +229,8 @@ def process_batch(policy: inference.Generator, scorer: inference.RewardModel,
                candidates=m * n, valid_candidates=int(v.sum()),
                unfinished=int((~finished[:m]).sum()),
                empty=int((finished[:m] & ~nonempty[:m]).sum()),
+               retokenized=0 if out.retokenized is None else int(out.retokenized[:m].sum()),
+               not_retokenizable=int(inconsistent[:m].sum()),
                reward_unscorable=int(unscorable[:m].sum()),
                accepted=int(np.sum(sv)), visited=int(np.sum(sel.num_visited[:m])),
                rounds=int(np.sum(sel.rounds[:m])))
@@ -266,7 +281,7 @@ def process_batch(policy: inference.Generator, scorer: inference.RewardModel,
 
 def run(*, policy_checkpoint: str, reward_checkpoint: Optional[str], output_dir: str,
         scorer: Optional[inference.RewardModel] = None,
-        prompts_task: str = "synthetic_prompts", split: str = "train",
+        prompts_task: str, split: str = "train",
         input_length: Optional[int] = None, max_decode_length: Optional[int] = None,
         keep_context: str = "start",
         data_setting: str = "rso_sample_rank", num_candidates: int = 64, num_samples: int = 8,
@@ -359,10 +374,10 @@ def run(*, policy_checkpoint: str, reward_checkpoint: Optional[str], output_dir:
     golden_fn = lambda ps, ys: synthetic.golden_rewards(ps, ys)
 
   texts = read_prompts(prompts_task, split, max_prompts)
-  os.makedirs(output_dir, exist_ok=True)
+  fs.makedirs(output_dir)
   num_shards = int(math.ceil(len(texts) / prompts_per_shard))
-  manifest = dict(policy_checkpoint=os.path.abspath(policy_checkpoint),
-                  reward_checkpoint=reward_checkpoint and os.path.abspath(reward_checkpoint),
+  manifest = dict(policy_checkpoint=fs.abspath(policy_checkpoint),
+                  reward_checkpoint=reward_checkpoint and fs.abspath(reward_checkpoint),
                   reward_kind=scorer.kind, prompts_task=prompts_task, split=split,
                   num_prompts=len(texts), input_length=policy.feature_lengths["inputs"],
                   max_decode_length=policy.feature_lengths["targets"],
@@ -374,10 +389,9 @@ def run(*, policy_checkpoint: str, reward_checkpoint: Optional[str], output_dir:
                   label_with=label_with, seed=seed, num_shards=num_shards,
                   keep_unfinished=keep_unfinished,
                   prompts_per_shard=prompts_per_shard)
-  manifest_path = os.path.join(output_dir, "manifest.json")
-  if os.path.exists(manifest_path):
-    with open(manifest_path) as f:
-      old = json.load(f)
+  manifest_path = fs.join(output_dir, "manifest.json")
+  if fs.exists(manifest_path):
+    old = json.loads(fs.read_text(manifest_path))
     changed = {k: (old.get(k), v) for k, v in manifest.items() if old.get(k) != v}
     if changed:
       raise ValueError(f"{output_dir} holds shards of a different configuration {changed}: "
@@ -394,12 +408,11 @@ def run(*, policy_checkpoint: str, reward_checkpoint: Optional[str], output_dir:
   written = 0
   t0 = time.time()
   for s in range(num_shards):
-    shard_path = os.path.join(output_dir, f"pairs-{s:05d}-of-{num_shards:05d}.tfrecord")
-    stats_path = os.path.join(output_dir, f"stats-{s:05d}.json")
+    shard_path = fs.join(output_dir, f"pairs-{s:05d}-of-{num_shards:05d}.tfrecord")
+    stats_path = fs.join(output_dir, f"stats-{s:05d}.json")
     lo, hi = s * prompts_per_shard, min((s + 1) * prompts_per_shard, len(texts))
-    if os.path.exists(shard_path) and os.path.exists(stats_path):
-      with open(stats_path) as f:
-        total.add(_Accum(**json.load(f)))
+    if fs.exists(shard_path) and fs.exists(stats_path):
+      total.add(_Accum(**json.loads(fs.read_text(stats_path))))
       bar.update(hi - lo)
       continue
     if stop_after_shards is not None and written >= stop_after_shards:
@@ -420,23 +433,25 @@ def run(*, policy_checkpoint: str, reward_checkpoint: Optional[str], output_dir:
       records.extend(recs)
       shard_acc.add(acc)
       bar.update(end - start)
-    tmp = f"{shard_path}.tmp.{os.getpid()}"
+    tmp = fs.tmp_name(shard_path)
     with tf.io.TFRecordWriter(tmp) as w:
       for r in records:
         w.write(generated.to_example(r))
     _atomic_write_text(stats_path, json.dumps(dataclasses.asdict(shard_acc)))
-    os.replace(tmp, shard_path)
+    fs.rename(tmp, shard_path, overwrite=True)
     total.add(shard_acc)
     written += 1
   bar.close()
   summary = total.summary()
+  if golden_fn is None:  # no golden reward (real data): no golden statistics
+    summary = {k: v for k, v in summary.items() if not k.startswith("golden/")}
   summary["reward_model/contexts_truncated"] = scorer.stats["contexts_truncated"]
   summary["wall_seconds_this_run"] = time.time() - t0
-  done = all(os.path.exists(os.path.join(output_dir, f"pairs-{s:05d}-of-{num_shards:05d}.tfrecord"))
+  done = all(fs.exists(fs.join(output_dir, f"pairs-{s:05d}-of-{num_shards:05d}.tfrecord"))
              for s in range(num_shards))
   if done:
-    _atomic_write_text(os.path.join(output_dir, STATS), json.dumps(summary, indent=2))
-    _atomic_write_text(os.path.join(output_dir, COMPLETED), time.strftime("%Y-%m-%dT%H:%M:%S"))
+    _atomic_write_text(fs.join(output_dir, STATS), json.dumps(summary, indent=2))
+    _atomic_write_text(fs.join(output_dir, COMPLETED), time.strftime("%Y-%m-%dT%H:%M:%S"))
     if task_name:
       generated.register_pair_task(task_name, output_dir, policy.vocab)
   return summary
@@ -446,7 +461,8 @@ def format_summary(summary: Dict[str, Any]) -> str:
   keys = ["prompts", "pairs", "rejection/acceptance_rate", "rejection/rounds",
           "reward/all_mean", "reward/selected_mean", "reward/chosen_mean", "reward/rejected_mean",
           "golden/all_mean", "golden/selected_mean", "golden/chosen_mean",
-          "golden/rejected_mean", "golden/label_agreement", "unfinished", "skipped_identical",
+          "golden/rejected_mean", "golden/label_agreement", "unfinished", "retokenized",
+          "not_retokenizable",          "skipped_identical",
           "prompts_truncated", "reward_unscorable", "labels_unscorable",
           "reward_model/contexts_truncated"]
   rows = [f"  {k:<28s} {summary[k]:.4f}" if isinstance(summary.get(k), float)
@@ -462,15 +478,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _has_shards(output_dir: str) -> bool:
-  return bool(glob.glob(os.path.join(glob.escape(output_dir), "pairs-*-of-*.tfrecord")))
+  return bool(fs.glob_in(output_dir, "pairs-*-of-*.tfrecord"))
 
 
 def _remove_own_temp_files(output_dir: str) -> None:
   """The temp files of the shard this process was writing when it stopped."""
-  for f in glob.glob(os.path.join(glob.escape(output_dir), f"*.tmp.{os.getpid()}")):
+  for f in fs.glob_in(output_dir, f"*.tmp.{os.getpid()}"):
     try:
-      os.remove(f)
-    except OSError:
+      fs.remove(f)
+    except Exception:  # pylint: disable=broad-except  (best-effort cleanup)
       pass
 
 
@@ -514,14 +530,13 @@ def sample_configured(**kwargs):
       try:
         summary = cli.checked_call(run, kwargs, "sample.sample_configured")
       except trainer.Preempted:
-        _remove_own_temp_files(os.path.abspath(output_dir))
-        n = len(glob.glob(os.path.join(glob.escape(os.path.abspath(output_dir)),
-                                       "pairs-*-of-*.tfrecord")))
+        _remove_own_temp_files(fs.abspath(output_dir))
+        n = len(fs.glob_in(fs.abspath(output_dir), "pairs-*-of-*.tfrecord"))
         raise trainer.Preempted(f"preempted: {n} finished shard(s) kept in "
-                                f"{os.path.abspath(output_dir)}; rerun the same command to "
+                                f"{fs.abspath(output_dir)}; rerun the same command to "
                                 "continue at the first missing shard") from None
       except ValueError as e:
-        _remove_own_temp_files(os.path.abspath(output_dir))
+        _remove_own_temp_files(fs.abspath(output_dir))
         if isinstance(e, cli.ConfigError) or _raised_here(e):
           raise cli.ConfigError(" ".join(str(e).split())) from None
         raise

@@ -28,11 +28,13 @@ import os
 import sys
 from typing import Any, Callable, Mapping, Optional, Sequence
 
+import flax
 import gin
 import jax
 import numpy as np
 
 from rso_jax import checkpoints
+from rso_jax import fs
 from rso_jax import partitioning
 from rso_jax import pipeline
 from rso_jax import trainer as trainer_lib
@@ -93,6 +95,7 @@ def get_dataset(cfg: DatasetConfig, feature_converter, *, num_epochs: Optional[i
 def task_vocabulary(mixture_or_task_name: str):
   """The vocabulary of a task's model inputs (the "inputs" feature, else the first one)."""
   import seqio  # pylint: disable=g-import-not-at-top
+  _check_task(mixture_or_task_name)
   feats = seqio.get_mixture_or_task(mixture_or_task_name).output_features
   return (feats.get("inputs") or next(iter(feats.values()))).vocabulary
 
@@ -117,32 +120,112 @@ def model_manifest(model, mixture_or_task_name: str, task_feature_lengths: Mappi
       model_settings=model.manifest_settings(), task=mixture_or_task_name)
 
 
+def _initial_params(tr, manifest: checkpoints.Manifest, path: str, print_fn) -> Any:
+  """The params a run starts from: INITIAL_CHECKPOINT_PATH's, restored sharded.
+
+  A checkpoint of another kind (a pretrained seq2seq T5 for a Bradley-Terry reward model)
+  initializes the parameters the two share by name and shape (the token embedder and the
+  encoder); the model's own (the reward head) keep their fresh initialization, the
+  checkpoint's extra ones (the decoder) are not read. Which is which is printed.
+  """
+  found = checkpoints.find_manifest(fs.abspath(path))
+  kind = checkpoints.read_manifest(path).kind if found else manifest.kind
+  abstract = tr.abstract_params_sharded()
+  if kind == manifest.kind or (kind in checkpoints.GENERATIVE_KINDS
+                               and manifest.kind in checkpoints.GENERATIVE_KINDS):
+    params = checkpoints.load_params(path, abstract)
+    print_fn(f"initialized params from {path}")
+    return params
+  disk = flax.traverse_util.flatten_dict(checkpoints.load_params(path), sep="/")
+  fresh = flax.traverse_util.flatten_dict(tr.init_state(None).params, sep="/")
+  target = flax.traverse_util.flatten_dict(abstract, sep="/")
+  out, taken, kept = {}, [], []
+  for name, leaf in fresh.items():
+    src = disk.get(name)
+    if src is not None and tuple(src.shape) != tuple(leaf.shape):
+      raise ConfigError(f"INITIAL_CHECKPOINT_PATH={path!r}: {name} has shape {src.shape} but "
+                        f"the model's is {leaf.shape}")
+    if src is None:
+      out[name] = leaf
+      kept.append(name)
+    else:
+      out[name] = jax.device_put(np.asarray(src, leaf.dtype), target[name].sharding)
+      taken.append(name)
+  if not taken:
+    raise ConfigError(f"INITIAL_CHECKPOINT_PATH={path!r} ({kind}) shares no parameter with "
+                      f"{manifest.kind} model")
+  top = sorted({n.split("/")[0] for n in kept})
+  print_fn(f"initialized {len(taken)} of {len(fresh)} params from {path} ({kind}); fresh: "
+           f"{', '.join(top) or 'none'}; not read: "
+           f"{', '.join(sorted({n.split('/')[0] for n in disk} - {n.split('/')[0] for n in taken})) or 'none'}")
+  return flax.traverse_util.unflatten_dict(out, sep="/")
+
+
 # --------------------------------------------------------------------------------------------
 # The training loop
 # --------------------------------------------------------------------------------------------
 def _model_dir_arg(model_dir: str) -> str:
   if not model_dir:
     raise ConfigError("MODEL_DIR is empty: pass --gin.MODEL_DIR=\\\"path\\\"")
-  return os.path.abspath(os.path.expanduser(model_dir))
+  return fs.abspath(model_dir)
 
 
 def _prepare_model_dir(model_dir: str) -> str:
   model_dir = _model_dir_arg(model_dir)
   try:
-    os.makedirs(model_dir, exist_ok=True)
-    probe = os.path.join(model_dir, f".write_probe_{os.getpid()}")
-    with open(probe, "w") as f:
-      f.write("ok")
-    os.remove(probe)
-  except OSError as e:
-    raise ConfigError(f"MODEL_DIR={model_dir!r} is not writable: {e.strerror}") from None
+    fs.makedirs(model_dir)
+    probe = fs.join(model_dir, f".write_probe_{os.getpid()}")
+    fs.atomic_write_text(probe, "ok")
+    fs.remove(probe)
+  except (OSError, _tf_errors()) as e:
+    raise ConfigError(f"MODEL_DIR={model_dir!r} is not writable: "
+                      f"{getattr(e, 'strerror', None) or getattr(e, 'message', e)}") from None
   return model_dir
+
+
+def _tf_errors() -> type:
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  return tf.errors.OpError
 
 
 def _run_resumable(model_dir: str) -> bool:
   """A MODEL_DIR worth keeping after a failure: a saved checkpoint or a finished run."""
   return (checkpoints.latest_step(model_dir) is not None
-          or os.path.exists(os.path.join(model_dir, pipeline.COMPLETED)))
+          or fs.exists(fs.join(model_dir, pipeline.COMPLETED)))
+
+
+def _check_initial_checkpoint(path: str, manifest: checkpoints.Manifest) -> None:
+  """INITIAL_CHECKPOINT_PATH must exist and, when it has a manifest, hold the model's network
+  and read the task's vocabulary (else the run would train on ids the checkpoint never saw)."""
+  try:
+    checkpoints.resolve_params_path(path)
+  except FileNotFoundError as e:
+    raise ConfigError(f"INITIAL_CHECKPOINT_PATH={path!r}: {e}") from None
+  if checkpoints.find_manifest(fs.abspath(path)) is None:
+    return
+  init = checkpoints.read_manifest(path)
+  if init.network != manifest.network:
+    diff = {k: (getattr(init.network, k), getattr(manifest.network, k))
+            for k in dataclasses.asdict(manifest.network)
+            if getattr(init.network, k) != getattr(manifest.network, k)}
+    raise ConfigError(f"INITIAL_CHECKPOINT_PATH={path!r} has another network than the model "
+                      f"(checkpoint vs model: {diff}); set the model's size to the "
+                      "checkpoint's (e.g. MODEL_CONFIG = @checkpoints.read_config())")
+  if init.vocabulary is not None and manifest.task and not _same_vocabulary(
+      init.get_vocabulary(), task_vocabulary(manifest.task)):
+    raise ConfigError(f"INITIAL_CHECKPOINT_PATH={path!r} reads vocabulary {init.vocabulary} "
+                      f"but task {manifest.task!r} is tokenized with {manifest.vocabulary}")
+
+
+def _same_vocabulary(a: Any, b: Any) -> bool:
+  """Same token ids for the same text: same class, and for SentencePiece the same model (its
+  extra sentinel ids, which no text encodes to, may differ)."""
+  import seqio  # pylint: disable=g-import-not-at-top
+  if type(a) is not type(b):
+    return False
+  if isinstance(a, seqio.SentencePieceVocabulary):  # (sp_model includes the extra ids)
+    return fs.read_bytes(a.sentencepiece_model_file) == fs.read_bytes(b.sentencepiece_model_file)
+  return True
 
 
 def _is_int(v: Any) -> bool:
@@ -241,10 +324,7 @@ def train(*, model, model_dir: str, train_steps: int, batch_size: int,
   _check_task(mixture_or_task_name)
   manifest = model_manifest(model, mixture_or_task_name, task_feature_lengths)
   if initial_checkpoint_path and checkpoints.latest_step(model_dir) is None:
-    try:
-      checkpoints.resolve_params_path(initial_checkpoint_path)
-    except FileNotFoundError as e:
-      raise ConfigError(f"INITIAL_CHECKPOINT_PATH={initial_checkpoint_path!r}: {e}") from None
+    _check_initial_checkpoint(initial_checkpoint_path, manifest)
 
   with removed_on_failure(model_dir, keep=_run_resumable):
     return _train_loop(
@@ -263,9 +343,8 @@ def _train_loop(tr, model, manifest, model_dir: str, *, train_steps, batch_size,
                 eval_steps, eval_split, checkpoint_period, keep_checkpoints, log_period,
                 initial_checkpoint_path, use_cached, shuffle, async_checkpoint, after_training,
                 step_callback, print_fn) -> dict:
-  if gin.config_is_locked() or gin.config_str():
-    with open(os.path.join(model_dir, "config.gin"), "w") as f:
-      f.write(gin.config_str())
+  if (gin.config_is_locked() or gin.config_str()) and jax.process_index() == 0:
+    fs.atomic_write_text(fs.join(model_dir, "config.gin"), gin.config_str())
   ckpt = trainer_lib.CheckpointManager(model_dir, keep=keep_checkpoints,
                                        async_save=async_checkpoint)
   start = ckpt.latest_step()
@@ -276,8 +355,7 @@ def _train_loop(tr, model, manifest, model_dir: str, *, train_steps, batch_size,
   else:
     init_params = None
     if initial_checkpoint_path:
-      init_params = checkpoints.load_params(initial_checkpoint_path, tr.abstract_params_sharded())
-      print_fn(f"initialized params from {initial_checkpoint_path}")
+      init_params = _initial_params(tr, manifest, initial_checkpoint_path, print_fn)
     state = tr.init_state(init_params)
     batches_done = 0
   if jax.process_index() == 0:
@@ -343,9 +421,7 @@ def _train_loop(tr, model, manifest, model_dir: str, *, train_steps, batch_size,
   if step >= train_steps:
     if jax.process_index() == 0:
       checkpoints.write_manifest(checkpoints.resolve_params_path(model_dir), manifest)
-      with open(os.path.join(model_dir, "COMPLETED.tmp"), "w") as f:
-        f.write(f"{step}\n")
-      os.replace(os.path.join(model_dir, "COMPLETED.tmp"), os.path.join(model_dir, "COMPLETED"))
+      fs.atomic_write_text(fs.join(model_dir, pipeline.COMPLETED), f"{step}\n")
   if preempt.requested:
     raise trainer_lib.Preempted(
         f"preempted: checkpoint saved at step {step}/{train_steps} in {model_dir}; rerun the "
@@ -358,10 +434,33 @@ def _train_loop(tr, model, manifest, model_dir: str, *, train_steps, batch_size,
 # --------------------------------------------------------------------------------------------
 # CLI
 # --------------------------------------------------------------------------------------------
-def run_configured(entry: Callable = None) -> Any:
-  """Calls the gin-configured `entry` (default: `train`)."""
-  fn = gin.get_configurable(entry or train)
+def _scopes_of(entry: Callable) -> set:
+  """The gin scopes that bind `entry` (the stages a config defines for it)."""
+  selector = gin.config._INVERSE_REGISTRY[entry].selector  # pylint: disable=protected-access
+  return {scope for (scope, sel) in gin.config._CONFIG if sel == selector and scope}  # pylint: disable=protected-access
+
+
+def run_configured(entry: Callable = None, stage: Optional[str] = None) -> Any:
+  """Calls the gin-configured `entry` (default: `train`), under gin scope `stage` if given.
+
+  A stage run (`--stage=sft`, what the pipeline starts) builds that stage's artifact only: the
+  training entry runs without its prerequisites and after-training steps.
+  """
+  entry = entry or train
+  fn = gin.get_configurable(entry)
+  kwargs = {}
+  if stage:
+    scopes = _scopes_of(entry)
+    if stage not in scopes:
+      raise ConfigError(f"--stage={stage}: the configuration binds no stage {stage!r} for "
+                        f"{entry.__module__}.{entry.__name__} (its stages: "
+                        f"{', '.join(sorted(scopes)) or 'none'})")
+    if entry is train:
+      kwargs = {"prerequisites": (), "after_training": ()}
   try:
+    if stage:
+      with gin.config_scope(stage):
+        return fn(**kwargs)
     return fn()
   except (ValueError, KeyError) as e:
     if "Required bindings" in str(e) or "gin" in type(e).__module__:
@@ -377,9 +476,9 @@ def main(argv: Optional[Sequence[str]] = None, entry: Callable = None) -> int:
 
   def run():
     doc = sys.modules[entry.__module__].__doc__ if entry else __doc__
-    files, bindings, search = parse_flags(argv, doc)
-    configure_gin(files, bindings, search)
-    run_configured(entry)
+    flags = parse_flags(argv, doc)
+    configure_gin(flags.files, flags.bindings, flags.search)
+    run_configured(entry, flags.stage)
   return cli_main(prog, run)
 
 

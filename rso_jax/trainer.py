@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import time
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
@@ -30,6 +29,7 @@ import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from rso_jax import checkpoints
+from rso_jax import fs
 from rso_jax import partitioning
 
 Array = jax.Array
@@ -282,7 +282,8 @@ class CheckpointManager:
   """orbax CheckpointManager over items params / opt_state / meta (JSON)."""
 
   def __init__(self, model_dir: str, keep: int = 3, async_save: bool = True):
-    self.directory = os.path.join(os.path.abspath(model_dir), checkpoints.CHECKPOINT_SUBDIR)
+    # A URL (gs://...) reaches orbax as it is: fs.abspath leaves URLs alone.
+    self.directory = fs.join(fs.abspath(model_dir), checkpoints.CHECKPOINT_SUBDIR)
     self._mgr = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
@@ -335,8 +336,8 @@ class MetricLogger:
     self.total_steps = total_steps
     self.print_fn = print_fn
     self.writer = metric_writers.create_default_writer(
-        os.path.join(model_dir, name), just_logging=jax.process_index() > 0, asynchronous=False)
-    self.history_path = os.path.join(model_dir, "metrics.jsonl")
+        fs.join(model_dir, name), just_logging=jax.process_index() > 0, asynchronous=False)
+    self.history_path = fs.join(model_dir, "metrics.jsonl")
     self._truncate_history(start_step)
     self._t0 = time.time()
     self._start_step = start_step
@@ -346,16 +347,11 @@ class MetricLogger:
 
   def _truncate_history(self, start_step: int):
     """On resume, drop entries the interrupted run logged after its last checkpoint."""
-    if jax.process_index() > 0 or not os.path.exists(self.history_path):
+    if jax.process_index() > 0 or not fs.exists(self.history_path):
       return
-    with open(self.history_path) as f:
-      rows = [json.loads(l) for l in f if l.strip()]
+    rows = [json.loads(l) for l in fs.read_text(self.history_path).splitlines() if l.strip()]
     keep = [r for r in rows if r.get("step", 0) <= start_step]
-    tmp = self.history_path + ".tmp"
-    with open(tmp, "w") as f:
-      for r in keep:
-        f.write(json.dumps(r) + "\n")
-    os.replace(tmp, self.history_path)
+    fs.atomic_write_text(self.history_path, "".join(json.dumps(r) + "\n" for r in keep))
 
   def add_tokens(self, n: float):
     self._tokens += n
@@ -370,7 +366,7 @@ class MetricLogger:
       scalars["perf/tokens_per_sec"] = self._tokens / dt
     self.writer.write_scalars(step, scalars)
     if jax.process_index() == 0:
-      with open(self.history_path, "a") as f:
+      with fs.open(self.history_path, "a") as f:
         f.write(json.dumps(dict(scalars, step=step)) + "\n")
     if progress and step > self._last_step:
       done = step - self._start_step

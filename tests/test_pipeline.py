@@ -1,48 +1,57 @@
-"""End to end: the main job's gin config through every stage at tiny sizes, then reuse."""
+"""End to end: the main job's gin config through every stage at tiny sizes, with its run
+directory on `gs://` (a local emulator, tests/gcs_emulator.py); then reuse and resume.
+(tests/test_experiments.py runs the pipeline on local paths.)"""
 
 import json
 import os
 
-from rso_jax import train
+from gcs_emulator import gcs  # noqa: F401  pylint: disable=unused-import  (a fixture)
+from rso_jax import fs, train
 
 SMALL_NET = ["network.T5Config.emb_dim=32", "network.T5Config.mlp_dim=64",
              "network.T5Config.num_heads=2", "network.T5Config.head_dim=16",
              "network.T5Config.num_encoder_layers=1", "network.T5Config.num_decoder_layers=1"]
 
 
-def _argv(tmp):
-  net = [f"--gin.{b}" for b in SMALL_NET]
-  stage = lambda extra: json.dumps(SMALL_NET + ["BATCH_SIZE=8", "EVAL_PERIOD=0"] + extra)
-  sample = json.dumps(["NUM_PROMPTS=16", "sample.sample_configured.num_candidates=8",
-                       "sample.sample_configured.num_samples=4",
-                       "sample.sample_configured.batch_prompts=8",
-                       "sample.sample_configured.prompts_per_shard=8",
-                       "sample.sample_configured.keep_unfinished=True"])
-  return ["--gin_file=rso_hinge.gin", f'--gin.RUN_DIR="{tmp}"',
-          f'--gin.MODEL_DIR="{tmp}/policy"', f'--gin.SFT_CHECKPOINT="{tmp}/sft"',
-          f'--gin.REWARD_CHECKPOINT="{tmp}/rm"', "--gin.TRAIN_STEPS=3", "--gin.BATCH_SIZE=8",
-          f"--gin.sft/pipeline.TrainStage.bindings={stage(['TRAIN_STEPS=20'])}",
-          f"--gin.rm/pipeline.TrainStage.bindings={stage(['TRAIN_STEPS=6'])}",
-          f"--gin.pipeline.SampleStage.bindings={sample}",
-          "--gin.pipeline.EvaluateStage.num_prompts=8", *net]
+def _argv(tmp, *extra):
+  """The main job at tiny sizes: stage lengths are the experiment's macros, stage details
+  scoped bindings (sft/..., reward/...), exactly what a user would override."""
+  return ["--gin_file=rso_hinge.gin", f'--gin.RUN_DIR="{tmp}"', "--gin.TRAIN_STEPS=3",
+          "--gin.BATCH_SIZE=8", "--gin.SFT_STEPS=20", "--gin.REWARD_STEPS=6",
+          "--gin.sft/train_lib.train.eval_period=0", "--gin.reward/train_lib.train.eval_period=0",
+          "--gin.NUM_PROMPTS=16", "--gin.EVAL_PROMPTS=8",
+          "--gin.sample.sample_configured.num_candidates=8",
+          "--gin.sample.sample_configured.num_samples=4",
+          "--gin.sample.sample_configured.batch_prompts=8",
+          "--gin.sample.sample_configured.prompts_per_shard=8",
+          "--gin.sample.sample_configured.keep_unfinished=True",
+          *[f"--gin.{b}" for b in SMALL_NET], *extra]
 
 
-def test_main_job_runs_every_stage_then_reuses_them(tmp_path, capsys):
-  assert train.main(_argv(tmp_path)) == 0, capsys.readouterr().err
+def test_main_job_on_gcs_runs_every_stage_then_reuses_and_resumes(gcs, tmp_path, monkeypatch,  # noqa: F811
+                                                                  capsys):
+  monkeypatch.chdir(tmp_path)  # a path mangled to a local ./gs:/... folder would appear here
+  run = f"{gcs}/runs/embedded"
+  rc = train.main(_argv(run))
   out = capsys.readouterr().out
-  for d in ("sft", "rm", "policy"):
-    assert os.path.exists(tmp_path / d / "COMPLETED"), d
-  samples = list((tmp_path / "samples").iterdir())
-  assert len(samples) == 1 and (samples[0] / "COMPLETED").exists()
-  stats = json.loads((samples[0] / "stats.json").read_text())
+  assert rc == 0, out[-3000:]
+  for d in ("sft", "reward_bt", "rso_hinge"):
+    assert fs.exists(fs.join(run, d, "COMPLETED")), d
+  samples = fs.glob(fs.join(run, "samples", "*", "COMPLETED"))
+  assert len(samples) == 1
+  stats = json.loads(fs.read_text(fs.join(fs.dirname(samples[0]), "stats.json")))
   assert stats["pairs"] > 0 and 0 < stats["rejection/acceptance_rate"] <= 1
-  report = json.loads((tmp_path / "eval_rso_hinge.json").read_text())
-  assert (tmp_path / "eval_plot.png").exists()
+  report = json.loads(fs.read_text(fs.join(run, "eval_rso_hinge.json")))
+  assert report["num_prompts"] == 8 and report["has_golden"]
+  assert fs.exists(fs.join(run, "eval_plot.png"))
   assert "win" in out.lower() and "[sft]" in out and "[sample]" in out
-  assert report  # the evaluation table was produced
+  assert os.listdir(tmp_path) == []  # nothing written locally
 
-  # Second run: every artifact is reused, nothing retrained or resampled.
-  assert train.main(_argv(tmp_path)) == 0, capsys.readouterr().err
+  # Second run, two more policy steps: every stage is reused, the policy resumes from its
+  # last checkpoint on gs:// and finishes.
+  assert train.main(_argv(run, "--gin.TRAIN_STEPS=5")) == 0, capsys.readouterr().err
   out2 = capsys.readouterr().out
   assert "[sft] reusing" in out2 and "[reward] reusing" in out2 and "[sample] reusing" in out2
-  assert "step " not in out2  # the policy run was complete: no training step
+  assert f"resumed from {run}/rso_hinge/checkpoints/3" in out2 and "step      5/5" in out2
+  assert fs.read_text(fs.join(run, "rso_hinge", "COMPLETED")).strip() == "5"
+  assert os.listdir(tmp_path) == []

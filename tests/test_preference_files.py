@@ -129,3 +129,159 @@ def test_bad_policy_arguments_are_checked(tmp_path):
   with pytest.raises(ValueError, match="not to format 'tfds'"):
     tasks.register_preference_file_task("t_pf_tfds", None, "tfds", tfds_name="x",
                                         bad_records="skip")
+
+
+# ----------------------------------------------------------------------------- kind "prompts"
+
+
+def _tldr_comparison(post, i, choice=0):
+  return {"info": {"id": f"p{post}", "subreddit": "cats", "title": f"title {post}",
+                   "post": f"post number {post}"},
+          "summaries": [{"text": f"a {i}"}, {"text": f"b {i}"}], "choice": choice}
+
+
+def _inputs(name, split="train"):
+  return [e["inputs_pretokenized"].decode() for e in _examples(name, split)]
+
+
+def test_prompts_kind_dedups_tldr_comparisons_in_first_occurrence_order(tmp_path):
+  order = [3, 1, 3, 2, 1, 3, 4, 2]  # posts, repeated across comparisons
+  lines = [_tldr_comparison(p, i, choice=i % 2) for i, p in enumerate(order)]
+  lines.insert(2, {"info": {"article": "cnn"}, "summaries": [], "choice": 0})  # CNN/DM: filtered
+  path = _write(tmp_path / "comparisons.jsonl", lines)
+  name = "t_pf_prompts_tldr"
+  task = tasks.register_preference_file_task(name, path, "tldr_comparisons", kind="prompts")
+  assert list(task.output_features) == ["inputs"]
+  want = [pf.tldr_prompt("cats", f"title {p}", f"post number {p}") for p in (3, 1, 2, 4)]
+  assert _inputs(name) == want
+  stats = pf.bad_record_stats(name)
+  assert {k: stats[k] for k in ("records", "kept", "skipped", "filtered", "duplicates")} == {
+      "records": 9, "kept": 4, "skipped": 0, "filtered": 1, "duplicates": 4}
+  assert stats["splits"]["train"]["duplicates"] == 4
+  assert _inputs(name) == want  # A second read is the same and counts nothing twice.
+  assert pf.bad_record_stats(name)["duplicates"] == 4
+  # The same post from the SFT file gives the same prompt; read_records dedups too.
+  sft = _write(tmp_path / "sft.jsonl", [{"subreddit": "cats", "title": f"title {p}",
+                                         "post": f"post number {p}", "summary": "s"}
+                                        for p in (3, 3, 1)])
+  tasks.register_preference_file_task("t_pf_prompts_sft", sft, "tldr_sft", kind="prompts")
+  assert _inputs("t_pf_prompts_sft") == want[:2]
+  assert pf.read_records(path, "tldr_comparisons", kind="prompts") == [
+      {"inputs": w} for w in want]
+  # Pair tasks over the same file keep every comparison and count no duplicates.
+  tasks.register_preference_file_task("t_pf_pairs_tldr", path, "tldr_comparisons")
+  assert len(_examples("t_pf_pairs_tldr")) == 8
+  assert pf.bad_record_stats("t_pf_pairs_tldr")["duplicates"] == 0
+
+
+def test_prompts_kind_over_jsonl_parquet_and_hh(tmp_path):
+  only = _write(tmp_path / "prompts.jsonl", [{"prompt": "b"}, {"prompt": "a"}, {"prompt": "b"}])
+  tasks.register_preference_file_task("t_pf_prompts_only", only, "jsonl", kind="prompts")
+  assert _inputs("t_pf_prompts_only") == ["b", "a"]
+  assert pf.bad_record_stats("t_pf_prompts_only")["duplicates"] == 1
+  # A TRL pairs file: responses not needed (and not checked) for prompts.
+  pairs = _write(tmp_path / "pairs.jsonl", [GOOD, dict(GOOD, chosen="x"),
+                                            {"prompt": "q", "chosen": "", "rejected": ""}])
+  tasks.register_preference_file_task("t_pf_prompts_pairs", pairs, "jsonl", kind="prompts")
+  assert _inputs("t_pf_prompts_pairs") == ["owl cat", "q"]
+  # A record without a prompt is still a bad record, named by file and line.
+  bad = _write(tmp_path / "noprompt.jsonl", [{"prompt": "a"}, {"text": "b"}])
+  tasks.register_preference_file_task("t_pf_prompts_bad", bad, "jsonl", kind="prompts")
+  with pytest.raises(ValueError, match=r"noprompt\.jsonl:2: missing field 'prompt'"):
+    _examples("t_pf_prompts_bad")
+  import pyarrow as pa  # pylint: disable=g-import-not-at-top
+  import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
+  pq_path = str(tmp_path / "p.parquet")
+  pq.write_table(pa.Table.from_pylist([{"prompt": "z"}, {"prompt": "z"}, {"prompt": "y"}]),
+                 pq_path)
+  tasks.register_preference_file_task("t_pf_prompts_pq", pq_path, "parquet", kind="prompts")
+  assert _inputs("t_pf_prompts_pq") == ["z", "y"]
+  h = "\n\nHuman: hi\n\nAssistant:"
+  hh = _write(tmp_path / "hh.jsonl", [{"chosen": h + " yes", "rejected": h + " no"},
+                                      {"chosen": h + " ok", "rejected": h + " nope"}])
+  tasks.register_preference_file_task("t_pf_prompts_hh", hh, "hh", kind="prompts")
+  assert _inputs("t_pf_prompts_hh") == [h]
+  with pytest.raises(ValueError, match="not format 'tfds'"):
+    tasks.register_preference_file_task("t_pf_prompts_tfds", None, "tfds", kind="prompts",
+                                        tfds_name="x")
+
+
+# ----------------------------------------------------------------------------- validation_fraction
+
+
+def test_validation_fraction_is_disjoint_by_prompt_and_agrees_across_kinds(tmp_path):
+  n = 1000
+  # 1000 prompts, each in 1-3 comparisons (shuffled), and an SFT file over the same prompts.
+  rows = [{"prompt": f"prompt {i}", "chosen": f"g{j}", "rejected": f"b{j}"}
+          for i in range(n) for j in range(1 + i % 3)]
+  import random  # pylint: disable=g-import-not-at-top
+  random.Random(0).shuffle(rows)
+  pairs = _write(tmp_path / "pairs.jsonl", rows)
+  sft = _write(tmp_path / "sft.jsonl", [{"prompt": f"prompt {i}", "response": f"r {i}"}
+                                        for i in range(n)])
+  frac = 0.2
+  splits = {}
+  for kind, path in (("pairs", pairs), ("prompts", pairs), ("sft", sft), ("rm_pairwise", pairs)):
+    name = f"t_pf_val_{kind}"
+    task = tasks.register_preference_file_task(name, path, "jsonl", kind=kind,
+                                               validation_fraction=frac)
+    assert sorted(task.splits) == ["train", "validation"]
+    splits[kind] = {}
+    for split in ("train", "validation"):
+      if kind == "rm_pairwise":  # inputs are "[CONTEXT] prompt [RESPONSE A] ..."
+        got = [x.split(" [RESPONSE A]")[0].removeprefix("[CONTEXT] ") for x in _inputs(name, split)]
+      else:
+        got = _inputs(name, split)
+      splits[kind][split] = got
+    train, val = set(splits[kind]["train"]), set(splits[kind]["validation"])
+    assert not train & val
+    assert train | val == {f"prompt {i}" for i in range(n)}
+    assert 0.15 * n < len(val) < 0.25 * n, len(val)
+  for kind in ("prompts", "sft", "rm_pairwise"):
+    assert set(splits[kind]["validation"]) == set(splits["pairs"]["validation"]), kind
+  # Each prompt once for kind "prompts", all comparisons for kind "pairs".
+  assert len(splits["prompts"]["validation"]) == len(set(splits["prompts"]["validation"]))
+  assert len(splits["pairs"]["train"]) + len(splits["pairs"]["validation"]) == len(rows)
+  # The rule is the documented one, and the counts add up per split.
+  assert all(pf.prompt_fraction(p) < frac for p in splits["sft"]["validation"])
+  stats = pf.bad_record_stats("t_pf_val_prompts")
+  assert stats["records"] == len(rows) and stats["kept"] == n
+  assert stats["duplicates"] == len(rows) - n
+  assert stats["splits"]["validation"]["kept"] == len(splits["prompts"]["validation"])
+  # A mapping with "train" only carves the same way; other splits are kept as given.
+  test_file = _write(tmp_path / "test.jsonl", [{"prompt": "owl cat", "response": "r"}])
+  tasks.register_preference_file_task("t_pf_val_map", {"train": sft, "test": test_file}, "jsonl",
+                                      kind="sft", validation_fraction=frac)
+  assert _inputs("t_pf_val_map", "validation") == splits["sft"]["validation"]
+  assert _inputs("t_pf_val_map", "test") == ["owl cat"]
+
+
+def test_validation_fraction_bad_values_and_empty_split(tmp_path):
+  path = _write(tmp_path / "ok.jsonl", [GOOD])
+  for frac in (0, 0.0, 1, 1.5, -0.1, "0.1", True):
+    with pytest.raises(ValueError, match=rf"validation_fraction must be a number in \(0, 1\).*"
+                                         rf"got {frac!r}"):
+      tasks.register_preference_file_task("t_pf_vf", path, "jsonl", validation_fraction=frac)
+  # A given validation file wins over the fraction; a None one is no file (the fraction carves).
+  other = _write(tmp_path / "other.jsonl", [dict(GOOD, prompt="a different prompt")])
+  tasks.register_preference_file_task("t_pf_vf_given", {"train": path, "validation": other},
+                                      "jsonl", validation_fraction=0.1)
+  assert _inputs("t_pf_vf_given", "validation") == ["a different prompt"]
+  assert _inputs("t_pf_vf_given", "train") == [GOOD["prompt"]]
+  tasks.register_preference_file_task("t_pf_vf_none", {"train": path, "validation": None},
+                                      "jsonl", validation_fraction=0.5)
+  carved_to = "validation" if pf.prompt_fraction(GOOD["prompt"]) < 0.5 else "train"
+  assert _inputs("t_pf_vf_none", carved_to) == [GOOD["prompt"]]
+  with pytest.raises(ValueError, match="no 'train'"):
+    tasks.register_preference_file_task("t_pf_vf", {"test": path}, "jsonl",
+                                        validation_fraction=0.1)
+  with pytest.raises(ValueError, match="not to format 'tfds'"):
+    tasks.register_preference_file_task("t_pf_vf", None, "tfds", tfds_name="x",
+                                        validation_fraction=0.1)
+  # One prompt: one of the two splits is empty, and reading it says so.
+  tasks.register_preference_file_task("t_pf_vf_empty", path, "jsonl", validation_fraction=0.5)
+  empty = "validation" if pf.prompt_fraction(GOOD["prompt"]) >= 0.5 else "train"
+  with pytest.raises(ValueError, match=rf"split '{empty}': no records: validation_fraction=0.5 "
+                                       r"put none of the 1 usable records"):
+    _examples("t_pf_vf_empty", empty)
+  assert len(_examples("t_pf_vf_empty", {"train": "validation"}.get(empty, "train"))) == 1

@@ -210,15 +210,16 @@ def test_model_vocabulary_must_be_the_task_vocabulary(tmp_path):
 
 
 @pytest.mark.parametrize("gin_file,task,lengths", [
-    ("reward.gin", "synthetic_rm_pairwise", {"inputs": 128, "targets": 8}),
+    ("reward.gin", "synthetic_dhf_ranking", {"inputs": 32 + 2 * 32 + 40, "targets": 2}),
     ("reward_bt.gin", "synthetic_dhf", {"inputs": 32, "targets": 32})])
 def test_gin_configs(gin_file, task, lengths):
   import gin  # pylint: disable=g-import-not-at-top
   train.configure_gin([gin_file], ["MODEL_DIR = '/tmp/unused'"], [])
   try:
-    assert gin.query_parameter("%MIXTURE_OR_TASK_NAME") == task
-    assert gin.query_parameter("%TASK_FEATURE_LENGTHS") == lengths
-    assert gin.query_parameter("%TRAIN_STEPS") > 0
+    args = gin.get_bindings(train.train)  # what train() receives, references evaluated
+    assert args["mixture_or_task_name"] == task
+    assert dict(args["task_feature_lengths"]) == lengths
+    assert args["train_steps"] > 0
   finally:
     with gin.unlock_config():
       gin.clear_config()

@@ -37,7 +37,7 @@ def policy_dir(tmp_path_factory):
 
 def _run(policy_dir, out, **kw):
   args = dict(policy_checkpoint=policy_dir, reward_checkpoint=None, output_dir=str(out),
-              scorer=GoldenScorer(), split="validation", max_prompts=12, prompts_per_shard=4,
+              scorer=GoldenScorer(), prompts_task="synthetic_prompts", split="validation", max_prompts=12, prompts_per_shard=4,
               batch_prompts=4, num_candidates=8, num_samples=4, max_decode_length=8,
               keep_unfinished=True, mesh_shape=(2, 1, 1), progress=False)
   args.update(kw)
@@ -145,3 +145,140 @@ def tf_example(raw):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   ex = tf.io.parse_single_example(raw, generated.feature_description())
   return {f: ex[f].numpy().decode("utf-8") for f in generated.TEXT_FEATURES}
+
+
+# ---------------------------------------------------------------------------
+# process_batch: pairs are a uniformly random matching of the selected set
+# (issue 13), whatever the selector's order; only valid candidates are paired.
+# ---------------------------------------------------------------------------
+
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from rso_jax import inference  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+# Candidates 0-3 are valid with rewards [5, 0, 5, 0]: at beta = 0.01 rso accepts 0 and 2 in
+# round 1 (ratio exactly 1) and 1, 3 in round 2 (ratio exp(-500) before): acceptance order
+# [0, 2, 1, 3], so pairing consecutive slots would always give {0, 2}, {1, 3}. Candidate 4 is
+# unfinished and 5 empty (both invalid) with the highest rewards. num_samples=6 > 4 valid:
+# the selection has 2 padding slots (index 0, valid=False).
+FIXED_REWARDS = np.array([5.0, 0.0, 5.0, 0.0, 50.0, 60.0], np.float32)
+FIXED_TEXTS = ["y0", "y1", "y2", "y3", "y4 unfinished", ""]
+CHI2_CRIT_DF2 = 23.0  # p = 1e-5
+
+
+class FixedPolicy:
+  """Always the same 6 decodes per prompt (no model)."""
+  eos_id = 1
+
+  def generate(self, prompts, key, num_decodes, max_decode_length=None, batch_size=None,
+               **kwargs):
+    del key, max_decode_length, batch_size, kwargs
+    b, n, length = len(prompts), num_decodes, 4
+    assert n == len(FIXED_TEXTS)
+    tokens = np.zeros((b, n, length), np.int32)
+    lengths = np.full((b, n), 2, np.int32)
+    finished = np.ones((b, n), bool)
+    for j in range(n):
+      tokens[:, j, :2] = [j + 2, 1]
+    tokens[:, 4] = 6  # unfinished: no EOS within the length
+    lengths[:, 4], finished[:, 4] = length, False
+    tokens[:, 5, :] = [1, 0, 0, 0]  # empty: EOS only
+    lengths[:, 5] = 1
+    zeros = np.zeros((b, n), np.float32)
+    return inference.Generation(
+        texts=[list(FIXED_TEXTS) for _ in range(b)], tokens=tokens, lengths=lengths,
+        finished=finished, proposal_logps=zeros, model_logps=zeros,
+        prompt_tokens=np.ones((b, 2), np.int32), prompt_truncated=np.zeros((b,), bool))
+
+
+class FixedScorer:
+  kind = "bt_rm"
+  stats = {"contexts_truncated": 0, "responses_too_long": 0}
+
+  def reward(self, prompts, responses, baselines=None, valid=None):
+    del baselines, valid
+    return np.tile(FIXED_REWARDS, (len(prompts), 1))
+
+  def prefer(self, prompts, y1, y2):
+    raise AssertionError("labels come from the rewards here")
+
+
+def _process(key, strategy, pair_method="first_round", rows=64):
+  return sample.process_batch(
+      FixedPolicy(), FixedScorer(), [f"p{i}" for i in range(rows)], key,
+      num_candidates=6, max_decode_length=None, temperature=0.7, top_k=None, top_p=None,
+      strategy=strategy, num_samples=6, beta=0.01, rejection_mode="paper",
+      proposal_correction=False, pair_method=pair_method, label_with="reward")
+
+
+def _row_matchings(records, rows, per_row):
+  assert len(records) == rows * per_row
+  out = []
+  for i in range(rows):
+    recs = records[i * per_row:(i + 1) * per_row]
+    assert {r["inputs_pretokenized"] for r in recs} == {f"p{i}"}
+    out.append(frozenset(frozenset((r["chosen_pretokenized"], r["rejected_pretokenized"]))
+                         for r in recs))
+  return out
+
+
+def _matching_counts(strategy, seeds):
+  counts = {}
+  for seed in seeds:
+    recs, acc = _process(jax.random.key(seed), strategy)
+    assert acc.accepted == 64 * 4 and acc.pairs == 64 * 2
+    for m in _row_matchings(recs, 64, 2):
+      counts[m] = counts.get(m, 0) + 1
+  return counts
+
+
+def _chi2(table):
+  """Pearson chi-square of a contingency table (rows: samples, cols: categories)."""
+  t = np.asarray(table, np.float64)
+  expected = t.sum(1, keepdims=True) * t.sum(0, keepdims=True) / t.sum()
+  return float(np.sum((t - expected) ** 2 / expected))
+
+
+def test_process_batch_pairs_a_uniform_random_matching_of_the_selected_set():
+  seeds = range(10)
+  rso = _matching_counts("rso", seeds)
+  rnd = _matching_counts("random", [100 + s for s in seeds])
+  keys = sorted(set(rso) | set(rnd), key=sorted)
+  valid_texts = {"y0", "y1", "y2", "y3"}
+  for m in keys:  # perfect matchings of the 4 valid candidates only
+    assert set().union(*m) == valid_texts and len(m) == 2
+  assert len(keys) == 3 and set(rso) == set(rnd) == set(keys)
+  total = 64 * len(seeds)
+  # Each matching equally likely (not rso's acceptance-order pairs {y0,y2},{y1,y3} always) ...
+  for counts in (rso, rnd):
+    obs = np.array([counts[m] for m in keys], np.float64)
+    assert np.sum((obs - total / 3) ** 2 / (total / 3)) < CHI2_CRIT_DF2, counts
+  # ... and rso and random selection of the same set pair it with the same law.
+  assert _chi2([[rso[m] for m in keys], [rnd[m] for m in keys]]) < CHI2_CRIT_DF2, (rso, rnd)
+  # Each of the 6 candidate pairs appears in about a third of the prompts.
+  for a in valid_texts:
+    for b in valid_texts - {a}:
+      share = sum(n for m, n in rso.items() if frozenset((a, b)) in m) / total
+      assert abs(share - 1 / 3) < 0.06, (a, b, share)
+
+
+def test_process_batch_pairs_are_deterministic_in_the_key():
+  key = jax.random.key(5)
+  a, acc_a = _process(key, "rso", rows=16)
+  b, acc_b = _process(key, "rso", rows=16)
+  assert a == b and acc_a == acc_b
+  c, _ = _process(jax.random.key(6), "rso", rows=16)
+  assert _row_matchings(a, 16, 2) != _row_matchings(c, 16, 2)
+
+
+@pytest.mark.parametrize("strategy", ["rso", "random", "top_k_over_n", "best_of_n"])
+@pytest.mark.parametrize("pair_method", ["first_round", "tournament"])
+def test_process_batch_never_pairs_invalid_candidates(strategy, pair_method):
+  recs, acc = _process(jax.random.key(2), strategy, pair_method, rows=16)
+  sel = acc.accepted // 16  # valid selected per prompt
+  want = sel // 2 if pair_method == "first_round" else max(sel - 1, 0)
+  assert acc.pairs == len(recs) == 16 * want
+  for r in recs:
+    assert {r["chosen_pretokenized"], r["rejected_pretokenized"]} <= {"y0", "y1", "y2", "y3"}
+    assert r["chosen_pretokenized"] != r["rejected_pretokenized"]
+    assert r["chosen_reward"] >= r["rejected_reward"]

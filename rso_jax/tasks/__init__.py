@@ -8,6 +8,9 @@ from rso_jax.tasks.embedded import POLICY_FEATURE_LENGTHS
 from rso_jax.tasks.embedded import register_synthetic_tasks
 from rso_jax.tasks.embedded import RM_FEATURE_LENGTHS
 from rso_jax.tasks.embedded import SYNTHETIC_TASKS
+from rso_jax.tasks.experiment import experiment_tasks
+from rso_jax.tasks.experiment import ranking_feature_lengths
+from rso_jax.tasks.experiment import ranking_task
 from rso_jax.tasks.preference_files import bad_record_stats
 from rso_jax.tasks.preference_files import register_preference_file_task
 from rso_jax.tasks.preference_files import reset_bad_record_stats

@@ -8,14 +8,13 @@ and the reward-model and golden rewards of both responses (when known).
 
 from __future__ import annotations
 
-import glob
 import json
-import os
 from typing import Optional
 
 import seqio
 import tensorflow as tf
 
+from rso_jax import fs
 from rso_jax.tasks import vocab as vocab_lib
 
 SHARD_PATTERN = "pairs-*.tfrecord"
@@ -63,16 +62,15 @@ def register_pair_task(name: str, data_dir: str, vocabulary: Optional[seqio.Voca
   The vocabulary is the one the pairs were tokenized with: `vocabulary`, else the `vocabulary`
   entry of the sampling stage's `data_dir/manifest.json` (the policy checkpoint's), else bytes.
   """
-  files = sorted(glob.glob(os.path.join(data_dir, SHARD_PATTERN)))
+  files = fs.glob(fs.join(data_dir, SHARD_PATTERN))
   if not files:
     raise FileNotFoundError(f"no pair shards {SHARD_PATTERN!r} in {data_dir!r}: run the "
                             "sampling stage (python -m rso_jax.sample) first")
   if vocabulary is None:
     spec = None
-    manifest = os.path.join(data_dir, "manifest.json")
-    if os.path.exists(manifest):
-      with open(manifest) as f:
-        spec = json.load(f).get("vocabulary")
+    manifest = fs.join(data_dir, "manifest.json")
+    if fs.exists(manifest):
+      spec = json.loads(fs.read_text(manifest)).get("vocabulary")
     if spec:
       from rso_jax import checkpoints  # pylint: disable=g-import-not-at-top
       vocabulary = checkpoints.vocabulary_from_spec(spec)

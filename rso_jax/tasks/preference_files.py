@@ -5,12 +5,25 @@ Formats (one record per line for the JSONL-based ones; blank lines are skipped):
                       summaries[0..1].text, choice (0/1). Prompt = TLDR_PROMPT; chosen =
                       summaries[choice]. Records with info.article and no info.post (the CNN/DM
                       batches) are skipped and counted in a warning.
-  "tldr_sft"          OpenAI TL;DR SFT data: subreddit, title, post, summary (kind "sft" only).
+  "tldr_sft"          OpenAI TL;DR SFT data: subreddit, title, post, summary (kind "sft" or
+                      "prompts").
   "hh"                Anthropic HH-RLHF: chosen, rejected transcripts; prompt = common prefix up
                       to and including the last "\n\nAssistant:"; responses = the remainders.
   "jsonl", "parquet"  columns prompt, chosen, rejected (kind "pairs"/"rm_pairwise") or
-                      prompt, response (kind "sft").
+                      prompt, response (kind "sft"); kind "prompts" needs the prompt only.
   "tfds"              a TFDS builder by name, features renamed through `tfds_field_map`.
+
+Kind "prompts" (every file format): the prompts only, each once: a repeated prompt (e.g. a
+TL;DR post that appears in many comparisons) is kept at its first occurrence and counted as a
+duplicate (`bad_record_stats(name)["duplicates"]`), not as a bad record. Only the fields the
+prompt is made of are read.
+
+`validation_fraction=f` (file formats): carves a "validation" split out of "train" when no
+validation file is given (a split whose path is None counts as not given, so an experiment can
+bind `{'train': %TRAIN, 'validation': %VALIDATION}` with VALIDATION = None and a fraction;
+a given validation file wins over the fraction): a record is in validation iff the SHA-256 of its prompt text, read as
+a number in [0, 1), is below f. Tasks of any kind over the same files with the same f therefore
+agree on every prompt's split, and no prompt is in both.
 
 Bad records (file formats): a line that is not valid UTF-8 or not valid JSON, a record missing
 a field or with a field of the wrong type, an empty response (after stripping whitespace),
@@ -24,6 +37,7 @@ identical chosen and rejected responses. Per task, `bad_records=`:
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import numbers
 import threading
@@ -45,6 +59,7 @@ TLDR_PROMPT = "SUBREDDIT: r/{subreddit}\nTITLE: {title}\nPOST: {post}\nTL;DR:"
 HH_ASSISTANT = "\n\nAssistant:"
 _DEFAULT_KIND = {"tldr_sft": "sft"}
 _PAIR_KINDS = ("pairs", "rm_pairwise")
+_COUNTS = ("records", "kept", "skipped", "filtered", "duplicates")
 
 Record = dict[str, str]
 
@@ -110,6 +125,8 @@ def _parse_tldr_comparison(obj: Mapping[str, Any], kind: str) -> Record | None:
     return None  # CNN/DM comparison: not a TL;DR post.
   prompt = tldr_prompt(_field(obj, "info.subreddit"), _field(obj, "info.title"),
                        _field(obj, "info.post"))
+  if kind == "prompts":
+    return {"inputs": prompt}
   texts = [_field(obj, f"summaries.{i}.text").strip() for i in (0, 1)]
   choice = obj.get("choice")
   if isinstance(choice, bool) or choice not in (0, 1):
@@ -120,21 +137,27 @@ def _parse_tldr_comparison(obj: Mapping[str, Any], kind: str) -> Record | None:
 
 
 def _parse_tldr_sft(obj: Mapping[str, Any], kind: str) -> Record:
-  del kind
   prompt = tldr_prompt(_field(obj, "subreddit"), _field(obj, "title"), _field(obj, "post"))
+  if kind == "prompts":
+    return {"inputs": prompt}
   return {"inputs": prompt, "targets": _field(obj, "summary", allow_empty=False).strip()}
 
 
 def _parse_hh(obj: Mapping[str, Any], kind: str) -> Record:
   prompt, chosen, rejected = split_hh(_field(obj, "chosen"), _field(obj, "rejected"))
+  if kind == "prompts":
+    return {"inputs": prompt}
   if kind == "sft":
     return {"inputs": prompt, "targets": chosen}
   return {"inputs": prompt, "chosen": chosen, "rejected": rejected}
 
 
 def _parse_generic(obj: Mapping[str, Any], kind: str) -> Record:
-  if kind == "sft":
-    return {"inputs": _field(obj, "prompt"), "targets": _field(obj, "response")}
+  if kind == "prompts":
+    return {"inputs": _field(obj, "prompt")}
+  if kind == "sft":  # prompt -> response; a TRL pairs file: prompt -> chosen
+    target = "response" if "response" in obj or "chosen" not in obj else "chosen"
+    return {"inputs": _field(obj, "prompt"), "targets": _field(obj, target)}
   return {"inputs": _field(obj, "prompt"), "chosen": _field(obj, "chosen"),
           "rejected": _field(obj, "rejected")}
 
@@ -195,7 +218,8 @@ def _parquet_objects(path: str) -> Iterator[tuple[int, Any]]:
 
 def _read(path: str, format: str, kind: str, bad_records: str  # pylint: disable=redefined-builtin
           ) -> tuple[list[Record], dict[str, Any]]:
-  """One file -> (records, {"records", "kept", "skipped", "filtered", "reasons"})."""
+  """One file -> (records, {"records", "kept", "skipped", "filtered", "duplicates" (0: see
+  `_dedup`), "reasons"})."""
   if format == "parquet":
     objects, unit = _parquet_objects(path), "row"
   else:
@@ -232,7 +256,24 @@ def _read(path: str, format: str, kind: str, bad_records: str  # pylint: disable
   if not n:
     raise ValueError(f"{path}: no records (format {format!r})")
   return records, {"records": n, "kept": len(records), "skipped": skipped,
-                   "filtered": filtered, "reasons": reasons}
+                   "filtered": filtered, "duplicates": 0, "reasons": reasons}
+
+
+def _dedup(records: Sequence[Record]) -> list[Record]:
+  """Records with a prompt not seen before (first occurrence order kept)."""
+  seen, out = set(), []
+  for r in records:
+    if r["inputs"] not in seen:
+      seen.add(r["inputs"])
+      out.append(r)
+  return out
+
+
+def prompt_fraction(prompt: str) -> float:
+  """A stable number in [0, 1) for `prompt`: its SHA-256, read as a fraction (the
+  `validation_fraction` rule: the prompt is in validation iff this is below the fraction)."""
+  digest = hashlib.sha256(prompt.encode("utf-8", "surrogatepass")).digest()
+  return int.from_bytes(digest[:8], "big") / 2.0**64
 
 
 def _check_budget(where: str, summary: Mapping[str, Any], max_bad_fraction: float) -> None:
@@ -248,19 +289,26 @@ def _check_budget(where: str, summary: Mapping[str, Any], max_bad_fraction: floa
                      f"{summary['filtered']} not applicable)")
 
 
-def read_records(path: str, format: str, kind: str = "pairs", *,  # pylint: disable=redefined-builtin
+def read_records(path: str, format: str, kind: str | None = None, *,  # pylint: disable=redefined-builtin
                  bad_records: str = "error",
                  max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION) -> list[Record]:
-  """Parses one file into records with keys "inputs" and "chosen"/"rejected" or "targets".
+  """Parses one file into records with keys "inputs" and "chosen"/"rejected" or "targets"
+  (kind "prompts": "inputs" only, each prompt once). `kind` defaults as in
+  `register_preference_file_task` ("sft" for "tldr_sft", else "pairs").
 
   Bad records raise ValueError("<file>:<line>: <reason>") (bad_records="error"), or are skipped
   (bad_records="skip") within the `max_bad_fraction` budget (past it: ValueError).
   """
+  kind = kind or _DEFAULT_KIND.get(format, "pairs")
   _check_format_kind(format, kind)
   _check_bad_policy(bad_records, max_bad_fraction)
-  records, summary = _read(path, format, kind, bad_records)
+  records, summary = _read(path, format, _read_kind(kind), bad_records)
   _check_budget(path, summary, max_bad_fraction)
-  return records
+  return _dedup(records) if kind == "prompts" else records
+
+
+def _read_kind(kind: str) -> str:
+  return kind if kind in ("sft", "prompts") else "pairs"
 
 
 def _check_bad_policy(bad_records: str, max_bad_fraction: float) -> None:
@@ -280,15 +328,17 @@ _BAD_STATS_LOCK = threading.Lock()
 def bad_record_stats(name: str | None = None) -> dict[str, Any]:
   """Bad-record counts of file-backed tasks (for the splits read so far).
 
-  One task's dict, or {task: dict} for all: {"records" (non-blank lines / rows read), "kept",
-  "skipped" (bad records skipped under bad_records="skip"), "filtered" (records of another
-  kind, e.g. CNN/DM in TL;DR comparisons), "reasons" (the first MAX_REASONS
-  "<file>:<line>: <reason>"), "splits": {split: the same counts}}.
+  One task's dict, or {task: dict} for all: {"records" (non-blank lines / rows read), "kept"
+  (examples the task yields), "skipped" (bad records skipped under bad_records="skip"),
+  "filtered" (records of another kind, e.g. CNN/DM in TL;DR comparisons), "duplicates"
+  (repeated prompts dropped by kind "prompts"), "reasons" (the first MAX_REASONS
+  "<file>:<line>: <reason>"), "splits": {split: the same counts}}; records = kept + skipped +
+  filtered + duplicates. With `validation_fraction`, the bad and filtered records of the
+  carved files (which have no split) are counted in "train".
   """
   def merged(task: str) -> dict[str, Any]:
     splits = _BAD_STATS.get(task, {})
-    out: dict[str, Any] = {k: sum(v[k] for v in splits.values())
-                           for k in ("records", "kept", "skipped", "filtered")}
+    out: dict[str, Any] = {k: sum(v.get(k, 0) for v in splits.values()) for k in _COUNTS}
     out["reasons"] = [r for v in splits.values() for r in v["reasons"]][:MAX_REASONS]
     out["splits"] = {sp: dict(v, reasons=list(v["reasons"])) for sp, v in splits.items()}
     return out
@@ -311,10 +361,14 @@ def reset_bad_record_stats(name: str | None = None) -> None:
 def _check_format_kind(format: str, kind: str) -> None:  # pylint: disable=redefined-builtin
   if format not in FORMATS:
     raise ValueError(f"Unknown preference file format {format!r}; expected one of {FORMATS}")
-  if kind not in sources.TASK_KINDS or kind == "prompts":
-    raise ValueError(f"Unknown kind {kind!r}; expected 'sft', 'pairs' or 'rm_pairwise'")
-  if format == "tldr_sft" and kind != "sft":
-    raise ValueError(f"format 'tldr_sft' has no preference pairs; kind must be 'sft', got {kind!r}")
+  if kind not in sources.TASK_KINDS:
+    raise ValueError(f"Unknown kind {kind!r}; expected one of {list(sources.TASK_KINDS)}")
+  if format == "tldr_sft" and kind not in ("sft", "prompts"):
+    raise ValueError("format 'tldr_sft' has no preference pairs; kind must be 'sft' or "
+                     f"'prompts', got {kind!r}")
+  if format == "tfds" and kind == "prompts":
+    raise ValueError("kind 'prompts' is for the file formats, not format 'tfds' (register a "
+                     "'sft' or 'pairs' task and read its inputs)")
 
 
 def _expand(paths: str | Sequence[str]) -> tuple[str, ...]:
@@ -332,17 +386,59 @@ def _expand(paths: str | Sequence[str]) -> tuple[str, ...]:
 def _load_columns(paths: tuple[str, ...], stamps: tuple[Any, ...], format: str,  # pylint: disable=redefined-builtin
                   kind: str, bad_records: str
                   ) -> tuple[Mapping[str, tuple[str, ...]], Mapping[str, Any]]:
-  """(columns, bad-record summary over all `paths`)."""
+  """(columns, bad-record summary over all `paths`): all parsed records, repeats included."""
   del stamps  # Part of the cache key only: a rewritten file is read again.
-  records, total = [], {"records": 0, "kept": 0, "skipped": 0, "filtered": 0, "reasons": []}
+  records, total = [], {"records": 0, "kept": 0, "skipped": 0, "filtered": 0, "duplicates": 0,
+                        "reasons": []}
   for p in paths:
     recs, summary = _read(p, format, kind, bad_records)
     records.extend(recs)
-    for k in ("records", "kept", "skipped", "filtered"):
+    for k in _COUNTS:
       total[k] += summary[k]
     total["reasons"] = (total["reasons"] + summary["reasons"])[:MAX_REASONS]
-  columns = {k: tuple(r[k] for r in records) for k in records[0]} if records else {}
-  return columns, total
+  return _to_columns(records), total
+
+
+def _to_columns(records: Sequence[Record]) -> Mapping[str, tuple[str, ...]]:
+  return {k: tuple(r[k] for r in records) for k in records[0]} if records else {}
+
+
+def _to_records(columns: Mapping[str, Sequence[str]]) -> list[Record]:
+  keys = list(columns)
+  return [dict(zip(keys, row)) for row in zip(*(columns[k] for k in keys))] if keys else []
+
+
+@functools.lru_cache(maxsize=16)
+def _load_split(paths: tuple[str, ...], stamps: tuple[Any, ...], format: str,  # pylint: disable=redefined-builtin
+                kind: str, bad_records: str, part: str | None, fraction: float | None,
+                dedup: bool) -> tuple[Mapping[str, tuple[str, ...]], Mapping[str, Any],
+                                      Mapping[str, Any]]:
+  """(columns, this split's summary, the files' summary) of `paths`.
+
+  `part`: None (all records), "train" or "validation" (the records whose `prompt_fraction` is
+  at or above / below `fraction`). `dedup`: keep each prompt's first record only.
+  """
+  columns, files = _load_columns(paths, stamps, format, kind, bad_records)
+  if part is None and not dedup:
+    return columns, dict(files, reasons=list(files["reasons"])), files
+  records = _to_records(columns)
+  if part is not None:
+    in_val = part == "validation"
+    records = [r for r in records if (prompt_fraction(r["inputs"]) < fraction) == in_val]
+  parsed = len(records)
+  if dedup:
+    records = _dedup(records)
+  if part is None:
+    summary = dict(files)
+  elif part == "train":  # The records with no split (bad, filtered) are counted here.
+    summary = dict(files, records=files["records"] - (files["kept"] - parsed))
+  else:
+    summary = {"records": parsed, "kept": parsed, "skipped": 0, "filtered": 0, "duplicates": 0,
+               "reasons": []}
+  summary["kept"] = len(records)
+  summary["duplicates"] = parsed - len(records)
+  summary["reasons"] = list(summary["reasons"])
+  return _to_columns(records), summary, files
 
 
 def _stamp(path: str) -> tuple[Any, ...]:
@@ -363,6 +459,7 @@ def register_preference_file_task(
     keep_context: str = "start",
     bad_records: str = "error",
     max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION,
+    validation_fraction: float | None = None,
     tfds_name: str | None = None,
     tfds_field_map: Mapping[str, str] | None = None,
     tfds_splits: Mapping[str, str] | None = None,
@@ -376,8 +473,10 @@ def register_preference_file_task(
       split. Local or any tf.io.gfile filesystem (gs://...). Unused for format "tfds".
     format: one of FORMATS.
     kind: "pairs" (inputs, chosen, rejected; the default), "rm_pairwise" (reward-ranking
-      text-to-text with seeded A/B flips) or "sft" (inputs -> targets; default for "tldr_sft";
-      for comparison/HH formats the chosen response is the target).
+      text-to-text with seeded A/B flips), "sft" (inputs -> targets; default for "tldr_sft";
+      for comparison/HH formats the chosen response is the target) or "prompts" (inputs only,
+      each prompt once, first occurrence order; repeats are counted in
+      `bad_record_stats(name)["duplicates"]`; file formats only).
     spm_path: SentencePiece model (e.g. the T5 vocab); None = bytes.
     truncate: "count" or "error" (over-long examples are never trimmed silently). For kind
       "rm_pairwise", "count" cuts an over-long input's context, never its responses, and drops
@@ -395,6 +494,12 @@ def register_preference_file_task(
     max_bad_fraction: with bad_records="skip", loading a split fails when more than this
       fraction of its records are bad (the message gives the count, the fraction and the
       first reasons). Default 0.01.
+    validation_fraction: a number in (0, 1), or None. Carves the "validation" split out of
+      "train" (a bare path, or a mapping with "train" and no "validation", or a None one): a record is in
+      validation iff `prompt_fraction(prompt) < validation_fraction` (SHA-256 of the prompt
+      text), so tasks of every kind over the same files with the same fraction agree on each
+      prompt's split and no prompt is in both. Reading a carved split with no records raises
+      ValueError. File formats only.
     tfds_name: TFDS builder "name[:version]" for format "tfds" (read by seqio.TfdsDataSource).
     tfds_field_map: {our field: TFDS feature path ('/' for nesting)}, our fields being
       prompt, chosen, rejected (pairs) or prompt, response (sft).
@@ -407,6 +512,7 @@ def register_preference_file_task(
   kind = kind or _DEFAULT_KIND.get(format, "pairs")
   _check_format_kind(format, kind)
   _check_bad_policy(bad_records, max_bad_fraction)
+  _check_validation_fraction(name, validation_fraction, format, path)
   vocabulary = vocab_lib.get_vocabulary(spm_path)
   if format == "tfds":
     if bad_records != "error":
@@ -419,29 +525,62 @@ def register_preference_file_task(
     raise ValueError(f"register_preference_file_task({name!r}): path is required for format "
                      f"{format!r}")
   split_paths = dict(path) if isinstance(path, Mapping) else {"train": path}
+  split_paths = {split: p for split, p in split_paths.items() if p is not None}
   expanded = {split: _expand(p) for split, p in split_paths.items()}
+  carved = {}  # split -> its part of the train files ("train" or "validation")
+  if validation_fraction is not None and "validation" not in expanded:
+    expanded["validation"] = expanded["train"]
+    carved = {"train": "train", "validation": "validation"}
   reset_bad_record_stats(name)  # A re-registered task counts its own files only.
-  read_kind = "sft" if kind == "sft" else "pairs"
+  read_kind = _read_kind(kind)
 
   def columns_fn(split: str) -> Mapping[str, Sequence[str]]:
     paths = expanded[split]
-    columns, summary = _load_columns(paths, tuple(_stamp(p) for p in paths), format, read_kind,
-                                     bad_records)
+    columns, summary, files = _load_split(
+        paths, tuple(_stamp(p) for p in paths), format, read_kind, bad_records,
+        carved.get(split), validation_fraction if split in carved else None,
+        kind == "prompts")
     with _BAD_STATS_LOCK:
       new = _BAD_STATS.setdefault(name, {}).get(split) != summary
       _BAD_STATS[name][split] = dict(summary, reasons=list(summary["reasons"]))
     where = f"Task {name!r} split {split!r}"
-    _check_budget(where, summary, max_bad_fraction)
-    if new and summary["skipped"]:
+    _check_budget(where, files, max_bad_fraction)  # The budget is the files' (carved or not).
+    if not summary["kept"]:
+      raise ValueError(
+          f"{where}: no records: validation_fraction={validation_fraction:g} put none of the "
+          f"{files['kept']} usable records of {list(paths)} in this split; change "
+          "validation_fraction or give a 'validation' file")
+    if new and files["skipped"]:
       logging.warning("%s: skipped %d of %d records (%.2f%%) as bad (bad_records='skip'); "
-                      "first: %s", where, summary["skipped"], summary["records"],
-                      100.0 * summary["skipped"] / summary["records"],
-                      "; ".join(summary["reasons"]))
+                      "first: %s", where, files["skipped"], files["records"],
+                      100.0 * files["skipped"] / files["records"],
+                      "; ".join(files["reasons"]))
+    if new and summary["duplicates"]:
+      logging.info("%s: %d prompts, %d repeats dropped", where, summary["kept"],
+                   summary["duplicates"])
     return columns
 
   source = sources.InMemoryDataSource(columns_fn, splits=list(expanded))
   return sources.add_task(name, source, kind, vocabulary, truncate=truncate, flip_seed=flip_seed,
                           rm_response_label=rm_response_label, keep_context=keep_context)
+
+
+def _check_validation_fraction(name: str, fraction: Any, format: str,  # pylint: disable=redefined-builtin
+                               path: Any) -> None:
+  if fraction is None:
+    return
+  where = f"register_preference_file_task({name!r})"
+  if (isinstance(fraction, bool) or not isinstance(fraction, numbers.Real)
+      or not 0.0 < fraction < 1.0):
+    raise ValueError(f"{where}: validation_fraction must be a number in (0, 1) (exclusive), "
+                     f"got {fraction!r}")
+  if format == "tfds":
+    raise ValueError(f"{where}: validation_fraction applies to the file formats, not to format "
+                     "'tfds' (use tfds_splits)")
+  if isinstance(path, Mapping):
+    if "train" not in path:
+      raise ValueError(f"{where}: validation_fraction={fraction!r} carves validation out of the "
+                       f"'train' split, but path has splits {sorted(path)} and no 'train'")
 
 
 def _register_tfds(name, kind, vocabulary, truncate, flip_seed, rm_response_label, keep_context,

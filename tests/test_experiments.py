@@ -1,0 +1,204 @@
+"""The experiment files end to end on real-shaped data made here (no download).
+
+tldr.gin: a SentencePiece model trained on generated text, a random-init HuggingFace T5 with
+that vocabulary saved by transformers and imported, TL;DR-format SFT and comparison files whose
+posts are 100-300 tokens; every stage runs at tiny sizes from the one experiment file, and the
+test checks that every stage used the experiment's lengths and vocabulary. jsonl.gin: the same
+on a TRL-format file. hh.gin: its tasks (prompt = shared prefix, a validation split carved).
+"""
+
+import glob
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import realdata
+from rso_jax import checkpoints, cli, pipeline, train
+from rso_jax.tasks import generated, preference_files, vocab as vocab_lib
+
+LENGTHS = {"inputs": 256, "targets": 24}  # posts + header are 120-330 tokens: some are cut
+TINY_RUN = [  # every stage of the experiment at a few steps; the network is the checkpoint's
+    "--gin.SFT_STEPS=4", "--gin.REWARD_STEPS=4", "--gin.TRAIN_STEPS=2", "--gin.BATCH_SIZE=8",
+    "--gin.NUM_PROMPTS=None", "--gin.EVAL_PROMPTS=6",
+    "--gin.sample.sample_configured.num_candidates=4",
+    "--gin.sample.sample_configured.num_samples=4",
+    "--gin.sample.sample_configured.batch_prompts=8",
+    "--gin.sample.sample_configured.prompts_per_shard=16",
+    # A random T5 rarely emits EOS: keep unfinished candidates, 16 tokens long so the reward
+    # model (24 target tokens, EOS included) reads them whole.
+    "--gin.sample.sample_configured.keep_unfinished=True",
+    "--gin.sample.sample_configured.max_decode_length=16",
+    f"--gin.TASK_FEATURE_LENGTHS={LENGTHS!r}"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+  d = tmp_path_factory.mktemp("realdata")
+  spm = realdata.make_spm(d / "spm")
+  files = realdata.make_tldr_files(d / "tldr", spm, n_train=20, n_val=6)
+  return {"spm": spm, "tldr": files, "t5": realdata.make_hf_t5(d / "t5", spm),
+          "trl": realdata.make_trl_jsonl(d / "trl", n=40), "hh": realdata.make_hh_jsonl(d / "hh")}
+
+
+def _unique_posts(path):
+  seen = []
+  with open(path, encoding="utf-8") as f:
+    for line in f:
+      o = json.loads(line)
+      p = preference_files.tldr_prompt(o["info"]["subreddit"], o["info"]["title"],
+                                       o["info"]["post"])
+      if p not in seen:
+        seen.append(p)
+  return seen
+
+
+def _records(samples_dir):
+  files = sorted(glob.glob(os.path.join(samples_dir, generated.SHARD_PATTERN)))
+  ds = tf.data.TFRecordDataset(files).map(
+      lambda x: tf.io.parse_single_example(x, generated.feature_description()))
+  out = []
+  for ex in ds.as_numpy_iterator():
+    out.append({k: (tf.sparse.to_dense(v).numpy() if isinstance(v, tf.sparse.SparseTensor)
+                    else v) for k, v in ex.items()})
+  return out
+
+
+def _tldr_argv(data, run_dir, *extra):
+  f = data["tldr"]
+  return ["--gin_file=experiments/tldr.gin", f'--gin.RUN_DIR="{run_dir}"',
+          f'--gin.TLDR_SFT_TRAIN="{f["sft_train"]}"',
+          f'--gin.TLDR_SFT_VALIDATION="{f["sft_validation"]}"',
+          f'--gin.COMPARISONS_TRAIN="{f["comparisons_train"]}"',
+          f'--gin.COMPARISONS_VALIDATION="{f["comparisons_validation"]}"',
+          f'--gin.SPM_PATH="{data["spm"]}"', f'--gin.PRETRAINED_CHECKPOINT="{data["t5"]}"',
+          *TINY_RUN, *extra]
+
+
+def test_tldr_experiment_runs_every_stage_on_its_own_configuration(data, tmp_path, capsys):
+  run = tmp_path / "tldr"
+  assert train.main(_tldr_argv(data, run)) == 0, capsys.readouterr().err
+  out = capsys.readouterr().out
+  vocab = vocab_lib.get_vocabulary(data["spm"])
+  spec = {"sentencepiece"}
+
+  # SFT, reward model, policy: the experiment's tasks, lengths, vocabulary and network.
+  t5 = checkpoints.read_manifest(data["t5"])
+  expected = {"sft": ("seq2seq", "tldr_sft", LENGTHS),
+              "reward_bt": ("bt_rm", "tldr_comparisons", LENGTHS),
+              "rso_hinge": ("policy", "rso_pairs", LENGTHS)}
+  for d, (kind, task, lengths) in expected.items():
+    m = checkpoints.read_manifest(str(run / d))
+    assert (m.kind, m.task, dict(m.feature_lengths)) == (kind, task, lengths), d
+    assert {m.vocabulary["type"]} == spec and m.network == t5.network, d
+    assert open(m.get_vocabulary().sentencepiece_model_file, "rb").read() == open(
+        data["spm"], "rb").read(), d
+  assert "initialized params from" in out  # SFT and reward model start from the import
+
+  # Sampling: every train post once (deduplicated), cut ones counted, none dropped.
+  samples = glob.glob(str(run / "samples" / "rso_sample_rank-*"))
+  assert len(samples) == 1
+  manifest = json.loads(open(os.path.join(samples[0], "manifest.json")).read())
+  stats = json.loads(open(os.path.join(samples[0], "stats.json")).read())
+  posts = _unique_posts(data["tldr"]["comparisons_train"])
+  n_comparisons = sum(1 for _ in open(data["tldr"]["comparisons_train"]))
+  assert len(posts) == 20 < n_comparisons  # the comparisons repeat posts
+  assert manifest["prompts_task"] == "tldr_posts" and manifest["num_prompts"] == len(posts)
+  assert (manifest["input_length"], manifest["max_decode_length"]) == (256, 16)
+  assert manifest["vocabulary"]["type"] == "sentencepiece"
+  too_long = sum(len(vocab.encode(p)) + 1 > LENGTHS["inputs"] for p in posts)
+  assert 0 < too_long < len(posts)
+  assert stats["prompts"] == len(posts) and stats["prompts_truncated"] == too_long
+  assert stats["reward_unscorable"] == 0 and stats["pairs"] > 0
+  assert not any(k.startswith("golden/") for k in stats)  # no golden reward on real data
+
+  # The pairs: every candidate text re-encodes to exactly its tokens under the experiment's
+  # SentencePiece model (the random T5's decodes that did not were retokenized and counted);
+  # rewards differ between the candidates of one prompt.
+  records = _records(samples[0])
+  assert len(records) == stats["pairs"]
+  assert 0 < stats["retokenized"] <= stats["candidates"]
+  assert stats["not_retokenizable"] < stats["candidates"]
+  by_prompt = {}
+  for r in records:
+    for side in ("chosen", "rejected"):
+      tokens = [int(t) for t in r[side] if t != vocab.eos_id]
+      text = r[f"{side}_pretokenized"].decode()
+      assert list(vocab.encode(text)) == tokens and vocab.decode(tokens) == text
+    prompt = r["inputs_pretokenized"].decode()
+    assert prompt in posts or any(p.startswith(prompt[:200]) for p in posts)
+    by_prompt.setdefault(prompt, set()).update(
+        {float(r["chosen_reward"]), float(r["rejected_reward"])})
+  assert all(np.isfinite(list(v)).all() for v in by_prompt.values())
+  assert all(len(v) > 1 for v in by_prompt.values()), by_prompt  # per-prompt rewards differ
+
+  # Evaluation: the validation posts, at the experiment's lengths.
+  report = json.loads((run / "eval_rso_hinge.json").read_text())
+  assert report["prompts_task"] == "tldr_posts" and report["split"] == "validation"
+  assert report["num_prompts"] == 6 and report["prompts_in_split"] == 6
+  assert (report["input_length"], report["max_decode_length"]) == (256, 24)
+  assert report["has_proxy"] and not report["has_golden"]
+
+
+def test_a_reused_stage_must_match_the_experiment(data, tmp_path, capsys):
+  """An SFT checkpoint trained for another task or lengths is not silently reused."""
+  run = tmp_path / "tldr"
+  argv = _tldr_argv(data, run)
+  cli.configure_gin(cli.parse_flags(argv).files, cli.parse_flags(argv).bindings, [])
+  sft = pipeline.stage_bindings(train.train, "sft")
+  m = checkpoints.read_manifest(data["t5"])
+  other = checkpoints.Manifest(kind="seq2seq", network=m.network, vocabulary=m.vocabulary,
+                               feature_lengths={"inputs": 32, "targets": 32},
+                               task="tldr_sft", directory=None)
+  os.makedirs(sft["model_dir"])
+  checkpoints.write_manifest(sft["model_dir"], other)
+  open(os.path.join(sft["model_dir"], pipeline.COMPLETED), "w").write("4\n")
+  rc = train.main(argv)
+  err = capsys.readouterr().err
+  assert rc == 2, err
+  assert "stage 'sft'" in err and "its feature lengths are {'inputs': 32, 'targets': 32}" in err
+  assert "the stage's are {'inputs': 256, 'targets': 24}" in err
+
+
+def test_jsonl_experiment_runs_on_a_trl_file(data, tmp_path, capsys):
+  run = tmp_path / "jsonl"
+  argv = ["--gin_file=experiments/jsonl.gin", f'--gin.RUN_DIR="{run}"',
+          f'--gin.DATA_TRAIN="{data["trl"]}"', "--gin.VALIDATION_FRACTION=0.25",
+          f'--gin.SPM_PATH="{data["spm"]}"', f'--gin.PRETRAINED_CHECKPOINT="{data["t5"]}"',
+          *TINY_RUN[:-1], "--gin.TASK_FEATURE_LENGTHS={'inputs': 96, 'targets': 24}",
+          "--gin.sample.sample_configured.num_candidates=2",
+          "--gin.sample.sample_configured.num_samples=2"]
+  assert train.main(argv) == 0, capsys.readouterr().err
+  capsys.readouterr()
+  with open(data["trl"]) as f:
+    prompts = [json.loads(l)["prompt"] for l in f]
+  val = [p for p in dict.fromkeys(prompts) if preference_files.prompt_fraction(p) < 0.25]
+  stats = json.loads(open(glob.glob(str(run / "samples" / "*" / "stats.json"))[0]).read())
+  assert stats["prompts"] == len(dict.fromkeys(prompts)) - len(val)  # train prompts, once
+  report = json.loads((run / "eval_rso_hinge.json").read_text())
+  assert report["prompts_task"] == "jsonl_eval_prompts" and report["prompts_in_split"] == len(val)
+  for d, task in (("sft", "jsonl_sft"), ("reward_bt", "jsonl_pairs")):
+    m = checkpoints.read_manifest(str(run / d))
+    assert m.task == task and dict(m.feature_lengths) == {"inputs": 96, "targets": 24}
+
+
+def test_hh_experiment_tasks(data, tmp_path):
+  """hh.gin's tasks: prompt = the transcripts' shared prefix, a validation split carved from
+  train by prompt, the prompts task deduplicated; the whole config parses and reads every macro."""
+  cli.configure_gin(["experiments/hh.gin"], [
+      f"HH_TRAIN = '{data['hh']}'", "VALIDATION_FRACTION = 0.3", f"SPM_PATH = '{data['spm']}'",
+      f"PRETRAINED_CHECKPOINT = '{data['t5']}'", f"RUN_DIR = '{tmp_path}'"], [])
+  assert not cli.unread_macros()
+  import seqio  # pylint: disable=g-import-not-at-top
+  def inputs(task, split):
+    ds = seqio.get_mixture_or_task(task).get_dataset(None, split=split, shuffle=False)
+    return [ex["inputs_pretokenized"].decode() for ex in ds.as_numpy_iterator()]
+  train_p, val_p = inputs("hh_prompts", "train"), inputs("hh_prompts", "validation")
+  assert train_p and val_p and not set(train_p) & set(val_p)
+  assert all(p.endswith("\n\nAssistant:") for p in train_p + val_p)
+  assert set(inputs("hh_pairs", "validation")) == set(val_p)
+  args = pipeline.stage_bindings(train.train, "reward")
+  assert args["mixture_or_task_name"] == "hh_pairs"
+  assert dict(args["task_feature_lengths"]) == {"inputs": 1024, "targets": 256}
