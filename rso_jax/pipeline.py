@@ -153,13 +153,14 @@ def _lengths(v: Optional[Mapping[str, Any]]) -> Optional[dict]:
 
 
 def check_reusable(name: str, path: str, model: Any, task: str,
-                   feature_lengths: Mapping[str, int]) -> None:
+                   feature_lengths: Mapping[str, int], own: bool = True) -> None:
   """Refuses to reuse a finished checkpoint that is not what stage `name` is configured to make.
 
   Compares the checkpoint's manifest with the stage's configuration: its kind (the model's
-  `manifest_kind`) and, for a checkpoint this pipeline trained (one with a task recorded), the
-  task and the feature lengths. A user's own checkpoint (converted, no task) is checked for
-  its kind only.
+  `manifest_kind`) and, for the run's own artifact (`own`: under RUN_DIR, trained with a task
+  recorded), the task and the feature lengths -- a leftover of another configuration. A
+  checkpoint the user points the stage at (outside RUN_DIR, or converted) is checked for its
+  kind only; what it was trained on is printed.
   """
   from rso_jax.cli import ConfigError  # pylint: disable=g-import-not-at-top
   try:
@@ -171,10 +172,16 @@ def check_reusable(name: str, path: str, model: Any, task: str,
   if want and manifest.kind != want:
     problems.append(f"it is {checkpoints.KIND_NAMES[manifest.kind]} (kind={manifest.kind!r}) "
                     f"but the stage trains {checkpoints.KIND_NAMES[want]} (kind={want!r})")
-  if manifest.task is not None and manifest.task != task:
+  if not own:
+    if manifest.task is not None and (manifest.task != task or _lengths(
+        manifest.feature_lengths) != _lengths(feature_lengths)):
+      print(f"[{name}] note: {path} was trained on task {manifest.task!r} at "
+            f"{_lengths(manifest.feature_lengths)}; this run's stage would train on {task!r} "
+            f"at {_lengths(feature_lengths)}", flush=True)
+  elif manifest.task is not None and manifest.task != task:
     problems.append(f"it was trained on task {manifest.task!r} but the stage's task is "
                     f"{task!r}")
-  if manifest.task is not None and _lengths(manifest.feature_lengths) != _lengths(
+  if own and manifest.task is not None and _lengths(manifest.feature_lengths) != _lengths(
       feature_lengths):
     problems.append(f"its feature lengths are {_lengths(manifest.feature_lengths)} but the "
                     f"stage's are {_lengths(feature_lengths)}")
@@ -188,8 +195,13 @@ def check_reusable(name: str, path: str, model: Any, task: str,
 # ----------------------------------------------------------------------------- stages
 @dataclasses.dataclass
 class TrainStage:
-  """Trains the checkpoint of `name/train_lib.train` unless its `model_dir` is complete."""
+  """Trains the checkpoint of `name/train_lib.train` unless its `model_dir` is complete.
+
+  `run_dir`: the run's directory; a finished checkpoint under it is the run's own artifact and
+  must match the stage's task and lengths to be reused (`check_reusable`).
+  """
   name: str
+  run_dir: Optional[str] = None
 
   def __call__(self) -> str:
     from rso_jax import train as train_lib  # pylint: disable=g-import-not-at-top
@@ -199,8 +211,10 @@ class TrainStage:
       from rso_jax.cli import ConfigError  # pylint: disable=g-import-not-at-top
       raise ConfigError(f"stage {self.name!r}: bind {self.name}/train_lib.train.model_dir")
     if is_complete(model_dir):
+      root = fs.abspath(self.run_dir) if self.run_dir else None
+      own = root is None or fs.abspath(model_dir).startswith(root.rstrip("/") + "/")
       check_reusable(self.name, model_dir, args.get("model"), args.get("mixture_or_task_name"),
-                     args.get("task_feature_lengths"))
+                     args.get("task_feature_lengths"), own=own)
       print(f"[{self.name}] reusing {model_dir}", flush=True)
       return model_dir
     _run(self.name, "rso_jax.train")

@@ -160,6 +160,9 @@ def test_a_reused_stage_must_match_the_experiment(data, tmp_path, capsys):
   assert rc == 2, err
   assert "stage 'sft'" in err and "its feature lengths are {'inputs': 32, 'targets': 32}" in err
   assert "the stage's are {'inputs': 256, 'targets': 24}" in err
+  # The same checkpoint given by the user (outside RUN_DIR) is theirs to reuse: a note only.
+  pipeline.check_reusable("sft", sft["model_dir"], sft["model"], "tldr_sft", LENGTHS, own=False)
+  assert "note: " in capsys.readouterr().out
 
 
 def test_jsonl_experiment_runs_on_a_trl_file(data, tmp_path, capsys):
