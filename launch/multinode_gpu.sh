@@ -8,4 +8,4 @@ export JAX_COORDINATOR_ADDRESS=${COORDINATOR:?set COORDINATOR=host:port}
 export JAX_NUM_PROCESSES=${NUM_NODES:?set NUM_NODES}
 export JAX_PROCESS_ID=${NODE_RANK:?set NODE_RANK}
 exec python3 -m rso_jax.train --gin_file="$gin_file" \
-  --gin.train_lib.train.mesh_shape="(-1, ${GPUS_PER_NODE:-8}, 1)" "$@"
+  --gin.MESH_SHAPE="(-1, ${GPUS_PER_NODE:-8}, 1)" "$@"

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Run a gin config on every host of a Cloud TPU pod slice. JAX's multi-controller runtime
 # discovers the pod itself; rso_jax calls jax.distributed.initialize() when RSO_JAX_DISTRIBUTED=1.
-#   launch/tpu_pod.sh TPU_NAME ZONE gin/recipes/t5_large.gin --gin.MODEL_DIR=\"gs://bucket/run\"
+#   launch/tpu_pod.sh TPU_NAME ZONE gin/experiments/tldr.gin --gin_file=gin/recipes/t5_large.gin \
+#       --gin.RUN_DIR=\"gs://bucket/run\" --gin.PRETRAINED_CHECKPOINT=\"gs://bucket/t5_large\" ...
 set -euo pipefail
 tpu=$1; zone=$2; gin_file=$3; shift 3
 overrides=$(printf ' %q' "$@")
 gcloud compute tpus tpu-vm ssh "$tpu" --zone "$zone" --worker=all --command "
   cd ~/rso_jax && RSO_JAX_DISTRIBUTED=1 python3 -m rso_jax.train --gin_file=$gin_file \
-    --gin.train_lib.train.mesh_shape='(1, -1, 1)' $overrides"
+    --gin.MESH_SHAPE='(1, -1, 1)' $overrides"

@@ -45,10 +45,6 @@ COMPLETED = "COMPLETED"
 STATS = "stats.json"
 
 
-def _atomic_write_text(path: str, text: str) -> None:
-  fs.atomic_write_text(path, text)
-
-
 def is_complete(output_dir: str) -> bool:
   return fs.exists(fs.join(output_dir, COMPLETED))
 
@@ -397,7 +393,7 @@ def run(*, policy_checkpoint: str, reward_checkpoint: Optional[str], output_dir:
       raise ValueError(f"{output_dir} holds shards of a different configuration {changed}: "
                        "use another output directory")
   else:
-    _atomic_write_text(manifest_path, json.dumps(manifest, indent=2))
+    fs.atomic_write_text(manifest_path, json.dumps(manifest, indent=2))
 
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
@@ -437,7 +433,7 @@ def run(*, policy_checkpoint: str, reward_checkpoint: Optional[str], output_dir:
     with tf.io.TFRecordWriter(tmp) as w:
       for r in records:
         w.write(generated.to_example(r))
-    _atomic_write_text(stats_path, json.dumps(dataclasses.asdict(shard_acc)))
+    fs.atomic_write_text(stats_path, json.dumps(dataclasses.asdict(shard_acc)))
     fs.rename(tmp, shard_path, overwrite=True)
     total.add(shard_acc)
     written += 1
@@ -450,8 +446,8 @@ def run(*, policy_checkpoint: str, reward_checkpoint: Optional[str], output_dir:
   done = all(fs.exists(fs.join(output_dir, f"pairs-{s:05d}-of-{num_shards:05d}.tfrecord"))
              for s in range(num_shards))
   if done:
-    _atomic_write_text(fs.join(output_dir, STATS), json.dumps(summary, indent=2))
-    _atomic_write_text(fs.join(output_dir, COMPLETED), time.strftime("%Y-%m-%dT%H:%M:%S"))
+    fs.atomic_write_text(fs.join(output_dir, STATS), json.dumps(summary, indent=2))
+    fs.atomic_write_text(fs.join(output_dir, COMPLETED), time.strftime("%Y-%m-%dT%H:%M:%S"))
     if task_name:
       generated.register_pair_task(task_name, output_dir, policy.vocab)
   return summary

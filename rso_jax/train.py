@@ -5,9 +5,12 @@ r"""T5X-style training CLI.
 
 Flags as in T5X: `--gin_file` (repeatable), `--gin.PARAM=VALUE` (a gin binding, e.g.
 `--gin.TRAIN_STEPS=100` or `--gin.train.learning_rate=3e-4`), `--gin_bindings`,
-`--gin_search_paths` (comma separated; the repository's `gin/` folder is always searched).
-Macros used by the gin files: MODEL_DIR, TRAIN_STEPS, BATCH_SIZE, MIXTURE_OR_TASK_NAME,
-TASK_FEATURE_LENGTHS, RANDOM_SEED, EVAL_PERIOD, INITIAL_CHECKPOINT_PATH.
+`--gin_search_paths` (comma separated; the repository's `gin/` folder is always searched),
+and `--stage=NAME`: one stage of an experiment (its entry under the gin scope NAME, without the
+policy's prerequisites; what the pipeline runs in each stage's process).
+Macros used by the gin files (gin/train.gin): MODEL, MODEL_DIR, TRAIN_STEPS, BATCH_SIZE,
+MIXTURE_OR_TASK_NAME, TASK_FEATURE_LENGTHS, RANDOM_SEED, EVAL_PERIOD, INITIAL_CHECKPOINT_PATH,
+OPTIMIZER, LEARNING_RATE, MESH_SHAPE; experiments (gin/pipeline.gin) add the stages' own.
 
 The effective gin config is written to `MODEL_DIR/config.gin`. Errors in the configuration
 or the input (unknown binding, a macro no binding reads, missing task, unwritable MODEL_DIR,
