@@ -180,15 +180,9 @@ def _prepare_model_dir(model_dir: str) -> str:
     probe = fs.join(model_dir, f".write_probe_{os.getpid()}")
     fs.atomic_write_text(probe, "ok")
     fs.remove(probe)
-  except (OSError, _tf_errors()) as e:
-    raise ConfigError(f"MODEL_DIR={model_dir!r} is not writable: "
-                      f"{getattr(e, 'strerror', None) or getattr(e, 'message', e)}") from None
+  except OSError as e:  # fs raises the builtin errors on every filesystem
+    raise ConfigError(f"MODEL_DIR={model_dir!r} is not writable: {e.strerror or e}") from None
   return model_dir
-
-
-def _tf_errors() -> type:
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  return tf.errors.OpError
 
 
 def _run_resumable(model_dir: str) -> bool:
