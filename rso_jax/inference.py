@@ -322,12 +322,11 @@ class Generator(_Loaded):
         gen.texts[i][j] = text
         gen.retokenized[i, j] = True
         changed.append((i, j))
-    if changed:
-      rows = sorted({i for i, _ in changed})
-      scores = self.score([prompts[i] for i in rows], gen.tokens[rows], batch_size=batch_size)
-      for k, i in enumerate(rows):
-        mask = gen.retokenized[i]
-        gen.model_logps[i, mask] = scores[k, mask]
+    if changed:  # re-score the replaced responses only, one per row: [M, 1, L]
+      rows, cols = (np.array(x) for x in zip(*changed))
+      scores = self.score([prompts[i] for i in rows], gen.tokens[rows, cols][:, None, :],
+                          batch_size=batch_size)
+      gen.model_logps[rows, cols] = scores[:, 0]
     return gen
 
   def greedy(self, prompts: Texts, *, max_decode_length: Optional[int] = None,
