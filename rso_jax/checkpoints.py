@@ -3,7 +3,10 @@
 A *params checkpoint* is a directory holding `params/` (an orbax StandardCheckpointer tree of
 unboxed float arrays). Every step directory that the trainer's CheckpointManager writes
 (`MODEL_DIR/checkpoints/<step>/`) has the same shape, so a finished run, a step of a run, or an
-imported HF checkpoint can be passed wherever a checkpoint path is asked for.
+imported HF checkpoint can be passed wherever a checkpoint path is asked for. Upstream T5X's
+runs (`MODEL_DIR/checkpoint_<step>/state`, orbax, written by `python -m t5x.train` with
+gin/t5x/) load the same way: their params (`target`) are read without the optimizer state, and
+the joined attention kernels of T5X's own network are split into rso_jax's per-head layout.
 
 Beside it (in the run directory, and in the final step directory) lies `rso_manifest.json`,
 which says what the checkpoint *is*, so one loader opens any of them with no macro telling it
@@ -40,6 +43,8 @@ CHECKPOINT_SUBDIR = "checkpoints"
 MANIFEST_FILE = "rso_manifest.json"
 LEGACY_CONFIG_FILE = "t5_config.json"  # what runs wrote before manifests (read by add-manifest)
 SPM_FILE = "spiece.model"
+T5X_STEP_PATTERN = r"checkpoint_(\d+)"  # upstream T5X's MODEL_DIR/checkpoint_<step>/state (orbax)
+T5X_STATE_SUBDIR = "state"
 FORMAT_VERSION = 1
 
 GENERATIVE_KINDS = ("seq2seq", "policy")
@@ -161,6 +166,8 @@ def _manifest_dirs(path: str):
   parent = fs.dirname(resolved)
   if fs.basename(parent) == CHECKPOINT_SUBDIR:  # <run>/checkpoints/<step>
     yield fs.dirname(parent)
+  elif is_t5x_step(resolved):  # T5X's MODEL_DIR/checkpoint_<step>
+    yield parent
 
 
 def find_manifest(path: str) -> Optional[str]:
@@ -215,6 +222,21 @@ def save_params(path: str, params: Any, manifest: Optional[Manifest] = None) -> 
     write_manifest(path, manifest)
 
 
+def _t5x_steps(model_dir: str) -> list:
+  """Steps of the T5X checkpoints (`checkpoint_<step>/state`) in `model_dir`."""
+  if not fs.isdir(model_dir):
+    return []
+  return [int(m.group(1)) for m in (re.fullmatch(T5X_STEP_PATTERN, n)
+                                      for n in fs.listdir(model_dir))
+          if m and fs.isdir(fs.join(model_dir, m.group(0), T5X_STATE_SUBDIR))]
+
+
+def is_t5x_step(path: str) -> bool:
+  """`path` is one step of a T5X run (`MODEL_DIR/checkpoint_<step>`, orbax `state/` inside)."""
+  return (re.fullmatch(T5X_STEP_PATTERN, fs.basename(path)) is not None
+          and fs.isdir(fs.join(path, T5X_STATE_SUBDIR)))
+
+
 def latest_step(model_dir: str) -> Optional[int]:
   d = fs.join(model_dir, CHECKPOINT_SUBDIR)
   if not fs.isdir(d):
@@ -227,14 +249,17 @@ def latest_step(model_dir: str) -> Optional[int]:
 def resolve_params_path(path: str) -> str:
   """A params-checkpoint directory from a run dir, a step dir, or a params dir itself."""
   path = fs.abspath(path)
-  if fs.isdir(fs.join(path, "params")):
+  if fs.isdir(fs.join(path, "params")) or is_t5x_step(path):
     return path
   step = latest_step(path)
   if step is not None:
     return fs.join(path, CHECKPOINT_SUBDIR, str(step))
+  t5x_steps = _t5x_steps(path)
+  if t5x_steps:
+    return fs.join(path, f"checkpoint_{max(t5x_steps)}")
   raise FileNotFoundError(
-      f"no params checkpoint at {path!r}: expected {path}/params or "
-      f"{path}/{CHECKPOINT_SUBDIR}/<step>/params")
+      f"no params checkpoint at {path!r}: expected {path}/params, "
+      f"{path}/{CHECKPOINT_SUBDIR}/<step>/params or T5X's {path}/checkpoint_<step>/state")
 
 
 def load_params(path: str, abstract_params: Any = None) -> Any:
@@ -243,11 +268,95 @@ def load_params(path: str, abstract_params: Any = None) -> Any:
   `abstract_params`: optional tree of `jax.ShapeDtypeStruct` (with `.sharding`) to restore
   directly into sharded device arrays; without it, arrays come back on the default device.
   """
-  ppath = fs.join(resolve_params_path(path), "params")
+  resolved = resolve_params_path(path)
+  if is_t5x_step(resolved):
+    return _load_t5x_params(resolved, abstract_params)
+  ppath = fs.join(resolved, "params")
   with ocp.StandardCheckpointer() as ckptr:
     if abstract_params is None:
       return ckptr.restore(ppath)
     return ckptr.restore(ppath, abstract_params)
+
+
+# Attention kernels: rso_jax keeps heads as their own axis ([embed, heads, kv] and
+# [heads, kv, embed]); T5X's `t5x.examples.t5` network joins them ([embed, heads*kv]).
+_ATTENTION_KERNELS = ("query", "key", "value", "out")
+
+
+def _is_attention_kernel(path: Tuple[str, ...]) -> bool:
+  return len(path) >= 2 and path[-1] == "kernel" and path[-2] in _ATTENTION_KERNELS
+
+
+def split_attention_heads(params: Any, num_heads: int) -> Any:
+  """T5X-network params (joined `[E, H*D]` / `[H*D, E]` attention kernels) -> rso_jax's layout.
+
+  Kernels already split (a T5X run of rso_jax's network) come back unchanged.
+  """
+  import flax  # pylint: disable=g-import-not-at-top
+  flat = flax.traverse_util.flatten_dict(params)
+  for k, v in flat.items():
+    if _is_attention_kernel(k) and v.ndim == 2:
+      if k[-2] == "out":  # [H*D, E] -> [H, D, E]
+        flat[k] = v.reshape(num_heads, v.shape[0] // num_heads, v.shape[1])
+      else:  # [E, H*D] -> [E, H, D]
+        flat[k] = v.reshape(v.shape[0], num_heads, v.shape[1] // num_heads)
+  return flax.traverse_util.unflatten_dict(flat)
+
+
+def join_attention_heads(params: Any) -> Any:
+  """rso_jax's params -> the joined attention-kernel layout of T5X's network."""
+  import flax  # pylint: disable=g-import-not-at-top
+  flat = flax.traverse_util.flatten_dict(params)
+  for k, v in flat.items():
+    if _is_attention_kernel(k) and v.ndim == 3:
+      flat[k] = (v.reshape(-1, v.shape[-1]) if k[-2] == "out" else v.reshape(v.shape[0], -1))
+  return flax.traverse_util.unflatten_dict(flat)
+
+
+def _load_t5x_params(step_dir: str, abstract_params: Any = None) -> Any:
+  """The params (`target`) of a T5X checkpoint step, in rso_jax's layout (no optimizer state)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  state = fs.join(step_dir, T5X_STATE_SUBDIR)
+  with ocp.PyTreeCheckpointer() as ckptr:
+    tree = ckptr.metadata(state).item_metadata.tree
+    if "target" not in tree:
+      raise CheckpointError(f"T5X checkpoint {step_dir!r} holds no 'target' (params)")
+    meta = tree["target"]
+    item = {"target": jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), meta)}
+    args = {"target": jax.tree.map(lambda m: ocp.RestoreArgs(restore_type=np.ndarray), meta)}
+    params = ckptr.restore(state, args=ocp.args.PyTreeRestore(
+        item=item, restore_args=args, partial_restore=True))["target"]
+  heads = params["encoder"]["relpos_bias"]["rel_embedding"].shape[0]  # [heads, buckets]
+  params = split_attention_heads(params, heads)
+  if abstract_params is None:
+    return params
+  return jax.tree.map(lambda a, x: jax.device_put(x.astype(a.dtype), a.sharding),
+                      abstract_params, params)
+
+
+def save_t5x(model_dir: str, params: Any, manifest: Manifest, *, joined_heads: bool = False,
+             step: int = 0) -> str:
+  """Writes `params` as upstream T5X's `model_dir/checkpoint_<step>` (orbax, params only).
+
+  T5X's `utils.RestoreCheckpointConfig(path=..., mode='specific')` restores it (the optimizer
+  state then starts fresh); `joined_heads=True` writes the attention kernels the way T5X's own
+  network holds them. The manifest goes beside it, so rso_jax reads the directory back.
+  """
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  model_dir = fs.abspath(model_dir)
+  params = jax.tree.map(np.asarray, params)
+  if joined_heads:
+    params = join_attention_heads(params)
+  options = ocp.CheckpointManagerOptions(step_prefix="checkpoint", create=True)
+  with ocp.CheckpointManager(model_dir, item_names=(T5X_STATE_SUBDIR,),
+                             options=options) as mgr:
+    if step in mgr.all_steps():
+      raise CheckpointError(f"{model_dir}/checkpoint_{step} exists")
+    mgr.save(step, args=ocp.args.Composite(**{T5X_STATE_SUBDIR: ocp.args.PyTreeSave(
+        {"target": params, "state": {"step": np.asarray(step, np.int32)}})}))
+    mgr.wait_until_finished()
+  write_manifest(model_dir, dataclasses.replace(manifest, source="t5x"))
+  return fs.join(model_dir, f"checkpoint_{step}")
 
 
 def load(path: str, abstract_params: Any = None) -> Tuple[Manifest, Any]:
@@ -301,7 +410,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   from rso_jax import cli  # pylint: disable=g-import-not-at-top
   parser = cli.ArgumentParser(prog="python -m rso_jax.checkpoints",
                                     error_prefix="rso_jax.checkpoints",
-                                    description="Describe a checkpoint, or add a manifest to one.")
+                                    description="Describe a checkpoint, add a manifest to one, or write one "
+                                    "for upstream T5X.")
   sub = parser.add_subparsers(dest="cmd", required=True)
   d = sub.add_parser("describe", help="print a checkpoint's manifest")
   d.add_argument("path")
@@ -315,11 +425,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   a.add_argument("--task", default=None)
   a.add_argument("--model_settings", default=None, help="JSON, e.g. '{\"pooling\": \"mean\"}'")
   a.add_argument("--force", action="store_true")
+  t = sub.add_parser("to-t5x", help="write a checkpoint as upstream T5X's MODEL_DIR/checkpoint_0")
+  t.add_argument("path")
+  t.add_argument("model_dir")
+  t.add_argument("--t5x_network", action="store_true",
+                 help="attention kernels as T5X's own network holds them (gin/t5x/networks/t5x.gin)")
   args = parser.parse_args(argv)
 
   def run():
     if args.cmd == "describe":
       print(_describe(args.path))
+    elif args.cmd == "to-t5x":
+      manifest, params = load(args.path)
+      print(f"wrote {save_t5x(args.model_dir, params, manifest, joined_heads=args.t5x_network)}")
     else:
       print(f"wrote {_add_manifest(args)}")
 

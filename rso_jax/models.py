@@ -12,6 +12,7 @@ optional z-loss). The preference policy and the reward models live beside it.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Mapping, Optional, Tuple, Union
 
 import jax
@@ -163,6 +164,69 @@ def pair_input_shapes(batch_size: int, feature_lengths: Mapping[str, int]) -> di
   return shapes
 
 
+def pair_decoder_rows(batch: Batch) -> Tuple[Array, Array, Array]:
+  """Chosen and rejected as 2 decoder rows per prompt, prompt-major.
+
+  `[B, Lt]` chosen_* / rejected_* -> decoder inputs, targets (int) and loss weights (float32),
+  each `[2B, Lt]` (row 2b is prompt b's chosen, row 2b+1 its rejected).
+  """
+  b = batch["encoder_input_tokens"].shape[0]
+  # [B, 2, Lt] -> [2B, Lt]
+  stack = lambda s: jnp.stack([batch[f"chosen_{s}"], batch[f"rejected_{s}"]], 1).reshape(
+      2 * b, -1)
+  return (stack("decoder_input_tokens"), stack("decoder_target_tokens"),
+          stack("loss_weights").astype(jnp.float32))
+
+
+@dataclasses.dataclass(frozen=True)
+class PairObjective:
+  """The preference loss of a pair batch from its sequence log-probs (any network, any trainer).
+
+  `__call__(batch, pc, pr, rc=None, rr=None) -> (loss, metrics)`: `pc`, `pr` `[B]` are the
+  policy's log π_θ of chosen and rejected; the reference log-probs are the batch's cached
+  `ref_chosen_logps` / `ref_rejected_logps` when present, else `rc`, `rr`. Degenerate pairs
+  (identical responses, an empty one) get weight 0 and are counted in
+  `pairs/skipped_degenerate`; the metrics are `losses.pair_loss_and_metrics`'s (TRL names),
+  means over the pairs that count: B − `pairs/skipped_degenerate` − `loss/nonfinite_pairs`.
+  """
+  loss: losses.PairLoss
+  gamma: float = 0.05
+  loss_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  sft_weight: float = 0.0
+
+  def __call__(self, batch: Batch, pc: Array, pr: Array, rc: Optional[Array] = None,
+               rr: Optional[Array] = None) -> Tuple[Array, Metrics]:
+    if self.loss.uses_reference:
+      if "ref_chosen_logps" in batch:
+        rc = batch["ref_chosen_logps"].reshape(-1)
+        rr = batch["ref_rejected_logps"].reshape(-1)
+      elif rc is None or rr is None:
+        raise ValueError(f"loss {self.loss.name!r} needs reference log-probs: the batch has no "
+                         "ref_chosen_logps/ref_rejected_logps and none were given")
+    flags = losses.pair_token_flags(batch["chosen_decoder_target_tokens"],
+                                    batch["chosen_loss_weights"],
+                                    batch["rejected_decoder_target_tokens"],
+                                    batch["rejected_loss_weights"])
+    degenerate = flags["identical"] | flags["empty_chosen"] | flags["empty_rejected"]
+    weights = jnp.where(degenerate, 0.0, 1.0)
+    hparams = dict(self.loss_kwargs)
+    if self.loss.name in ("sigmoid_norm", "hinge_norm"):
+      hparams.setdefault("gamma", self.gamma)
+    elif self.loss.name == "slic_hinge":
+      hparams.setdefault("gamma", self.gamma)
+      if self.sft_weight:
+        hparams["sft_weight"] = self.sft_weight
+        # SLiC Eq. 1's −λ·log π_θ(y_ref|x): pair tasks carry no separate y_ref, so the chosen
+        # response stands in for it (as TRL's `rpo_alpha` NLL term does).
+        hparams["sft_logps"] = pc
+    loss, per_example, metrics = losses.pair_loss_and_metrics(
+        self.loss, pc, pr, rc, rr, weights=weights, metrics_gamma=self.gamma, **hparams)
+    del per_example
+    metrics = dict(metrics)
+    metrics["pairs/skipped_degenerate"] = jnp.sum(degenerate).astype(jnp.float32)
+    return loss, metrics
+
+
 class PolicyModel(BaseModel):
   """Preference-trained policy: chosen and rejected scored in one forward pass.
 
@@ -193,6 +257,7 @@ class PolicyModel(BaseModel):
     self._reference_params = reference_params
     self.reference_checkpoint = reference_checkpoint
     self.sft_weight = float(sft_weight)
+    self.objective = PairObjective(self.loss, self.gamma, self.loss_kwargs, self.sft_weight)
     if (self.loss.uses_reference and not use_cached_reference and reference_params is None
         and reference_checkpoint is None):
       raise ValueError(f"loss {self.loss.name!r} needs reference log-probs: set "
@@ -224,11 +289,7 @@ class PolicyModel(BaseModel):
                  ) -> Tuple[Array, Array]:
     """Sequence log-probs `([B], [B])` of chosen and rejected under `params`."""
     b = batch["encoder_input_tokens"].shape[0]
-    # 2 candidates per prompt, prompt-major: [B, 2, Lt] -> [2B, Lt]
-    stack = lambda s: jnp.stack([batch[f"chosen_{s}"], batch[f"rejected_{s}"]], 1).reshape(
-        2 * b, -1)
-    dec_in, dec_tgt = stack("decoder_input_tokens"), stack("decoder_target_tokens")
-    weights = stack("loss_weights").astype(jnp.float32)
+    dec_in, dec_tgt, weights = pair_decoder_rows(batch)
     logits = self.logits(params, batch["encoder_input_tokens"], dec_in, dec_tgt, dropout_rng)
     logps = losses.sequence_logps(logits, dec_tgt, weights).reshape(b, 2)
     return logps[:, 0], logps[:, 1]
@@ -237,37 +298,13 @@ class PolicyModel(BaseModel):
               reference_params: Any = None) -> Tuple[Array, Metrics]:
     pc, pr = self.pair_logps(params, batch, dropout_rng)
     rc = rr = None
-    if self.loss.uses_reference:
-      if "ref_chosen_logps" in batch:
-        rc = batch["ref_chosen_logps"].reshape(-1)
-        rr = batch["ref_rejected_logps"].reshape(-1)
-      else:
-        ref = reference_params if reference_params is not None else self.reference_params
-        if ref is None:
-          raise ValueError("batch has no ref_chosen_logps/ref_rejected_logps and the model has "
-                           "no reference_params")
-        rc, rr = jax.lax.stop_gradient(self.pair_logps(ref, batch))
-    flags = losses.pair_token_flags(batch["chosen_decoder_target_tokens"],
-                                    batch["chosen_loss_weights"],
-                                    batch["rejected_decoder_target_tokens"],
-                                    batch["rejected_loss_weights"])
-    degenerate = flags["identical"] | flags["empty_chosen"] | flags["empty_rejected"]
-    weights = jnp.where(degenerate, 0.0, 1.0)
-    hparams = dict(self.loss_kwargs)
-    if self.loss.name in ("sigmoid_norm", "hinge_norm"):
-      hparams.setdefault("gamma", self.gamma)
-    elif self.loss.name == "slic_hinge":
-      hparams.setdefault("gamma", self.gamma)
-      if self.sft_weight:
-        hparams["sft_weight"] = self.sft_weight
-        # SLiC Eq. 1's −λ·log π_θ(y_ref|x): pair tasks carry no separate y_ref, so the chosen
-        # response stands in for it (as TRL's `rpo_alpha` NLL term does).
-        hparams["sft_logps"] = pc
-    loss, _, metrics = losses.pair_loss_and_metrics(
-        self.loss, pc, pr, rc, rr, weights=weights, metrics_gamma=self.gamma, **hparams)
-    metrics = dict(metrics)
-    metrics["pairs/skipped_degenerate"] = jnp.sum(degenerate).astype(jnp.float32)
-    return loss, metrics
+    if self.loss.uses_reference and "ref_chosen_logps" not in batch:
+      ref = reference_params if reference_params is not None else self.reference_params
+      if ref is None:
+        raise ValueError("batch has no ref_chosen_logps/ref_rejected_logps and the model has "
+                         "no reference_params")
+      rc, rr = jax.lax.stop_gradient(self.pair_logps(ref, batch))
+    return self.objective(batch, pc, pr, rc, rr)
 
   def score_batch(self, params, batch: Batch) -> Array:
     """`[B, 2]` sequence log-probs of (chosen, rejected)."""

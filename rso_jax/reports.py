@@ -3,7 +3,8 @@
 `write_outputs(report, output_dir)` writes `eval_<name>.json`, updates `eval_summary.json`
 (every report by name) and redraws `eval_plot.png` (mean golden reward against KL(π ‖ π_sft),
 one point per policy), each atomically (temp file + rename). `format_table` prints the
-win-rate / KL table the main job ends with.
+win-rate / KL table the main job ends with. `training_scalars(run_dir)` reads back the scalars a
+training run wrote to TensorBoard (rso_jax's trainer or upstream T5X's: `run_dir/train`).
 """
 
 from __future__ import annotations
@@ -168,3 +169,22 @@ def format_table(results: Union[Dict[str, Any], List[Dict[str, Any]]]) -> str:
   else:
     out.append("(win rates in %)")
   return "\n".join(out)
+
+
+def training_scalars(run_dir: str, collection: str = "train") -> Dict[str, List[tuple]]:
+  """`{tag: [(step, value), ...]}` (step order) of the scalars in `run_dir/collection`'s
+  TensorBoard event files; text summaries (e.g. T5X's gin config) are skipped."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  out: Dict[str, List[tuple]] = {}
+  for path in sorted(fs.glob(fs.join(run_dir, collection, "events.out.tfevents.*"))):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      for v in event.summary.value:
+        if v.HasField("tensor"):
+          value = tf.make_ndarray(v.tensor)
+          if value.dtype.kind not in "fiu":
+            continue
+          value = float(value)
+        else:
+          value = float(v.simple_value)
+        out.setdefault(v.tag, []).append((int(event.step), value))
+  return {k: sorted(v) for k, v in out.items()}

@@ -81,3 +81,13 @@ def register_pair_task(name: str, data_dir: str, vocabulary: Optional[seqio.Voca
   return seqio.TaskRegistry.add(
       name, source=source, preprocessors=[_dense_int32],
       output_features={f: seqio.Feature(vocabulary, add_eos=True) for f in TOKEN_FEATURES})
+
+
+def pair_task(samples_dir: str, name: str = "rso_pairs") -> str:
+  """Registers the sampling stage's pairs in `samples_dir` as task `name`; returns `name`.
+
+  For gin: `MIXTURE_OR_TASK_NAME = @generated.pair_task()` with `pair_task.samples_dir`
+  (gin/policy.gin, gin/t5x/rso_hinge.gin).
+  """
+  register_pair_task(name, samples_dir)
+  return name
