@@ -7,14 +7,23 @@ import subprocess
 import sys
 
 import gin
+import jax
 import pytest
 
-from rso_jax import cli
+from rso_jax import cli, models, partitioning, trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_spec = importlib.util.spec_from_file_location("sweep", os.path.join(REPO, "launch", "sweep.py"))
-sweep = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(sweep)
+
+
+def _load(name):
+  spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "launch", f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+sweep = _load("sweep")
+memory = _load("memory")
 
 BETA = "sample/sample.sample_configured.beta"
 GRID = [f"{BETA}=[0.05, 0.5, 5.0]", "LOSS=['hinge_norm', 'sigmoid_norm']"]
@@ -100,3 +109,32 @@ def test_launch_scripts_print_their_commands_with_dry_run():
   assert out.stdout.startswith("JAX_COORDINATOR_ADDRESS=host0:1234 JAX_NUM_PROCESSES=2 "
                                "JAX_PROCESS_ID=1 python3 -m rso_jax.train")
   assert "sigmoid_norm" in out.stdout
+
+
+def test_memory_counts_t5_v1_1_base_and_shards_like_the_trainer():
+  """T5 v1.1 base has HF's 247,577,856 params; per-device bytes on an abstract mesh are what
+  the trainer's shardings put on each device of a real mesh."""
+  base = memory.size_config("base")
+  n, params, opt = memory.device_bytes(base, (1, 1, 1))
+  assert n == 247_577_856  # google/t5-v1_1-base in transformers
+  assert params == 4 * n and 2 * params <= opt <= 2 * params + 64  # AdamW: two moments + count
+  n8, params8, _ = memory.device_bytes(base, (1, 8, 1))
+  assert n8 == n and params / 8 <= params8 < params / 8 * 1.01  # only norms, biases replicated
+
+  tiny = memory.size_config("tiny")
+  _, want_params, want_opt = memory.device_bytes(tiny, (1, 4, 2))
+  model = models.PolicyModel(tiny)
+  shapes = model.input_shapes(2, {"inputs": 8, "targets": 8})
+  boxed = jax.eval_shape(lambda: model.get_initial_variables(jax.random.key(0), shapes))["params"]
+  optimizer = trainer.make_optimizer("adamw", 1e-4)
+  abstract_opt = jax.eval_shape(optimizer.init, trainer.unbox(boxed))
+  mesh = partitioning.create_mesh((1, 4, 2))
+  shardings = trainer.state_shardings(boxed, abstract_opt, mesh)
+  init = jax.jit(lambda k: trainer.unbox(model.get_initial_variables(k, shapes)["params"]),
+                 out_shardings=shardings.params)
+  real = init(jax.random.key(0))
+  state = jax.jit(optimizer.init, out_shardings=shardings.opt_state)(real)
+  on_device0 = lambda tree: sum(x.addressable_shards[0].data.nbytes for x in jax.tree.leaves(tree))
+  assert on_device0(real) == want_params and on_device0(state) == want_opt
+  assert memory.activation_bytes(tiny, (1, 4, 2), 64, 32, 32) == pytest.approx(
+      2 * memory.activation_bytes(tiny, (1, 8, 2), 64, 32, 32))
