@@ -21,7 +21,7 @@ import argparse
 import math
 import os
 import sys
-from typing import Dict, Sequence, Tuple
+from typing import Sequence, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
