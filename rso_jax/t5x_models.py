@@ -190,6 +190,11 @@ class EncoderDecoderModel(t5x_models.EncoderDecoderModel):
 
   manifest_kind = "seq2seq"
 
+  @property
+  def config(self) -> network.T5Config:
+    """The network config (rso_jax's or T5X's network), as the manifest records it."""
+    return rso_network_config(self.module)
+
   def manifest_settings(self) -> dict:
     return {}
 
@@ -326,7 +331,8 @@ class BradleyTerryRewardModel(t5x_models.BaseModel):
     super().__init__(optimizer_def=optimizer_def)
     self.rm = reward_models.BradleyTerryRewardModel(config, vocabulary=vocabulary, **bt_kwargs)
     self.module = self.rm.module
-    self.input_vocabulary = self.output_vocabulary = vocabulary
+    self.config = config
+    self.input_vocabulary = self.output_vocabulary = self.vocabulary = vocabulary
 
   def manifest_settings(self) -> dict:
     return self.rm.manifest_settings()
@@ -378,28 +384,6 @@ def params_from_checkpoint(ckpt_state: Mapping[str, Any], state: Mapping[str, An
   return ckpt_state
 
 
-def task_vocabulary(task: str) -> seqio.Vocabulary:
-  """The vocabulary of seqio task / mixture `task` (every feature of rso_jax's tasks shares it)."""
-  import rso_jax.tasks  # pylint: disable=g-import-not-at-top,unused-import
-  features = seqio.get_mixture_or_task(task).output_features
-  return next(iter(features.values())).vocabulary
-
-
-def manifest(model: Any, task: Optional[str],
-             feature_lengths: Optional[Mapping[str, int]]) -> checkpoints.Manifest:
-  """The rso_jax manifest of what `model` trains (its kind, network, vocabulary, task, lengths)."""
-  if isinstance(model, BradleyTerryRewardModel):
-    config = model.rm.config
-  else:
-    config = rso_network_config(model.module)
-  settings = dict(model.manifest_settings())
-  return checkpoints.Manifest(
-      kind=model.manifest_kind, network=config,
-      vocabulary=checkpoints.vocabulary_spec(model.input_vocabulary),
-      feature_lengths=dict(feature_lengths) if feature_lengths else None,
-      model_settings=settings, task=task if isinstance(task, str) else None, source="t5x")
-
-
 def summarize_config(model_dir: str, summary_writer: Any, step: int, *, model: Any = None,
                      task: Any = None, feature_lengths: Optional[Mapping[str, int]] = None
                      ) -> None:
@@ -408,9 +392,12 @@ def summarize_config(model_dir: str, summary_writer: Any, step: int, *, model: A
   With the manifest beside T5X's `checkpoint_<step>/` directories, `rso_jax.checkpoints.load`,
   `rso_jax.inference.load`, the evaluation and the export open the run like one of rso_jax's.
   """
+  import dataclasses  # pylint: disable=g-import-not-at-top
   from t5x import gin_utils  # pylint: disable=g-import-not-at-top
+  from rso_jax import train as train_lib  # pylint: disable=g-import-not-at-top
   if model is None:
     raise ValueError("summarize_config.model is unset: bind it to %MODEL in the gin file")
   if jax.process_index() == 0:
-    checkpoints.write_manifest(model_dir, manifest(model, task, feature_lengths))
+    manifest = train_lib.model_manifest(model, task, feature_lengths)
+    checkpoints.write_manifest(model_dir, dataclasses.replace(manifest, source="t5x"))
   gin_utils.summarize_gin_config(model_dir, summary_writer, step)

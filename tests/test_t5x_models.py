@@ -18,7 +18,7 @@ pytest.importorskip("t5x", reason="upstream T5X is not installed: run launch/ins
 
 from helpers import CFG, init_params, save  # pylint: disable=g-import-not-at-top
 from rso_jax import checkpoints, evaluate, export, models, network, reward_models  # noqa: E402
-from rso_jax import reports, sample, t5x_models  # noqa: E402
+from rso_jax import reports, sample, t5x_models, train  # noqa: E402
 from rso_jax.tasks import synthetic  # noqa: E402
 
 from t5x.examples.t5 import network as t5x_network  # noqa: E402
@@ -143,7 +143,7 @@ def test_bt_reward_model_under_t5x_is_rso_jax_s():
   shapes = models.pair_input_shapes(2, LENGTHS)
   variables = jax.eval_shape(lambda: model.get_initial_variables(jax.random.key(0), shapes))
   assert set(variables) == {"params", "params_axes"}
-  m = t5x_models.manifest(model, "synthetic_dhf", LENGTHS)
+  m = train.model_manifest(model, "synthetic_dhf", LENGTHS)  # what summarize_config writes
   assert m.kind == "bt_rm" and m.model_settings == ours.manifest_settings()
 
 
