@@ -266,7 +266,8 @@ def load_params(path: str, abstract_params: Any = None) -> Any:
   """Restores params from `path` (see `resolve_params_path`).
 
   `abstract_params`: optional tree of `jax.ShapeDtypeStruct` (with `.sharding`) to restore
-  directly into sharded device arrays; without it, arrays come back on the default device.
+  directly into sharded device arrays; without it, arrays come back whole on this process's
+  first device, whatever mesh (or number of hosts) saved them.
   """
   resolved = resolve_params_path(path)
   if is_t5x_step(resolved):
@@ -274,7 +275,10 @@ def load_params(path: str, abstract_params: Any = None) -> Any:
   ppath = fs.join(resolved, "params")
   with ocp.StandardCheckpointer() as ckptr:
     if abstract_params is None:
-      return ckptr.restore(ppath)
+      device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+      abstract_params = jax.tree.map(
+          lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+          ckptr.metadata(ppath).item_metadata.tree)
     return ckptr.restore(ppath, abstract_params)
 
 

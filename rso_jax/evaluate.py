@@ -380,7 +380,9 @@ def evaluate_policy(
   report["examples"] = examples
   report["wall_seconds"] = time.time() - t0
   if output_dir:
-    reports.write_outputs(report, output_dir)
+    if jax.process_index() == 0:  # every process computed the same report
+      reports.write_outputs(report, output_dir)
+    partitioning.sync("evaluate: report written")
   return report
 
 
@@ -530,6 +532,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.error("--policy needs --sft (the reference of the win rates and the KL)")
 
   def run():
+    partitioning.initialize_distributed()  # several hosts: before anything touches a device
     if args.policy is None:
       print(json.dumps(evaluate_reward_model(args.reward, args.split, seed=args.seed,
                                              policy_checkpoint=args.sft), indent=2))

@@ -125,9 +125,14 @@ def _check_output(output: str) -> str:
 
 
 def _write_jsonl_atomically(path: str, rows: Sequence[Dict[str, Any]]) -> None:
+  """Process 0 writes (every process computed the same rows); the others wait for it."""
+  if jax.process_index() > 0:
+    partitioning.sync("infer: output written")
+    return
   fs.makedirs(fs.dirname(path))
   fs.atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n"
                                      for row in rows))
+  partitioning.sync("infer: output written")
 
 
 # ------------------------------------------------------------------------------ inference

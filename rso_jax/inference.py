@@ -238,7 +238,7 @@ class _Loaded:
       chunk = [np.concatenate([c, np.zeros((rows - n,) + c.shape[1:], c.dtype)]) for c in chunk]
       with self._ctx():
         res = fn(self.params, *self._shard(chunk))
-      out[start:start + n] = np.asarray(jax.device_get(res), np.float32)[:n]
+      out[start:start + n] = np.asarray(partitioning.to_host(res), np.float32)[:n]
     return out
 
 
@@ -281,7 +281,7 @@ class Generator(_Loaded):
     for start, idx, n in _prompt_chunks(len(prompts), rows):
       with self._ctx():
         enc = self._shard([tokens[idx]])[0]
-        out = jax.device_get(decoding.sample(
+        out = partitioning.to_host(decoding.sample(
             self.model.module, self.params, enc, jax.random.fold_in(key, start),
             num_decodes=num_decodes, max_decode_length=length, temperature=temperature,
             top_k=top_k, top_p=top_p, vocab_size=self.vocab.vocab_size))
@@ -362,7 +362,7 @@ class Generator(_Loaded):
       with self._ctx():
         enc, tgt = self._shard([tokens[idx], resp[idx].reshape(rows * n, length)])
         res = decoding.score(self.model.module, self.params, enc, tgt)
-      out[start:start + m] = np.asarray(jax.device_get(res)).reshape(rows, n)[:m]
+      out[start:start + m] = partitioning.to_host(res).reshape(rows, n)[:m]
     return out
 
 

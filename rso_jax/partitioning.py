@@ -18,6 +18,7 @@ from typing import Any, Mapping, Optional, Sequence, Tuple
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 MESH_AXES: Tuple[str, ...] = ("data", "fsdp", "tensor")
@@ -69,7 +70,14 @@ def resolve_mesh_shape(mesh_shape: Sequence[int], num_devices: int) -> Tuple[int
 
 def create_mesh(mesh_shape: Sequence[int] = (-1, 1, 1),
                 devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
-  """A `Mesh` over axes (data, fsdp, tensor); `-1` fills with the remaining devices."""
+  """A `Mesh` over axes (data, fsdp, tensor); `-1` fills with the remaining devices.
+
+  Without `devices`: every device of every process (the multi-host runtime is started first
+  when the environment configures one, `initialize_distributed`), so each stage's mesh spans
+  the whole job.
+  """
+  if devices is None:
+    initialize_distributed()
   devices = list(jax.devices() if devices is None else devices)
   shape = resolve_mesh_shape(mesh_shape, len(devices))
   try:
@@ -174,18 +182,28 @@ def check_batch_size(batch_size: int, mesh: Mesh, name: str = "BATCH_SIZE") -> N
 
 
 def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict:
-  """Host-local NumPy batch -> global jax Arrays sharded along data+fsdp.
+  """The global NumPy batch -> global jax Arrays sharded along data+fsdp.
 
-  Each process passes its own slice of the global batch (leading dim = global / processes).
+  Every process holds the same global batch (`[global_batch, ...]`) and places the rows its
+  own devices hold (`jax.make_array_from_callback`), so a run's batches -- and its losses --
+  do not depend on how many processes share the mesh.
   """
   out = {}
   for k, v in batch.items():
     v = np.asarray(v)
-    sharding = batch_sharding(mesh, max(v.ndim, 1))
-    if v.ndim == 0:
-      sharding = NamedSharding(mesh, P())
-    out[k] = jax.make_array_from_process_local_data(sharding, v)
+    sharding = batch_sharding(mesh, max(v.ndim, 1)) if v.ndim else NamedSharding(mesh, P())
+    out[k] = jax.make_array_from_callback(v.shape, sharding, lambda idx, v=v: v[idx])
   return out
+
+
+def to_host(tree: Any) -> Any:
+  """A tree of (possibly multi-process) global jax Arrays -> NumPy arrays of the global values,
+  the same on every process (`device_get` on one process, an all-gather across processes)."""
+  def one(x):
+    if not isinstance(x, jax.Array) or x.is_fully_addressable or x.is_fully_replicated:
+      return np.asarray(jax.device_get(x))
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return jax.tree.map(one, tree)
 
 
 def with_sharding(tree: Any, shardings: Any) -> Any:
@@ -194,16 +212,45 @@ def with_sharding(tree: Any, shardings: Any) -> Any:
 
 
 def initialize_distributed() -> None:
-  """Multi-host start-up through JAX's own runtime, when the environment asks for it.
+  """Multi-host start-up through JAX's own runtime, when the environment asks for it; idempotent.
 
   Runs `jax.distributed.initialize()` when a coordinator is configured (JAX_COORDINATOR_ADDRESS,
-  or the TPU / SLURM / Open MPI environments JAX detects itself with RSO_JAX_DISTRIBUTED=1).
+  JAX_NUM_PROCESSES, JAX_PROCESS_ID), or with RSO_JAX_DISTRIBUTED=1 in the TPU pod / SLURM /
+  Open MPI environments JAX detects itself. On CPU the processes' collectives go through gloo.
+  JAX's preemption service then catches SIGTERM and `trainer.PreemptionFlag` synchronizes the
+  stop across processes.
   """
-  if os.environ.get("JAX_COORDINATOR_ADDRESS"):
+  if jax.distributed.is_initialized():
+    return
+  coordinator = os.environ.get("JAX_COORDINATOR_ADDRESS")
+  if not coordinator and os.environ.get("RSO_JAX_DISTRIBUTED") != "1":
+    return
+  if "cpu" in os.environ.get("JAX_PLATFORMS", "cpu").split(","):
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  if coordinator:
+    missing = [k for k in ("JAX_NUM_PROCESSES", "JAX_PROCESS_ID") if k not in os.environ]
+    if missing:
+      raise ValueError(f"JAX_COORDINATOR_ADDRESS={coordinator!r} is set but {missing} are not")
     jax.distributed.initialize(
-        coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
+        coordinator_address=coordinator,
         num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
         process_id=int(os.environ["JAX_PROCESS_ID"]))
-  elif os.environ.get("RSO_JAX_DISTRIBUTED") == "1":
+  else:
     jax.distributed.initialize()
 
+
+def is_multiprocess() -> bool:
+  return jax.process_count() > 1
+
+
+def sync(name: str) -> None:
+  """A barrier across processes (no-op on one)."""
+  if is_multiprocess():
+    multihost_utils.sync_global_devices(name)
+
+
+def broadcast_from_first(x: Any) -> Any:
+  """Process 0's value of a tree of NumPy arrays / scalars, on every process."""
+  if not is_multiprocess():
+    return x
+  return jax.tree.map(np.asarray, multihost_utils.broadcast_one_to_all(x))

@@ -306,6 +306,7 @@ def run(*, policy_checkpoint: str, reward_checkpoint: Optional[str], output_dir:
   import rso_jax.tasks  # pylint: disable=g-import-not-at-top,unused-import
   from rso_jax.tasks import generated  # pylint: disable=g-import-not-at-top
   from rso_jax.train import ConfigError  # pylint: disable=g-import-not-at-top
+  from rso_jax import trainer  # pylint: disable=g-import-not-at-top
   # --- the arguments, before anything is loaded or written (ConfigError is a ValueError) ---
   if data_setting not in DATA_SETTINGS:
     close = difflib.get_close_matches(str(data_setting), list(DATA_SETTINGS), n=1)
@@ -392,26 +393,37 @@ def run(*, policy_checkpoint: str, reward_checkpoint: Optional[str], output_dir:
     if changed:
       raise ValueError(f"{output_dir} holds shards of a different configuration {changed}: "
                        "use another output directory")
-  else:
+  elif jax.process_index() == 0:
     fs.atomic_write_text(manifest_path, json.dumps(manifest, indent=2))
 
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+  shard_paths = [fs.join(output_dir, f"pairs-{s:05d}-of-{num_shards:05d}.tfrecord")
+                 for s in range(num_shards)]
+  stats_paths = [fs.join(output_dir, f"stats-{s:05d}.json") for s in range(num_shards)]
+  # Which shards are finished: process 0's view, on every process (they compute together).
+  finished = partitioning.broadcast_from_first(np.array(
+      [fs.exists(a) and fs.exists(b) for a, b in zip(shard_paths, stats_paths)], bool))
+  nproc, me = jax.process_count(), jax.process_index()
   base_key = jax.random.key(seed)
   total = _Accum()
-  bar = tqdm(total=len(texts), unit="prompt", disable=not progress, desc=f"sampling {data_setting}",
-             file=sys.stdout, dynamic_ncols=True)
-  written = 0
+  bar = tqdm(total=len(texts), unit="prompt", disable=not progress or me > 0,
+             desc=f"sampling {data_setting}", file=sys.stdout, dynamic_ncols=True)
+  computed = 0
   t0 = time.time()
+  # Several processes stop together at a shard boundary: JAX's preemption service catches
+  # SIGTERM on one host and the synchronized check turns true on all of them at the same
+  # shard. (One process stops at once: sample_configured's handler.)
+  preempt = trainer.PreemptionFlag()  # not entered: only its synchronized check is used
   for s in range(num_shards):
-    shard_path = fs.join(output_dir, f"pairs-{s:05d}-of-{num_shards:05d}.tfrecord")
-    stats_path = fs.join(output_dir, f"stats-{s:05d}.json")
     lo, hi = s * prompts_per_shard, min((s + 1) * prompts_per_shard, len(texts))
-    if fs.exists(shard_path) and fs.exists(stats_path):
-      total.add(_Accum(**json.loads(fs.read_text(stats_path))))
+    if finished[s]:
+      total.add(_Accum(**json.loads(fs.read_text(stats_paths[s]))))
       bar.update(hi - lo)
       continue
-    if stop_after_shards is not None and written >= stop_after_shards:
+    if stop_after_shards is not None and computed >= stop_after_shards:
+      break
+    if preempt.reached(computed):
       break
     shard_acc = _Accum()
     records = []
@@ -429,25 +441,31 @@ def run(*, policy_checkpoint: str, reward_checkpoint: Optional[str], output_dir:
       records.extend(recs)
       shard_acc.add(acc)
       bar.update(end - start)
-    tmp = fs.tmp_name(shard_path)
-    with tf.io.TFRecordWriter(tmp) as w:
-      for r in records:
-        w.write(generated.to_example(r))
-    fs.atomic_write_text(stats_path, json.dumps(dataclasses.asdict(shard_acc)))
-    fs.rename(tmp, shard_path, overwrite=True)
+    # Every process holds every record; shard s is written by process s mod P.
+    if s % nproc == me:
+      tmp = fs.tmp_name(shard_paths[s])
+      with tf.io.TFRecordWriter(tmp) as w:
+        for r in records:
+          w.write(generated.to_example(r))
+      fs.atomic_write_text(stats_paths[s], json.dumps(dataclasses.asdict(shard_acc)))
+      fs.rename(tmp, shard_paths[s], overwrite=True)
     total.add(shard_acc)
-    written += 1
+    computed += 1
   bar.close()
+  partitioning.sync("sample: shards written")
+  if preempt.requested:
+    raise trainer.Preempted(f"signal {preempt.signal}: every process stopped at shard {s}")
   summary = total.summary()
   if golden_fn is None:  # no golden reward (real data): no golden statistics
     summary = {k: v for k, v in summary.items() if not k.startswith("golden/")}
   summary["reward_model/contexts_truncated"] = scorer.stats["contexts_truncated"]
   summary["wall_seconds_this_run"] = time.time() - t0
-  done = all(fs.exists(fs.join(output_dir, f"pairs-{s:05d}-of-{num_shards:05d}.tfrecord"))
-             for s in range(num_shards))
+  done = all(fs.exists(p) for p in shard_paths)
   if done:
-    fs.atomic_write_text(fs.join(output_dir, STATS), json.dumps(summary, indent=2))
-    fs.atomic_write_text(fs.join(output_dir, COMPLETED), time.strftime("%Y-%m-%dT%H:%M:%S"))
+    if me == 0:
+      fs.atomic_write_text(fs.join(output_dir, STATS), json.dumps(summary, indent=2))
+      fs.atomic_write_text(fs.join(output_dir, COMPLETED), time.strftime("%Y-%m-%dT%H:%M:%S"))
+    partitioning.sync("sample: completed")
     if task_name:
       generated.register_pair_task(task_name, output_dir, policy.vocab)
   return summary
@@ -505,7 +523,8 @@ def sample_configured(**kwargs):
 
   A binding `run` does not take, and every refusal of the stage's own checks (arguments,
   checkpoints, a SAMPLES_DIR holding another configuration, a non-finite reward), is a
-  one-line ConfigError. SIGTERM / SIGINT stop it at once with `trainer.Preempted`: finished
+  one-line ConfigError. SIGTERM / SIGINT stop it at once with `trainer.Preempted` (several
+  processes: SIGTERM to any of them stops all at the next shard boundary): finished
   shards are kept (a rerun starts at the first missing one), the shard being written is
   dropped. A SAMPLES_DIR this call created is removed again when it fails before finishing a
   shard; one that existed before is never removed.
@@ -516,7 +535,10 @@ def sample_configured(**kwargs):
   if not output_dir:  # before the directory guard: there is no directory
     return cli.checked_call(run, kwargs, "sample.sample_configured")
   old = {}
-  for sig in (signal.SIGTERM, signal.SIGINT):
+  partitioning.initialize_distributed()
+  # Several processes: JAX's preemption service owns SIGTERM (run() stops all of them at the
+  # same shard); a Python handler would replace it.
+  for sig in () if partitioning.is_multiprocess() else (signal.SIGTERM, signal.SIGINT):
     try:
       old[sig] = signal.signal(sig, _stop_on_signal)
     except ValueError:  # not the main thread

@@ -73,23 +73,20 @@ def _check_task(name: str) -> None:
 
 def get_dataset(cfg: DatasetConfig, feature_converter, *, num_epochs: Optional[int] = None,
                 skip_batches: int = 0):
-  """A per-host iterator of NumPy batches `{feature: [batch/hosts, ...]}`.
+  """An iterator of global NumPy batches `{feature: [batch, ...]}`, the same on every process.
 
-  Sharded per host (`shard_id = process_index`). `skip_batches` fast-forwards a deterministic
-  pipeline to where a resumed run left off.
+  Every process reads the task's one stream (one shuffle seed) and `Trainer.shard` places the
+  rows its devices hold: the batches, and so the run, are the same on any number of hosts,
+  and a run resumed on another number of hosts continues the same stream. `skip_batches`
+  fast-forwards the deterministic pipeline to where a resumed run left off.
   """
   import seqio  # pylint: disable=g-import-not-at-top
   _check_task(cfg.mixture_or_task_name)
-  nproc = jax.process_count()
-  if cfg.batch_size % nproc:
-    raise ConfigError(f"BATCH_SIZE={cfg.batch_size} is not divisible by {nproc} processes")
   ds = seqio.get_dataset(
       cfg.mixture_or_task_name, task_feature_lengths=dict(cfg.task_feature_lengths),
       feature_converter=feature_converter, dataset_split=cfg.split, use_cached=cfg.use_cached,
-      shuffle=cfg.shuffle, num_epochs=num_epochs,
-      shard_info=seqio.ShardInfo(index=jax.process_index(), num_shards=nproc),
-      seed=cfg.seed, verbose=False)
-  ds = ds.batch(cfg.batch_size // nproc, drop_remainder=True)
+      shuffle=cfg.shuffle, num_epochs=num_epochs, seed=cfg.seed, verbose=False)
+  ds = ds.batch(cfg.batch_size, drop_remainder=True)
   if skip_batches:
     ds = ds.skip(skip_batches)
   return ds.prefetch(2).as_numpy_iterator()
@@ -177,7 +174,7 @@ def _prepare_model_dir(model_dir: str) -> str:
   model_dir = _model_dir_arg(model_dir)
   try:
     fs.makedirs(model_dir)
-    probe = fs.join(model_dir, f".write_probe_{os.getpid()}")
+    probe = fs.join(model_dir, f".write_probe_{jax.process_index()}_{os.getpid()}")
     fs.atomic_write_text(probe, "ok")
     fs.remove(probe)
   except OSError as e:  # fs raises the builtin errors on every filesystem
@@ -401,7 +398,7 @@ def _train_loop(tr, model, manifest, model_dir: str, *, train_steps, batch_size,
             step_callback(step, last)
         if eval_period and (step % eval_period == 0 or step == train_steps):
           last.update(run_eval(step))
-        if preempt.requested:
+        if preempt.reached(step, ckpt):
           print_fn(f"signal {preempt.signal}: saving a checkpoint at step {step}")
         if step % checkpoint_period == 0 or step == train_steps or preempt.requested:
           ckpt.save(state, {"batches": batches_done}, force=True)

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from rso_jax import checkpoints
@@ -315,6 +316,10 @@ class CheckpointManager:
                        params=restored["params"], opt_state=restored["opt_state"])
     return state, meta
 
+  def reached_preemption(self, step: int) -> bool:
+    """orbax's synchronized preemption check (true on every process at the same step)."""
+    return self._mgr.reached_preemption(step)
+
   def wait(self):
     self._mgr.wait_until_finished()
 
@@ -409,7 +414,15 @@ class Preempted(Exception):
 
 class PreemptionFlag:
   """Set by SIGTERM (and SIGINT); the loop checkpoints at the next step boundary and stops
-  (`train.train` then raises `Preempted`)."""
+  (`train.train` then raises `Preempted`).
+
+  On several processes a signal reaches one host, not all: JAX's preemption service (started by
+  `jax.distributed.initialize`) catches SIGTERM and `reached(step, ckpt)` -- orbax's
+  synchronized check, called by every process at every step -- turns true on all of them at
+  the same step, so every host saves that step and stops. (No Python handler is installed
+  there: it would replace JAX's. SIGINT is not synchronized and stops a multi-process run
+  without a checkpoint.)
+  """
 
   def __init__(self):
     self.requested = False
@@ -417,6 +430,8 @@ class PreemptionFlag:
     self._old = {}
 
   def __enter__(self):
+    if partitioning.is_multiprocess():
+      return self
     for sig in (signal.SIGTERM, signal.SIGINT):
       try:
         self._old[sig] = signal.signal(sig, self._handle)
@@ -429,6 +444,15 @@ class PreemptionFlag:
     # loop reports the signal when it acts on it.
     self.signal = signum
     self.requested = True
+
+  def reached(self, step: int, ckpt: Optional["CheckpointManager"] = None) -> bool:
+    """Whether to save at `step` and stop (the same answer on every process)."""
+    if not self.requested and partitioning.is_multiprocess():
+      synced = (ckpt.reached_preemption(step) if ckpt is not None
+                else multihost_utils.reached_preemption_sync_point(step))
+      if synced:
+        self.signal, self.requested = signal.SIGTERM, True
+    return self.requested
 
   def __exit__(self, *exc):
     for sig, old in self._old.items():

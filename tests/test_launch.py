@@ -111,6 +111,35 @@ def test_launch_scripts_print_their_commands_with_dry_run():
   assert "sigmoid_norm" in out.stdout
 
 
+def test_gpu_slurm_script_with_dry_run(tmp_path):
+  """launch/gpu_slurm.sh: the batch script it would submit (one task per node, SIGTERM before
+  the time limit, requeue on exit 143) is valid bash and runs the given gin file + overrides."""
+  env = dict(os.environ, DRY_RUN="1", NODES="4", GPUS_PER_NODE="8", PARTITION="gpu",
+             TIME="02:00:00")
+  out = subprocess.run(["bash", "launch/gpu_slurm.sh", "gin/experiments/embedded.gin",
+                        "--gin.LOSS='sigmoid_norm'", "--gin.RUN_DIR=\"/shared/run a\""],
+                       cwd=REPO, env=env, capture_output=True, text=True, check=True).stdout
+  for line in ("#SBATCH --nodes=4", "#SBATCH --ntasks-per-node=1", "#SBATCH --gpus-per-node=8",
+               "#SBATCH --time=02:00:00", "#SBATCH --partition=gpu", "#SBATCH --signal=TERM@120",
+               "#SBATCH --requeue"):
+    assert line in out.splitlines()
+  assert "#SBATCH --account" not in out
+  script = tmp_path / "job.sh"
+  script.write_text(out)
+  subprocess.run(["bash", "-n", str(script)], check=True)
+  # The command each node runs, split as bash would split it.
+  srun = out[out.index("srun "):].replace("\\\n", "").split(" || rc=")[0]
+  words = shlex.split(srun)
+  assert words[:6] == ["srun", "--kill-on-bad-exit=1", "env", "RSO_JAX_DISTRIBUTED=1", "python3",
+                       "-m"]
+  assert words[6:] == ["rso_jax.train", "--gin_file=gin/experiments/embedded.gin",
+                       "--gin.MESH_SHAPE=(-1, 8, 1)", "--gin.LOSS='sigmoid_norm'",
+                       '--gin.RUN_DIR="/shared/run a"']
+  usage = subprocess.run(["bash", "launch/gpu_slurm.sh"], cwd=REPO, capture_output=True,
+                         text=True)
+  assert usage.returncode == 2 and "usage:" in usage.stderr
+
+
 def test_memory_counts_t5_v1_1_base_and_shards_like_the_trainer():
   """T5 v1.1 base has HF's 247,577,856 params; per-device bytes on an abstract mesh are what
   the trainer's shardings put on each device of a real mesh."""
