@@ -14,7 +14,10 @@ Module names mirror T5X's checkpoint layout (`token_embedder`, `encoder/layers_0
 Decoding: `Transformer.decode(..., decode=True)` runs one step with a KV cache. The decoder batch
 may be a multiple `num_decodes` of the encoder batch (`[B * N, ...]` candidates, prompt-major): the
 encoder output and the cross-attention keys/values of each prompt are computed once and shared
-by its N candidates, never copied N-fold.
+by its N candidates, never copied N-fold. Cached keys / values are laid out `[B, H, D, L]` (T5X's
+layout): a step writes one column and both attention contractions read the cache in place (a
+`[B, L, H, D]` cache made XLA transpose all of it at every step); a step computes only its own
+row of the decoder's relative position bias (O(L), not the O(L^2) matrix).
 """
 
 from __future__ import annotations
@@ -181,18 +184,35 @@ class RelativePositionBiases(nn.Module):
   param_dtype: DType = jnp.float32
 
   @nn.compact
-  def __call__(self, q_len: int, k_len: int) -> Array:
-    # Bucket indices are static (shapes are static), so they are built in NumPy at trace time.
-    rp = np.arange(k_len)[None, :] - np.arange(q_len)[:, None]
-    buckets = relative_position_bucket(rp, self.bidirectional, self.num_buckets,
-                                       self.max_distance)  # [q, k]
+  def __call__(self, q_len: int, k_len: int, query_position: Optional[Array] = None) -> Array:
+    """`[1, H, q_len, k_len]`; with `query_position` (a traced int, `q_len` = 1) the row of the
+    query at that position, `[1, H, 1, k_len]`, at O(k_len) cost (one decode step)."""
     table = _param(self, "rel_embedding",
                    nn.initializers.variance_scaling(1.0, "fan_avg", "uniform"),
                    (self.num_heads, self.num_buckets), ("heads", "relpos_buckets"),
                    self.param_dtype)
+    # Bucket indices are static (shapes are static), so they are built in NumPy at trace time.
+    if query_position is not None:
+      if q_len != 1:
+        raise ValueError(f"query_position needs q_len = 1, got {q_len}")
+      # Buckets of every relative position -(k_len-1) .. k_len-1: [2 k_len - 1]; the query at
+      # p needs positions k - p for k = 0 .. k_len-1, a window starting at k_len-1-p.
+      every = relative_position_bucket(np.arange(-(k_len - 1), k_len), self.bidirectional,
+                                       self.num_buckets, self.max_distance)
+      buckets = jax.lax.dynamic_slice(jnp.asarray(every, jnp.int32),
+                                      (k_len - 1 - query_position,), (k_len,))[None]  # [1, k]
+    else:
+      rp = np.arange(k_len)[None, :] - np.arange(q_len)[:, None]
+      buckets = jnp.asarray(relative_position_bucket(rp, self.bidirectional, self.num_buckets,
+                                                     self.max_distance), jnp.int32)  # [q, k]
     # [heads, buckets] -> [heads, q, k] -> [1, heads, q, k]
-    bias = jnp.take(table, jnp.asarray(buckets, jnp.int32), axis=1)
+    bias = jnp.take(table, buckets, axis=1)
     return bias[None].astype(self.dtype)
+
+
+def _to_cache(x: Array) -> Array:
+  """Keys / values `[B, L, H, D]` -> the decode cache's layout `[B, H, D, L]`."""
+  return _constrain(jnp.transpose(x, (0, 2, 3, 1)), (BATCH, HEADS, KV, LENGTH))
 
 
 class MultiHeadAttention(nn.Module):
@@ -235,21 +255,22 @@ class MultiHeadAttention(nn.Module):
 
     # [Bq, Lq, E] -> [Bq, Lq, H, D]
     query = self._proj("query", inputs_q, query_init)
-
+    # Keys / values are [B, L, H, D] ("bkhd"), or, read from a decode cache, [B, H, D, L]
+    # ("bhdk", T5X's cache layout): a step writes one column and both attention contractions
+    # read the cache as it lies, with no per-step transpose of the whole cache.
+    kv_axes = "bkhd"
     if cross and decode:
       if inputs_kv is None:
         raise ValueError("cross attention needs the encoder output")
       bkv, lk = inputs_kv.shape[0], inputs_kv.shape[1]
-      cached_key = self.variable("cache", "cached_key", jnp.zeros,
-                                 (bkv, lk, self.num_heads, self.head_dim), self.dtype)
-      cached_value = self.variable("cache", "cached_value", jnp.zeros,
-                                   (bkv, lk, self.num_heads, self.head_dim), self.dtype)
+      shape = (bkv, self.num_heads, self.head_dim, lk)
+      cached_key = self.variable("cache", "cached_key", jnp.zeros, shape, self.dtype)
+      cached_value = self.variable("cache", "cached_value", jnp.zeros, shape, self.dtype)
       if prefill_cross_cache or self.is_initializing():
-        key = self._proj("key", inputs_kv, base)
-        value = self._proj("value", inputs_kv, base)
-        cached_key.value, cached_value.value = key, value
-      else:
-        key, value = cached_key.value, cached_value.value
+        # [Bkv, Lk, E] -> [Bkv, Lk, H, D] -> [Bkv, H, D, Lk], once per decode
+        cached_key.value = _to_cache(self._proj("key", inputs_kv, base)).astype(self.dtype)
+        cached_value.value = _to_cache(self._proj("value", inputs_kv, base)).astype(self.dtype)
+      key, value, kv_axes = cached_key.value, cached_value.value, "bhdk"
     else:
       kv_in = inputs_q if inputs_kv is None else inputs_kv
       # [Bkv, Lk, E] -> [Bkv, Lk, H, D]
@@ -259,38 +280,37 @@ class MultiHeadAttention(nn.Module):
     if decode and not cross:
       is_initialized = self.has_variable("cache", "cached_key")
       b, max_len = query.shape[0], query.shape[1]
-      cached_key = self.variable("cache", "cached_key", jnp.zeros,
-                                 (b, max_len, self.num_heads, self.head_dim), self.dtype)
-      cached_value = self.variable("cache", "cached_value", jnp.zeros,
-                                   (b, max_len, self.num_heads, self.head_dim), self.dtype)
+      shape = (b, self.num_heads, self.head_dim, max_len)
+      cached_key = self.variable("cache", "cached_key", jnp.zeros, shape, self.dtype)
+      cached_value = self.variable("cache", "cached_value", jnp.zeros, shape, self.dtype)
       cache_index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
       if is_initialized:
         if query.shape[1] != 1:
           raise ValueError(f"cached decoding takes one token per step, got length {query.shape[1]}")
         idx = cache_index.value
-        max_len = cached_key.value.shape[1]
-        # Write this step's key/value at position idx: [B, 1, H, D] -> [B, max_len, H, D]
-        key = jax.lax.dynamic_update_slice(cached_key.value, key.astype(self.dtype),
-                                           (0, idx, 0, 0))
-        value = jax.lax.dynamic_update_slice(cached_value.value, value.astype(self.dtype),
-                                             (0, idx, 0, 0))
+        max_len = cached_key.value.shape[-1]
+        # Write this step's key/value in column idx: [B, 1, H, D] -> [B, H, D, 1] -> the cache
+        # [B, H, D, max_len]
+        key = jax.lax.dynamic_update_slice(cached_key.value, _to_cache(key).astype(self.dtype),
+                                           (0, 0, 0, idx))
+        value = jax.lax.dynamic_update_slice(cached_value.value,
+                                             _to_cache(value).astype(self.dtype), (0, 0, 0, idx))
         cached_key.value, cached_value.value = key, value
         cache_index.value = idx + 1
-        # Attend to positions <= idx: [1, 1, 1, max_len]
+        kv_axes = "bhdk"
+        # Attend to positions <= idx: [1, 1, 1, max_len]; `bias` is the decoder's row for
+        # position idx, [1, H, 1, max_len].
         mask = (jnp.arange(max_len) <= idx)[None, None, None, :]
-        if bias is not None:
-          # [1, H, max_len, max_len] -> row idx: [1, H, 1, max_len]
-          bias = jax.lax.dynamic_slice_in_dim(bias, idx, 1, axis=2)
 
     bq, lq = query.shape[0], query.shape[1]
-    bkv, lk = key.shape[0], key.shape[1]
+    bkv = key.shape[0]
     if bq % bkv:
       raise ValueError(f"query batch {bq} is not a multiple of key/value batch {bkv}")
     n = bq // bkv
     # [Bq, Lq, H, D] -> [Bkv, N, Lq, H, D]
     q = query.reshape(bkv, n, lq, self.num_heads, self.head_dim)
-    # [Bkv, N, Lq, H, D] x [Bkv, Lk, H, D] -> [Bkv, N, H, Lq, Lk]
-    logits = jnp.einsum("bnqhd,bkhd->bnhqk", q, key, preferred_element_type=jnp.float32)
+    # [Bkv, N, Lq, H, D] x keys -> [Bkv, N, H, Lq, Lk]
+    logits = jnp.einsum(f"bnqhd,{kv_axes}->bnhqk", q, key, preferred_element_type=jnp.float32)
     if bias is not None:
       logits = logits + bias.astype(jnp.float32)[:, None]  # [1, 1, H, Lq, Lk]
     if mask is not None:
@@ -303,8 +323,8 @@ class MultiHeadAttention(nn.Module):
     weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
     if enable_dropout and self.dropout_rate > 0.0:
       weights = nn.Dropout(rate=self.dropout_rate)(weights, deterministic=False)
-    # [Bkv, N, H, Lq, Lk] x [Bkv, Lk, H, D] -> [Bkv, N, Lq, H, D] -> [Bq, Lq, H, D]
-    out = jnp.einsum("bnhqk,bkhd->bnqhd", weights, value.astype(self.dtype))
+    # [Bkv, N, H, Lq, Lk] x values -> [Bkv, N, Lq, H, D] -> [Bq, Lq, H, D]
+    out = jnp.einsum(f"bnhqk,{kv_axes}->bnqhd", weights, value.astype(self.dtype))
     out = out.reshape(bq, lq, self.num_heads, self.head_dim)
     out = _constrain(out, (BATCH, LENGTH, HEADS, KV))
     # [Bq, Lq, H, D] -> [Bq, Lq, E]
@@ -462,7 +482,14 @@ class Decoder(nn.Module):
     if decode:
       if max_decode_length is None:
         raise ValueError("decode=True needs max_decode_length")
-      bias = relpos(max_decode_length, max_decode_length)  # row sliced per step in attention
+      if self.has_variable("cache", "position"):
+        # A cached step: the bias row of its position only, [1, H, 1, max_decode_length].
+        position = self.variable("cache", "position", lambda: jnp.array(0, jnp.int32))
+        bias = relpos(1, max_decode_length, query_position=position.value)
+        position.value = position.value + 1
+      else:  # the call that lays out the cache (full length)
+        self.variable("cache", "position", lambda: jnp.array(0, jnp.int32))
+        bias = relpos(max_decode_length, max_decode_length)
       self_mask = None if length == 1 else jnp.tril(
           jnp.ones((length, length), bool))[None, None]
     else:

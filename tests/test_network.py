@@ -107,9 +107,12 @@ def test_cached_decoding_matches_full_forward(tiny, num_decodes):
                           decode=True, max_decode_length=length, mutable=["cache"],
                           method=network.Transformer.decode))[1]["cache"]
   cache = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), cache_shapes)
-  # Cross-attention keys/values are cached once per prompt: [B, Le, H, D], not [B*N, ...].
+  # Cross-attention keys/values are cached once per prompt, in the cache layout [B, H, D, Le]
+  # (not [B*N, ...]); the self-attention cache is [B*N, H, D, Ld].
   cross = cache["decoder"]["layers_0"]["encoder_decoder_attention"]["cached_key"]
-  assert cross.shape == (b, 9, CFG.num_heads, CFG.head_dim)
+  assert cross.shape == (b, CFG.num_heads, CFG.head_dim, 9)
+  own = cache["decoder"]["layers_0"]["self_attention"]["cached_key"]
+  assert own.shape == (b * n, CFG.num_heads, CFG.head_dim, length)
   step_jit = jax.jit(step, static_argnums=3, compiler_options=FAST_COMPILE)
   for t in range(length):
     logits, mutated = step_jit(params, cache, dec[:, t:t + 1], t == 0)
@@ -249,3 +252,18 @@ def test_gin_model_sizes(name):
   assert cfg.dropout_rate == 0.0 and cfg.param_dtype == "float32"
   assert cfg.dtype == ("float32" if name == "tiny" else "bfloat16")
   assert cfg.remat == (name in ("xl", "xxl"))
+
+
+def test_relative_position_bias_row_of_a_decode_step_equals_the_full_matrix_row():
+  """A decode step computes only its own row of the decoder's bias (O(L), not O(L^2)): equal to
+  row p of the full [1, H, L, L] matrix at every position, log-spaced buckets included."""
+  rel = network.RelativePositionBiases(num_buckets=32, max_distance=128, num_heads=3,
+                                       bidirectional=False)
+  length = 200  # beyond max_distance: exact, log-spaced and clipped buckets all occur
+  params = rel.init(jax.random.key(0), length, length)
+  full = np.asarray(rel.apply(params, length, length))  # [1, H, L, L]
+  row = jax.jit(lambda p: rel.apply(params, 1, length, query_position=p))
+  for p in (0, 1, 15, 16, 17, 63, 127, 128, 150, 199):
+    np.testing.assert_array_equal(np.asarray(row(jnp.int32(p))), full[:, :, p:p + 1], err_msg=p)
+  with pytest.raises(ValueError, match="q_len = 1"):
+    rel.apply(params, 2, length, query_position=jnp.int32(0))
