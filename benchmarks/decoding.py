@@ -4,6 +4,8 @@
                                   [--prompt_length 32] [--length 32] [--repeats R] [--threads 1]
     python benchmarks/decoding.py --sizes small --step_lengths 32,256   # rso_jax alone: ms per
                                   # decode step at each max_decode_length, and their ratio
+    python benchmarks/decoding.py --platform gpu --dtype bfloat16 --sizes base,large   # on a GPU
+                                  # (benchmarks/gpu.sh); HF is skipped if torch has no CUDA
 
 For each size a randomly initialized HF `T5ForConditionalGeneration` (T5 v1.1 layout: gated
 GELU, untied head) is saved to a temporary directory and converted with `convert.from_hf`, so
@@ -36,11 +38,19 @@ Changes and what the compiled sampler showed (T5 v1.1 small, B = 2, N = 64):
     of 8 layers, 128 rows: 0.8 GB per step at L = 256, memory-bound on CPU). `--step_lengths
     32,256`, 1 thread: 222.8 -> 572.3 ms/step (2.57x) before, 192.6 -> 291.7 ms/step (1.51x)
     after; prompt 256 / response 64 vs HF generate: 2.27x before, 3.07x after.
+  * 2026-11-30, self-attention caches grown with the decode (`decoding.decode_windows`: 32, 64,
+    ..., L columns; one while loop per window, the caches zero-padded between loops): a step
+    attends over at most twice the decoded length, not over max_decode_length. In the HLO of
+    the loops no op the size of a cache is left but the in-place column writes (and one pad per
+    window change). A first try that kept the full cache and attended over a static slice of it
+    made XLA fuse the column write into the slice and copy all 16 caches at every step (96
+    cache-sized copies in the loop bodies at L = 256): the slice is gone.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -53,6 +63,8 @@ SIZES = {
     # name: (vocab, d_model, heads, head_dim, d_ff, encoder layers, decoder layers)
     "tiny": (384, 128, 4, 32, 256, 2, 2),
     "small": (32128, 512, 6, 64, 1024, 8, 8),  # T5 v1.1 small
+    "base": (32128, 768, 12, 64, 2048, 12, 12),  # T5 v1.1 base
+    "large": (32128, 1024, 16, 64, 2816, 24, 24),  # T5 v1.1 large
 }
 
 
@@ -106,6 +118,9 @@ def run_jax(args) -> dict:
   import numpy as np  # pylint: disable=g-import-not-at-top
   from rso_jax import convert, decoding, network  # pylint: disable=g-import-not-at-top
   config, params = convert.from_hf(args.hf_dir)
+  if args.dtype != "float32":  # weights and activations in bfloat16 (accelerators)
+    config = dataclasses.replace(config, dtype=args.dtype, param_dtype=args.dtype)
+    params = jax.tree.map(lambda x: x.astype(args.dtype), params)
   module = network.Transformer(config)
   params = jax.device_put(params)
   enc = jax.device_put(_prompts(args.prompts, args.prompt_length, config.vocab_size))
@@ -133,6 +148,7 @@ def run_jax(args) -> dict:
       num_decodes=args.num_decodes, max_decode_length=args.length, top_k=40, use_top_p=True,
       use_eos=False, greedy=False).compile()
   mem = compiled.memory_analysis()
+  stats = jax.devices()[0].memory_stats() or {}
   tokens = np.asarray(out.tokens)
   assert np.all(np.asarray(out.lengths) == args.length)
   np.savez(args.tokens_out, tokens=tokens, model_logps=np.asarray(out.model_logps))
@@ -141,7 +157,8 @@ def run_jax(args) -> dict:
               peak_rss_mib=peak_with_compile, rss_before_mib=rss_before,
               peak_sampling_mib=peak_sampling,
               xla_temp_mib=getattr(mem, "temp_size_in_bytes", float("nan")) / 2**20,
-              xla_output_mib=getattr(mem, "output_size_in_bytes", float("nan")) / 2**20)
+              xla_output_mib=getattr(mem, "output_size_in_bytes", float("nan")) / 2**20,
+              peak_device_mib=stats.get("peak_bytes_in_use", float("nan")) / 2**20)
 
 
 def run_hf(args) -> dict:
@@ -149,9 +166,12 @@ def run_hf(args) -> dict:
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(args.threads)
-  model = transformers.T5ForConditionalGeneration.from_pretrained(args.hf_dir).eval()
+  device = "cuda" if args.platform == "gpu" else "cpu"
+  model = transformers.T5ForConditionalGeneration.from_pretrained(args.hf_dir).eval().to(
+      device, getattr(torch, args.dtype))
   vocab = model.config.vocab_size
-  enc = torch.as_tensor(_prompts(args.prompts, args.prompt_length, vocab), dtype=torch.long)
+  enc = torch.as_tensor(_prompts(args.prompts, args.prompt_length, vocab), dtype=torch.long,
+                        device=device)
   mask = (enc > 0).long()
   gen = dict(do_sample=True, num_return_sequences=args.num_decodes, top_k=40, temperature=0.7,
              top_p=1.0, max_new_tokens=args.length, min_new_tokens=args.length)
@@ -176,11 +196,12 @@ def run_hf(args) -> dict:
     peak = _peak_rss_mib()
     # Cross-check: HF's teacher-forced log-probs of the sequences rso_jax sampled.
     saved = np.load(args.tokens_out)
-    labels = torch.as_tensor(saved["tokens"].reshape(-1, args.length), dtype=torch.long)
-    rows = torch.arange(labels.shape[0]) // args.num_decodes
+    labels = torch.as_tensor(saved["tokens"].reshape(-1, args.length), dtype=torch.long,
+                             device=device)
+    rows = torch.arange(labels.shape[0], device=device) // args.num_decodes
     logits = model(input_ids=enc[rows], attention_mask=mask[rows], labels=labels).logits
     logp = torch.log_softmax(logits.float(), -1).gather(-1, labels[..., None])[..., 0]
-    hf_logps = (logp * (labels > 0)).sum(-1).numpy()
+    hf_logps = (logp * (labels > 0)).sum(-1).cpu().numpy()
   diff = float(np.max(np.abs(hf_logps - saved["model_logps"].reshape(-1))))
   return dict(best_s=min(times), best_cpu_s=min(cpu_times), first_call_s=first_call,
               rss_loaded_mib=rss_loaded,
@@ -189,20 +210,30 @@ def run_hf(args) -> dict:
               mean_logp=float(np.mean(hf_logps)))
 
 
+def _torch_cuda() -> bool:
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+    return torch.cuda.is_available()
+  except ImportError:
+    return False
+
+
 def _child(side: str, args) -> dict:
   cmd = [sys.executable, os.path.abspath(__file__), f"--child={side}", f"--hf_dir={args.hf_dir}",
          f"--tokens_out={args.tokens_out}", f"--prompts={args.prompts}",
          f"--prompt_length={args.prompt_length}", f"--num_decodes={args.num_decodes}",
-         f"--length={args.length}", f"--repeats={args.repeats}", f"--threads={args.threads}"]
+         f"--length={args.length}", f"--repeats={args.repeats}", f"--threads={args.threads}",
+         f"--platform={args.platform}", f"--dtype={args.dtype}"]
   env = dict(os.environ)
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env["PYTHONPATH"] = repo + os.pathsep + env.get("PYTHONPATH", "")
   env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-  # One CPU device (as HF uses) with the same thread budget as torch.
-  env["XLA_FLAGS"] = (f"--xla_cpu_multi_thread_eigen={'true' if args.threads > 1 else 'false'} "
-                      f"intra_op_parallelism_threads={args.threads}")
-  env["OMP_NUM_THREADS"] = str(args.threads)
-  env["JAX_PLATFORMS"] = "cpu"
+  if args.platform == "cpu":
+    # One CPU device (as HF uses) with the same thread budget as torch.
+    env["XLA_FLAGS"] = (f"--xla_cpu_multi_thread_eigen={'true' if args.threads > 1 else 'false'} "
+                        f"intra_op_parallelism_threads={args.threads}")
+    env["OMP_NUM_THREADS"] = str(args.threads)
+  env["JAX_PLATFORMS"] = "cpu" if args.platform == "cpu" else "cuda"
   res = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
   if res.returncode:
     raise RuntimeError(f"{side} child failed:\n{res.stderr[-4000:]}")
@@ -224,6 +255,11 @@ def main() -> None:
   parser.add_argument("--step_lengths", default=None,
                       help="comma-separated max_decode_lengths: rso_jax alone, ms per decode "
                       "step at each (is a step's cost flat in the decode length?)")
+  parser.add_argument("--platform", choices=("cpu", "gpu"), default="cpu",
+                      help="gpu: both frameworks on the first GPU (JAX_PLATFORMS=cuda, torch "
+                      "cuda; HF is skipped when torch has no CUDA)")
+  parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                      help="weights and activations of both frameworks")
   parser.add_argument("--child", choices=("jax", "hf"), default=None)
   parser.add_argument("--hf_dir", default=None)
   parser.add_argument("--tokens_out", default=None)
@@ -231,8 +267,9 @@ def main() -> None:
   if args.child:
     # Same cores for both frameworks: the first `threads` CPUs this process may use (without
     # pinning, XLA's hand-offs between its runtime threads wait on other jobs' time slices).
-    allowed = sorted(os.sched_getaffinity(0))
-    os.sched_setaffinity(0, set(allowed[:max(1, args.threads)]))
+    if args.platform == "cpu":
+      allowed = sorted(os.sched_getaffinity(0))
+      os.sched_setaffinity(0, set(allowed[:max(1, args.threads)]))
     result = run_jax(args) if args.child == "jax" else run_hf(args)
     print(json.dumps(result))
     return
@@ -254,6 +291,11 @@ def main() -> None:
       args.tokens_out = os.path.join(tmp, "jax_tokens.npz")
       make_hf_checkpoint(size, args.hf_dir)
       jax_res = _child("jax", args)
+      if args.platform == "gpu" and not _torch_cuda():
+        print(f"\n[{size}] rso_jax: {num_tokens / jax_res['best_s']:.1f} tok/s "
+              f"({jax_res['best_s']:.3f} s/call), peak device memory "
+              f"{jax_res['peak_device_mib']:.0f} MiB; HF skipped (torch has no CUDA here)")
+        continue
       hf_res = _child("hf", args)
     jt, ht = num_tokens / jax_res["best_s"], num_tokens / hf_res["best_s"]
     jc, hc = num_tokens / jax_res["best_cpu_s"], num_tokens / hf_res["best_cpu_s"]
@@ -267,6 +309,8 @@ def main() -> None:
             f"({res['peak_sampling_mib'] - res['rss_before_mib']:+.0f} over their start)")
     print(f"  rso_jax XLA buffers of the compiled sampler: temp {jax_res['xla_temp_mib']:.1f} MiB "
           f"(KV caches, logits, loop state), outputs {jax_res['xla_output_mib']:.2f} MiB")
+    if args.platform == "gpu":
+      print(f"  rso_jax peak device memory: {jax_res['peak_device_mib']:.0f} MiB")
     print(f"  ratio rso_jax / HF: {jt / ht:.2f}x wall, {jc / hc:.2f}x CPU time   (target >= 2x)")
     print(f"  check: max |log pi_jax - log pi_hf| over {args.prompts * args.num_decodes} sampled "
           f"sequences = {hf_res['max_abs_logp_diff']:.2e} (mean log pi {hf_res['mean_logp']:.1f})")

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
+from rso_jax import network
 from rso_jax import partitioning
 
 Array = jax.Array
@@ -221,6 +222,21 @@ def _select(logits: Array, key: Array, temperature: Optional[Array], top_k: Opti
 # ------------------------------------------------------------------------------------------------
 # Sampling loop.
 
+MIN_DECODE_WINDOW = 32
+
+
+def decode_windows(max_decode_length: int) -> Tuple[int, ...]:
+  """The self-attention cache lengths of a decode, `(32, 64, ..., max_decode_length)`.
+
+  Steps at positions `[w_{k-1}, w_k)` run with caches of `w_k` columns: a step's cost follows
+  the decoded length (within 2x), not `max_decode_length`, for K = O(log L) compiled copies of
+  the step.
+  """
+  windows = [min(MIN_DECODE_WINDOW, max_decode_length)]
+  while windows[-1] < max_decode_length:
+    windows.append(min(2 * windows[-1], max_decode_length))
+  return tuple(windows)
+
 
 @functools.partial(jax.jit, static_argnames=("module", "num_decodes", "max_decode_length",
                                              "top_k", "use_top_p", "use_eos", "greedy",
@@ -238,18 +254,23 @@ def _sample_jit(module: nn.Module, params: Any, encoder_input_tokens: Array, key
   # Encoder once on the B prompts: [B, Le] -> [B, Le, E].
   encoded = module.apply({"params": params}, enc_tokens, enable_dropout=False, method="encode")
 
-  def run_decoder(cache, dec_tokens, prefill):
-    # One cached step: [R, 1] tokens -> [R, 1, V] logits.
+  def run_decoder(cache, dec_tokens, prefill, window):
+    # One cached step: [R, 1] tokens -> [R, 1, V] logits, self-attention caches of `window`.
     variables = {"params": params} if cache is None else {"params": params, "cache": cache}
     logits, mutated = module.apply(
         variables, encoded, enc_tokens, dec_tokens, enable_dropout=False, decode=True,
-        max_decode_length=length, prefill_cross_cache=prefill, mutable=["cache"],
-        method="decode")
+        max_decode_length=length, prefill_cross_cache=prefill, decode_window=window,
+        mutable=["cache"], method="decode")
     return logits, mutated["cache"]
 
-  # Cache layout from an abstract call on the full [R, L] shape, zero-filled.
+  # Step s runs with self-attention caches of the smallest window > s: one while loop per
+  # window, in order, the caches zero-padded to the next window between loops (a loop whose
+  # rows have all finished exits at once). Attention reads the whole cache each step, so a
+  # step costs O(window), not O(L).
+  windows = decode_windows(length)
+  # Cache layout from an abstract call on [R, first window] tokens, zero-filled.
   cache_shapes = jax.eval_shape(
-      lambda: run_decoder(None, jnp.zeros((rows, length), jnp.int32), False))[1]
+      lambda: run_decoder(None, jnp.zeros((rows, windows[0]), jnp.int32), False, windows[0]))[1]
   cache = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), cache_shapes)
 
   def advance(state, logits, step):
@@ -271,19 +292,24 @@ def _sample_jit(module: nn.Module, params: Any, encoder_input_tokens: Array, key
            jnp.zeros((rows,), jnp.int32), jnp.zeros((rows,), bool), zeros_f, zeros_f)
 
   # Step 0 (decoder start token 0) fills the shared cross-attention cache.
-  logits, cache = run_decoder(cache, jnp.full((rows, 1), PAD_ID, jnp.int32), True)
+  logits, cache = run_decoder(cache, jnp.full((rows, 1), PAD_ID, jnp.int32), True, windows[0])
   state = advance((cache,) + state[1:], logits, 0)
+  carry = (jnp.array(1, jnp.int32), state)
+  for window in windows:
+    if window > windows[0]:
+      carry = (carry[0], (network.grow_decode_cache(carry[1][0], window),) + carry[1][1:])
 
-  def cond(carry):
-    step, state = carry
-    return jnp.logical_and(step < length, jnp.logical_not(jnp.all(state[4])))
+    def cond(carry, window=window):
+      step, state = carry
+      return jnp.logical_and(step < window, jnp.logical_not(jnp.all(state[4])))
 
-  def body(carry):
-    step, state = carry
-    logits, cache = run_decoder(state[0], state[1][:, None], False)
-    return step + 1, advance((cache,) + state[1:], logits, step)
+    def body(carry, window=window):
+      step, state = carry
+      logits, cache = run_decoder(state[0], state[1][:, None], False, window)
+      return step + 1, advance((cache,) + state[1:], logits, step)
 
-  _, state = jax.lax.while_loop(cond, body, (jnp.array(1, jnp.int32), state))
+    carry = jax.lax.while_loop(cond, body, carry)
+  state = carry[1]
   _, _, tokens, lengths, finished, log_q, log_pi = state
   shape2 = (b, num_decodes)
   return SampleOutput(tokens=tokens.reshape(b, num_decodes, length),

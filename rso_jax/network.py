@@ -17,7 +17,10 @@ encoder output and the cross-attention keys/values of each prompt are computed o
 by its N candidates, never copied N-fold. Cached keys / values are laid out `[B, H, D, L]` (T5X's
 layout): a step writes one column and both attention contractions read the cache in place (a
 `[B, L, H, D]` cache made XLA transpose all of it at every step); a step computes only its own
-row of the decoder's relative position bias (O(L), not the O(L^2) matrix).
+row of the decoder's relative position bias (O(L), not the O(L^2) matrix). The decoder's
+`cache/position` is the decode's one position counter. The self-attention caches may be shorter
+than the decode and grown as it goes (`decode_window`, `grow_decode_cache`), so a step's cost
+follows the decoded length, not the capacity.
 """
 
 from __future__ import annotations
@@ -215,6 +218,21 @@ def _to_cache(x: Array) -> Array:
   return _constrain(jnp.transpose(x, (0, 2, 3, 1)), (BATCH, HEADS, KV, LENGTH))
 
 
+def grow_decode_cache(cache: Any, length: int) -> Any:
+  """The decode cache with every self-attention key/value `[B, H, D, L]` zero-padded to `length`.
+
+  Positions < L keep their keys/values; cross-attention caches and the position are unchanged.
+  """
+  def grow(path, x):
+    names = [getattr(k, "key", None) for k in path]
+    if "self_attention" not in names or names[-1] not in ("cached_key", "cached_value"):
+      return x
+    if length < x.shape[-1]:
+      raise ValueError(f"cannot shrink a self-attention cache of {x.shape[-1]} to {length}")
+    return jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, length - x.shape[-1])])
+  return jax.tree_util.tree_map_with_path(grow, cache)
+
+
 class MultiHeadAttention(nn.Module):
   """T5 multi-head attention, self or cross, with optional KV cache.
 
@@ -237,7 +255,8 @@ class MultiHeadAttention(nn.Module):
   @nn.compact
   def __call__(self, inputs_q: Array, inputs_kv: Optional[Array], *, mask: Optional[Array],
                bias: Optional[Array], enable_dropout: bool, decode: bool = False,
-               cross: bool = False, prefill_cross_cache: bool = False) -> Array:
+               cross: bool = False, prefill_cross_cache: bool = False,
+               decode_position: Optional[Array] = None) -> Array:
     """Attention.
 
     Args:
@@ -248,6 +267,8 @@ class MultiHeadAttention(nn.Module):
       decode: one-step decoding with a cache (self attention: Lq = 1; cross: keys cached).
       cross: this is encoder-decoder attention.
       prefill_cross_cache: in decode mode, compute the cross keys/values and store them.
+      decode_position: a cached self-attention step: the position p of this step's token (a
+        traced int < the cache's length; its key/value go to column p of the cache).
     """
     base = nn.initializers.variance_scaling(1.0, "fan_in", "normal")
     depth_scale = float(np.sqrt(self.head_dim))
@@ -283,24 +304,25 @@ class MultiHeadAttention(nn.Module):
       shape = (b, self.num_heads, self.head_dim, max_len)
       cached_key = self.variable("cache", "cached_key", jnp.zeros, shape, self.dtype)
       cached_value = self.variable("cache", "cached_value", jnp.zeros, shape, self.dtype)
-      cache_index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
       if is_initialized:
         if query.shape[1] != 1:
           raise ValueError(f"cached decoding takes one token per step, got length {query.shape[1]}")
-        idx = cache_index.value
-        max_len = cached_key.value.shape[-1]
+        if decode_position is None:
+          raise ValueError("a cached decoding step needs decode_position")
+        idx = decode_position
+        cache_len = cached_key.value.shape[-1]
         # Write this step's key/value in column idx: [B, 1, H, D] -> [B, H, D, 1] -> the cache
-        # [B, H, D, max_len]
+        # [B, H, D, cache_len]; attention reads the whole written cache (XLA writes the column
+        # in place; reading a slice of it made XLA copy every layer's cache at every step).
         key = jax.lax.dynamic_update_slice(cached_key.value, _to_cache(key).astype(self.dtype),
                                            (0, 0, 0, idx))
         value = jax.lax.dynamic_update_slice(cached_value.value,
                                              _to_cache(value).astype(self.dtype), (0, 0, 0, idx))
         cached_key.value, cached_value.value = key, value
-        cache_index.value = idx + 1
         kv_axes = "bhdk"
-        # Attend to positions <= idx: [1, 1, 1, max_len]; `bias` is the decoder's row for
-        # position idx, [1, H, 1, max_len].
-        mask = (jnp.arange(max_len) <= idx)[None, None, None, :]
+        # Attend to positions <= idx: [1, 1, 1, cache_len]; `bias` is the decoder's row for
+        # position idx, [1, H, 1, cache_len].
+        mask = (jnp.arange(cache_len) <= idx)[None, None, None, :]
 
     bq, lq = query.shape[0], query.shape[1]
     bkv = key.shape[0]
@@ -388,7 +410,7 @@ class DecoderLayer(nn.Module):
   @nn.compact
   def __call__(self, x: Array, encoded: Array, self_mask: Optional[Array],
                cross_mask: Array, bias: Array, enable_dropout: bool, decode: bool,
-               prefill_cross_cache: bool) -> Array:
+               prefill_cross_cache: bool, decode_position: Optional[Array] = None) -> Array:
     cfg = self.config
     dt, pdt = cfg.activation_dtype, cfg.weight_dtype
     drop = lambda y: nn.Dropout(rate=cfg.dropout_rate)(y, deterministic=not enable_dropout)
@@ -396,7 +418,8 @@ class DecoderLayer(nn.Module):
     h = RMSNorm(cfg.layer_norm_epsilon, dt, pdt, name="pre_self_attention_layer_norm")(x)
     h = MultiHeadAttention(cfg.num_heads, cfg.head_dim, cfg.dropout_rate, dt, pdt,
                            name="self_attention")(h, None, mask=self_mask, bias=bias,
-                                                  enable_dropout=enable_dropout, decode=decode)
+                                                  enable_dropout=enable_dropout, decode=decode,
+                                                  decode_position=decode_position)
     x = x + drop(h)
     h = RMSNorm(cfg.layer_norm_epsilon, dt, pdt, name="pre_cross_attention_layer_norm")(x)
     h = MultiHeadAttention(cfg.num_heads, cfg.head_dim, cfg.dropout_rate, dt, pdt,
@@ -470,7 +493,8 @@ class Decoder(nn.Module):
   @nn.compact
   def __call__(self, encoded: Array, encoder_input_tokens: Array, decoder_input_tokens: Array,
                decoder_target_tokens: Optional[Array], enable_dropout: bool, decode: bool,
-               max_decode_length: Optional[int], prefill_cross_cache: bool) -> Array:
+               max_decode_length: Optional[int], prefill_cross_cache: bool,
+               decode_window: Optional[int] = None) -> Array:
     cfg = self.config
     dt, pdt = cfg.activation_dtype, cfg.weight_dtype
     length = decoder_input_tokens.shape[1]
@@ -483,16 +507,21 @@ class Decoder(nn.Module):
       if max_decode_length is None:
         raise ValueError("decode=True needs max_decode_length")
       if self.has_variable("cache", "position"):
-        # A cached step: the bias row of its position only, [1, H, 1, max_decode_length].
+        # A cached step at position p (the one counter of the decode) with self-attention
+        # caches of `window` columns: the bias row of p only, [1, H, 1, window].
         position = self.variable("cache", "position", lambda: jnp.array(0, jnp.int32))
-        bias = relpos(1, max_decode_length, query_position=position.value)
-        position.value = position.value + 1
-      else:  # the call that lays out the cache (full length)
+        decode_position = position.value
+        window = max_decode_length if decode_window is None else decode_window
+        bias = relpos(1, window, query_position=decode_position)
+        position.value = decode_position + 1
+      else:  # the call that lays out the cache ([B, cache length] tokens)
         self.variable("cache", "position", lambda: jnp.array(0, jnp.int32))
-        bias = relpos(max_decode_length, max_decode_length)
+        decode_position = None
+        bias = relpos(length, length)
       self_mask = None if length == 1 else jnp.tril(
           jnp.ones((length, length), bool))[None, None]
     else:
+      decode_position = None
       bias = relpos(length, length)
       # Causal mask [1, 1, L, L]; padding positions are in the future of every real position.
       self_mask = jnp.tril(jnp.ones((length, length), bool))[None, None]
@@ -504,10 +533,12 @@ class Decoder(nn.Module):
     y = self.shared_embedding(decoder_input_tokens.astype(jnp.int32))
     y = nn.Dropout(rate=cfg.dropout_rate)(y, deterministic=not enable_dropout)
     y = _constrain(y, (BATCH, LENGTH, EMBED))
-    layer_cls = (nn.remat(DecoderLayer, static_argnums=(6, 7, 8)) if cfg.remat else DecoderLayer)
+    layer_cls = (nn.remat(DecoderLayer, static_argnums=(6, 7, 8)) if cfg.remat
+                 else DecoderLayer)
     for i in range(cfg.num_decoder_layers):
       y = layer_cls(cfg, name=f"layers_{i}")(y, encoded, self_mask, cross_mask, bias,
-                                             enable_dropout, decode, prefill_cross_cache)
+                                             enable_dropout, decode, prefill_cross_cache,
+                                             decode_position)
     y = RMSNorm(cfg.layer_norm_epsilon, dt, pdt, name="decoder_norm")(y)
     y = nn.Dropout(rate=cfg.dropout_rate)(y, deterministic=not enable_dropout)
     y = _constrain(y, (BATCH, LENGTH, EMBED))
@@ -539,17 +570,21 @@ class Transformer(nn.Module):
   def decode(self, encoded: Array, encoder_input_tokens: Array, decoder_input_tokens: Array,
              decoder_target_tokens: Optional[Array] = None, enable_dropout: bool = False,
              decode: bool = False, max_decode_length: Optional[int] = None,
-             prefill_cross_cache: bool = False) -> Array:
+             prefill_cross_cache: bool = False, decode_window: Optional[int] = None) -> Array:
     """Decoder logits `[B * N, Ld, V]` from encoder output `[B, Le, E]`.
 
     `decoder_input_tokens` may hold N candidates per prompt, prompt-major (`[B * N, Ld]`):
     they share the prompt's encoder output and cross-attention keys/values.
     With `decode=True` this is one cached step (`Ld = 1`); the first step must pass
     `prefill_cross_cache=True` so the cross-attention keys/values are computed and cached.
+    A cached step at position p may run with self-attention caches shorter than
+    `max_decode_length` (laid out by a call on `[B * N, window]` tokens, then grown with
+    `grow_decode_cache`): pass their length `window` (> p, static) as `decode_window`. The
+    sampler grows them in buckets, so a step's cost follows the decoded length, not the capacity.
     """
     return self.decoder(encoded, encoder_input_tokens, decoder_input_tokens,
                         decoder_target_tokens, enable_dropout, decode, max_decode_length,
-                        prefill_cross_cache)
+                        prefill_cross_cache, decode_window)
 
   def __call__(self, encoder_input_tokens: Array, decoder_input_tokens: Array,
                decoder_target_tokens: Optional[Array] = None, enable_dropout: bool = True,

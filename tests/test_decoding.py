@@ -213,6 +213,33 @@ def test_first_token_distribution(tiny, prompts, temperature, top_k, top_p):
   np.testing.assert_allclose(out.model_logps[0], _np_log_softmax(logits)[first], atol=1e-4)
 
 
+def test_decode_windows():
+  assert decoding.decode_windows(1) == (1,)
+  assert decoding.decode_windows(8) == (8,)
+  assert decoding.decode_windows(32) == (32,)
+  assert decoding.decode_windows(33) == (32, 33)
+  assert decoding.decode_windows(256) == (32, 64, 128, 256)
+  assert decoding.decode_windows(300) == (32, 64, 128, 256, 300)
+
+
+def test_long_decode_across_windows(tiny, prompts):
+  """A decode longer than the first window (L = 70: windows 32, 64, 70) keeps log pi exact.
+
+  Every step after the first window attends over a wider prefix of the cache; the sampled
+  sequences' log pi equal their teacher-forced scores (full forward, no cache), which fails if a
+  step misses a cached position or reads a stale one.
+  """
+  module, params, _ = tiny
+  length, n = 70, 2
+  out = decoding.sample(module, params, prompts, jax.random.key(5), num_decodes=n,
+                        max_decode_length=length, temperature=1.0, top_k=None, eos_id=None)
+  assert np.all(np.asarray(out.lengths) == length)
+  targets = decoding.tokens_to_decoder_targets(out.tokens)
+  steps = np.asarray(decoding.score_tokens(module, params, prompts, targets))  # [B*N, L]
+  np.testing.assert_allclose(steps.sum(-1), np.asarray(out.model_logps).reshape(-1),
+                             rtol=1e-5, atol=1e-3)
+
+
 def test_greedy_equals_uncached_argmax(tiny, prompts):
   module, params, _ = tiny
   b, length = prompts.shape[0], _L

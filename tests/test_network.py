@@ -77,12 +77,14 @@ def _tokens(rng: np.random.RandomState, shape, lengths):
   return x
 
 
-@pytest.mark.parametrize("num_decodes", [1, 3])
-def test_cached_decoding_matches_full_forward(tiny, num_decodes):
+@pytest.mark.parametrize("num_decodes,windows", [(1, None), (3, None), (3, (2, 4, 7))])
+def test_cached_decoding_matches_full_forward(tiny, num_decodes, windows):
   """Step-by-step cached logits `[B*N, 1, V]` equal the full causal forward, position by position.
 
   The N candidates of a prompt differ; the oracle runs each candidate with its own copy of the
-  prompt (no sharing), the cached path encodes each prompt once.
+  prompt (no sharing), the cached path encodes each prompt once. With `windows`, the
+  self-attention caches start at the first window and are grown (`grow_decode_cache`) so that
+  step t runs with caches of the smallest window > t, as the sampler does.
   """
   model, params = tiny
   b, n, length = 2, num_decodes, 7
@@ -97,13 +99,15 @@ def test_cached_decoding_matches_full_forward(tiny, num_decodes):
   encoded = _encode(model)(params, enc)
   assert encoded.shape == (b, 9, CFG.emb_dim)  # the encoder ran on B rows, not B*N
 
-  def step(params, cache, tok, prefill):
+  def step(params, cache, tok, prefill, window):
     return model.apply({"params": params, "cache": cache}, encoded, enc, tok, decode=True,
                        max_decode_length=length, prefill_cross_cache=prefill,
-                       mutable=["cache"], method=network.Transformer.decode)
+                       decode_window=window, mutable=["cache"],
+                       method=network.Transformer.decode)
 
+  first = length if windows is None else windows[0]
   cache_shapes = jax.eval_shape(
-      lambda: model.apply({"params": params}, encoded, enc, jnp.zeros((b * n, length), jnp.int32),
+      lambda: model.apply({"params": params}, encoded, enc, jnp.zeros((b * n, first), jnp.int32),
                           decode=True, max_decode_length=length, mutable=["cache"],
                           method=network.Transformer.decode))[1]["cache"]
   cache = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), cache_shapes)
@@ -112,10 +116,18 @@ def test_cached_decoding_matches_full_forward(tiny, num_decodes):
   cross = cache["decoder"]["layers_0"]["encoder_decoder_attention"]["cached_key"]
   assert cross.shape == (b, CFG.num_heads, CFG.head_dim, 9)
   own = cache["decoder"]["layers_0"]["self_attention"]["cached_key"]
-  assert own.shape == (b * n, CFG.num_heads, CFG.head_dim, length)
-  step_jit = jax.jit(step, static_argnums=3, compiler_options=FAST_COMPILE)
+  assert own.shape == (b * n, CFG.num_heads, CFG.head_dim, first)
+  step_jit = jax.jit(step, static_argnums=(3, 4), compiler_options=FAST_COMPILE)
   for t in range(length):
-    logits, mutated = step_jit(params, cache, dec[:, t:t + 1], t == 0)
+    window = None if windows is None else min(w for w in windows if w > t)
+    if window is not None and window > cache["decoder"]["layers_0"]["self_attention"][
+        "cached_key"].shape[-1]:
+      cache = network.grow_decode_cache(cache, window)
+      # grown: the self-attention caches only, zero columns appended
+      assert cache["decoder"]["layers_1"]["self_attention"]["cached_value"].shape[-1] == window
+      assert cache["decoder"]["layers_0"]["encoder_decoder_attention"]["cached_key"].shape == (
+          cross.shape)
+    logits, mutated = step_jit(params, cache, dec[:, t:t + 1], t == 0, window)
     cache = mutated["cache"]
     np.testing.assert_allclose(np.asarray(logits[:, 0]), np.asarray(full[:, t]),
                                atol=2e-5, rtol=1e-5, err_msg=f"step {t}")
