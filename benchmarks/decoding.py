@@ -99,6 +99,11 @@ def _prompts(batch: int, length: int, vocab: int):
 
 
 def make_hf_checkpoint(size: str, out_dir: str) -> None:
+  make_hf_model(size).eval().save_pretrained(out_dir, safe_serialization=True)
+
+
+def make_hf_model(size: str, seed: int = 0):
+  """A randomly initialized HF T5 v1.1 (gated GELU, untied head) of one of `SIZES`."""
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
   vocab, d_model, heads, head_dim, d_ff, n_enc, n_dec = SIZES[size]
@@ -108,9 +113,8 @@ def make_hf_checkpoint(size: str, out_dir: str) -> None:
       relative_attention_num_buckets=32, relative_attention_max_distance=128,
       dropout_rate=0.0, tie_word_embeddings=False, pad_token_id=0, eos_token_id=1,
       decoder_start_token_id=0)
-  torch.manual_seed(0)
-  model = transformers.T5ForConditionalGeneration(config).eval()
-  model.save_pretrained(out_dir, safe_serialization=True)
+  torch.manual_seed(seed)
+  return transformers.T5ForConditionalGeneration(config)
 
 
 def run_jax(args) -> dict:

@@ -16,35 +16,20 @@ printed next to the uniforms the jitted sampler actually drew.
 """
 
 import argparse
-import math
+import os
 import random
 import statistics
+import sys
 import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from algorithm1 import reference  # pylint: disable=g-import-not-at-top
 from rso_jax import rejection
-
-
-def reference(rewards, num_samples, beta, rng):
-  """Algorithm 1 (arXiv 2309.06657, App. A.1), plain Python."""
-  candidates = dict(enumerate(rewards))
-  accepted = []
-  while len(accepted) < num_samples:
-    max_reward = max(candidates.values())
-    to_remove = []
-    for c, r in candidates.items():
-      if rng.random() >= math.exp((r - max_reward) / beta):
-        continue
-      accepted.append(c)
-      to_remove.append(c)
-      if len(accepted) == num_samples:
-        break
-    for c in to_remove:
-      candidates.pop(c)
-  return accepted
 
 
 def main():

@@ -542,9 +542,14 @@ def sequence_logps(logits: ArrayLike, targets: ArrayLike, weights: ArrayLike) ->
   This is the untempered log π(y|x) the losses read. Positions with weight ≤ 0 give 0 even if
   their logits are non-finite.
   """
-  log_probs, _ = _token_logps(logits, targets)
+  logits = jnp.asarray(logits, jnp.float32)
+  targets = jnp.asarray(targets)
+  if logits.ndim != targets.ndim + 1 or logits.shape[:-1] != targets.shape:
+    raise ValueError(f"logits must be [B, L, V] and targets [B, L], got {logits.shape} and "
+                     f"{targets.shape}.")
   w = jnp.asarray(weights, jnp.float32)
-  if w.shape != log_probs.shape[:-1]:
-    raise ValueError(f"weights shape {w.shape} != targets shape {log_probs.shape[:-1]}.")
-  lp = _gather(log_probs, jnp.asarray(targets))
+  if w.shape != targets.shape:
+    raise ValueError(f"weights shape {w.shape} != targets shape {targets.shape}.")
+  # logit of y_t - log Z_t: no [B, L, V] log-softmax buffer.
+  lp = _gather(logits, targets) - jax.nn.logsumexp(logits, axis=-1)
   return jnp.sum(jnp.where(w > 0, lp * w, 0.0), axis=-1)

@@ -151,10 +151,49 @@ class DenseGeneral(nn.Module):
       return self.kernel_init(key, (fan_in, fan_out), dtype).reshape(shape)
 
     kernel = _param(self, "kernel", init, kernel_shape, self.kernel_axes, self.param_dtype)
-    in_dims = tuple(range(x.ndim - self.num_in_dims, x.ndim))
-    return jax.lax.dot_general(
-        x.astype(self.dtype), kernel.astype(self.dtype),
-        ((in_dims, tuple(range(self.num_in_dims))), ((), ())))
+    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+    if jax.default_backend() == "cpu":
+      return _dense_cpu(x, kernel, self.num_in_dims)
+    return _contract(x, kernel, self.num_in_dims)
+
+
+def _contract(x: Array, kernel: Array, n: int) -> Array:
+  """`[..., *in] x [*in, *out] -> [..., *out]` (the last n dims of x against the first of kernel)."""
+  in_dims = tuple(range(x.ndim - n, x.ndim))
+  return jax.lax.dot_general(x, kernel, ((in_dims, tuple(range(n))), ((), ())))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _dense_cpu(x: Array, kernel: Array, n: int) -> Array:
+  """`_contract` with a backward pass XLA:CPU runs at full speed.
+
+  Autodiff's weight gradient `dW = x^T g` is one dot contracting the leading (batch, length)
+  dims of both operands, which XLA:CPU runs through a transposed-LHS kernel at about half the
+  speed of a plain matmul (49 such dots in a T5-small policy step). Here `x^T` is materialized
+  first (`[*in, batch...]`, a copy the barrier keeps XLA from folding back into the dot), so
+  the dot is a plain row-major matmul: the policy step runs ~1.2x faster on CPU (see
+  benchmarks/train_step.py). Same values as autodiff up to float summation order.
+  """
+  return _contract(x, kernel, n)
+
+
+def _dense_cpu_fwd(x, kernel, n):
+  return _contract(x, kernel, n), (x, kernel)
+
+
+def _dense_cpu_bwd(n, residuals, g):
+  x, kernel = residuals
+  nb = x.ndim - n  # leading (batch, length) dims of x and of g
+  # dx: g [..., *out] x kernel [*in, *out] -> [..., *in]
+  dx = jax.lax.dot_general(g, kernel, ((tuple(range(nb, g.ndim)), tuple(range(n, kernel.ndim))),
+                                       ((), ())))
+  # dW: x^T [*in, ...] (materialized) x g [..., *out] -> [*in, *out]
+  xt = jax.lax.optimization_barrier(jnp.transpose(x, tuple(range(nb, x.ndim)) + tuple(range(nb))))
+  dw = jax.lax.dot_general(xt, g, ((tuple(range(n, xt.ndim)), tuple(range(nb))), ((), ())))
+  return dx.astype(x.dtype), dw.astype(kernel.dtype)
+
+
+_dense_cpu.defvjp(_dense_cpu_fwd, _dense_cpu_bwd)
 
 
 def relative_position_bucket(relative_position: np.ndarray, bidirectional: bool,

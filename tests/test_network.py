@@ -279,3 +279,22 @@ def test_relative_position_bias_row_of_a_decode_step_equals_the_full_matrix_row(
     np.testing.assert_array_equal(np.asarray(row(jnp.int32(p))), full[:, :, p:p + 1], err_msg=p)
   with pytest.raises(ValueError, match="q_len = 1"):
     rel.apply(params, 2, length, query_position=jnp.int32(0))
+
+
+@pytest.mark.parametrize("x_shape,k_shape,n", [((3, 5, 8), (8, 2, 4), 1),   # q/k/v projection
+                                               ((3, 5, 2, 4), (2, 4, 8), 2),  # attention out
+                                               ((7, 8), (8, 6), 1)])
+def test_cpu_dense_gradient_equals_autodiff(x_shape, k_shape, n):
+  """The CPU dense's hand-written backward (materialized x^T) = autodiff of the plain contraction."""
+  rng = np.random.RandomState(0)
+  x = jnp.asarray(rng.randn(*x_shape), jnp.float32)
+  k = jnp.asarray(rng.randn(*k_shape), jnp.float32)
+  out_shape = x_shape[:len(x_shape) - n] + k_shape[n:]
+  probe = jnp.asarray(rng.randn(*out_shape), jnp.float32)
+  loss = lambda f: lambda x, k: jnp.sum(jnp.tanh(f(x, k, n)) * probe)
+  want = jax.grad(loss(network._contract), argnums=(0, 1))(x, k)  # pylint: disable=protected-access
+  got = jax.jit(jax.grad(loss(network._dense_cpu), argnums=(0, 1)))(x, k)  # pylint: disable=protected-access
+  np.testing.assert_allclose(network._dense_cpu(x, k, n), network._contract(x, k, n), rtol=1e-6)  # pylint: disable=protected-access
+  for w, g in zip(want, got):
+    assert w.shape == g.shape
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
