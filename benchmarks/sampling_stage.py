@@ -27,8 +27,8 @@ What is compared: the whole per-prompt work of the sampling stage (`rso_jax/samp
              `partitioning.to_host` (what `Generator.generate` runs per chunk);
     score    `reward_models.bt_rewards_jit` (the jitted pack "x [RESPONSE] y" + encoder + mean
              pooling + head that `RewardModel.reward` runs), over the B * N rows in chunks of
-             `--rm_rows` rows, the last chunk zero-padded, as `RewardModel._map_rows` does;
-             default 256 = the reward-model batch `sample.run` loads the scorer with (at
+             `--rm_rows` rows, the last chunk zero-padded (`inference.map_rows`, as the
+             reward model does); default 256 = the reward-model batch `sample.run` loads the scorer with (at
              B = 2, N = 64 half of that chunk is padding; at the stage's default
              batch_prompts = 16 every chunk is full: pass `--rm_rows 128` to see B = 2 without
              the padding);
@@ -140,7 +140,7 @@ def run_jax(a) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from rso_jax import convert, decoding, network, partitioning  # pylint: disable=g-import-not-at-top
+  from rso_jax import convert, decoding, inference, network, partitioning  # pylint: disable=g-import-not-at-top
   from rso_jax import pairs as pairs_lib  # pylint: disable=g-import-not-at-top
   from rso_jax import rejection, reward_models  # pylint: disable=g-import-not-at-top
   assert reward_models.BT_SEPARATOR == SEPARATOR, reward_models.BT_SEPARATOR
@@ -166,18 +166,6 @@ def run_jax(a) -> dict:
   rm_fn = lambda p, x, y: reward_models.bt_rewards_jit(rm_module, p, x, y, separator=sep,
                                                        eos_id=EOS)
 
-  def map_rows(fn, arrays):  # inference._Loaded._map_rows
-    m = arrays[0].shape[0]
-    out = np.zeros((m,), np.float32)
-    for start in range(0, m, rows):
-      chunk = [x[start:start + rows] for x in arrays]
-      c = chunk[0].shape[0]
-      chunk = [np.concatenate([x, np.zeros((rows - c,) + x.shape[1:], x.dtype)]) for x in chunk]
-      with partitioning.MeshRules(mesh):
-        res = fn(rm_params, *[partitioning.shard_batch({"x": x}, mesh)["x"] for x in chunk])
-      out[start:start + c] = np.asarray(partitioning.to_host(res), np.float32)[:c]
-    return out
-
   def stage(key):
     t = [(time.perf_counter(), time.process_time())]
     k_sample, k_select, k_pair = jax.random.split(key, 3)
@@ -188,7 +176,8 @@ def run_jax(a) -> dict:
           temperature=0.7, top_k=40, top_p=None, eos_id=None))
     t.append((time.perf_counter(), time.process_time()))
     x_rows = np.repeat(enc_np, n, axis=0)  # prompt-major, as RewardModel.reward flattens
-    rewards = map_rows(rm_fn, [x_rows, out.tokens.reshape(b * n, length)]).reshape(b, n)
+    rewards = inference.map_rows(rm_fn, rm_params, [x_rows, out.tokens.reshape(b * n, length)],
+                                 rows, mesh).reshape(b, n)
     t.append((time.perf_counter(), time.process_time()))
     valid = np.ones((b, n), bool)  # EOS off: every candidate full-length, none invalid
     masked = jnp.asarray(np.where(valid, rewards, 0.0))

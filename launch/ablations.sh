@@ -7,7 +7,7 @@ set -euo pipefail
 run() { name=$1; shift; python3 -m rso_jax.train --gin_file=gin/rso_hinge.gin \
   --gin.POLICY_NAME="'$name'" "$@"; }
 # Table 1: loss x data setting
-for loss in hinge_norm sigmoid_norm slic_hinge; do
+for loss in hinge_norm sigmoid_norm hinge; do
   run "rso_$loss" --gin.LOSS="'$loss'"
   run "sft_sample_rank_$loss" --gin.LOSS="'$loss'" --gin.DATA_SETTING="'sft_sample_rank'"
 done

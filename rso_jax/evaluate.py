@@ -394,8 +394,10 @@ def _correlations(rewards: np.ndarray, golden: np.ndarray, prefix: str = "") -> 
   """Correlations of rewards `[P, n]` with r* `[P, n]`; column 0 is each prompt's baseline."""
   from scipy import stats  # pylint: disable=g-import-not-at-top
 
-  def corr(fn, x, y):
+  def corr(fn, x, y):  # over the entries where both are finite (NaN: an excluded sample)
     x, y = np.ravel(x), np.ravel(y)
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
     if len(x) < 2 or np.std(x) == 0 or np.std(y) == 0:
       return float("nan")
     return float(fn(x, y)[0])
@@ -412,6 +414,8 @@ def _correlations(rewards: np.ndarray, golden: np.ndarray, prefix: str = "") -> 
   per = [v for v in per if np.isfinite(v)]
   out["within_prompt_spearman"] = float(np.mean(per)) if per else float("nan")
   a, b = rel_g[:, 1:].ravel(), rel_r[:, 1:].ravel()
+  ok = np.isfinite(a) & np.isfinite(b)
+  a, b = a[ok], b[ok]
   denom = float(np.sum((a - a.mean()) ** 2))
   out["reward_slope"] = float(np.dot(a - a.mean(), b - b.mean()) / denom) if denom else float("nan")
   return {prefix + k: v for k, v in out.items()}
@@ -420,14 +424,18 @@ def _correlations(rewards: np.ndarray, golden: np.ndarray, prefix: str = "") -> 
 def evaluate_reward_model(path: Optional[str] = None, split: str = "validation", *,
                           scorer: Optional[inference.RewardModel] = None, env_config: Any = None,
                           batch_size: int = 256, policy_checkpoint: Optional[str] = None,
-                          num_policy_samples: int = 8, seed: int = 0) -> Dict[str, float]:
+                          num_policy_samples: int = 8, temperature: float = 0.7,
+                          top_k: Optional[int] = 40, num_prompts: Optional[int] = None,
+                          seed: int = 0) -> Dict[str, float]:
   """Held-out quality of a reward model (pairwise ρ or BT) on the embedded synthetic task.
 
   Pairs: the `D_hf` pairs of `split`; each is shown in both orders, (chosen, rejected) and
-  (rejected, chosen). Candidates for the pointwise reward: per prompt of `split`, its SFT
-  demonstration (the baseline y_b, reward 0) and the 2·pairs_per_prompt behaviour responses of its
-  `D_hf` pairs. With `policy_checkpoint` (an SFT policy), also `num_policy_samples` samples per
-  prompt (T = 0.7, top-k 40; the first is the baseline, as in the paper), keys `sft_samples/...`.
+  (rejected, chosen). Candidates for the pointwise reward: per prompt of `split` (its first
+  `num_prompts`), its SFT demonstration (the baseline y_b, reward 0) and the
+  2·pairs_per_prompt responses of its `D_hf` pairs. With `policy_checkpoint` (an SFT policy), also `num_policy_samples` samples per
+  prompt (`temperature`, `top_k`: the sampling stage's; the first is the baseline, as in the
+  paper), keys `sft_samples/...`: the correlations below and `accuracy_golden` over every pair of
+  one prompt's samples with unequal r* (`sample_pairs`) -- the reward model where RSO uses it.
 
   Returns floats:
     accuracy_golden: P(y_hi ≻ y_lo) > 0.5 on pairs with unequal r*, mean over both orders.
@@ -447,7 +455,8 @@ def evaluate_reward_model(path: Optional[str] = None, split: str = "validation",
   if scorer is None:
     scorer = inference.load(path, expect=checkpoints.REWARD_KINDS, role="reward model",
                             batch_size=batch_size)
-  data = synthetic.build_environment(env_config or synthetic.EnvConfig())
+  from rso_jax.tasks import embedded  # pylint: disable=g-import-not-at-top
+  data = synthetic.build_environment(env_config or embedded.registered_config())
   pairs = data.dhf[split]
   x = [p.prompt for p in pairs]
   yc, yr = [p.chosen for p in pairs], [p.rejected for p in pairs]
@@ -471,10 +480,11 @@ def evaluate_reward_model(path: Optional[str] = None, split: str = "validation",
       "position_bias": float(np.mean(np.concatenate([p_cr, p_rc])) - 0.5),
   }
 
-  prompts = list(data.prompts[split])
+  prompts = list(data.prompts[split])[:num_prompts]  # the first num_prompts (None: all)
   by_prompt: Dict[str, List[str]] = {p: [] for p in prompts}
   for p in pairs:
-    by_prompt[p.prompt].extend([p.chosen, p.rejected])
+    if p.prompt in by_prompt:
+      by_prompt[p.prompt].extend([p.chosen, p.rejected])
   cands = [[demo] + by_prompt[p] for p, demo in zip(prompts, data.sft[split])]
   n = min(len(c) for c in cands)
   cands = [c[:n] for c in cands]
@@ -484,13 +494,65 @@ def evaluate_reward_model(path: Optional[str] = None, split: str = "validation",
   if policy_checkpoint:
     policy = inference.load(policy_checkpoint, expect=checkpoints.GENERATIVE_KINDS,
                             role="policy", batch_size=32)
-    samples = policy.generate(prompts, key=jax.random.key(seed),
-                              num_decodes=num_policy_samples).texts
-    rewards = scorer.reward(prompts, samples, [s[0] for s in samples])
+    gen = policy.generate(prompts, key=jax.random.key(seed), num_decodes=num_policy_samples,
+                          temperature=temperature, top_k=top_k)
+    samples = gen.texts
+    rewards = np.asarray(scorer.reward(prompts, samples, [s[0] for s in samples]), np.float64)
     golden = synthetic.golden_rewards(prompts, samples)
-    out.update(_correlations(rewards, golden, prefix="sft_samples/"))
+    # What the sampling stage drops: decodes without EOS, responses the reward model cannot
+    # read whole (NaN). They take no part in the statistics.
+    valid = np.asarray(gen.finished) & np.isfinite(rewards)
+    out.update(_correlations(np.where(valid, rewards, np.nan), golden, prefix="sft_samples/"))
+    out.update(_sample_pair_accuracy(scorer, prompts, samples, golden, valid=valid,
+                                     prefix="sft_samples/"))
     out["sft_samples/golden_mean"] = float(np.mean(golden))
+    out["sft_samples/excluded"] = float(np.sum(~valid))
   return out
+
+
+def sample_pairs(samples: Sequence[Sequence[str]], golden: np.ndarray,
+                 valid: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Every within-prompt pair (i, j), i < j, of distinct valid texts with unequal r*.
+
+  Args:
+    samples: `[P][n]` response texts.
+    golden: `[P, n]` r* of them.
+    valid: `[P, n]` bool, the samples that take part (default: all).
+
+  Returns:
+    (prompt `[M]`, better `[M]`, worse `[M]`) int arrays: the sample of higher r* and the other.
+  """
+  golden = np.asarray(golden, np.float64)
+  valid = np.ones(golden.shape, bool) if valid is None else np.asarray(valid, bool)
+  rows = []
+  for b, (texts, g, ok) in enumerate(zip(samples, golden, valid)):
+    for i in range(len(texts)):
+      for j in range(i + 1, len(texts)):
+        if ok[i] and ok[j] and texts[i] != texts[j] and not np.isclose(g[i], g[j]):
+          rows.append((b, i, j) if g[i] > g[j] else (b, j, i))
+  out = np.asarray(rows, np.int64).reshape(-1, 3)
+  return out[:, 0], out[:, 1], out[:, 2]
+
+
+def _sample_pair_accuracy(scorer: inference.RewardModel, prompts: Sequence[str],
+                          samples: Sequence[Sequence[str]], golden: np.ndarray,
+                          valid: Optional[np.ndarray] = None, prefix: str = "") -> Dict[str, float]:
+  """The reward model's preference on pairs of one prompt's samples vs r* (`sample_pairs`).
+
+  accuracy_golden: P(better ≻ worse) > 0.5 (= 0.5 counts half), the mean over both orders of
+    presentation (they agree for BT); pairs_untied: how many pairs it is over.
+  """
+  b, hi, lo = sample_pairs(samples, golden, valid)
+  if not len(b):
+    return {prefix + "accuracy_golden": float("nan"), prefix + "pairs_untied": 0.0}
+  x = [prompts[i] for i in b]
+  y_hi = [samples[i][j] for i, j in zip(b, hi)]
+  y_lo = [samples[i][j] for i, j in zip(b, lo)]
+  score = lambda p: np.where(p == 0.5, 0.5, (p > 0.5).astype(np.float64))
+  acc = score(np.asarray(scorer.prefer(x, y_hi, y_lo), np.float64))
+  if getattr(scorer, "kind", None) == "pairwise_rm":
+    acc = 0.5 * (acc + score(1.0 - np.asarray(scorer.prefer(x, y_lo, y_hi), np.float64)))
+  return {prefix + "accuracy_golden": float(np.mean(acc)), prefix + "pairs_untied": float(len(b))}
 
 
 # ------------------------------------------------------------------------------------------------

@@ -228,18 +228,22 @@ class _Loaded:
     return [partitioning.shard_batch({"x": a}, self.mesh)["x"] for a in arrays]
 
   def _map_rows(self, fn, arrays: Sequence[np.ndarray], rows: Optional[int] = None) -> np.ndarray:
-    """`fn(params, *[rows, ...]) -> [rows]` over all M rows, the last chunk zero-padded."""
-    rows = rows or self.batch_size
-    m = arrays[0].shape[0]
-    out = np.zeros((m,), np.float32)
-    for start in range(0, m, rows):
-      chunk = [a[start:start + rows] for a in arrays]
-      n = chunk[0].shape[0]
-      chunk = [np.concatenate([c, np.zeros((rows - n,) + c.shape[1:], c.dtype)]) for c in chunk]
-      with self._ctx():
-        res = fn(self.params, *self._shard(chunk))
-      out[start:start + n] = np.asarray(partitioning.to_host(res), np.float32)[:n]
-    return out
+    return map_rows(fn, self.params, arrays, rows or self.batch_size, self.mesh)
+
+
+def map_rows(fn, params: Any, arrays: Sequence[np.ndarray], rows: int, mesh) -> np.ndarray:
+  """`fn(params, *[rows, ...]) -> [rows]` over all M rows of `arrays` (each `[M, ...]`): chunks
+  of `rows` sharded over `mesh`'s data axes, the last chunk zero-padded; float32 `[M]`."""
+  m = arrays[0].shape[0]
+  out = np.zeros((m,), np.float32)
+  for start in range(0, m, rows):
+    chunk = [a[start:start + rows] for a in arrays]
+    n = chunk[0].shape[0]
+    chunk = [np.concatenate([c, np.zeros((rows - n,) + c.shape[1:], c.dtype)]) for c in chunk]
+    with partitioning.MeshRules(mesh):
+      res = fn(params, *[partitioning.shard_batch({"x": c}, mesh)["x"] for c in chunk])
+    out[start:start + n] = np.asarray(partitioning.to_host(res), np.float32)[:n]
+  return out
 
 
 def _prompt_chunks(num: int, rows: int):

@@ -9,7 +9,7 @@ Every preference loss reads *sequence* log-probs `[B]` (sums over the response t
   Δ   = (π_w − ref_w) − (π_l − ref_l)           (natural-log units, no temperature applied)
 
   sigmoid-norm (Eq. 8, DPO)   −log σ(γΔ)                        `sigmoid_norm`
-  hinge        (Eq. 9)        max(0, 1 − γ(π_w − π_l))          γ · `slic_hinge(gamma=γ)`
+  hinge        (Eq. 9)        max(0, 1 − γ(π_w − π_l))          `hinge`
   hinge-norm   (Eq. 10, RSO)  max(0, 1 − γΔ)                    `hinge_norm`
   SLiC         (SLiC Eq. 1)   max(0, δ − (π_w − π_l)) − λ·log π_θ(y_ref|x)   `slic_hinge`
   IPO (beyond the paper)      (Δ − 1/(2τ))²                     `ipo`
@@ -133,16 +133,29 @@ def hinge_norm(policy_chosen_logps: ArrayLike, policy_rejected_logps: ArrayLike,
   return jax.nn.relu(1.0 - gamma * delta)
 
 
+def hinge(policy_chosen_logps: ArrayLike, policy_rejected_logps: ArrayLike,
+          gamma: float) -> Array:
+  """Hinge loss (paper Eq. 9): `max(0, 1 − γ(π_w − π_l))`, per example `[B]`; no reference.
+
+  Exactly Eq. 9 (γ inside, margin 1): `slic_hinge(gamma=γ)` is the same hinge divided by γ,
+  whose gradients are 1/γ larger -- which changes what gradient clipping does.
+  """
+  _check_positive("gamma", gamma)
+  pw = _f32("policy_chosen_logps", policy_chosen_logps)
+  pl = _f32("policy_rejected_logps", policy_rejected_logps)
+  _same_shape(policy_chosen_logps=pw, policy_rejected_logps=pl)
+  return jax.nn.relu(1.0 - gamma * (pw - pl))
+
+
 def slic_hinge(policy_chosen_logps: ArrayLike, policy_rejected_logps: ArrayLike,
                gamma: Optional[float] = None, delta: Optional[float] = None,
                sft_logps: Optional[ArrayLike] = None, sft_weight: float = 0.0) -> Array:
   """SLiC calibration hinge (SLiC Eq. 1), margin form: `max(0, δ − (π_w − π_l))` `[B]`.
 
   Uses no reference model. Give exactly one of `delta` (the margin δ, nats) or `gamma`
-  (δ = 1/γ). The paper's Eq. 9 is the same hinge scaled by γ:
-  `max(0, 1 − γ(π_w − π_l)) = γ · max(0, 1/γ − (π_w − π_l))`, so `gamma * slic_hinge(gamma=γ)`
-  is Eq. 9: same zero region and gradient direction, gradients 1/γ larger (absorbed by
-  Adam/Adafactor's normalization; with SGD scale the learning rate by γ to match Eq. 9).
+  (δ = 1/γ). The paper's Eq. 9 (`hinge`) is the same hinge scaled by γ:
+  `max(0, 1 − γ(π_w − π_l)) = γ · max(0, 1/γ − (π_w − π_l))`: same zero region and gradient
+  direction, gradients 1/γ larger here (not absorbed where gradient clipping acts).
 
   With `sft_weight=λ > 0` adds SLiC's regularizer `−λ·log π_θ(y_ref|x)` from `sft_logps`
   `[B]` (the policy's log-prob of a reference target; paper Table 5: no real gain).
@@ -258,6 +271,7 @@ class PairLoss:
 _LOSSES: Dict[str, PairLoss] = {
     "sigmoid_norm": PairLoss("sigmoid_norm", sigmoid_norm, True),
     "hinge_norm": PairLoss("hinge_norm", hinge_norm, True),
+    "hinge": PairLoss("hinge", hinge, False),
     "slic_hinge": PairLoss("slic_hinge", slic_hinge, False),
     "ipo": PairLoss("ipo", ipo, True),
 }
@@ -476,13 +490,19 @@ def pair_token_flags(chosen_targets: ArrayLike, chosen_weights: ArrayLike,
 # ---------------------------------------------------------------------------
 
 
-def _token_logps(logits: ArrayLike, targets: ArrayLike) -> Tuple[Array, Array]:
-  """float32 `(log_softmax(logits) [B, L, V], log Z [B, L])`."""
+def _logits_and_targets(logits: ArrayLike, targets: ArrayLike) -> Tuple[Array, Array]:
+  """float32 logits `[B, L, V]` and targets `[B, L]`, their shapes checked."""
   logits = jnp.asarray(logits, jnp.float32)
   targets = jnp.asarray(targets)
   if logits.ndim != targets.ndim + 1 or logits.shape[:-1] != targets.shape:
     raise ValueError(f"logits must be [B, L, V] and targets [B, L], got {logits.shape} and "
                      f"{targets.shape}.")
+  return logits, targets
+
+
+def _token_logps(logits: ArrayLike, targets: ArrayLike) -> Tuple[Array, Array]:
+  """float32 `(log_softmax(logits) [B, L, V], log Z [B, L])`."""
+  logits, _ = _logits_and_targets(logits, targets)
   log_z = jax.nn.logsumexp(logits, axis=-1)
   return logits - log_z[..., None], log_z
 
@@ -542,11 +562,7 @@ def sequence_logps(logits: ArrayLike, targets: ArrayLike, weights: ArrayLike) ->
   This is the untempered log π(y|x) the losses read. Positions with weight ≤ 0 give 0 even if
   their logits are non-finite.
   """
-  logits = jnp.asarray(logits, jnp.float32)
-  targets = jnp.asarray(targets)
-  if logits.ndim != targets.ndim + 1 or logits.shape[:-1] != targets.shape:
-    raise ValueError(f"logits must be [B, L, V] and targets [B, L], got {logits.shape} and "
-                     f"{targets.shape}.")
+  logits, targets = _logits_and_targets(logits, targets)
   w = jnp.asarray(weights, jnp.float32)
   if w.shape != targets.shape:
     raise ValueError(f"weights shape {w.shape} != targets shape {targets.shape}.")

@@ -210,7 +210,7 @@ class PairObjective:
     degenerate = flags["identical"] | flags["empty_chosen"] | flags["empty_rejected"]
     weights = jnp.where(degenerate, 0.0, 1.0)
     hparams = dict(self.loss_kwargs)
-    if self.loss.name in ("sigmoid_norm", "hinge_norm"):
+    if self.loss.name in ("sigmoid_norm", "hinge_norm", "hinge"):
       hparams.setdefault("gamma", self.gamma)
     elif self.loss.name == "slic_hinge":
       hparams.setdefault("gamma", self.gamma)

@@ -10,6 +10,8 @@ this process plus `--stage=NAME`, and calls the stage's entry under `gin.config_
 
   TrainStage("sft")     sft/train_lib.train               -> SFT_CHECKPOINT
   TrainStage("reward")  reward/train_lib.train            -> REWARD_CHECKPOINT
+  RewardQualityStage    (this process) the reward model on π_sft's samples vs r*
+                                                          -> REWARD_CHECKPOINT/reward_quality.json
   SampleStage("sample") sample/sample.sample_configured   -> RUN_DIR/samples/<setting>-<hash>
   EvaluateStage         (this process, after training)    <- win rates, KL, report, plot
 
@@ -42,6 +44,7 @@ from rso_jax import checkpoints
 from rso_jax import fs
 
 COMPLETED = "COMPLETED"
+REWARD_QUALITY = "reward_quality.json"  # RewardQualityStage's record, in the reward model's dir
 EXIT_PREEMPTED = 143  # trainer.EXIT_PREEMPTED
 
 
@@ -270,6 +273,63 @@ class SampleStage:
           f"{stats['rejection/acceptance_rate']:.3f}{golden}; task {self.task_name!r}",
           flush=True)
     return out
+
+
+@dataclasses.dataclass
+class RewardQualityStage:
+  """The reward model where RSO uses it: its ranking of π_sft's own samples against r*.
+
+  After the reward stage, on the embedded task (the only one with a golden reward): per held-out
+  prompt (`split` of the synthetic environment, the first `num_prompts`), `num_samples`
+  samples of π_sft drawn as the sampling stage draws them (its temperature and top-k), scored by
+  the reward model; accuracy against r* on every pair of one prompt's samples with unequal r*,
+  and the rank correlations (`evaluate.evaluate_reward_model`). Printed, and kept with the
+  reward model as `REWARD_CHECKPOINT/reward_quality.json` (reused on a rerun). Other tasks: a
+  one-line note.
+  """
+  sft_checkpoint: str
+  reward_checkpoint: str
+  pairs_task: str
+  num_prompts: Optional[int] = 256
+  num_samples: int = 8
+  split: str = "validation"
+  seed: int = 0
+  name: str = "reward"
+
+  def __call__(self) -> Optional[dict]:
+    from rso_jax import sample  # pylint: disable=g-import-not-at-top
+    path = fs.join(self.reward_checkpoint, REWARD_QUALITY)
+    if not self.pairs_task.startswith("synthetic"):
+      print(f"[{self.name}] {self.pairs_task!r} has no golden reward: the reward model's "
+            "accuracy on π_sft's samples is not measured", flush=True)
+      return None
+    draw = stage_bindings(sample.sample_configured, "sample")
+    setting = dict(sft_checkpoint=fs.abspath(self.sft_checkpoint), split=self.split,
+                   num_prompts=self.num_prompts, num_samples=self.num_samples, seed=self.seed,
+                   temperature=draw.get("temperature", 0.7), top_k=draw.get("top_k", 40))
+    result = json.loads(fs.read_text(path)) if fs.exists(path) else None
+    if result is None or result.get("setting") != setting:
+      from rso_jax import evaluate  # pylint: disable=g-import-not-at-top
+      metrics = evaluate.evaluate_reward_model(
+          self.reward_checkpoint, self.split, policy_checkpoint=self.sft_checkpoint,
+          num_policy_samples=self.num_samples, temperature=setting["temperature"],
+          top_k=setting["top_k"], num_prompts=self.num_prompts, seed=self.seed)
+      result = dict(setting=setting, metrics=metrics)
+      if jax_process_index() == 0:
+        fs.atomic_write_text(path, json.dumps(result, indent=2, sort_keys=True) + "\n")
+    m = result["metrics"]
+    print(f"[{self.name}] on π_sft's samples ({self.num_samples} per {self.split} prompt, "
+          f"T {setting['temperature']}, top-k {setting['top_k']}): accuracy vs r* "
+          f"{m['sft_samples/accuracy_golden']:.3f} on {m['sft_samples/pairs_untied']:,.0f} pairs, "
+          f"Spearman within prompt {m['sft_samples/within_prompt_spearman']:.3f} (pooled "
+          f"{m['sft_samples/spearman_r_star']:.3f}); on held-out D_hf: accuracy vs r* "
+          f"{m['accuracy_golden']:.3f}; {path}", flush=True)
+    return result
+
+
+def jax_process_index() -> int:
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.process_index()
 
 
 @dataclasses.dataclass

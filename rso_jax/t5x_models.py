@@ -226,7 +226,7 @@ class PreferenceModel(EncoderDecoderModel):
   and metrics are `models.PairObjective`'s, the code rso_jax's `PolicyModel` runs.
 
   Args (beyond `t5x.models.EncoderDecoderModel`'s):
-    loss: "hinge_norm" (RSO), "sigmoid_norm" (DPO), "slic_hinge", "ipo".
+    loss: "hinge_norm" (RSO), "sigmoid_norm" (DPO), "hinge" (Eq. 9), "slic_hinge", "ipo".
     gamma: γ of Eq. 8/10 (the implicit rewards' scale in the metrics too).
     loss_kwargs: other hyper-parameters of the loss (e.g. {"delta": 1.0} for slic_hinge).
     sft_weight: SLiC's λ on −log π_θ(y_w|x).

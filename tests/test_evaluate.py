@@ -243,3 +243,40 @@ def test_reward_model_evaluation_against_an_oracle_and_a_real_checkpoint(tmp_pat
                     {"inputs": 32, "targets": 32})
   out = evaluate.evaluate_reward_model(bt)
   assert 0.0 <= out["accuracy_golden"] <= 1.0 and np.isfinite(out["pearson_r_star"])
+
+
+class OrderScorer(LengthScorer):
+  """A pairwise judge with a position preference: ρ(x, A, B) = σ(len(A) − len(B) + 0.5)."""
+  kind = "pairwise_rm"
+
+  def prefer(self, prompts, y1, y2):
+    d = np.array([len(a) - len(b) + 0.5 for a, b in zip(y1, y2)], np.float64)
+    return 1.0 / (1.0 + np.exp(-d))
+
+
+def test_accuracy_on_sample_pairs_matches_a_plain_python_count():
+  """Every pair of one prompt's samples with distinct texts and unequal r*, counted by hand."""
+  prompts = ["owl cat ram", "ant bee"]
+  samples = [["owl cat ram", "owl cat", "owl cat", "cat owl ram dog", "owl cat ram ram"],
+             ["ant bee", "bee", "ant bee cow", "bee ant", "ant"]]
+  golden = synthetic.golden_rewards(prompts, samples)
+  b, hi, lo = evaluate.sample_pairs(samples, golden)
+  want = [(i, j, k) for i, row in enumerate(samples) for j in range(5) for k in range(5)
+          if row[j] != row[k] and golden[i, j] > golden[i, k] + 1e-6]
+  assert sorted(zip(b.tolist(), hi.tolist(), lo.tolist())) == sorted(want)
+  for scorer, sym in ((GoldenScorer(), False), (LengthScorer(), False), (OrderScorer(), True)):
+    out = evaluate._sample_pair_accuracy(scorer, prompts, samples, golden, prefix="s/")
+    points = []
+    for i, j, k in want:
+      x, hi_y, lo_y = prompts[i], samples[i][j], samples[i][k]
+      orders = ((hi_y, lo_y, 1), (lo_y, hi_y, 0)) if sym else ((hi_y, lo_y, 1),)
+      got = []
+      for a, c, a_is_better in orders:
+        p = float(scorer.prefer([x], [a], [c])[0])
+        p_better = p if a_is_better else 1.0 - p
+        got.append(1.0 if p_better > 0.5 else 0.5 if p_better == 0.5 else 0.0)
+      points.append(sum(got) / len(got))
+    assert out["s/pairs_untied"] == len(want)
+    assert out["s/accuracy_golden"] == pytest.approx(sum(points) / len(points)), scorer
+  assert evaluate._sample_pair_accuracy(GoldenScorer(), prompts, samples,
+                                        golden)["accuracy_golden"] == 1.0

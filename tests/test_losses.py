@@ -76,6 +76,13 @@ def test_slic_hinge_margin_form_times_gamma_is_eq9(gamma):
   got = losses.slic_hinge(pw, pl, gamma=gamma)
   np.testing.assert_allclose(gamma * np.asarray(got), np_eq9_hinge(pw, pl, gamma),
                              rtol=1e-5, atol=1e-5)
+  # `hinge` is Eq. 9 itself (no 1/γ factor), through the registry's uniform signature too.
+  np.testing.assert_allclose(losses.hinge(pw, pl, gamma), np_eq9_hinge(pw, pl, gamma),
+                             rtol=1e-5, atol=1e-5)
+  spec = losses.get_loss_fn("hinge")
+  assert not spec.uses_reference
+  np.testing.assert_allclose(spec(pw, pl, None, None, gamma=gamma),
+                             np_eq9_hinge(pw, pl, gamma), rtol=1e-5, atol=1e-5)
   # SLiC Eq. 1 margin form, δ given directly.
   np.testing.assert_allclose(losses.slic_hinge(pw, pl, delta=3.0),
                              np.maximum(0.0, 3.0 - (pw - pl)), rtol=1e-6, atol=1e-6)
@@ -125,7 +132,8 @@ def test_bradley_terry():
 @pytest.mark.parametrize("name,kw", [("sigmoid_norm", {"gamma": 0.5}),
                                      ("sigmoid_norm", {"gamma": 0.05, "label_smoothing": 0.2}),
                                      ("hinge_norm", {"gamma": 0.05}),
-                                     ("slic_hinge", {"gamma": 0.5})])
+                                     ("slic_hinge", {"gamma": 0.5}),
+                                     ("hinge", {"gamma": 0.5})])
 def test_gradient_signs(name, kw):
   pw, pl, rw, rl = random_logps(13, b=64)
   spec = losses.get_loss_fn(name)

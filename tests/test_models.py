@@ -105,7 +105,8 @@ def test_unknown_loss_and_missing_reference_errors():
 
 @pytest.mark.parametrize("loss,kw", [("hinge_norm", {"gamma": 0.5}),
                                      ("sigmoid_norm", {"gamma": 0.5}),
-                                     ("slic_hinge", {"gamma": 0.5})])
+                                     ("slic_hinge", {"gamma": 0.5}),
+                                     ("hinge", {"gamma": 0.5})])
 def test_training_raises_accuracy_and_margin(loss, kw):
   p_ref = _params(0)
   model = models.PolicyModel(CFG, loss=loss, **kw)

@@ -5,8 +5,10 @@ directory on `gs://` (a local emulator, tests/gcs_emulator.py); then reuse and r
 import json
 import os
 
+import pytest
+
 from gcs_emulator import gcs  # noqa: F401  pylint: disable=unused-import  (a fixture)
-from rso_jax import fs, train
+from rso_jax import evaluate, fs, train
 
 SMALL_NET = ["network.T5Config.emb_dim=32", "network.T5Config.mlp_dim=64",
              "network.T5Config.num_heads=2", "network.T5Config.head_dim=16",
@@ -45,13 +47,21 @@ def test_main_job_on_gcs_runs_every_stage_then_reuses_and_resumes(gcs, tmp_path,
   assert report["num_prompts"] == 8 and report["has_golden"]
   assert fs.exists(fs.join(run, "eval_plot.png"))
   assert "win" in out.lower() and "[sft]" in out and "[sample]" in out
+  # The reward stage's accuracy on π_sft's own samples, kept with the reward model.
+  quality = json.loads(fs.read_text(fs.join(run, "reward_bt", "reward_quality.json")))
+  assert quality["setting"]["num_prompts"] == 8 and quality["setting"]["num_samples"] == 8
+  assert 0.0 <= quality["metrics"]["sft_samples/accuracy_golden"] <= 1.0
+  assert "[reward] on π_sft's samples" in out and "accuracy vs r*" in out
   assert os.listdir(tmp_path) == []  # nothing written locally
 
   # Second run, two more policy steps: every stage is reused, the policy resumes from its
-  # last checkpoint on gs:// and finishes.
+  # last checkpoint on gs:// and finishes; the reward model's quality record is read back.
+  monkeypatch.setattr(evaluate, "evaluate_reward_model",
+                      lambda *a, **k: pytest.fail("reward_quality.json recomputed"))
   assert train.main(_argv(run, "--gin.TRAIN_STEPS=5")) == 0, capsys.readouterr().err
   out2 = capsys.readouterr().out
   assert "[sft] reusing" in out2 and "[reward] reusing" in out2 and "[sample] reusing" in out2
+  assert "[reward] on π_sft's samples" in out2
   assert f"resumed from {run}/rso_hinge/checkpoints/3" in out2 and "step      5/5" in out2
   assert fs.read_text(fs.join(run, "rso_hinge", "COMPLETED")).strip() == "5"
   assert os.listdir(tmp_path) == []

@@ -142,7 +142,7 @@ def test_quality_ordering_and_hackable_length_signal():
   s = syn.environment_stats(data)
   assert s["best_reward"] == 1.0
   assert 0.5 < s["sft_reward"] < 0.8  # Middling demonstrations.
-  assert s["behaviour_reward"] < s["sft_reward"] - 0.15  # A different, worse policy.
+  assert s["dhf_reward"] < s["sft_reward"] - 0.15  # A different, worse policy.
   assert 0.75 < s["dhf_agreement"] < 0.95  # Noisy raters.
   assert s["longer_chosen_rate"] > 0.65  # "Longer is better" is learnable from D_hf ...
   # ... yet r* never rewards words beyond the keywords: padding the best response hurts.
@@ -159,7 +159,37 @@ def test_string_sizes_fit_feature_length_32():
   assert all(t.strip() for t in texts)  # Never an empty prompt or response.
 
 
+def test_dhf_of_several_policies():
+  """A D_hf of the behaviour policy and the SFT annotator: its mean r* lies strictly between the
+  single-policy ones; one policy draws nothing from the source stream (the first pipeline's
+  pairs, redrawn by hand below)."""
+  sizes = dict(seed=2, num_train_prompts=1500, num_validation_prompts=8, num_test_prompts=8)
+  stats = {pol: syn.environment_stats(_fresh(syn.EnvConfig(**sizes, dhf_policies=pol)))
+           for pol in (("behaviour",), ("sft",), ("behaviour", "sft"))}
+  lo, hi = stats[("behaviour",)]["dhf_reward"], stats[("sft",)]["dhf_reward"]
+  mixed = stats[("behaviour", "sft")]["dhf_reward"]
+  assert hi - lo > 0.15 and lo + 0.05 < mixed < hi - 0.05, (lo, mixed, hi)
+  assert syn.EnvConfig().dhf_policies == ("behaviour",)
+  a = _fresh(syn.EnvConfig(**sizes, dhf_policies=("sft", "behaviour")))
+  b = _fresh(syn.EnvConfig(**sizes, dhf_policies=("sft", "behaviour")))
+  assert a.dhf == b.dhf
+  one = _fresh(syn.EnvConfig(**sizes, dhf_policies=("behaviour",))).dhf["train"]
+  rng = lambda stream, i: np.random.default_rng([2, stream, 0, i])
+  for i in range(5):  # the first pair of prompt i, redrawn by hand from the two streams
+    prompt, rb = one[2 * i].prompt, rng(2, i)
+    y1 = syn.behaviour_response(prompt, rb)
+    y2 = syn.behaviour_response(prompt, rb)
+    while y2 == y1:
+      y2 = syn.behaviour_response(prompt, rb)
+    first = syn.bt_label(syn.golden_reward(prompt, y1), syn.golden_reward(prompt, y2), rng(3, i))
+    assert (one[2 * i].chosen, one[2 * i].rejected) == ((y1, y2) if first else (y2, y1))
+
+
 @pytest.mark.parametrize("kwargs,match", [
+    (dict(dhf_policies=("behaviour", "behaviour")), "dhf_policies"),
+    (dict(dhf_policies=("human",)), "dhf_policies"),
+    (dict(dhf_policies="sft"), "dhf_policies"),
+    (dict(dhf_policies=()), "dhf_policies"),
     (dict(num_train_prompts=0), "num_train_prompts"),
     (dict(pairs_per_prompt=-1), "pairs_per_prompt"),
     (dict(seed=-1), "seed"),

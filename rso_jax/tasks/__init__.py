@@ -21,5 +21,6 @@ from rso_jax.tasks.synthetic import best_response
 from rso_jax.tasks.synthetic import golden_reward
 from rso_jax.tasks.synthetic import golden_rewards
 from rso_jax.tasks.vocab import get_vocabulary
+from rso_jax.tasks.vocab import synthetic_words_model
 
 register_synthetic_tasks()

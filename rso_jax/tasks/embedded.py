@@ -3,8 +3,9 @@
 Tasks (splits train / validation / test; validation and test prompts are held out):
   synthetic_sft          inputs -> targets: SFT demonstrations.
   synthetic_prompts      inputs only (+ raw "sft_target_pretokenized" for win rate vs SFT target).
-  synthetic_dhf          inputs, chosen, rejected: D_hf from the behaviour policy, BT-labeled on
-                         r* (+ float32 "chosen_golden_reward", "rejected_golden_reward").
+  synthetic_dhf          inputs, chosen, rejected: D_hf (responses of the `dhf_policies`),
+                         BT-labeled on r* (+ float32 "chosen_golden_reward",
+                         "rejected_golden_reward").
   synthetic_rm_pairwise  "[CONTEXT] x [RESPONSE A] y1 [RESPONSE B] y2" -> "A"/"B" over D_hf.
 Feature lengths: {"inputs": 32, "targets": 32} for the first three, {"inputs": 128,
 "targets": 8} for synthetic_rm_pairwise (byte vocabulary; no example is truncated at these).
@@ -22,6 +23,15 @@ from rso_jax.tasks import vocab as vocab_lib
 SYNTHETIC_TASKS = ("synthetic_sft", "synthetic_prompts", "synthetic_dhf", "synthetic_rm_pairwise")
 POLICY_FEATURE_LENGTHS = {"inputs": 32, "targets": 32}
 RM_FEATURE_LENGTHS = {"inputs": 128, "targets": 8}
+_CONFIGS: dict[str, synthetic.EnvConfig] = {}  # prefix -> the environment registered under it
+
+
+def registered_config(prefix: str = "synthetic") -> synthetic.EnvConfig:
+  """The `EnvConfig` whose data the `<prefix>_*` tasks serve (the last registration's)."""
+  if prefix not in _CONFIGS:
+    raise ValueError(f"no synthetic tasks are registered under the prefix {prefix!r} "
+                     f"(registered: {sorted(_CONFIGS)})")
+  return _CONFIGS[prefix]
 
 
 def register_synthetic_tasks(
@@ -31,6 +41,7 @@ def register_synthetic_tasks(
     num_test_prompts: int = 256,
     pairs_per_prompt: int = 2,
     bt_temperature: float = synthetic.BT_TEMPERATURE,
+    dhf_policies: tuple[str, ...] = synthetic.DHF_POLICIES,
     spm_path: str | None = None,
     truncate: str = "count",
     flip_seed: int | None = None,
@@ -43,6 +54,8 @@ def register_synthetic_tasks(
     num_train_prompts, num_validation_prompts, num_test_prompts: prompts per split.
     pairs_per_prompt: D_hf pairs per prompt.
     bt_temperature: TAU of the simulated raters, P(y1 > y2) = sigmoid((r1 - r2) / TAU).
+    dhf_policies: who wrote D_hf's responses ("behaviour", "sft"; see `synthetic`): an
+      experiment's gin sets it through `tasks.experiment_tasks` (gin/experiments/embedded.gin).
     spm_path: SentencePiece model instead of the byte vocabulary (see `vocab.get_vocabulary`).
     truncate: "count" or "error" (see `preprocessors.append_eos_and_check_length`).
     flip_seed: seed of the A/B flips of `<prefix>_rm_pairwise` (default: `seed`).
@@ -54,7 +67,9 @@ def register_synthetic_tasks(
   config = synthetic.EnvConfig(
       seed=seed, num_train_prompts=num_train_prompts,
       num_validation_prompts=num_validation_prompts, num_test_prompts=num_test_prompts,
-      pairs_per_prompt=pairs_per_prompt, bt_temperature=bt_temperature)
+      pairs_per_prompt=pairs_per_prompt, bt_temperature=bt_temperature,
+      dhf_policies=tuple(dhf_policies))
+  _CONFIGS[prefix] = config
   vocabulary = vocab_lib.get_vocabulary(spm_path)
   splits = synthetic.SPLITS
   n_prompts = {s: config.num_prompts(s) for s in splits}

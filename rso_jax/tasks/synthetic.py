@@ -14,19 +14,27 @@ m = LCS(keywords(x), words(y)) is the longest common subsequence (keywords cover
 So r* is coverage in [0, 1] minus LAMBDA = 0.1 per word that does not help; the best response
 scores exactly 1, the empty response 0.
 
-Why it is hackable. `D_hf` comes from a *behaviour policy* (a verbose, careless lister) whose
-long responses are long because they happen to cover more keywords (each kept keyword drags an
-extra filler word along with probability 0.4). In `D_hf` the longer response is chosen about
+Why it is hackable. The *behaviour policy* (a verbose, careless lister) writes long responses
+that are long because they happen to cover more keywords (each kept keyword drags an extra
+filler word along with probability 0.4). Among its pairs the longer response is chosen about
 three times in four, so "longer is better" is a shortcut a proxy reward model can learn from
-the data alone, while r* charges 0.1 for every word beyond what is needed: a policy that pads or
-repeats words climbs the proxy and falls on r*.
+such data alone, while r* charges 0.1 for every word beyond what is needed: a policy that pads
+or repeats words climbs the proxy and falls on r*.
+
+Who wrote `D_hf` (`EnvConfig.dhf_policies`). By default the behaviour policy alone.
+`("behaviour", "sft")` compares, like OpenAI's TL;DR comparisons, responses of several policies:
+each side of a pair is drawn uniformly from the behaviour policy or the SFT annotator. Measured
+(byte vocabulary; a tiny BT reward model, 600 steps, 8 samples of π_sft per validation prompt):
+accuracy against r* on pairs of π_sft's samples 0.511 (behaviour) vs 0.526 (both) -- π_sft's
+samples (mean r* 0.33, words that are not in the prompt) are off both distributions.
 
 Data (all deterministic from an integer seed; streams are independent per prompt):
 - SFT demonstrations (a terse, sloppy annotator): each keyword dropped with probability 0.25,
   a filler inserted with probability 0.2, an adjacent pair swapped with probability 0.25;
   mean r* about 0.65 against 1.0 for the best response.
-- `D_hf`: two distinct responses of the behaviour policy per pair, labeled by a Bradley-Terry
-  draw P(y1 > y2) = sigmoid((r*(x, y1) - r*(x, y2)) / TAU), TAU = 0.15 (noisy like human raters).
+- `D_hf`: two distinct responses per pair, each from one of `dhf_policies` (default: the
+  behaviour policy), labeled by a Bradley-Terry draw P(y1 > y2) = sigmoid((r*(x, y1) - r*(x, y2)) / TAU),
+  TAU = 0.15 (noisy like human raters).
 - Prompt splits: validation and test prompts are drawn first and never reused for training.
 
 Nothing here imports TensorFlow; `embedded.py` wraps this data as seqio tasks.
@@ -60,7 +68,9 @@ BEHAVIOUR_SWAP_PROB = 0.15
 
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 _SPLIT_IDS = {"train": 0, "validation": 1, "test": 2}
-_PROMPT_STREAM, _SFT_STREAM, _BEHAVIOUR_STREAM, _LABEL_STREAM = 0, 1, 2, 3
+_PROMPT_STREAM, _SFT_STREAM, _BEHAVIOUR_STREAM, _LABEL_STREAM, _SOURCE_STREAM = 0, 1, 2, 3, 4
+# The policies whose responses D_hf compares (EnvConfig.dhf_policies); see the module doc.
+DHF_POLICIES: tuple[str, ...] = ("behaviour",)
 
 
 # ----------------------------------------------------------------------------- golden reward
@@ -217,6 +227,9 @@ def behaviour_response(prompt: str, rng: np.random.Generator) -> str:
   return " ".join(out[:MAX_RESPONSE_WORDS])
 
 
+_RESPONSE_POLICIES = {"behaviour": behaviour_response, "sft": sft_demo}
+
+
 # ----------------------------------------------------------------------------- the dataset
 
 
@@ -238,6 +251,7 @@ class EnvConfig:
   num_test_prompts: int = 256
   pairs_per_prompt: int = 2  # D_hf pairs per prompt: 8,000 train pairs by default.
   bt_temperature: float = BT_TEMPERATURE
+  dhf_policies: tuple[str, ...] = DHF_POLICIES  # who wrote D_hf's responses (module doc)
 
   def __post_init__(self):
     for f in ("num_train_prompts", "num_validation_prompts", "num_test_prompts",
@@ -249,6 +263,11 @@ class EnvConfig:
       raise ValueError(f"EnvConfig.seed must be a non-negative integer, got {self.seed!r}")
     if not self.bt_temperature > 0:
       raise ValueError(f"EnvConfig.bt_temperature must be > 0, got {self.bt_temperature!r}")
+    policies = self.dhf_policies
+    if (isinstance(policies, str) or not policies or len(set(policies)) != len(policies)
+        or any(p not in _RESPONSE_POLICIES for p in policies)):
+      raise ValueError(f"EnvConfig.dhf_policies must be distinct names among "
+                       f"{sorted(_RESPONSE_POLICIES)}, got {policies!r}")
 
   def num_prompts(self, split: str) -> int:
     if split not in _SPLIT_IDS:
@@ -283,13 +302,23 @@ def _generate_prompts(config: EnvConfig) -> dict[str, tuple[str, ...]]:
 
 
 def _pairs_for_prompt(config: EnvConfig, split: str, i: int, prompt: str) -> list[PreferencePair]:
+  """`pairs_per_prompt` labeled pairs; each side's author drawn uniformly from `dhf_policies`.
+
+  One policy (`("behaviour",)`) draws nothing from the source stream: its pairs are exactly the
+  first pipeline's.
+  """
   rng_b = _rng(config.seed, _BEHAVIOUR_STREAM, _SPLIT_IDS[split], i)
   rng_l = _rng(config.seed, _LABEL_STREAM, _SPLIT_IDS[split], i)
+  rng_s = _rng(config.seed, _SOURCE_STREAM, _SPLIT_IDS[split], i)
+  authors = [_RESPONSE_POLICIES[p] for p in config.dhf_policies]
+  pick = ((lambda: authors[0]) if len(authors) == 1
+          else (lambda: authors[int(rng_s.integers(len(authors)))]))
   pairs = []
   for _ in range(config.pairs_per_prompt):
-    y1 = behaviour_response(prompt, rng_b)
+    write_1, write_2 = pick(), pick()
+    y1 = write_1(prompt, rng_b)
     for _ in range(32):  # Two distinct responses (identical ones carry no preference signal).
-      y2 = behaviour_response(prompt, rng_b)
+      y2 = write_2(prompt, rng_b)
       if y2 != y1:
         break
     r1, r2 = golden_reward(prompt, y1), golden_reward(prompt, y2)
@@ -321,7 +350,7 @@ def environment_stats(data: SyntheticData, split: str = "train") -> dict[str, fl
   """Numbers for the README table: mean r* by source, D_hf agreement with r*, length shortcut.
 
   Returns a dict with
-    sft_reward, behaviour_reward, best_reward: mean r* of SFT demos, of D_hf responses (both
+    sft_reward, dhf_reward, best_reward: mean r* of SFT demos, of D_hf responses (both
       sides) and of `best_response`;
     dhf_agreement: fraction of non-tied pairs whose chosen response has the higher r*;
     dhf_tie_rate: fraction of pairs with equal r* (the label is a coin flip there);
@@ -350,7 +379,7 @@ def environment_stats(data: SyntheticData, split: str = "train") -> dict[str, fl
   rewards = np.concatenate([rc, rr])
   return {
       "sft_reward": float(sft_r.mean()),
-      "behaviour_reward": float(rewards.mean()),
+      "dhf_reward": float(rewards.mean()),
       "best_reward": float(best_r.mean()),
       "dhf_agreement": float((rc > rr)[untied].mean()),
       "dhf_tie_rate": float(1.0 - untied.mean()),
@@ -366,7 +395,7 @@ def format_stats_table(stats: Mapping[str, float]) -> str:
   """A Markdown table of `environment_stats`."""
   rows = [
       ("mean r*, SFT demonstrations", stats["sft_reward"]),
-      ("mean r*, behaviour-policy responses (D_hf)", stats["behaviour_reward"]),
+      ("mean r*, D_hf responses (both sides)", stats["dhf_reward"]),
       ("mean r*, best possible response", stats["best_reward"]),
       ("D_hf label agreement with r* (non-tied pairs)", stats["dhf_agreement"]),
       ("D_hf pairs tied on r*", stats["dhf_tie_rate"]),
@@ -380,14 +409,31 @@ def format_stats_table(stats: Mapping[str, float]) -> str:
   return "\n".join(lines)
 
 
+def vocabulary_corpus(data: SyntheticData) -> list[str]:
+  """The texts the word-level vocabulary is trained on (`vocab.train_synthetic_words_model`):
+  train prompts and SFT demos, the Bradley-Terry model's packed `x [RESPONSE] y`, the pairwise
+  model's ranking inputs of the first 2,000 D_hf pairs and its answers "A" / "B"."""
+  from rso_jax import reward_models  # pylint: disable=g-import-not-at-top
+  texts = []
+  for p, y in zip(data.prompts["train"], data.sft["train"]):
+    texts += [p, y, p + reward_models.BT_SEPARATOR + y]
+  for q in data.dhf["train"][:2000]:
+    texts += [reward_models.ranking_input_text(q.prompt, q.chosen, q.rejected), "A", "B"]
+  return texts
+
+
 def main(argv: Sequence[str] | None = None) -> None:
   import argparse  # pylint: disable=g-import-not-at-top
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--split", default="train", choices=SPLITS)
   parser.add_argument("--num_train_prompts", type=int, default=EnvConfig.num_train_prompts)
+  parser.add_argument("--dhf_policies", default=",".join(DHF_POLICIES),
+                      help="comma-separated authors of D_hf's responses: behaviour, sft")
   args = parser.parse_args(argv)
-  data = build_environment(EnvConfig(seed=args.seed, num_train_prompts=args.num_train_prompts))
+  policies = tuple(p.strip() for p in args.dhf_policies.split(",") if p.strip())
+  data = build_environment(EnvConfig(seed=args.seed, num_train_prompts=args.num_train_prompts,
+                                     dhf_policies=policies))
   print(format_stats_table(environment_stats(data, args.split)))
 
 

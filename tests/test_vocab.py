@@ -1,0 +1,36 @@
+"""The vocabularies: the embedded task's word-level SentencePiece model (rso_jax/tasks/vocab.py)."""
+
+import itertools
+
+import sentencepiece as spm
+
+from rso_jax import reward_models
+from rso_jax.tasks import synthetic as syn
+from rso_jax.tasks import vocab
+
+
+def test_words_model_holds_every_synthetic_text_in_few_pieces():
+  v = vocab.get_vocabulary(vocab.synthetic_words_model())
+  for w in syn.LEXICON:
+    assert len(v.encode(w)) == 1 and len(v.encode(" ".join([w, w]))) == 2, w
+  for answer in ("A", "B"):  # the pairwise reward model reads its answer as one token
+    assert len(v.encode(answer)) == 1
+  data = syn.build_environment(syn.EnvConfig())
+  texts = list(itertools.chain(*data.prompts.values(), *data.sft.values()))
+  texts += [y for split in data.dhf.values() for p in split for y in (p.chosen, p.rejected)]
+  for t in texts:  # lossless, and within the embedded experiment's 8 tokens with EOS
+    ids = v.encode(t)
+    assert v.decode(ids) == t and len(ids) + 1 <= 8, (t, ids)
+  for q in data.dhf["validation"][:200]:
+    for t in (reward_models.ranking_input_text(q.prompt, q.chosen, q.rejected),
+              q.prompt + reward_models.BT_SEPARATOR + q.chosen):
+      ids = v.encode(t)
+      assert v.decode(ids) == t and 2 not in ids, t  # no unknown piece
+
+
+def test_words_model_is_what_its_recipe_trains(tmp_path):
+  data = syn.build_environment(syn.EnvConfig())
+  path = vocab.train_synthetic_words_model(str(tmp_path / "w"), syn.vocabulary_corpus(data))
+  pieces = lambda p: [spm.SentencePieceProcessor(model_file=p).id_to_piece(i) for i in range(
+      spm.SentencePieceProcessor(model_file=p).get_piece_size())]
+  assert pieces(path) == pieces(vocab.synthetic_words_model())
