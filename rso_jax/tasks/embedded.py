@@ -24,6 +24,12 @@ SYNTHETIC_TASKS = ("synthetic_sft", "synthetic_prompts", "synthetic_dhf", "synth
 POLICY_FEATURE_LENGTHS = {"inputs": 32, "targets": 32}
 RM_FEATURE_LENGTHS = {"inputs": 128, "targets": 8}
 _CONFIGS: dict[str, synthetic.EnvConfig] = {}  # prefix -> the environment registered under it
+_SETTINGS: dict[str, tuple] = {}  # prefix -> every argument of its last registration
+
+
+def registered_settings(prefix: str = "synthetic") -> tuple | None:
+  """What the `<prefix>_*` tasks were last registered with (None: never), comparable by ==."""
+  return _SETTINGS.get(prefix)
 
 
 def registered_config(prefix: str = "synthetic") -> synthetic.EnvConfig:
@@ -70,6 +76,7 @@ def register_synthetic_tasks(
       pairs_per_prompt=pairs_per_prompt, bt_temperature=bt_temperature,
       dhf_policies=tuple(dhf_policies))
   _CONFIGS[prefix] = config
+  _SETTINGS[prefix] = (config, spm_path, truncate, flip_seed)
   vocabulary = vocab_lib.get_vocabulary(spm_path)
   splits = synthetic.SPLITS
   n_prompts = {s: config.num_prompts(s) for s in splits}
