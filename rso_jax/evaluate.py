@@ -306,10 +306,8 @@ def evaluate_policy(
                             role="reward model", batch_size=256, keep_context=keep_context)
   golden_fn = golden_reward_fn
   if golden_fn == AUTO:
-    golden_fn = None
-    if prompts_task.startswith("synthetic"):
-      from rso_jax.tasks import synthetic  # pylint: disable=g-import-not-at-top
-      golden_fn = synthetic.golden_rewards
+    from rso_jax.tasks import synthetic  # pylint: disable=g-import-not-at-top
+    golden_fn = synthetic.golden_reward_of(prompts_task)
   golden = (lambda ps, ys: np.asarray(golden_fn(ps, ys), np.float64)) if golden_fn else None
 
   data = read_eval_prompts(prompts_task, split, num_prompts)

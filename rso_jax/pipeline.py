@@ -297,9 +297,11 @@ class RewardQualityStage:
   name: str = "reward"
 
   def __call__(self) -> Optional[dict]:
+    import jax  # pylint: disable=g-import-not-at-top
     from rso_jax import sample  # pylint: disable=g-import-not-at-top
+    from rso_jax.tasks import synthetic  # pylint: disable=g-import-not-at-top
     path = fs.join(self.reward_checkpoint, REWARD_QUALITY)
-    if not self.pairs_task.startswith("synthetic"):
+    if synthetic.golden_reward_of(self.pairs_task) is None:
       print(f"[{self.name}] {self.pairs_task!r} has no golden reward: the reward model's "
             "accuracy on π_sft's samples is not measured", flush=True)
       return None
@@ -315,7 +317,7 @@ class RewardQualityStage:
           num_policy_samples=self.num_samples, temperature=setting["temperature"],
           top_k=setting["top_k"], num_prompts=self.num_prompts, seed=self.seed)
       result = dict(setting=setting, metrics=metrics)
-      if jax_process_index() == 0:
+      if jax.process_index() == 0:
         fs.atomic_write_text(path, json.dumps(result, indent=2, sort_keys=True) + "\n")
     m = result["metrics"]
     print(f"[{self.name}] on π_sft's samples ({self.num_samples} per {self.split} prompt, "
@@ -325,11 +327,6 @@ class RewardQualityStage:
           f"{m['sft_samples/spearman_r_star']:.3f}); on held-out D_hf: accuracy vs r* "
           f"{m['accuracy_golden']:.3f}; {path}", flush=True)
     return result
-
-
-def jax_process_index() -> int:
-  import jax  # pylint: disable=g-import-not-at-top
-  return jax.process_index()
 
 
 @dataclasses.dataclass

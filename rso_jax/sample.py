@@ -365,10 +365,8 @@ def run(*, policy_checkpoint: str, reward_checkpoint: Optional[str], output_dir:
                             role="reward model", batch_size=256, keep_context=keep_context)
   if label_with == "auto":
     label_with = "preference" if scorer.kind == "pairwise_rm" else "reward"
-  golden_fn = None
-  if prompts_task.startswith("synthetic"):
-    from rso_jax.tasks import synthetic  # pylint: disable=g-import-not-at-top
-    golden_fn = lambda ps, ys: synthetic.golden_rewards(ps, ys)
+  from rso_jax.tasks import synthetic  # pylint: disable=g-import-not-at-top
+  golden_fn = synthetic.golden_reward_of(prompts_task)
 
   texts = read_prompts(prompts_task, split, max_prompts)
   fs.makedirs(output_dir)

@@ -141,6 +141,12 @@ def golden_rewards(prompts: Sequence[str | bytes],
                   dtype=np.float32)
 
 
+def golden_reward_of(task_name: str):
+  """`golden_rewards` for a task of this environment (`synthetic_*`), else None: the one rule by
+  which the sampling stage, the evaluation and the reward stage tell whether r* exists."""
+  return golden_rewards if str(task_name).startswith("synthetic") else None
+
+
 def best_response(prompt: str | bytes) -> str:
   """The unique r*-maximizing response (r* = 1): the prompt's keywords in order."""
   kw = keywords(_as_text(prompt, "prompt"))
