@@ -17,7 +17,8 @@
 #              rso_jax sampler (N = 64 candidates of DECODE_PROMPTS prompts of PROMPT_LEN tokens,
 #              RESP_LEN tokens each) vs HF generate on the same GPU (skipped if torch has no
 #              CUDA), tokens/s and rso_jax's peak device memory.
-#   3. sampling benchmarks/sampling_stage.py --sizes small --settings embedded,tldr.
+#   3. sampling benchmarks/sampling_stage.py --sizes small --settings embedded,tldr
+#              --rm_arch ${RM_ARCH:-encoder_decoder}.
 #
 # MISSING (as of 2026-11-30): sampling_stage.py has no --platform / --dtype flags (its children
 # set JAX_PLATFORMS=cpu) and knows only tiny and small: step 3 measures the HOST CPU (float32,
@@ -47,7 +48,7 @@ DECODE_CMD=("${PY}" "${REPO}/benchmarks/decoding.py" --platform gpu --dtype bflo
             --length "${RESP_LEN}" --repeats 2)
 SAMPLING_CMD=("${PY}" "${REPO}/benchmarks/sampling_stage.py" --sizes small
               --settings embedded,tldr --prompts 2 --num_decodes 64 --repeats 2
-              --threads "${CPU_THREADS}")
+              --rm_arch "${RM_ARCH:-encoder_decoder}" --threads "${CPU_THREADS}")
 
 want() { [[ ",${STAGES}," == *",$1,"* ]]; }
 show() { printf '%q ' "$@"; printf '\n'; }

@@ -3,6 +3,7 @@
     python benchmarks/sampling_stage.py [--sizes tiny,small] [--settings embedded,tldr]
                                         [--prompts 2] [--num_decodes 64] [--num_samples 8]
                                         [--beta 0.5] [--rm_rows 256] [--repeats R] [--threads 1]
+                                        [--rm_arch encoder|encoder_decoder]
     # the figures of benchmarks/README.md (T5 v1.1 small, both length settings):
     python benchmarks/sampling_stage.py --sizes small --settings embedded --repeats 2
     python benchmarks/sampling_stage.py --sizes small --settings tldr --repeats 2
@@ -10,7 +11,9 @@
 What is compared: the whole per-prompt work of the sampling stage (`rso_jax/sample.py`,
 `process_batch`), for B prompts per call (`--prompts`, default 2):
   1. decode: N = 64 candidates per prompt from the SFT policy (T = 0.7, top-k 40);
-  2. score: a Bradley-Terry reward model r(x, y) on the B * N candidates;
+  2. score: a Bradley-Terry reward model r(x, y) on the B * N candidates (`--rm_arch`:
+     "encoder" reads "x [RESPONSE] y" with the T5 encoder, "encoder_decoder" reads x with the
+     encoder and y with the decoder, `reward_models.BTRewardNetwork`);
   3. reject + pair: statistical rejection sampling (paper Algorithm 1, beta = 0.5, k = 8 of 64
      kept) and first-round-rank pairing of the kept candidates (a random order of the kept
      slots, then slots (0, 1), (2, 3), ... paired and labeled by reward: 4 pairs per prompt);
@@ -28,7 +31,10 @@ What is compared: the whole per-prompt work of the sampling stage (`rso_jax/samp
     score    `reward_models.bt_rewards_jit` (the jitted pack "x [RESPONSE] y" + encoder + mean
              pooling + head that `RewardModel.reward` runs), over the B * N rows in chunks of
              `--rm_rows` rows, the last chunk zero-padded (`inference.map_rows`, as the
-             reward model does); default 256 = the reward-model batch `sample.run` loads the scorer with (at
+             reward model does); with "encoder_decoder", `bt_rewards_jit` on each prompt's
+             tokens once and its N candidates as decoder rows, `--rm_rows` / N prompts per call
+             (`inference.map_prompts`, as `RewardModel.reward` does for that model);
+             default 256 = the reward-model batch `sample.run` loads the scorer with (at
              B = 2, N = 64 half of that chunk is padding; at the stage's default
              batch_prompts = 16 every chunk is full: pass `--rm_rows 128` to see B = 2 without
              the padding);
@@ -44,6 +50,9 @@ What is compared: the whole per-prompt work of the sampling stage (`rso_jax/samp
     score    `transformers.T5EncoderModel` (the encoder of the same HF checkpoint) on the same
              concatenation (prompt without its EOS + separator tokens + response, right-padded),
              masked mean pooling and the same linear head, one forward over the B * N rows;
+             with "encoder_decoder", `transformers.T5Model` on B * N (x, y) rows (the prompt
+             repeated per response, decoder inputs = y shifted right), the decoder's last state
+             at the response's end @ the same head;
     reject   Algorithm 1 in plain Python (`benchmarks/algorithm1.py`, jax-free),
              per prompt, then `random.shuffle` of the kept indices and pairing in Python;
     ref      a teacher-forced forward of the reference model (the same HF policy) on the
@@ -51,8 +60,9 @@ What is compared: the whole per-prompt work of the sampling stage (`rso_jax/samp
 
 How: for each size a randomly initialized HF `T5ForConditionalGeneration` (T5 v1.1 layout; as
 `benchmarks/decoding.py`: "tiny" and "small") is saved and converted with `convert.from_hf`;
-the reward model is that checkpoint's encoder (shared embedding + encoder stack) plus a random
-scalar head `[E, 1]` given to both sides, so both run the same weights. The separator is
+the reward model is that checkpoint's encoder (shared embedding + encoder stack; with
+"encoder_decoder" also its decoder, without the logits projection) plus a random scalar head
+`[E, 1]` given to both sides, so both run the same weights. The separator is
 `reward_models.BT_SEPARATOR` in the default byte vocabulary (id = byte + 3). Settings:
 "embedded" prompt 32 / response 32 tokens (the embedded task), "tldr" prompt 256 / response 64
 (TL;DR-like). EOS is disabled on both sides (HF: `min_new_tokens = max_new_tokens`; rso_jax:
@@ -146,14 +156,23 @@ def run_jax(a) -> dict:
   assert reward_models.BT_SEPARATOR == SEPARATOR, reward_models.BT_SEPARATOR
   config, params = convert.from_hf(a["hf_dir"])
   module = network.Transformer(config)
-  rm_module = reward_models.BTRewardNetwork(config, "mean")
+  seq2seq_rm = a["rm_arch"] == "encoder_decoder"
+  rm_module = reward_models.BTRewardNetwork(config, "last" if seq2seq_rm else "mean",
+                                            a["rm_arch"])
   head = np.load(a["head"])
   rm_params = {"token_embedder": params["token_embedder"], "encoder": params["encoder"],
                "reward_head": {"kernel": head}}
+  if seq2seq_rm:  # the policy's decoder without its logits projection
+    rm_params["decoder"] = {k: v for k, v in params["decoder"].items() if k != "logits_dense"}
   b, n, k, li, length = a["prompts"], a["num_decodes"], a["num_samples"], a["li"], a["length"]
   sep_len = len(_separator_ids())
-  shapes = jax.eval_shape(lambda: rm_module.init(jax.random.key(0), jnp.ones(
-      (1, li + sep_len + length), jnp.int32)))["params"]
+  if seq2seq_rm:
+    shapes = jax.eval_shape(lambda: rm_module.init(
+        jax.random.key(0), jnp.ones((1, li), jnp.int32), jnp.ones((1, length), jnp.int32),
+        method=reward_models.BTRewardNetwork.score_responses))["params"]
+  else:
+    shapes = jax.eval_shape(lambda: rm_module.init(jax.random.key(0), jnp.ones(
+        (1, li + sep_len + length), jnp.int32)))["params"]
   shapes = jax.tree.map(lambda x: x.shape, nn_unbox(shapes))
   assert jax.tree.map(np.shape, rm_params) == shapes, "RM params do not fit BTRewardNetwork"
   mesh = partitioning.create_mesh((-1, 1, 1))
@@ -175,9 +194,14 @@ def run_jax(a) -> dict:
           module, params, enc, k_sample, num_decodes=n, max_decode_length=length,
           temperature=0.7, top_k=40, top_p=None, eos_id=None))
     t.append((time.perf_counter(), time.process_time()))
-    x_rows = np.repeat(enc_np, n, axis=0)  # prompt-major, as RewardModel.reward flattens
-    rewards = inference.map_rows(rm_fn, rm_params, [x_rows, out.tokens.reshape(b * n, length)],
-                                 rows, mesh).reshape(b, n)
+    if seq2seq_rm:  # each prompt encoded once, its N responses as decoder rows
+      rewards = inference.map_prompts(rm_fn, rm_params, enc_np, out.tokens, max(rows // n, 1),
+                                      mesh)
+    else:
+      x_rows = np.repeat(enc_np, n, axis=0)  # prompt-major, as RewardModel.reward flattens
+      rewards = inference.map_rows(rm_fn, rm_params,
+                                   [x_rows, out.tokens.reshape(b * n, length)],
+                                   rows, mesh).reshape(b, n)
     t.append((time.perf_counter(), time.process_time()))
     valid = np.ones((b, n), bool)  # EOS off: every candidate full-length, none invalid
     masked = jnp.asarray(np.where(valid, rewards, 0.0))
@@ -226,7 +250,11 @@ def run_hf(a) -> dict:
   import transformers  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(a["threads"])
   policy = transformers.T5ForConditionalGeneration.from_pretrained(a["hf_dir"]).eval()
-  rm_encoder = transformers.T5EncoderModel.from_pretrained(a["hf_dir"]).eval()
+  seq2seq_rm = a["rm_arch"] == "encoder_decoder"
+  if seq2seq_rm:
+    rm_t5 = transformers.T5Model.from_pretrained(a["hf_dir"]).eval()
+  else:
+    rm_encoder = transformers.T5EncoderModel.from_pretrained(a["hf_dir"]).eval()
   head = torch.as_tensor(np.load(a["head"]))  # [E, 1]
   b, n, k, li, length = a["prompts"], a["num_decodes"], a["num_samples"], a["li"], a["length"]
   beta = a["beta"]
@@ -239,6 +267,14 @@ def run_hf(a) -> dict:
              max_new_tokens=length, min_new_tokens=length)
 
   def rewards_of(responses):  # [B * N, L] response tokens -> [B, N] rewards
+    if seq2seq_rm:  # one (x, y) row each: the prompt encoded again for every response
+      rows = torch.arange(b).repeat_interleave(n)
+      start = torch.zeros((b * n, 1), dtype=torch.long)
+      dec = torch.cat([start, responses[:, :-1]], 1)
+      h = rm_t5(input_ids=enc[rows], attention_mask=mask[rows],
+                decoder_input_ids=dec).last_hidden_state
+      last = (responses > 0).sum(1).clamp(min=1) - 1
+      return (h[torch.arange(b * n), last] @ head)[:, 0].reshape(b, n)
     rows = [prompt_ids[i // n] + sep + [t for t in y if t > 0]
             for i, y in enumerate(responses.tolist())]
     width = max(len(r) for r in rows)
@@ -361,6 +397,8 @@ def main() -> None:
   parser.add_argument("--num_decodes", type=int, default=64, help="N candidates per prompt")
   parser.add_argument("--num_samples", type=int, default=8, help="k kept by Algorithm 1")
   parser.add_argument("--beta", type=float, default=0.5)
+  parser.add_argument("--rm_arch", choices=("encoder", "encoder_decoder"), default="encoder",
+                      help="the BT reward model's architecture (reward_models.ARCHITECTURES)")
   parser.add_argument("--rm_rows", type=int, default=256,
                       help="rso_jax reward-model chunk rows (sample.run's scorer batch_size)")
   parser.add_argument("--repeats", type=int, default=None,
@@ -382,7 +420,8 @@ def main() -> None:
   import numpy as np  # pylint: disable=g-import-not-at-top
   b = args.prompts
   print(f"sampling stage per call: B={b} prompts x N={args.num_decodes} candidates, T=0.7, "
-        f"top-k 40, EOS off; BT reward model (same T5 encoder); Algorithm 1 beta={args.beta}, "
+        f"top-k 40, EOS off; BT reward model ({args.rm_arch}, the policy's T5 weights); "
+        f"Algorithm 1 beta={args.beta}, "
         f"k={args.num_samples}; first-round pairs; CPU ({os.cpu_count()} cores), "
         f"{args.threads} thread(s) per framework")
   for size in args.sizes.split(","):
@@ -401,7 +440,8 @@ def main() -> None:
         a = dict(hf_dir=hf_dir, head=os.path.join(tmp, "head.npy"), tmp=tmp,
                  jax_out=os.path.join(tmp, "jax_out.npz"), prompts=b,
                  num_decodes=args.num_decodes, num_samples=args.num_samples, beta=args.beta,
-                 li=li, length=length, rm_rows=args.rm_rows, threads=args.threads,
+                 li=li, length=length, rm_rows=args.rm_rows, rm_arch=args.rm_arch,
+                 threads=args.threads,
                  repeats=args.repeats or (5 if size == "tiny" else 2))
         jax_res = _child("jax", a)
         hf_res = _child("hf", a)

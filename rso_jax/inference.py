@@ -20,6 +20,8 @@ Two classes:
     baselines=None) -> [B, N]` and `prefer(prompts, y1, y2) -> P(y1 ≻ y2) [M]`. Pairwise: paper
     Eq. 7, `r(x, y) = logit ρ(x, y, y_b)` against one baseline y_b per prompt (a candidate equal
     to it gets exactly 0); BT: `r(x, y)` (minus `r(x, y_b)` with baselines), `prefer` = σ(r1 − r2).
+    An encoder-decoder BT model encodes each prompt once for its N responses (`map_prompts`,
+    as `Generator.score` does).
 
 Over-length inputs: one rule everywhere (sampler, scorer, evaluation, `infer`):
   * the *context* (the prompt) is cut to what fits, keeping its beginning (`keep_context="start"`,
@@ -122,7 +124,8 @@ def build_model(manifest: checkpoints.Manifest, vocabulary: Any = None) -> model
         response_label=settings.get("response_label", reward_models.RESPONSE_LABEL))
   return reward_models.BradleyTerryRewardModel(
       manifest.network, vocabulary=vocab, pooling=settings.get("pooling", "mean"),
-      separator=settings.get("separator", reward_models.BT_SEPARATOR))
+      separator=settings.get("separator", reward_models.BT_SEPARATOR),
+      architecture=settings.get("architecture", "encoder"))
 
 
 class _Loaded:
@@ -246,6 +249,26 @@ def map_rows(fn, params: Any, arrays: Sequence[np.ndarray], rows: int, mesh) -> 
   return out
 
 
+def map_prompts(fn, params: Any, prompt_tokens: np.ndarray, responses: np.ndarray,
+                prompts_per_call: int, mesh) -> np.ndarray:
+  """`fn(params, [R, Li], [R * N, Lt]) -> [R * N]` over P prompts with N responses each:
+  `prompt_tokens` `[P, Li]`, `responses` `[P, N, Lt]`, R = `prompts_per_call` prompts per call
+  (a multiple of the mesh's data-parallel size) sharded over `mesh`'s data axes, the last call
+  padded by repeating its last prompt. Each prompt's encoder output serves its N responses
+  (prompt-major rows). float32 `[P, N]`."""
+  p, n, length = responses.shape
+  out = np.zeros((p, n), np.float32)
+  for start, idx, m in _prompt_chunks(p, prompts_per_call):
+    with partitioning.MeshRules(mesh):
+      enc = partitioning.shard_batch({"x": prompt_tokens[idx]}, mesh)["x"]
+      tgt = partitioning.shard_batch(
+          {"x": responses[idx].reshape(prompts_per_call * n, length)}, mesh)["x"]
+      res = fn(params, enc, tgt)
+    out[start:start + m] = np.asarray(partitioning.to_host(res), np.float32).reshape(
+        prompts_per_call, n)[:m]
+  return out
+
+
 def _prompt_chunks(num: int, rows: int):
   """(start, row indices padded to `rows` by repeating the last one, real rows)."""
   for start in range(0, num, rows):
@@ -358,16 +381,11 @@ class Generator(_Loaded):
       prompts, rows = _as_rows(prompts, responses)
       flat, _ = self.tokenize_responses([y for row in rows for y in row])
       resp = flat.reshape(len(rows), len(rows[0]), -1)
-    p, n, length = resp.shape
     tokens, _ = self.tokenize_contexts(prompts, self.feature_lengths["inputs"])
     rows = int(math.ceil((batch_size or self.batch_size) / self.dp)) * self.dp
-    out = np.zeros((p, n), np.float32)
-    for start, idx, m in _prompt_chunks(p, rows):
-      with self._ctx():
-        enc, tgt = self._shard([tokens[idx], resp[idx].reshape(rows * n, length)])
-        res = decoding.score(self.model.module, self.params, enc, tgt)
-      out[start:start + m] = partitioning.to_host(res).reshape(rows, n)[:m]
-    return out
+    module = self.model.module
+    return map_prompts(lambda p, e, t: decoding.score(module, p, e, t), self.params, tokens,
+                       resp, rows, self.mesh)
 
 
 class RewardModel(_Loaded):
@@ -452,6 +470,19 @@ class RewardModel(_Loaded):
     r = np.where(fits, self._map_rows(self._fn, [x_tok, y_tok]), np.nan)
     return r[[where[k] for k in keys]].astype(np.float32)
 
+  def _bt_per_prompt(self, prompts: List[str], rows: List[List[str]]) -> np.ndarray:
+    """r(x, y) `[P, N]` with each prompt encoded once for its N responses (the encoder-decoder
+    BT model: the responses are decoder rows of one encoder pass). NaN: no fit."""
+    n = len(rows[0])
+    x_tok, _ = self.tokenize_contexts(prompts, self.feature_lengths["inputs"])
+    y_tok, fits = self.tokenize_responses([y for row in rows for y in row],
+                                          self.feature_lengths["targets"])
+    self.stats["responses_too_long"] += int((~fits).sum())
+    per_call = int(math.ceil(max(self.batch_size // n, 1) / self.dp)) * self.dp
+    r = map_prompts(self._fn, self.params, x_tok, y_tok.reshape(len(prompts), n, -1), per_call,
+                    self.mesh)
+    return np.where(fits.reshape(len(prompts), n), r, np.nan).astype(np.float32)
+
   # --- the interface ------------------------------------------------------------------------
   def prefer(self, prompts: Texts, y1: Texts, y2: Texts) -> np.ndarray:
     """P(y1 ≻ y2 | x) `[M]` float32 (ρ with y1 shown as A, or σ(r1 − r2)); NaN: no fit."""
@@ -495,13 +526,19 @@ class RewardModel(_Loaded):
         for (b, j), v in zip(todo, logits):
           out[b, j] = v
       return out
-    flat_p = [p for p in prompts for _ in range(n)]
-    flat_y = [y for row in rows for y in row]
-    r = self._bt(flat_p + (prompts if base else []), flat_y + (base or []))
-    out = r[:len(prompts) * n].reshape(len(prompts), n)
+    if self.model.architecture == "encoder_decoder":
+      r = self._bt_per_prompt(prompts, [row + [base[b]] for b, row in enumerate(rows)]
+                              if base else rows)
+      out, r_base = r[:, :n], (r[:, n] if base else None)
+    else:
+      flat_p = [p for p in prompts for _ in range(n)]
+      flat_y = [y for row in rows for y in row]
+      r = self._bt(flat_p + (prompts if base else []), flat_y + (base or []))
+      out = r[:len(prompts) * n].reshape(len(prompts), n)
+      r_base = r[len(prompts) * n:] if base else None
     if base:
       same = np.array([[y == base[b] for y in row] for b, row in enumerate(rows)])
-      out = np.where(same, 0.0, out - r[len(prompts) * n:][:, None])
+      out = np.where(same, 0.0, out - r_base[:, None])
     return out.astype(np.float32)
 
 

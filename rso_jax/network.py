@@ -533,7 +533,9 @@ class Decoder(nn.Module):
   def __call__(self, encoded: Array, encoder_input_tokens: Array, decoder_input_tokens: Array,
                decoder_target_tokens: Optional[Array], enable_dropout: bool, decode: bool,
                max_decode_length: Optional[int], prefill_cross_cache: bool,
-               decode_window: Optional[int] = None) -> Array:
+               decode_window: Optional[int] = None, hidden_only: bool = False) -> Array:
+    """Logits `[B * N, Ld, V]`, or with `hidden_only` the final (normed) hidden states
+    `[B * N, Ld, E]` and no logits projection (a reward head reads them)."""
     cfg = self.config
     dt, pdt = cfg.activation_dtype, cfg.weight_dtype
     length = decoder_input_tokens.shape[1]
@@ -581,6 +583,8 @@ class Decoder(nn.Module):
     y = RMSNorm(cfg.layer_norm_epsilon, dt, pdt, name="decoder_norm")(y)
     y = nn.Dropout(rate=cfg.dropout_rate)(y, deterministic=not enable_dropout)
     y = _constrain(y, (BATCH, LENGTH, EMBED))
+    if hidden_only:
+      return y
     if cfg.logits_via_embedding:
       # Tied embeddings (T5 v1.0): scale by emb_dim^-0.5 before attending.
       logits = self.shared_embedding.attend(y * (cfg.emb_dim ** -0.5))

@@ -161,7 +161,8 @@ def check_reusable(name: str, path: str, model: Any, task: str,
 
   Compares the checkpoint's manifest with the stage's configuration: its kind (the model's
   `manifest_kind`) and, for the run's own artifact (`own`: under RUN_DIR, trained with a task
-  recorded), the task and the feature lengths -- a leftover of another configuration. A
+  recorded), the task, the feature lengths and the model's settings (`manifest_settings`, e.g.
+  a BT model's architecture) -- a leftover of another configuration. A
   checkpoint the user points the stage at (outside RUN_DIR, or converted) is checked for its
   kind only; what it was trained on is printed.
   """
@@ -184,6 +185,12 @@ def check_reusable(name: str, path: str, model: Any, task: str,
   elif manifest.task is not None and manifest.task != task:
     problems.append(f"it was trained on task {manifest.task!r} but the stage's task is "
                     f"{task!r}")
+  settings = model.manifest_settings() if own and hasattr(model, "manifest_settings") else {}
+  have = dict(manifest.model_settings or {})
+  differ = {k: (have[k], v) for k, v in settings.items() if k in have and have[k] != v}
+  if differ:  # e.g. another BT_ARCHITECTURE or pooling (a setting the checkpoint lacks: older)
+    problems.append("its model settings differ (checkpoint vs stage): " + ", ".join(
+        f"{k}={a!r} vs {b!r}" for k, (a, b) in sorted(differ.items())))
   if own and manifest.task is not None and _lengths(manifest.feature_lengths) != _lengths(
       feature_lengths):
     problems.append(f"its feature lengths are {_lengths(manifest.feature_lengths)} but the "

@@ -11,7 +11,9 @@ Training (through `train.train`, T5X BaseModel interface):
   * `BradleyTerryRewardModel` (gin/reward_bt.gin): the T5 encoder over
     `x [RESPONSE] y` (see "Input packing"), masked mean-pooled (or first / last token), and a
     scalar head; loss `−log σ(r_w − r_l − margin) + c·(r_w + r_l)²` on pair tasks
-    (`PairwiseFeatureConverter`).
+    (`PairwiseFeatureConverter`). `architecture="encoder_decoder"`: x through the encoder, y
+    teacher-forced through the decoder, the head on the decoder's pooled final states (a
+    prompt's N responses share its one encoder pass; a policy checkpoint initializes it).
 
 Using a trained reward model (rewards `[B, N]` for the rejection sampler, Eq. 7's
 `logit ρ(x, y, y_b)`, preferences ρ) is `inference.py`'s job; its quality on the embedded task is
@@ -21,8 +23,8 @@ Input packing of the BT model: the pair task gives the prompt as encoder tokens 
 each response as decoder targets `[B, Lt]`. The model concatenates, per row and inside jit,
 prompt tokens without their EOS, the separator tokens (" [RESPONSE] "), and the response tokens
 with EOS, into one `[B, Li + S + Lt]` sequence with all padding at the end, and runs the
-bidirectional encoder on it: every response token attends to every prompt token (an encoder-
-decoder variant would see the prompt only through cross-attention). Chosen and rejected run as
+bidirectional encoder on it: every response token attends to every prompt token (the encoder-
+decoder variant sees the prompt only through cross-attention). Chosen and rejected run as
 2B rows of one encoder call.
 
 """
@@ -37,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rso_jax import decoding
 from rso_jax import losses
 from rso_jax import models
 from rso_jax import network
@@ -47,6 +50,9 @@ Batch = Mapping[str, Array]
 RESPONSE_LABEL = "RESPONSE"  # "[RESPONSE A]"/"[RESPONSE B]"; the paper uses SUMMARY for TL;DR.
 BT_SEPARATOR = " [RESPONSE] "
 POOLINGS = ("mean", "first", "last")
+# "encoder": the T5 encoder over packed `x [SEP] y`. "encoder_decoder": the prompt through the
+# encoder once, each response teacher-forced through the decoder, the head on its final states.
+ARCHITECTURES = ("encoder", "encoder_decoder")
 
 
 def _default_vocab():
@@ -201,21 +207,46 @@ def pack_prompt_response(prompt_tokens: Array, response_tokens: Array, separator
   return jnp.where(j < n + s + lt, packed, 0)
 
 
-class BTRewardNetwork(nn.Module):
-  """T5 encoder over packed `x [SEP] y` + pooling + scalar head: `[B, L]` tokens -> `[B]`.
+def _pool(h: Array, mask: Array, pooling: str) -> Array:
+  """`[R, L, E]` states, `[R, L]` 0/1 mask -> `[R, E]`: masked mean, position 0, or the last
+  masked-in position."""
+  if pooling == "mean":
+    return jnp.sum(h * mask[..., None], 1) / jnp.maximum(jnp.sum(mask, 1, keepdims=True), 1.0)
+  if pooling == "first":
+    return h[:, 0]
+  if pooling == "last":
+    last = jnp.maximum(jnp.sum(mask, 1).astype(jnp.int32) - 1, 0)
+    return jnp.take_along_axis(h, last[:, None, None], axis=1)[:, 0]
+  raise ValueError(f"pooling={pooling!r}: use one of {POOLINGS}")
 
-  Param names follow `network.Transformer` (`token_embedder`, `encoder/...`: the same layout as a
-  T5 checkpoint's subtrees); the head is `reward_head/kernel` `[E, 1]` with
-  logical axes ("embed", "scalar") (sharded like every embed dimension, replicated on the 1).
+
+class BTRewardNetwork(nn.Module):
+  """A T5 + pooling + scalar head, in one of two `architecture`s:
+
+    "encoder": the encoder over packed `x [SEP] y` tokens, `[B, L] -> [B]` (`__call__`);
+    "encoder_decoder": the prompt through the encoder once, each of its N responses
+      teacher-forced through the decoder (inputs `shift_right(y)`, as a policy reads it), pooled
+      over the response's positions ("last" = the state that predicts EOS, which has read all of
+      y), `[B, Li]` + `[B * N, Lt] -> [B * N]` (`score_responses`). A policy checkpoint
+      initializes every parameter but the head: the reward model starts from π_sft's reading
+      of responses, and scores the sampling stage's N candidates against one encoder pass.
+
+  Param names follow `network.Transformer` (`token_embedder`, `encoder/...`, `decoder/...`: the
+  same layout as a T5 checkpoint's subtrees; no `decoder/logits_dense`); the head is
+  `reward_head/kernel` `[E, 1]` with logical axes ("embed", "scalar") (sharded like every embed
+  dimension, replicated on the 1).
   """
   config: network.T5Config
   pooling: str = "mean"
+  architecture: str = "encoder"
 
   def setup(self):
     cfg = self.config
     self.token_embedder = network.Embed(cfg.vocab_size, cfg.emb_dim, cfg.activation_dtype,
                                         cfg.weight_dtype)
     self.encoder = network.Encoder(cfg, self.token_embedder)
+    if self.architecture == "encoder_decoder":
+      self.decoder = network.Decoder(cfg, self.token_embedder)
     self.reward_head = network.DenseGeneral(
         features=(1,), kernel_axes=("embed", "scalar"), dtype=jnp.float32,
         param_dtype=cfg.weight_dtype, name="reward_head")
@@ -224,26 +255,43 @@ class BTRewardNetwork(nn.Module):
     # [B, L] -> [B, L, E]
     h = self.encoder(tokens.astype(jnp.int32), enable_dropout).astype(jnp.float32)
     mask = (tokens > 0).astype(jnp.float32)  # [B, L]
-    if self.pooling == "mean":
-      pooled = jnp.sum(h * mask[..., None], 1) / jnp.maximum(jnp.sum(mask, 1, keepdims=True), 1.0)
-    elif self.pooling == "first":
-      pooled = h[:, 0]
-    elif self.pooling == "last":
-      last = jnp.maximum(jnp.sum(mask, 1).astype(jnp.int32) - 1, 0)
-      pooled = jnp.take_along_axis(h, last[:, None, None], axis=1)[:, 0]
-    else:
-      raise ValueError(f"pooling={self.pooling!r}: use one of {POOLINGS}")
-    # [B, E] -> [B, 1] -> [B]
-    return self.reward_head(pooled)[:, 0]
+    # [B, L, E] -> [B, E] -> [B, 1] -> [B]
+    return self.reward_head(_pool(h, mask, self.pooling))[:, 0]
+
+  def score_responses(self, prompt_tokens: Array, response_tokens: Array,
+                      enable_dropout: bool = False) -> Array:
+    """"encoder_decoder": `[B, Li]` prompts, `[B * N, Lt]` responses (EOS kept, prompt-major)
+    -> `[B * N]` rewards."""
+    prompt_tokens = prompt_tokens.astype(jnp.int32)
+    targets = response_tokens.astype(jnp.int32)
+    # [B, Li] -> [B, Li, E]
+    encoded = self.encoder(prompt_tokens, enable_dropout)
+    # [B * N, Lt] -> [B * N, Lt, E] (each prompt's N rows attend to its one encoder output)
+    h = self.decoder(encoded, prompt_tokens, decoding.shift_right(targets), targets,
+                     enable_dropout, False, None, False, hidden_only=True).astype(jnp.float32)
+    mask = (targets > 0).astype(jnp.float32)  # [B * N, Lt]
+    # [B * N, Lt, E] -> [B * N, E] -> [B * N, 1] -> [B * N]
+    return self.reward_head(_pool(h, mask, self.pooling))[:, 0]
 
 
 def _bt_rewards(module: BTRewardNetwork, params, prompt_tokens: Array, response_tokens: Array,
                 separator: Tuple[int, ...], eos_id: int,
                 dropout_rng: Optional[Array] = None) -> Array:
-  packed = pack_prompt_response(prompt_tokens, response_tokens, separator, eos_id)
+  """r(x, y) `[B * N]` from prompts `[B, Li]` and N responses per prompt `[B * N, Lt]`
+  (prompt-major; N = 1: aligned rows). The encoder architecture reads each (x, y) packed."""
   rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
-  return module.apply({"params": params}, packed, enable_dropout=dropout_rng is not None,
-                      rngs=rngs)
+  dropout = dropout_rng is not None
+  if module.architecture == "encoder_decoder":
+    return module.apply({"params": params}, prompt_tokens, response_tokens,
+                        enable_dropout=dropout, rngs=rngs, method=BTRewardNetwork.score_responses)
+  n = response_tokens.shape[0] // prompt_tokens.shape[0]
+  if n * prompt_tokens.shape[0] != response_tokens.shape[0]:
+    raise ValueError(f"{response_tokens.shape[0]} response rows for {prompt_tokens.shape[0]} "
+                     "prompts: need N per prompt")
+  if n > 1:  # [B, Li] -> [B * N, Li]
+    prompt_tokens = jnp.repeat(prompt_tokens, n, axis=0)
+  packed = pack_prompt_response(prompt_tokens, response_tokens, separator, eos_id)
+  return module.apply({"params": params}, packed, enable_dropout=dropout, rngs=rngs)
 
 
 bt_rewards_jit = jax.jit(_bt_rewards, static_argnames=("module", "separator", "eos_id"))
@@ -257,15 +305,25 @@ class BradleyTerryRewardModel(models.BaseModel):
   shift). Pairs whose two responses are the same tokens carry no signal and get weight 0.
   Metrics: `loss`, `bt_loss`, `accuracy` (r_w > r_l; ties 1/2), `margin` (mean r_w − r_l),
   `mean_reward`, and TRL's `rewards/chosen`, `rewards/rejected`.
+
+  `architecture` (see `BTRewardNetwork`): "encoder" reads `x [SEP] y` with one encoder;
+  "encoder_decoder" encodes x once and reads y with the decoder (chosen and rejected as 2 decoder
+  rows of one encoder pass); pooling "first" is refused there (position 0 has read no response).
   """
 
   def __init__(self, config: network.T5Config, pooling: str = "mean", margin: float = 0.0,
                center_weight: float = 0.0, separator: str = BT_SEPARATOR,
-               vocabulary: Any = None):
+               vocabulary: Any = None, architecture: str = "encoder"):
     if not isinstance(config, network.T5Config):
       raise TypeError(f"config must be a network.T5Config, got {type(config).__name__}")
     if pooling not in POOLINGS:
       raise ValueError(f"pooling={pooling!r}: use one of {POOLINGS}")
+    if architecture not in ARCHITECTURES:
+      raise ValueError(f"architecture={architecture!r}: use one of {ARCHITECTURES}")
+    if architecture == "encoder_decoder" and pooling == "first":
+      raise ValueError("pooling='first' with architecture='encoder_decoder': the decoder's first "
+                       "position has read none of the response; use 'last' or 'mean'")
+    self.architecture = architecture
     if not (math.isfinite(margin) and math.isfinite(center_weight) and center_weight >= 0):
       raise ValueError(f"margin={margin!r} must be finite and center_weight={center_weight!r} "
                        "finite and >= 0")
@@ -277,14 +335,15 @@ class BradleyTerryRewardModel(models.BaseModel):
     self.vocabulary = vocabulary if vocabulary is not None else _default_vocab()
     self.separator_ids = tuple(int(t) for t in self.vocabulary.encode(separator))
     self.eos_id = int(self.vocabulary.eos_id)
-    self.module = BTRewardNetwork(config, pooling)
+    self.module = BTRewardNetwork(config, pooling, architecture)
     from rso_jax import feature_converters  # pylint: disable=g-import-not-at-top
     self.feature_converter = feature_converters.PairwiseFeatureConverter()
 
   manifest_kind = "bt_rm"
 
   def manifest_settings(self) -> dict:
-    return {"pooling": self.pooling, "separator": self.separator}
+    return {"pooling": self.pooling, "separator": self.separator,
+            "architecture": self.architecture}
 
   def input_shapes(self, batch_size, feature_lengths):
     return models.pair_input_shapes(batch_size, feature_lengths)
@@ -292,19 +351,31 @@ class BradleyTerryRewardModel(models.BaseModel):
   def get_initial_variables(self, rng: Array, input_shapes: Mapping[str, Tuple[int, ...]]):
     b, li = input_shapes["encoder_input_tokens"]
     lt = input_shapes["chosen_decoder_target_tokens"][1]
+    if self.architecture == "encoder_decoder":
+      return self.module.init(rng, jnp.ones((b, li), jnp.int32), jnp.ones((b, lt), jnp.int32),
+                              enable_dropout=False, method=BTRewardNetwork.score_responses)
     tokens = jnp.ones((b, li + len(self.separator_ids) + lt), jnp.int32)
     return self.module.init(rng, tokens, enable_dropout=False)
 
   def rewards(self, params, prompt_tokens: Array, response_tokens: Array,
               dropout_rng: Optional[Array] = None) -> Array:
-    """r(x, y) `[B]` from prompt tokens `[B, Li]` and response tokens `[B, Lt]` (EOS included)."""
+    """r(x, y) `[B * N]` from prompt tokens `[B, Li]` and N response rows per prompt
+    `[B * N, Lt]` (EOS included, prompt-major; N = 1: aligned rows)."""
     return _bt_rewards(self.module, params, prompt_tokens, response_tokens, self.separator_ids,
                        self.eos_id, dropout_rng)
 
   def pair_rewards(self, params, batch: Batch, dropout_rng: Optional[Array] = None
                    ) -> Tuple[Array, Array]:
-    """(r_w, r_l), each `[B]`: chosen and rejected as 2B rows of one encoder call."""
+    """(r_w, r_l), each `[B]`: chosen and rejected as 2B rows of one encoder call (encoder-
+    decoder: B encoder rows, 2B decoder rows)."""
     b = batch["encoder_input_tokens"].shape[0]
+    if self.architecture == "encoder_decoder":
+      # [B, 2, Lt] -> [2B, Lt]: each prompt's chosen then rejected
+      responses = jnp.stack([batch["chosen_decoder_target_tokens"],
+                             batch["rejected_decoder_target_tokens"]], 1).reshape(2 * b, -1)
+      r = self.rewards(params, batch["encoder_input_tokens"], responses, dropout_rng)
+      r = r.reshape(b, 2)  # [2B] -> [B, 2]
+      return r[:, 0], r[:, 1]
     prompts = jnp.concatenate([batch["encoder_input_tokens"]] * 2, 0)
     responses = jnp.concatenate([batch["chosen_decoder_target_tokens"],
                                  batch["rejected_decoder_target_tokens"]], 0)

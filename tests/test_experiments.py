@@ -172,9 +172,15 @@ def test_jsonl_experiment_runs_on_a_trl_file(data, tmp_path, capsys):
           f'--gin.SPM_PATH="{data["spm"]}"', f'--gin.PRETRAINED_CHECKPOINT="{data["t5"]}"',
           *TINY_RUN[:-1], "--gin.TASK_FEATURE_LENGTHS={'inputs': 96, 'targets': 24}",
           "--gin.sample.sample_configured.num_candidates=2",
-          "--gin.sample.sample_configured.num_samples=2"]
+          "--gin.sample.sample_configured.num_samples=2",
+          # The encoder-decoder BT reward model, started from pi_sft (gin/reward_models/bt.gin).
+          "--gin.BT_ARCHITECTURE='encoder_decoder'", "--gin.BT_POOLING='last'",
+          "--gin.REWARD_INITIAL_CHECKPOINT=%SFT_CHECKPOINT"]
   assert train.main(argv) == 0, capsys.readouterr().err
-  capsys.readouterr()
+  out = capsys.readouterr().out
+  assert f"from {run / 'sft'} (seq2seq); fresh: reward_head;" in out
+  rm_manifest = checkpoints.read_manifest(str(run / "reward_bt"))
+  assert rm_manifest.model_settings["architecture"] == "encoder_decoder"
   with open(data["trl"]) as f:
     prompts = [json.loads(l)["prompt"] for l in f]
   val = [p for p in dict.fromkeys(prompts) if preference_files.prompt_fraction(p) < 0.25]

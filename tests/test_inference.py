@@ -239,6 +239,36 @@ def test_bt_reward_and_prefer_match_the_network(bt_params):
   assert np.all(rel[:, 1] == 0.0)
 
 
+def test_encoder_decoder_bt_encodes_each_prompt_once_with_the_same_rewards():
+  """`reward` (per prompt: its N responses as decoder rows of one encoder pass, chunked by
+  prompts, sharded over 8 devices) = the network on aligned rows = `prefer` (row by row); the
+  baselines' shift and exact zeros as for the encoder model."""
+  model = rm.BradleyTerryRewardModel(CFG, pooling="last", architecture="encoder_decoder")
+  params = init_params(model, BT_LENGTHS)
+  settings = {"pooling": "last", "separator": rm.BT_SEPARATOR,
+              "architecture": "encoder_decoder"}
+  load = lambda mesh, batch_size: inference.load(
+      None, manifest=manifest("bt_rm", BT_LENGTHS, settings=settings), params=params,
+      mesh=mesh, batch_size=batch_size)
+  sharded = load(partitioning.create_mesh((-1, 1, 1)), 5)
+  plain = load(one_device_mesh(), 4)
+  assert sharded.model.architecture == "encoder_decoder"
+  prompts = ["owl cat", "ram dog", "eel", "cat owl ram"]
+  cands = [["owl", "cat owl", "owl cat"], ["ram", "dog", "ram dog"], ["eel", "x", "eel eel"],
+           ["cat", "owl ram", "cat owl ram"]]
+  r = sharded.reward(prompts, cands)
+  rows = jax.jit(model.rewards)
+  want = np.asarray(rows(params, _tok([p for p in prompts for _ in range(3)], 32),
+                         _tok([y for row in cands for y in row], 32))).reshape(4, 3)
+  np.testing.assert_allclose(r, want, atol=1e-5)
+  np.testing.assert_allclose(plain.reward(prompts, cands), want, atol=1e-5)
+  pref = plain.prefer(prompts, [row[0] for row in cands], [row[1] for row in cands])
+  np.testing.assert_allclose(pref, 1 / (1 + np.exp(-(want[:, 0] - want[:, 1]))), atol=1e-5)
+  rel = sharded.reward(prompts, cands, baselines=[row[2] for row in cands])
+  np.testing.assert_allclose(rel[:, :2], want[:, :2] - want[:, 2:], atol=1e-5)
+  assert np.all(rel[:, 2] == 0.0)
+
+
 def _both(pw_params, bt_params, batch_size, mesh=None):
   return [_pw(pw_params, batch_size=batch_size, mesh=mesh),
           _bt(bt_params, batch_size=batch_size, mesh=mesh)]

@@ -65,3 +65,23 @@ def test_main_job_on_gcs_runs_every_stage_then_reuses_and_resumes(gcs, tmp_path,
   assert f"resumed from {run}/rso_hinge/checkpoints/3" in out2 and "step      5/5" in out2
   assert fs.read_text(fs.join(run, "rso_hinge", "COMPLETED")).strip() == "5"
   assert os.listdir(tmp_path) == []
+
+
+def test_a_finished_model_with_other_settings_is_not_reused(tmp_path):
+  """RUN_DIR/reward_bt of another BT_ARCHITECTURE is refused with both values named; a
+  checkpoint that records no such setting (older) is not."""
+  from helpers import CFG, manifest  # pylint: disable=g-import-not-at-top
+  from rso_jax import checkpoints, cli, pipeline, reward_models  # pylint: disable=g-import-not-at-top
+  lengths = {"inputs": 8, "targets": 8}
+  path = str(tmp_path / "reward_bt")
+  os.makedirs(path)
+  old = reward_models.BradleyTerryRewardModel(CFG)
+  checkpoints.write_manifest(path, manifest("bt_rm", lengths, settings=old.manifest_settings(),
+                                            task="synthetic_dhf"))
+  new = reward_models.BradleyTerryRewardModel(CFG, architecture="encoder_decoder")
+  with pytest.raises(cli.ConfigError, match="architecture='encoder' vs 'encoder_decoder'"):
+    pipeline.check_reusable("reward", path, new, "synthetic_dhf", lengths)
+  pipeline.check_reusable("reward", path, old, "synthetic_dhf", lengths)
+  checkpoints.write_manifest(path, manifest("bt_rm", lengths, settings={"pooling": "mean"},
+                                            task="synthetic_dhf"))
+  pipeline.check_reusable("reward", path, new, "synthetic_dhf", lengths)

@@ -177,10 +177,100 @@ def test_bt_model_loss_uses_packed_rewards(bt_params):
   np.testing.assert_allclose(m["rewards/chosen"], np.mean(rw[keep]), rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("pooling", ["last", "mean"])
+def test_encoder_decoder_bt_vs_hf_t5(tmp_path, pooling):
+  """The encoder-decoder BT reward against transformers' T5 on the same weights: HF encodes the
+  prompt once per (x, y) row and reads shift_right(y) with its decoder; ours encodes each prompt
+  once for its N = 3 responses. Pooled final decoder states @ the head."""
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  from rso_jax import convert  # pylint: disable=g-import-not-at-top
+  cfg = transformers.T5Config(vocab_size=128, d_model=64, d_kv=16, num_heads=4, d_ff=128,
+                              num_layers=2, num_decoder_layers=2, dropout_rate=0.0,
+                              feed_forward_proj="gated-gelu", tie_word_embeddings=False)
+  torch.manual_seed(3)
+  hf = transformers.T5ForConditionalGeneration(cfg).eval()
+  hf.save_pretrained(str(tmp_path), safe_serialization=True)
+  config, params = convert.from_hf(str(tmp_path))
+  head = np.random.RandomState(0).normal(0, 0.125, (64, 1)).astype(np.float32)
+  rm_params = {"token_embedder": params["token_embedder"], "encoder": params["encoder"],
+               "decoder": {k: v for k, v in params["decoder"].items() if k != "logits_dense"},
+               "reward_head": {"kernel": head}}
+  rng = np.random.RandomState(1)
+  prompts = rng.randint(2, 128, (2, 10))
+  prompts[0, 6:], prompts[1, 9:] = 0, 0
+  responses = rng.randint(2, 128, (6, 7))  # [B * N, Lt], N = 3 per prompt
+  for row, n in enumerate((7, 4, 1, 5, 2, 6)):
+    responses[row, n - 1], responses[row, n:] = 1, 0  # EOS, then padding
+  net = rm.BTRewardNetwork(config, pooling, "encoder_decoder")
+  ours = np.asarray(rm.bt_rewards_jit(net, rm_params, prompts, responses, separator=(),
+                                      eos_id=1))
+  t = torch.tensor
+  x = np.repeat(prompts, 3, axis=0)  # HF: the prompt once per row
+  dec = np.concatenate([np.zeros((6, 1), np.int64), responses[:, :-1]], 1)
+  with torch.no_grad():
+    h = hf(input_ids=t(x), attention_mask=t(x > 0), decoder_input_ids=t(dec),
+           output_hidden_states=True).decoder_hidden_states[-1].numpy()
+  mask = (responses > 0).astype(np.float32)
+  if pooling == "last":
+    pooled = h[np.arange(6), mask.sum(1).astype(int) - 1]
+  else:
+    pooled = (h * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
+  want = (pooled @ head)[:, 0]
+  assert np.std(want) > 1e-2  # non-vacuous: the rows differ
+  np.testing.assert_allclose(ours, want, atol=1e-4, rtol=0)
+
+
+def test_encoder_decoder_bt_pair_rewards_are_its_rewards():
+  """Chosen and rejected as 2 decoder rows of one encoder pass = each scored on its own."""
+  model = rm.BradleyTerryRewardModel(CFG, pooling="last", architecture="encoder_decoder")
+  params = _init(model, BT_LENGTHS)
+  assert "decoder" in params and "logits_dense" not in params["decoder"]
+  x, c, r = ["owl cat", "ram", "eel dog"], ["owl cat", "ram ewe", "eel"], ["cat", "ewe", "dog"]
+  batch = {"encoder_input_tokens": _tok(x, 32), "chosen_decoder_target_tokens": _tok(c, 32),
+           "rejected_decoder_target_tokens": _tok(r, 32)}
+  rw, rl = jax.jit(model.pair_rewards)(params, batch)
+  alone = jax.jit(model.rewards)
+  np.testing.assert_allclose(rw, alone(params, _tok(x, 32), _tok(c, 32)), atol=1e-5)
+  np.testing.assert_allclose(rl, alone(params, _tok(x, 32), _tok(r, 32)), atol=1e-5)
+  assert np.all(np.abs(np.asarray(rw) - np.asarray(rl)) > 0)
+
+
+def test_encoder_decoder_bt_bad_settings():
+  with pytest.raises(ValueError, match="architecture='decoder'"):
+    rm.BradleyTerryRewardModel(CFG, architecture="decoder")
+  with pytest.raises(ValueError, match="pooling='first' with architecture='encoder_decoder'"):
+    rm.BradleyTerryRewardModel(CFG, pooling="first", architecture="encoder_decoder")
+
+
+def test_encoder_decoder_bt_starts_from_a_policy_checkpoint(tmp_path):
+  """INITIAL_CHECKPOINT_PATH = a seq2seq checkpoint: every parameter but the head is read."""
+  from helpers import save  # pylint: disable=g-import-not-at-top
+  sft = save(tmp_path / "sft", models.Seq2SeqModel(CFG), BT_LENGTHS, seed=5)
+  lines = []
+  train.train(model=rm.BradleyTerryRewardModel(CFG, pooling="last",
+                                               architecture="encoder_decoder"),
+              model_dir=str(tmp_path / "rm"), train_steps=1, batch_size=8,
+              mixture_or_task_name="synthetic_dhf", task_feature_lengths=BT_LENGTHS,
+              optimizer="adamw", learning_rate=1e-9, warmup_steps=0, async_checkpoint=False,
+              mesh_shape=(-1, 1, 1),
+              initial_checkpoint_path=sft, print_fn=lines.append)
+  line = next(l for l in lines if l.startswith("initialized"))
+  assert "fresh: reward_head;" in line, line
+  got = checkpoints.load_params(str(tmp_path / "rm"))
+  want = checkpoints.load_params(sft)
+  for part in ("encoder", "decoder"):
+    np.testing.assert_allclose(got[part]["layers_0"]["mlp"]["wo"]["kernel"],
+                               want[part]["layers_0"]["mlp"]["wo"]["kernel"], atol=1e-6)
+
+
 # ------------------------------------------------------------------------------ trainer + manifest
 @pytest.mark.parametrize("make,task,lengths,kind,settings", [
     (lambda: rm.BradleyTerryRewardModel(CFG, pooling="last"), "synthetic_dhf", BT_LENGTHS,
-     "bt_rm", {"pooling": "last", "separator": rm.BT_SEPARATOR}),
+     "bt_rm", {"pooling": "last", "separator": rm.BT_SEPARATOR, "architecture": "encoder"}),
+    (lambda: rm.BradleyTerryRewardModel(CFG, pooling="mean", architecture="encoder_decoder"),
+     "synthetic_dhf", BT_LENGTHS, "bt_rm",
+     {"pooling": "mean", "separator": rm.BT_SEPARATOR, "architecture": "encoder_decoder"}),
     (lambda: rm.PairwiseRankingModel(CFG, both_orders=True), "synthetic_rm_pairwise",
      {"inputs": 128, "targets": 8}, "pairwise_rm", {"response_label": "RESPONSE"})])
 def test_trained_reward_model_describes_itself(tmp_path, make, task, lengths, kind, settings):
