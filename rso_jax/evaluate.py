@@ -502,7 +502,7 @@ def evaluate_reward_model(path: Optional[str] = None, split: str = "validation",
     valid = np.asarray(gen.finished) & np.isfinite(rewards)
     out.update(_correlations(np.where(valid, rewards, np.nan), golden, prefix="sft_samples/"))
     out.update(_sample_pair_accuracy(scorer, prompts, samples, golden, valid=valid,
-                                     prefix="sft_samples/"))
+                                     prefix="sft_samples/", rewards=rewards))
     out["sft_samples/golden_mean"] = float(np.mean(golden))
     out["sft_samples/excluded"] = float(np.sum(~valid))
   return out
@@ -534,19 +534,26 @@ def sample_pairs(samples: Sequence[Sequence[str]], golden: np.ndarray,
 
 def _sample_pair_accuracy(scorer: inference.RewardModel, prompts: Sequence[str],
                           samples: Sequence[Sequence[str]], golden: np.ndarray,
-                          valid: Optional[np.ndarray] = None, prefix: str = "") -> Dict[str, float]:
+                          valid: Optional[np.ndarray] = None, prefix: str = "",
+                          rewards: Optional[np.ndarray] = None) -> Dict[str, float]:
   """The reward model's preference on pairs of one prompt's samples vs r* (`sample_pairs`).
 
   accuracy_golden: P(better ≻ worse) > 0.5 (= 0.5 counts half), the mean over both orders of
     presentation (they agree for BT); pairs_untied: how many pairs it is over.
+  `rewards`: a BT model's `[P, N]` rewards of `samples` (any per-prompt shift): its preference
+  σ(r_better − r_worse) is read from them instead of scoring every pair again with `prefer`.
   """
   b, hi, lo = sample_pairs(samples, golden, valid)
   if not len(b):
     return {prefix + "accuracy_golden": float("nan"), prefix + "pairs_untied": 0.0}
+  score = lambda p: np.where(p == 0.5, 0.5, (p > 0.5).astype(np.float64))
+  if rewards is not None and getattr(scorer, "kind", None) == "bt_rm":
+    d = np.asarray(rewards, np.float64)[b, hi] - np.asarray(rewards, np.float64)[b, lo]
+    acc = np.where(d == 0, 0.5, (d > 0).astype(np.float64))
+    return {prefix + "accuracy_golden": float(np.mean(acc)), prefix + "pairs_untied": float(len(b))}
   x = [prompts[i] for i in b]
   y_hi = [samples[i][j] for i, j in zip(b, hi)]
   y_lo = [samples[i][j] for i, j in zip(b, lo)]
-  score = lambda p: np.where(p == 0.5, 0.5, (p > 0.5).astype(np.float64))
   acc = score(np.asarray(scorer.prefer(x, y_hi, y_lo), np.float64))
   if getattr(scorer, "kind", None) == "pairwise_rm":
     acc = 0.5 * (acc + score(1.0 - np.asarray(scorer.prefer(x, y_lo, y_hi), np.float64)))

@@ -280,3 +280,15 @@ def test_accuracy_on_sample_pairs_matches_a_plain_python_count():
     assert out["s/accuracy_golden"] == pytest.approx(sum(points) / len(points)), scorer
   assert evaluate._sample_pair_accuracy(GoldenScorer(), prompts, samples,
                                         golden)["accuracy_golden"] == 1.0
+
+  class BTLengthScorer(LengthScorer):
+    """A BT model whose pairs must be read from the rewards it already gave."""
+    kind = "bt_rm"
+
+    def prefer(self, prompts, y1, y2):
+      raise AssertionError("the pairs were scored again")
+
+  shifted = LengthScorer().reward(prompts, samples) - np.array([[7.0], [-3.0]], np.float32)
+  assert evaluate._sample_pair_accuracy(BTLengthScorer(), prompts, samples, golden, prefix="s/",
+                                        rewards=shifted) == evaluate._sample_pair_accuracy(
+                                            LengthScorer(), prompts, samples, golden, prefix="s/")
