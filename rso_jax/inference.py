@@ -463,16 +463,13 @@ class RewardModel(_Loaded):
     if not unique:
       return np.zeros((0,), np.float32)
     where = {k: i for i, k in enumerate(unique)}
-    x_tok, _ = self.tokenize_contexts([k[0] for k in unique], self.feature_lengths["inputs"])
-    y_tok, fits = self.tokenize_responses([k[1] for k in unique],
-                                          self.feature_lengths["targets"])
-    self.stats["responses_too_long"] += int((~fits).sum())
-    r = np.where(fits, self._map_rows(self._fn, [x_tok, y_tok]), np.nan)
-    return r[[where[k] for k in keys]].astype(np.float32)
+    r = self._bt_per_prompt([k[0] for k in unique], [[k[1]] for k in unique])[:, 0]
+    return r[[where[k] for k in keys]]
 
   def _bt_per_prompt(self, prompts: List[str], rows: List[List[str]]) -> np.ndarray:
-    """r(x, y) `[P, N]` with each prompt encoded once for its N responses (the encoder-decoder
-    BT model: the responses are decoder rows of one encoder pass). NaN: no fit."""
+    """r(x, y) `[P, N]`, N responses per prompt in calls of ~`batch_size` rows; the encoder-
+    decoder model encodes each prompt once for its N (decoder rows of one encoder pass), the
+    encoder model reads every (x, y) packed. NaN: no fit."""
     n = len(rows[0])
     x_tok, _ = self.tokenize_contexts(prompts, self.feature_lengths["inputs"])
     y_tok, fits = self.tokenize_responses([y for row in rows for y in row],
