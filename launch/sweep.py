@@ -97,12 +97,17 @@ def commands(gin_files: Sequence[str], grids: Sequence[Tuple[str, list]], extra:
   return out
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def split_extra(argv: Sequence[str] | None) -> Tuple[List[str], List[str]]:
+  """(this script's flags, the flags after `--` that go to every run); None = sys.argv."""
   argv = list(sys.argv[1:] if argv is None else argv)
-  extra: List[str] = []
-  if "--" in argv:
-    cut = argv.index("--")
-    argv, extra = argv[:cut], argv[cut + 1:]
+  if "--" not in argv:
+    return argv, []
+  cut = argv.index("--")
+  return argv[:cut], argv[cut + 1:]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  argv, extra = split_extra(argv)
   p = argparse.ArgumentParser(prog="python launch/sweep.py", description=__doc__.splitlines()[0])
   p.add_argument("--gin_file", action="append", default=[], help="repeatable, in order")
   p.add_argument("--grid", action="append", default=[], help="BINDING=[v1, v2, ...]")

@@ -275,7 +275,9 @@ class SampleStage:
     stats = json.loads(fs.read_text(fs.join(out, "stats.json")))
     golden = (f", golden reward all/selected {stats['golden/all_mean']:.3f}/"
               f"{stats['golden/selected_mean']:.3f}" if "golden/all_mean" in stats else "")
-    print(f"[{self.name}] {stats['pairs']} pairs from {stats['prompts']} prompts "
+    made = (f"{stats['responses']} selected responses" if stats.get("responses")
+            else f"{stats['pairs']} pairs")
+    print(f"[{self.name}] {made} from {stats['prompts']} prompts "
           f"({stats.get('prompts_truncated', 0)} cut to the prompt length); acceptance rate "
           f"{stats['rejection/acceptance_rate']:.3f}{golden}; task {self.task_name!r}",
           flush=True)

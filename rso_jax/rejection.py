@@ -49,7 +49,8 @@ Array = Any  # jax.Array or np.ndarray
 PRNGKey = Any
 
 MODES = ("paper", "single_pass")
-STRATEGIES = ("rso", "random", "best_of_n", "top_k_over_n")
+STRATEGIES = ("rso", "random", "best_of_n", "top_k_over_n", "rest")
+REST_THRESHOLD = 0.7  # ReST's filter on rewards rescaled to [0, 1] (the RSO paper's baseline)
 
 
 class SelectionResult(NamedTuple):
@@ -503,6 +504,24 @@ def _top_k_core(key, rewards, mask, num_samples):
 
 
 @functools.partial(jax.jit, static_argnames=("num_samples",))
+def _rest_core(key, rewards, mask, num_samples, threshold):
+  """ReST's filter: the top k whose reward, min-max rescaled over the prompt's valid candidates,
+  is >= threshold (a prompt whose valid rewards are all equal keeps its top k)."""
+  del key  # Deterministic.
+  rewards = _to_float(rewards)
+  mask = _valid_or_all(mask, rewards.shape)
+  keyed = jnp.where(mask, -rewards, jnp.inf)
+  order = jnp.argsort(keyed, axis=1, stable=True)[:, :num_samples]  # [B, k] descending
+  lo = jnp.min(jnp.where(mask, rewards, jnp.inf), axis=1, keepdims=True)  # [B, 1]
+  hi = jnp.max(jnp.where(mask, rewards, -jnp.inf), axis=1, keepdims=True)
+  span = hi - lo
+  scaled = jnp.where(span > 0, (rewards - lo) / jnp.where(span > 0, span, 1.0), 1.0)  # [B, N]
+  keep = mask & (scaled >= threshold)
+  valid = jnp.take_along_axis(keep, order, axis=1)  # a prefix: order is descending
+  return _baseline_stats(order, valid, mask, rewards)
+
+
+@functools.partial(jax.jit, static_argnames=("num_samples",))
 def _random_core(key, rewards, mask, num_samples):
   rewards = _to_float(rewards)
   mask = _valid_or_all(mask, rewards.shape)
@@ -622,6 +641,7 @@ def select(
     log_prob_correction: Optional[Union[ProposalCorrection,
                                         tuple[Array, Array]]] = None,
     mode: str = "paper",
+    threshold: float = REST_THRESHOLD,
 ) -> SelectionResult:
   """One interface over the paper's selection strategies.
 
@@ -637,10 +657,14 @@ def select(
       no valid candidate yields a valid=False slot (padding moved to the end).
     "top_k_over_n": the k highest rewards, descending, ties by lower index
       (what "rso" gives at beta = 0).
+    "rest": ReST's filter (Gulcehre et al. 2023, as the RSO paper runs it):
+      of the k highest, those whose reward rescaled to [0, 1] by the
+      prompt's valid min and max is >= `threshold` (default 0.7); all k
+      when the valid rewards are equal. A variable count in [1, k].
   For the baselines rounds = 1 (0 without valid candidates), num_visited =
   number of valid candidates and acceptance_rate = num_accepted/num_visited.
-  `beta`, `log_prob_correction` and `mode` apply to "rso" only; `key` is
-  unused by the deterministic baselines.
+  `beta`, `log_prob_correction` and `mode` apply to "rso" only, `threshold`
+  to "rest" only; `key` is unused by the deterministic baselines.
 
   Raises:
     ValueError: for an unknown strategy, or as `statistical_rejection_sampling`.
@@ -656,8 +680,14 @@ def select(
     raise ValueError(f"log_prob_correction only applies to 'rso', not "
                      f"{strategy!r}.")
   rewards, mask, k = _check_inputs(rewards, num_samples, mask)
-  core = {"random": _random_core, "best_of_n": _best_of_n_core,
-          "top_k_over_n": _top_k_core}[strategy]
-  result, num_bad = core(key, rewards, mask, num_samples=k)
+  if strategy == "rest":
+    if not (isinstance(threshold, (int, float)) and 0.0 <= threshold <= 1.0):
+      raise ValueError(f"threshold must be a number in [0, 1], got {threshold!r}.")
+    result, num_bad = _rest_core(key, rewards, mask, num_samples=k,
+                                 threshold=jnp.float32(threshold))
+  else:
+    core = {"random": _random_core, "best_of_n": _best_of_n_core,
+            "top_k_over_n": _top_k_core}[strategy]
+    result, num_bad = core(key, rewards, mask, num_samples=k)
   _raise_if_nonfinite(num_bad, mask, [("rewards", rewards)])
   return result

@@ -13,7 +13,12 @@ skips every finished shard. `stats.json` holds acceptance rate, rounds and rewar
 selected vs all candidates (and golden rewards on the synthetic task); `COMPLETED` marks the end.
 
 The paper's three data settings are names: `rso_sample_rank` (rejection sampling),
-`sft_sample_rank` (uniform random k of N), `direct` (no sampling: train on D_hf itself).
+`sft_sample_rank` (uniform random k of N), `direct` (no sampling: train on D_hf itself). Its
+baselines write the selected responses themselves (one record per response: `chosen` is the
+response, `rejected` empty), for SFT of π_sft on them (`gin/raft.gin`, `gin/rest.gin`):
+`raft` (RAFT: the best of N by the reward model, `num_samples` = 1) and `rest` (ReST's
+improve step: of the top `num_samples`, those whose reward min-max rescaled over the prompt's
+candidates is >= `rest_threshold`, 0.7).
 """
 
 from __future__ import annotations
@@ -40,7 +45,9 @@ from rso_jax import partitioning
 from rso_jax import rejection
 
 DATA_SETTINGS = {"rso_sample_rank": "rso", "sft_sample_rank": "random",
-                 "best_of_n": "best_of_n", "top_k_over_n": "top_k_over_n"}
+                 "best_of_n": "best_of_n", "top_k_over_n": "top_k_over_n",
+                 "raft": "best_of_n", "rest": "rest"}
+RESPONSE_SETTINGS = ("raft", "rest")  # write the selected responses (SFT data), not pairs
 COMPLETED = "COMPLETED"
 STATS = "stats.json"
 
@@ -97,6 +104,7 @@ class _Accum:
   visited: int = 0
   rounds: int = 0
   pairs: int = 0
+  responses: int = 0  # records of a RESPONSE_SETTINGS run (selected responses, no pairs)
   skipped_identical: int = 0
   skipped_invalid: int = 0
   reward_all: float = 0.0
@@ -131,6 +139,7 @@ class _Accum:
         "golden/rejected_mean": div(self.golden_rejected, self.pairs),
         "golden/label_agreement": div(self.label_golden_agree, self.label_golden_decided),
         "pairs_per_prompt": div(self.pairs, self.prompts),
+        "responses_per_prompt": div(self.responses, self.prompts),
     })
     return d
 
@@ -163,8 +172,11 @@ def process_batch(policy: inference.Generator, scorer: inference.RewardModel,
                   top_p: Optional[float], strategy: str, num_samples: int, beta: float,
                   rejection_mode: str, proposal_correction: bool, pair_method: str,
                   label_with: str, golden_fn: Optional[Callable] = None,
-                  n_real: Optional[int] = None, keep_unfinished: bool = False):
+                  n_real: Optional[int] = None, keep_unfinished: bool = False,
+                  responses_only: bool = False, rest_threshold: float = 0.7):
   """One batch of prompts -> (records, _Accum) over its first `n_real` rows (rest: padding).
+
+  `responses_only`: one record per selected response (a RESPONSE_SETTINGS run), no pairs.
 
   Every random choice comes from `key`, split three ways: decoding, selection, and the
   per-prompt random order of the selected candidates before pairing (`pairs.shuffle_slots`),
@@ -211,13 +223,16 @@ def process_batch(policy: inference.Generator, scorer: inference.RewardModel,
     sel = rejection.select("rso", k_select, masked, num_samples, beta, mask=jnp.asarray(valid),
                            log_prob_correction=correction, mode=rejection_mode)
   else:
-    sel = rejection.select(strategy, k_select, masked, num_samples, mask=jnp.asarray(valid))
+    sel = rejection.select(strategy, k_select, masked, num_samples, mask=jnp.asarray(valid),
+                           threshold=rest_threshold)
   sel = jax.device_get(sel)
   no_label: set = set()
-  pref_fn = _label_fn(scorer, label_with, prompts, texts, no_label)
-  pairs = jax.device_get(pairs_lib.make_pairs(
-      pair_method, jnp.asarray(sel.indices), jnp.asarray(sel.valid),
-      rewards=None if pref_fn else jnp.asarray(masked), preference_fn=pref_fn, key=k_pair))
+  pairs = None
+  if not responses_only:
+    pref_fn = _label_fn(scorer, label_with, prompts, texts, no_label)
+    pairs = jax.device_get(pairs_lib.make_pairs(
+        pair_method, jnp.asarray(sel.indices), jnp.asarray(sel.valid),
+        rewards=None if pref_fn else jnp.asarray(masked), preference_fn=pref_fn, key=k_pair))
 
   m = b if n_real is None else n_real
   v, sv = valid[:m], sel.valid[:m]
@@ -240,6 +255,20 @@ def process_batch(policy: inference.Generator, scorer: inference.RewardModel,
     acc.golden_selected = picked(golden)
   eos = policy.eos_id
   records = []
+  if responses_only:
+    for i in range(m):
+      for j in np.flatnonzero(sel.valid[i]):
+        c = int(sel.indices[i, j])
+        rec = {"inputs": _strip(out.prompt_tokens[i], eos), "chosen": _strip(out.tokens[i, c], eos),
+               "rejected": [], "inputs_pretokenized": prompts[i],
+               "chosen_pretokenized": texts[i][c], "rejected_pretokenized": "",
+               "ref_chosen_logps": float(out.model_logps[i, c]),
+               "chosen_reward": float(rewards[i, c])}
+        if golden is not None:
+          rec["chosen_golden_reward"] = float(golden[i, c])
+        acc.responses += 1
+        records.append(rec)
+    return records, acc
   for i in range(m):
     for j in range(pairs.chosen.shape[1]):
       if not pairs.valid[i, j]:
@@ -284,6 +313,7 @@ def run(*, policy_checkpoint: str, reward_checkpoint: Optional[str], output_dir:
         temperature: float = 0.7, top_k: Optional[int] = 40, top_p: Optional[float] = None,
         beta: float = 0.5, rejection_mode: str = "paper", proposal_correction: bool = False,
         pair_method: str = "first_round", label_with: str = "auto",
+        rest_threshold: float = rejection.REST_THRESHOLD,
         max_prompts: Optional[int] = None, prompts_per_shard: int = 256,
         batch_prompts: int = 16, seed: int = 0, mesh_shape: Sequence[int] = (-1, 1, 1),
         task_name: Optional[str] = None, stop_after_shards: Optional[int] = None,
@@ -297,6 +327,7 @@ def run(*, policy_checkpoint: str, reward_checkpoint: Optional[str], output_dir:
   (`prompts_truncated`); candidates the reward model cannot read whole are invalid and counted
   (`reward_unscorable`).
 
+  `rest_threshold`: ReST's filter (data setting `rest`), in [0, 1].
   `label_with`: "preference" labels each pair with the reward model's ρ(x, y1, y2) (the
   paper's choice for the pairwise model), "reward" by comparing pointwise rewards; "auto" =
   preference for a pairwise model, reward otherwise. `stop_after_shards` stops early (tests
@@ -319,6 +350,12 @@ def run(*, policy_checkpoint: str, reward_checkpoint: Optional[str], output_dir:
     raise ConfigError("SAMPLES_DIR is empty: pass --gin.SAMPLES_DIR=\\\"path\\\"")
   if not policy_checkpoint:
     raise ConfigError("SFT_CHECKPOINT (policy_checkpoint) is empty")
+  responses_only = data_setting in RESPONSE_SETTINGS
+  if data_setting == "raft" and num_samples != 1:
+    raise ConfigError(f"DATA_SETTING='raft' keeps the best of N: num_samples={num_samples!r} "
+                      "must be 1 (gin/raft.gin sets it)")
+  if not (isinstance(rest_threshold, (int, float)) and 0.0 <= rest_threshold <= 1.0):
+    raise ConfigError(f"rest_threshold={rest_threshold!r} must be a number in [0, 1]")
   if pair_method not in ("first_round", "tournament"):
     raise ConfigError(f"pair_method={pair_method!r}: use first_round or tournament")
   if label_with not in ("preference", "reward", "auto"):
@@ -382,12 +419,15 @@ def run(*, policy_checkpoint: str, reward_checkpoint: Optional[str], output_dir:
                   beta=beta, rejection_mode=rejection_mode,
                   proposal_correction=proposal_correction, pair_method=pair_method,
                   label_with=label_with, seed=seed, num_shards=num_shards,
+                  output="responses" if responses_only else "pairs",
+                  rest_threshold=rest_threshold,
                   keep_unfinished=keep_unfinished,
                   prompts_per_shard=prompts_per_shard)
   manifest_path = fs.join(output_dir, "manifest.json")
   if fs.exists(manifest_path):
     old = json.loads(fs.read_text(manifest_path))
-    changed = {k: (old.get(k), v) for k, v in manifest.items() if old.get(k) != v}
+    # A setting the old manifest lacks came later, with the old behaviour as its default.
+    changed = {k: (old[k], v) for k, v in manifest.items() if k in old and old[k] != v}
     if changed:
       raise ValueError(f"{output_dir} holds shards of a different configuration {changed}: "
                        "use another output directory")
@@ -435,7 +475,8 @@ def run(*, policy_checkpoint: str, reward_checkpoint: Optional[str], output_dir:
           strategy=strategy, num_samples=num_samples, beta=beta,
           rejection_mode=rejection_mode, proposal_correction=proposal_correction,
           pair_method=pair_method, label_with=label_with, golden_fn=golden_fn,
-          n_real=end - start, keep_unfinished=keep_unfinished)
+          n_real=end - start, keep_unfinished=keep_unfinished,
+          responses_only=responses_only, rest_threshold=rest_threshold)
       records.extend(recs)
       shard_acc.add(acc)
       bar.update(end - start)
@@ -456,6 +497,10 @@ def run(*, policy_checkpoint: str, reward_checkpoint: Optional[str], output_dir:
   summary = total.summary()
   if golden_fn is None:  # no golden reward (real data): no golden statistics
     summary = {k: v for k, v in summary.items() if not k.startswith("golden/")}
+  pair_keys = ("pairs_per_prompt", "reward/chosen_mean", "reward/rejected_mean",
+               "golden/chosen_mean", "golden/rejected_mean", "golden/label_agreement")
+  drop = pair_keys if responses_only else ("responses_per_prompt",)
+  summary = {k: v for k, v in summary.items() if k not in drop}
   summary["reward_model/contexts_truncated"] = scorer.stats["contexts_truncated"]
   summary["wall_seconds_this_run"] = time.time() - t0
   done = all(fs.exists(p) for p in shard_paths)
@@ -470,7 +515,7 @@ def run(*, policy_checkpoint: str, reward_checkpoint: Optional[str], output_dir:
 
 
 def format_summary(summary: Dict[str, Any]) -> str:
-  keys = ["prompts", "pairs", "rejection/acceptance_rate", "rejection/rounds",
+  keys = ["prompts", "pairs", "responses", "rejection/acceptance_rate", "rejection/rounds",
           "reward/all_mean", "reward/selected_mean", "reward/chosen_mean", "reward/rejected_mean",
           "golden/all_mean", "golden/selected_mean", "golden/chosen_mean",
           "golden/rejected_mean", "golden/label_agreement", "unfinished", "retokenized",

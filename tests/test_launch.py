@@ -1,6 +1,7 @@
 """launch/: the sweep (grid of gin overrides -> runs) and the launch scripts' DRY_RUN."""
 
 import importlib.util
+import json
 import os
 import shlex
 import subprocess
@@ -10,7 +11,8 @@ import gin
 import jax
 import pytest
 
-from rso_jax import cli, models, partitioning, trainer
+from rso_jax import cli, models, partitioning, pipeline, sample, trainer
+from rso_jax import train as train_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -18,12 +20,14 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _load(name):
   spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "launch", f"{name}.py"))
   module = importlib.util.module_from_spec(spec)
+  sys.modules[name] = module  # dataclasses look their module up
   spec.loader.exec_module(module)
   return module
 
 
 sweep = _load("sweep")
 memory = _load("memory")
+paper_table = _load("paper_table")
 
 BETA = "sample/sample.sample_configured.beta"
 GRID = [f"{BETA}=[0.05, 0.5, 5.0]", "LOSS=['hinge_norm', 'sigmoid_norm']"]
@@ -167,3 +171,152 @@ def test_memory_counts_t5_v1_1_base_and_shards_like_the_trainer():
   assert on_device0(real) == want_params and on_device0(state) == want_opt
   assert memory.activation_bytes(tiny, (1, 4, 2), 64, 32, 32) == pytest.approx(
       2 * memory.activation_bytes(tiny, (1, 8, 2), 64, 32, 32))
+
+
+# ----------------------------------------------------------------------------- paper_table.py
+def test_paper_table_cells_are_the_papers_table_one_per_seed():
+  """3 settings x 3 losses per seed, seed-major; each command is a configuration the CLI
+  accepts with that cell's data, loss, seed and directory ('direct' trains on D_hf)."""
+  cells = paper_table.cells([0, 1, 2], baselines=[])
+  assert len(cells) == 27 and [c.seed for c in cells] == [0] * 9 + [1] * 9 + [2] * 9
+  seen = set()
+  for cell in cells[:9]:
+    cmd = cell.argv("/tmp/study", "rso_hinge.gin", ["--gin.TRAIN_STEPS=7"])
+    assert cmd[:3] == [sys.executable, "-m", "rso_jax.train"] and cmd[-1] == "--gin.TRAIN_STEPS=7"
+    flags = cli.parse_flags(cmd[3:])
+    cli.configure_gin(flags.files, flags.bindings, [os.path.join(REPO, "gin")])
+    assert not cli.unread_macros()
+    policy = pipeline.stage_bindings(train_lib.train, "")  # the unscoped policy training
+    task = policy["mixture_or_task_name"]
+    setting = "direct" if task == "synthetic_dhf" else gin.query_parameter("%DATA_SETTING")
+    assert task == ("synthetic_dhf" if cell.setting == "direct" else "rso_pairs")
+    assert len(policy["prerequisites"]) == (2 if cell.setting == "direct" else 4)
+    seen.add((setting, gin.query_parameter("%LOSS"), gin.query_parameter("%RANDOM_SEED"),
+              gin.query_parameter("%RUN_DIR"), gin.query_parameter("%POLICY_NAME"),
+              gin.query_parameter("%TRAIN_STEPS")))
+  gin.clear_config()
+  assert seen == {(st, l, 0, "/tmp/study/seed0", f"{st}-{l}", 7)
+                  for st in paper_table.SETTINGS for l in paper_table.LOSSES}
+
+
+@pytest.mark.parametrize("baseline,num_samples", [("raft", 1), ("rest", 64)])
+def test_paper_table_baselines_are_sft_on_the_sampling_stages_selection(baseline, num_samples):
+  """RAFT / ReST cells: the SFT loss (Seq2SeqModel) from pi_sft on what the sampling stage
+  selects with that data setting, after each seed's table cells."""
+  cells = paper_table.cells([3], settings=["direct"], losses=["hinge"])
+  assert [c.name for c in cells] == ["direct-hinge", "raft", "rest"]
+  cell = [c for c in cells if c.setting == baseline][0]
+  flags = cli.parse_flags(cell.argv("/tmp/study", "rso_hinge.gin")[3:])
+  cli.configure_gin(flags.files, flags.bindings, [os.path.join(REPO, "gin")])
+  assert not cli.unread_macros()
+  policy = pipeline.stage_bindings(train_lib.train, "")
+  assert type(policy["model"]).__name__ == "Seq2SeqModel"
+  assert policy["initial_checkpoint_path"] == "/tmp/study/seed3/sft"
+  draw = pipeline.stage_bindings(sample.sample_configured, "sample")
+  assert (draw["data_setting"], draw["num_samples"], draw["seed"]) == (baseline, num_samples, 3)
+  assert gin.query_parameter("%POLICY_NAME") == baseline
+  gin.clear_config()
+
+
+def test_paper_table_mean_and_standard_error_match_the_statistics_module():
+  import statistics
+  xs = [0.25, 0.5, 0.9]
+  mean, se = paper_table.mean_stderr(xs)
+  assert mean == pytest.approx(statistics.mean(xs))
+  assert se == pytest.approx(statistics.stdev(xs) / len(xs) ** 0.5)
+  assert paper_table.mean_stderr([0.3]) == (0.3, None)
+  assert paper_table.mean_stderr([]) == (None, None)
+
+
+def _fake_cell_runner(calls, fail_on=None):
+  """Stands in for `python -m rso_jax.train`: writes the cell's evaluation, with win rates and
+  KL that depend on the cell and its seed, as the pipeline's EvaluateStage would."""
+
+  def run(argv):
+    calls.append(argv)
+    opts = dict(a[len("--gin."):].split("=", 1) for a in argv if a.startswith("--gin."))
+    run_dir, name = json.loads(opts["RUN_DIR"]), json.loads(opts["POLICY_NAME"])
+    seed = int(opts["RANDOM_SEED"])
+    rc = 5 if fail_on == (name, seed) else 0
+    if not rc:
+      os.makedirs(run_dir, exist_ok=True)
+      x = 0.1 * seed + (0.5 if name.startswith("rso") else 0.0)
+      res = {"vs_sft_targets/proxy": 0.2 + x, "vs_sft_targets/golden": 0.1 + x,
+             "vs_sft/proxy": 0.3, "vs_sft/golden": 0.4}
+      with open(os.path.join(run_dir, f"eval_{name}.json"), "w") as f:
+        json.dump({"name": name, "results": {"greedy": res, "sample": res},
+                   "kl/mean": 1.0 + seed}, f)
+    return subprocess.CompletedProcess(argv, rc)
+
+  return run
+
+
+def test_paper_table_runs_reuses_and_reports_mean_and_stderr(tmp_path, capsys):
+  root, out = str(tmp_path / "runs"), str(tmp_path / "table.md")
+  cells = paper_table.cells([0, 1], settings=["direct", "rso_sample_rank"], losses=["hinge"],
+                            baselines=["raft"])
+  os.makedirs(os.path.join(root, "seed1", "reward_bt"))
+  with open(os.path.join(root, "seed1", "reward_bt", "reward_quality.json"), "w") as f:
+    json.dump({"metrics": {"sft_samples/accuracy_golden": 0.531,
+                           "sft_samples/within_prompt_spearman": 0.07,
+                           "accuracy_golden": 0.78}}, f)
+  calls = []
+  rc = paper_table.run_study(cells, root, "rso_hinge.gin", [], out, "greedy", "CMD",
+                             runner=_fake_cell_runner(calls))
+  assert rc == 0 and len(calls) == 6
+  text = open(out).read()
+  # vs the SFT targets, seeds 0 / 1: direct proxy 20 / 30 % -> 25.0 ± 5.0, golden 10 / 20 %;
+  # rso proxy 70 / 80 %, golden 60 / 70 %.
+  assert "| hinge | 25.0 ± 5.0 / 15.0 ± 5.0 | 75.0 ± 5.0 / 65.0 ± 5.0 |" in text
+  assert "| hinge | 1.50 ± 0.50 | 1.50 ± 0.50 |" in text  # KL of seeds 0 and 1
+  assert "seed 1: reward_bt: accuracy 0.531" in text and "seed 0: not measured" in text
+  assert "| raft | 25.0 ± 5.0 / 15.0 ± 5.0 | 30.0 ± 0.0 / 40.0 ± 0.0 | 1.50 ± 0.50 | 2 |" in text
+  assert "cells finished: 6/6" in text and "`CMD`" in text
+  # Rerun: every cell is reused, nothing runs, the same table.
+  calls.clear()
+  assert paper_table.run_study(cells, root, "rso_hinge.gin", [], out, "greedy", "CMD",
+                               runner=_fake_cell_runner(calls)) == 0
+  assert calls == [] and open(out).read() == text
+  # Other flags for the same cells: the finished ones are refused, not reported under them.
+  with pytest.raises(paper_table.StudyError, match="remove .*seed0 or use another --run_root"):
+    paper_table.run_study(cells, root, "rso_hinge.gin", ["--gin.GAMMA=0.5"], out, "greedy",
+                          "CMD", runner=_fake_cell_runner(calls))
+  assert calls == []
+
+
+def test_paper_table_stops_at_a_failing_cell_and_resumes_after_it(tmp_path, capsys):
+  root, out = str(tmp_path / "runs"), str(tmp_path / "table.md")
+  cells = paper_table.cells([0], settings=["sft_sample_rank"], baselines=[])
+  calls = []
+  rc = paper_table.run_study(cells, root, "rso_hinge.gin", [], out, "greedy", "CMD",
+                             runner=_fake_cell_runner(calls, ("sft_sample_rank-hinge", 0)))
+  assert rc == 5 and len(calls) == 2  # sigmoid_norm finished, hinge failed, hinge_norm not run
+  assert "failed with exit status 5; rerun the same command" in capsys.readouterr().err
+  assert "cells finished: 1/3" in open(out).read()
+  calls.clear()
+  assert paper_table.run_study(cells, root, "rso_hinge.gin", [], out, "greedy", "CMD",
+                               runner=_fake_cell_runner(calls)) == 0
+  assert [json.loads(dict(a[6:].split("=", 1) for a in c if a.startswith("--gin."))
+                     ["POLICY_NAME"]) for c in calls] == ["sft_sample_rank-hinge",
+                                                          "sft_sample_rank-hinge_norm"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--losses", "dpo"], "--losses=['dpo']: choose from"),
+    (["--seeds", "1", "1"], "--seeds=[1, 1]: give distinct"),
+    (["--baselines", "raft", "raft"], "--baselines=['raft', 'raft']: choose from"),
+])
+def test_paper_table_bad_arguments_are_one_line_and_exit_2(args, message, capsys):
+  assert paper_table.main([*args, "--dry_run"]) == 2
+  err = capsys.readouterr().err
+  assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_paper_table_dry_run_prints_the_cells_and_writes_nothing(tmp_path, capsys):
+  out = tmp_path / "t.md"
+  assert paper_table.main(["--seeds", "4", "--run_root", str(tmp_path), "--out", str(out),
+                           "--dry_run"]) == 0
+  lines = capsys.readouterr().out.splitlines()
+  assert len(lines) == 11 and lines[0].startswith("[1/11] direct-sigmoid_norm seed 4: ")
+  assert lines[-1].startswith("[11/11] rest seed 4: ") and "gin/rest.gin" in lines[-1]
+  assert "gin/direct.gin" in lines[0] and not out.exists()

@@ -463,3 +463,37 @@ def test_best_of_n():
   np.testing.assert_array_equal(np.asarray(masked.indices), [[1, 4, 0]])
   np.testing.assert_array_equal(np.asarray(masked.valid), [[1, 1, 0]])
   np.testing.assert_array_equal(np.asarray(masked.num_visited), [4])
+
+
+def _rest_oracle(rewards, mask, k, threshold):
+  """ReST's filter from its definition, one prompt at a time, in plain Python."""
+  out = []
+  for row, m in zip(rewards, mask):
+    valid = [(float(r), i) for i, (r, ok) in enumerate(zip(row, m)) if ok]
+    if not valid:
+      out.append([])
+      continue
+    lo, hi = min(r for r, _ in valid), max(r for r, _ in valid)
+    scaled = {i: (1.0 if hi == lo else (r - lo) / (hi - lo)) for r, i in valid}
+    top = sorted(valid, key=lambda t: (-t[0], t[1]))[:k]
+    out.append([i for _, i in top if scaled[i] >= threshold])
+  return out
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.7, 1.0])
+def test_rest_keeps_the_top_k_above_the_rescaled_threshold(threshold):
+  rng = np.random.default_rng(3)
+  r = rng.normal(size=(6, 9)).astype(np.float32)
+  r[1] = 2.0  # all equal: keeps its top k
+  r[2, :4] = r[2, 0]  # ties: lower index first
+  mask = rng.random((6, 9)) < 0.8
+  mask[3] = False  # no valid candidate
+  for k in (1, 4, 9):
+    sel = rejection.select("rest", None, r, k, mask=mask, threshold=threshold)
+    idx, valid = np.asarray(sel.indices), np.asarray(sel.valid)
+    got = [[int(i) for i, v in zip(row, vr) if v] for row, vr in zip(idx, valid)]
+    assert got == _rest_oracle(r, mask, k, threshold)
+    assert all(list(vr) == sorted(vr, reverse=True) for vr in valid)  # valid slots first
+    np.testing.assert_array_equal(np.asarray(sel.num_accepted), valid.sum(1))
+  with pytest.raises(ValueError, match="threshold must be a number in"):
+    rejection.select("rest", None, r, 2, threshold=1.5)

@@ -282,3 +282,60 @@ def test_process_batch_never_pairs_invalid_candidates(strategy, pair_method):
     assert {r["chosen_pretokenized"], r["rejected_pretokenized"]} <= {"y0", "y1", "y2", "y3"}
     assert r["chosen_pretokenized"] != r["rejected_pretokenized"]
     assert r["chosen_reward"] >= r["rejected_reward"]
+
+
+# ---------------------------------------------------------------------------
+# RAFT / ReST: the selected responses themselves, as SFT data.
+# ---------------------------------------------------------------------------
+
+
+def _selected(records, rows):
+  """Per prompt: the candidate texts its records hold, in record order."""
+  out = {}
+  for rec in records:
+    assert rec["rejected"] == [] and rec["rejected_pretokenized"] == ""
+    out.setdefault(rec["inputs_pretokenized"], []).append(rec["chosen_pretokenized"])
+  assert len(out) == rows
+  return out
+
+
+@pytest.mark.parametrize("strategy,num_samples,threshold,want", [
+    ("best_of_n", 1, 0.7, ["y0"]),  # RAFT: the best valid candidate (first of the tied 5s)
+    ("rest", 6, 0.7, ["y0", "y2"]),  # ReST: rescaled [1, 0, 1, 0] over the valid ones
+    ("rest", 6, 0.0, ["y0", "y2", "y1", "y3"]),  # every valid one, best first
+    ("rest", 1, 0.0, ["y0"]),  # at most num_samples
+])
+def test_process_batch_writes_the_selected_responses(strategy, num_samples, threshold, want):
+  """Invalid candidates (unfinished, empty) are never written, whatever their reward."""
+  records, acc = sample.process_batch(
+      FixedPolicy(), FixedScorer(), [f"p{i}" for i in range(3)], jax.random.key(0),
+      num_candidates=6, max_decode_length=None, temperature=0.7, top_k=None, top_p=None,
+      strategy=strategy, num_samples=num_samples, beta=0.01, rejection_mode="paper",
+      proposal_correction=False, pair_method="first_round", label_with="reward",
+      responses_only=True, rest_threshold=threshold)
+  assert _selected(records, 3) == {f"p{i}": want for i in range(3)}
+  assert acc.responses == 3 * len(want) and acc.pairs == 0
+  assert [r["chosen_reward"] for r in records[:len(want)]] == [
+      float(FIXED_REWARDS[int(y[1])]) for y in want]
+
+
+def test_raft_task_is_sft_data_of_the_best_candidate(policy_dir, tmp_path):
+  """`raft`: one response per prompt, the reward model's best, registered as an inputs ->
+  targets task whose targets are exactly the sampled tokens (their log π_sft as stored)."""
+  out = tmp_path / "raft"
+  summary = _run(policy_dir, out, data_setting="raft", num_samples=1, keep_unfinished=False)
+  assert summary["responses"] == summary["accepted"] > 0 and summary["pairs"] == 0
+  recs = [tf_example(r) for r in _records(str(out))]
+  assert len({r["inputs_pretokenized"] for r in recs}) == len(recs)  # one per prompt
+  generated.register_pair_task("test_raft_responses", str(out))
+  m = models.Seq2SeqModel(CFG)
+  ds = seqio.get_dataset("test_raft_responses", {"inputs": 32, "targets": 8},
+                         m.feature_converter, shuffle=False)
+  batch = next(ds.batch(len(recs)).as_numpy_iterator())
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  raw = [tf.io.parse_single_example(r, generated.feature_description()) for r in _records(str(out))]
+  ref = np.array([float(ex["ref_chosen_logps"]) for ex in raw], np.float32)
+  got = np.asarray(m.score_batch(checkpoints.load_params(policy_dir), batch))
+  np.testing.assert_allclose(got, ref, atol=1e-4)
+  with pytest.raises(ValueError, match="DATA_SETTING='raft' keeps the best of N"):
+    _run(policy_dir, tmp_path / "bad", data_setting="raft", num_samples=4)

@@ -3,7 +3,9 @@
 Each record holds the prompt and both responses already tokenized (EOS included, so the
 reference log-probs stored beside them refer to exactly these tokens), their raw text
 (`*_pretokenized`), `ref_chosen_logps` / `ref_rejected_logps` = log π_sft(y|x) (untempered),
-and the reward-model and golden rewards of both responses (when known).
+and the reward-model and golden rewards of both responses (when known). A RAFT / ReST run of
+the sampling stage writes the same records with one response each (`chosen`; `rejected`
+empty), registered as an SFT task (`inputs` -> `targets`).
 """
 
 from __future__ import annotations
@@ -55,22 +57,32 @@ def _dense_int32(ds: tf.data.Dataset) -> tf.data.Dataset:
   return ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
 
 
+def _responses_to_targets(ds: tf.data.Dataset) -> tf.data.Dataset:
+  """A selected-responses record -> an SFT example: inputs -> targets (= the response)."""
+  return ds.map(lambda ex: {"inputs": ex["inputs"], "targets": ex["chosen"],
+                            "inputs_pretokenized": ex["inputs_pretokenized"],
+                            "targets_pretokenized": ex["chosen_pretokenized"]},
+                num_parallel_calls=tf.data.AUTOTUNE)
+
+
 def register_pair_task(name: str, data_dir: str, vocabulary: Optional[seqio.Vocabulary] = None
                        ) -> seqio.Task:
-  """(Re-)registers `name` over `data_dir/pairs-*.tfrecord` (split "train").
+  """(Re-)registers `name` over the sampling stage's `data_dir/pairs-*.tfrecord` ("train").
 
-  The vocabulary is the one the pairs were tokenized with: `vocabulary`, else the `vocabulary`
-  entry of the sampling stage's `data_dir/manifest.json` (the policy checkpoint's), else bytes.
+  Pairs give a task with `inputs`, `chosen`, `rejected` (the preference losses'). A run that
+  wrote selected responses (manifest `output: "responses"`: RAFT, ReST) gives an SFT task with
+  `inputs` -> `targets`. The vocabulary is the one the records were tokenized with:
+  `vocabulary`, else the `vocabulary` entry of `data_dir/manifest.json` (the policy
+  checkpoint's), else bytes.
   """
   files = fs.glob(fs.join(data_dir, SHARD_PATTERN))
   if not files:
     raise FileNotFoundError(f"no pair shards {SHARD_PATTERN!r} in {data_dir!r}: run the "
                             "sampling stage (python -m rso_jax.sample) first")
+  manifest_path = fs.join(data_dir, "manifest.json")
+  manifest = json.loads(fs.read_text(manifest_path)) if fs.exists(manifest_path) else {}
   if vocabulary is None:
-    spec = None
-    manifest = fs.join(data_dir, "manifest.json")
-    if fs.exists(manifest):
-      spec = json.loads(fs.read_text(manifest)).get("vocabulary")
+    spec = manifest.get("vocabulary")
     if spec:
       from rso_jax import checkpoints  # pylint: disable=g-import-not-at-top
       vocabulary = checkpoints.vocabulary_from_spec(spec)
@@ -78,6 +90,11 @@ def register_pair_task(name: str, data_dir: str, vocabulary: Optional[seqio.Voca
       vocabulary = vocab_lib.get_vocabulary()
   source = seqio.TFExampleDataSource({"train": files}, feature_description=feature_description())
   seqio.TaskRegistry.remove(name)
+  if manifest.get("output") == "responses":
+    return seqio.TaskRegistry.add(
+        name, source=source, preprocessors=[_dense_int32, _responses_to_targets],
+        output_features={f: seqio.Feature(vocabulary, add_eos=True) for f in ("inputs",
+                                                                                "targets")})
   return seqio.TaskRegistry.add(
       name, source=source, preprocessors=[_dense_int32],
       output_features={f: seqio.Feature(vocabulary, add_eos=True) for f in TOKEN_FEATURES})

@@ -1,0 +1,319 @@
+"""The paper's Table 1 on one experiment, over seeds: one command, resumable, mean ± SE.
+
+    python launch/paper_table.py                       # seeds 0 1 2, the embedded task
+    python launch/paper_table.py --seeds 0 --dry_run   # print the runs, run nothing
+    python launch/paper_table.py -- --gin.TRAIN_STEPS=100   # flags after -- go to every run
+
+Cells: {direct, sft_sample_rank, rso_sample_rank} x {sigmoid_norm, hinge (Eq. 9), hinge_norm}
+(the paper's Table 1) and the baselines RAFT and ReST (`--baselines`; SFT of π_sft on its best
+candidate / on the candidates ReST's filter keeps: gin/raft.gin, gin/rest.gin), each
+`python -m rso_jax.train` with gin overrides of one experiment (`--experiment`, default
+gin/rso_hinge.gin; `direct` adds gin/direct.gin: the loss on D_hf itself). Seed s runs in `RUN_ROOT/seed<s>` with `RANDOM_SEED = s`, so the cells
+of one seed share its SFT policy, its reward model and, per data setting, its samples (the
+pipeline reuses finished stages); nothing is shared across seeds.
+
+Resuming: a cell whose evaluation (`RUN_DIR/eval_<cell>.json`) and record
+(`RUN_DIR/study_<cell>.json`: its command and wall time) exist is reused when the command is
+the same; a finished cell of another command is refused (remove it, or use another
+`--run_root`). An interrupted cell resumes where its stages stopped.
+
+Output (`--out`, default benchmarks/results/paper_table.md, written atomically after every
+cell): win rates vs the SFT targets and vs π_sft (proxy / golden, %) and KL(π‖π_sft) in nats,
+each the mean ± standard error over the seeds that finished; the reward model's accuracy vs r*
+on π_sft's own samples per seed (the reward stage's `reward_quality.json`); wall time; the
+command. The decoding whose win rates are shown is `--decoding` (greedy or sample).
+
+Exit status: 0 every cell finished (or was printed), 2 a refused configuration (one line),
+else the first failing cell's status (the cells after it are not started).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import shlex
+import subprocess
+import sys
+import time
+from typing import Dict, List, Mapping, Optional, Sequence
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+for _path in (REPO, os.path.join(REPO, "launch")):  # rso_jax.fs and launch/sweep.py, from anywhere
+  if _path not in sys.path:
+    sys.path.insert(0, _path)
+from rso_jax import fs  # pylint: disable=g-import-not-at-top,wrong-import-position
+import sweep  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+SETTINGS = ("direct", "sft_sample_rank", "rso_sample_rank")
+LOSSES = ("sigmoid_norm", "hinge", "hinge_norm")
+BASELINES = ("raft", "rest")  # SFT on selected samples: no preference loss (loss "sft")
+_ADDED_GIN = {"direct": "direct.gin", "raft": "raft.gin", "rest": "rest.gin"}
+DECODINGS = ("greedy", "sample")
+# (key in the evaluation's results[decoding], column title); values are fractions -> %.
+WIN_RATES = (("vs_sft_targets/proxy", "proxy"), ("vs_sft_targets/golden", "golden"),
+             ("vs_sft/proxy", "proxy"), ("vs_sft/golden", "golden"))
+
+
+class StudyError(ValueError):
+  """A configuration the study refuses (exit status 2, one line)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+  """One table entry for one seed."""
+  setting: str
+  loss: str
+  seed: int
+
+  @property
+  def name(self) -> str:
+    return self.setting if self.setting in BASELINES else f"{self.setting}-{self.loss}"
+
+  def run_dir(self, run_root: str) -> str:
+    return fs.join(fs.abspath(run_root), f"seed{self.seed}")
+
+  def argv(self, run_root: str, experiment: str, extra: Sequence[str] = ()) -> List[str]:
+    """The cell's command: `python -m rso_jax.train` with the cell's overrides, then `extra`."""
+    gin_files = [experiment]
+    if self.setting in _ADDED_GIN:
+      gin_files.append(os.path.join(REPO, "gin", _ADDED_GIN[self.setting]))
+    out = [sys.executable, "-m", "rso_jax.train", *(f"--gin_file={f}" for f in gin_files),
+           f"--gin.RUN_DIR={json.dumps(self.run_dir(run_root))}",
+           f"--gin.RANDOM_SEED={self.seed}"]
+    if self.setting not in BASELINES:
+      out.append(f"--gin.LOSS={json.dumps(self.loss)}")
+    out.append(f"--gin.POLICY_NAME={json.dumps(self.name)}")
+    if self.setting not in _ADDED_GIN:
+      out.append(f"--gin.DATA_SETTING={json.dumps(self.setting)}")
+    return out + list(extra)
+
+  def eval_path(self, run_root: str) -> str:
+    return fs.join(self.run_dir(run_root), f"eval_{self.name}.json")
+
+  def record_path(self, run_root: str) -> str:
+    return fs.join(self.run_dir(run_root), f"study_{self.name}.json")
+
+
+def cells(seeds: Sequence[int], settings: Sequence[str] = SETTINGS,
+          losses: Sequence[str] = LOSSES, baselines: Sequence[str] = BASELINES) -> List[Cell]:
+  """Seed-major (a seed's SFT and reward model are built by its first cell), then setting, loss;
+  a seed's baselines after its table cells."""
+  for flag, values, known, empty_ok in (("--settings", settings, SETTINGS, False),
+                                        ("--losses", losses, LOSSES, False),
+                                        ("--baselines", baselines, BASELINES, True)):
+    bad = [v for v in values if v not in known]
+    if bad or not (values or empty_ok) or len(set(values)) != len(values):
+      raise StudyError(f"{flag}={list(values)}: choose from {list(known)}")
+  if not seeds or len(set(seeds)) != len(seeds) or any(s < 0 for s in seeds):
+    raise StudyError(f"--seeds={list(seeds)}: give distinct non-negative integers")
+  return [c for s in seeds for c in [Cell(st, l, s) for st in settings for l in losses]
+          + [Cell(b, "sft", s) for b in baselines]]
+
+
+def _portable(argv: Sequence[str]) -> List[str]:
+  return list(argv[1:])  # the interpreter's path may differ between resumptions
+
+
+def finished(cell: Cell, run_root: str, argv: Sequence[str]) -> Optional[dict]:
+  """The cell's record if it finished with this command, None if it has not finished.
+
+  Raises `StudyError` for a finished cell of another command (a leftover that would otherwise
+  be reported under this configuration).
+  """
+  if not fs.exists(cell.eval_path(run_root)):
+    return None
+  rec_path = cell.record_path(run_root)
+  record = json.loads(fs.read_text(rec_path)) if fs.exists(rec_path) else None
+  if record is None or record.get("argv") != _portable(argv):
+    had = "no record of its command" if record is None else f"command {record.get('argv')}"
+    raise StudyError(f"cell {cell.name!r} seed {cell.seed}: {cell.eval_path(run_root)} exists "
+                     f"with {had}, not this study's {_portable(argv)}; remove "
+                     f"{cell.run_dir(run_root)} or use another --run_root")
+  return record
+
+
+def mean_stderr(values: Sequence[float]) -> tuple:
+  """(mean, standard error of the mean = sample std / sqrt(n)); SE is None for n < 2."""
+  n = len(values)
+  if n == 0:
+    return None, None
+  mean = sum(values) / n
+  if n < 2:
+    return mean, None
+  var = sum((v - mean) ** 2 for v in values) / (n - 1)
+  return mean, math.sqrt(var / n)
+
+
+def _fmt(mean: Optional[float], se: Optional[float], scale: float = 1.0, digits: int = 1) -> str:
+  if mean is None:
+    return "—"
+  s = f"{mean * scale:.{digits}f}"
+  return s + (f" ± {se * scale:.{digits}f}" if se is not None else "")
+
+
+def cell_values(evaluation: Mapping, decoding: str) -> Dict[str, float]:
+  """The table's numbers of one finished cell: the WIN_RATES keys and `kl/mean`."""
+  res = evaluation.get("results", {}).get(decoding)
+  if res is None:
+    raise StudyError(f"evaluation {evaluation.get('name')!r} has no {decoding!r} results "
+                     f"(it has {sorted(evaluation.get('results', {}))})")
+  out = {k: float(res[k]) for k, _ in WIN_RATES if res.get(k) is not None}
+  if evaluation.get("kl/mean") is not None:
+    out["kl/mean"] = float(evaluation["kl/mean"])
+  return out
+
+
+def reward_quality(run_dir: str) -> Optional[dict]:
+  """The reward stage's record on π_sft's samples (`reward_*/reward_quality.json`), if any."""
+  if not fs.isdir(run_dir):
+    return None
+  for entry in sorted(fs.listdir(run_dir)):
+    path = fs.join(run_dir, entry, "reward_quality.json")
+    if entry.startswith("reward") and fs.exists(path):
+      m = json.loads(fs.read_text(path))["metrics"]
+      return {"model": entry, "accuracy": m.get("sft_samples/accuracy_golden"),
+              "spearman": m.get("sft_samples/within_prompt_spearman"),
+              "dhf_accuracy": m.get("accuracy_golden")}
+  return None
+
+
+def table_markdown(all_cells: Sequence[Cell], results: Mapping[Cell, Dict[str, float]],
+                   records: Mapping[Cell, dict], quality: Mapping[int, Optional[dict]], *,
+                   decoding: str, command: str, settings: Sequence[str] = SETTINGS,
+                   losses: Sequence[str] = LOSSES) -> str:
+  """The study's report: tables in the paper's layout (rows: loss, columns: data setting)."""
+  seeds = sorted({c.seed for c in all_cells})
+  done = [c for c in all_cells if c in results]
+  wall = sum(float(records[c].get("wall_seconds", 0.0)) for c in done if c in records)
+  lines = ["# RSO paper table (Table 1 layout) on this repository's pipeline", "",
+           f"- command: `{command}`",
+           f"- seeds: {seeds}; cells finished: {len(done)}/{len(all_cells)}; wall time of the "
+           f"finished cells: {wall / 60:.1f} min (stages shared within a seed are counted once, "
+           "in the cell that built them)",
+           f"- decoding of the win rates: {decoding}; entries: mean ± standard error over the "
+           "seeds that finished (n in the last table)", "- reward model on π_sft's own samples "
+           "(accuracy vs r* on pairs of one prompt's samples; within-prompt Spearman; held-out "
+           "D_hf accuracy):"]
+  for s in seeds:
+    q = quality.get(s)
+    lines.append(f"  - seed {s}: " + ("not measured" if q is None else
+                 f"{q['model']}: accuracy {_fmt(q['accuracy'], None, 1, 3)}, Spearman "
+                 f"{_fmt(q['spearman'], None, 1, 3)}, D_hf {_fmt(q['dhf_accuracy'], None, 1, 3)}"))
+
+  def values(setting, loss, key):
+    return [results[c][key] for c in done
+            if c.setting == setting and c.loss == loss and key in results[c]]
+
+  def block(title, keys, scale, digits):
+    head = "| loss | " + " | ".join(settings) + " |"
+    out = ["", f"## {title}", "", head, "|---" * (len(settings) + 1) + "|"]
+    for loss in losses:
+      row = [" / ".join(_fmt(*mean_stderr(values(st, loss, k)), scale, digits) for k in keys)
+             for st in settings]
+      out.append(f"| {loss} | " + " | ".join(row) + " |")
+    return out
+
+  lines += block("Win rate vs the SFT targets, % (proxy / golden)",
+                 ("vs_sft_targets/proxy", "vs_sft_targets/golden"), 100.0, 1)
+  lines += block("Win rate vs π_sft, % (proxy / golden)", ("vs_sft/proxy", "vs_sft/golden"),
+                 100.0, 1)
+  lines += block("KL(π ‖ π_sft), nats", ("kl/mean",), 1.0, 2)
+  baselines = [b for b in BASELINES if any(c.setting == b for c in all_cells)]
+  if baselines:
+    lines += ["", "## Baselines (SFT of π_sft on selected samples; same columns as above)", "",
+              "| baseline | vs SFT targets, % (proxy / golden) | vs π_sft, % (proxy / golden) "
+              "| KL, nats | seeds |", "|---|---|---|---|---|"]
+    for b in baselines:
+      pct = lambda keys: " / ".join(_fmt(*mean_stderr(values(b, "sft", k)), 100.0, 1)
+                                    for k in keys)
+      lines.append(f"| {b} | {pct(('vs_sft_targets/proxy', 'vs_sft_targets/golden'))} | "
+                   f"{pct(('vs_sft/proxy', 'vs_sft/golden'))} | "
+                   f"{_fmt(*mean_stderr(values(b, 'sft', 'kl/mean')), 1.0, 2)} | "
+                   f"{len([c for c in done if c.setting == b])} |")
+  lines += ["", "## Seeds per cell", "", "| loss | " + " | ".join(settings) + " |",
+            "|---" * (len(settings) + 1) + "|"]
+  for loss in losses:
+    lines.append(f"| {loss} | " + " | ".join(
+        str(len([c for c in done if c.setting == st and c.loss == loss])) for st in settings)
+        + " |")
+  return "\n".join(lines) + "\n"
+
+
+def _ordered(values) -> tuple:
+  return tuple(dict.fromkeys(values))
+
+
+def run_study(all_cells: Sequence[Cell], run_root: str, experiment: str, extra: Sequence[str],
+              out: str, decoding: str, command: str, dry_run: bool = False,
+              runner=subprocess.run) -> int:
+  """Runs the cells not finished yet, one after another; rewrites `out` after each."""
+  results, records = {}, {}
+
+  def report():
+    quality = {s: reward_quality(fs.join(fs.abspath(run_root), f"seed{s}"))
+               for s in sorted({c.seed for c in all_cells})}
+    fs.makedirs(os.path.dirname(os.path.abspath(out)))
+    fs.atomic_write_text(out, table_markdown(
+        all_cells, results, records, quality, decoding=decoding, command=command,
+        settings=_ordered(c.setting for c in all_cells if c.setting not in BASELINES),
+        losses=_ordered(c.loss for c in all_cells if c.setting not in BASELINES)))
+
+  for i, cell in enumerate(all_cells, 1):
+    argv = cell.argv(run_root, experiment, extra)
+    tag = f"[{i}/{len(all_cells)}] {cell.name} seed {cell.seed}"
+    record = finished(cell, run_root, argv)
+    if record is None:
+      print(f"{tag}: {shlex.join(argv)}", flush=True)
+      if dry_run:
+        continue
+      start = time.time()
+      rc = runner(argv).returncode
+      if rc:
+        print(f"paper_table: {tag} failed with exit status {rc}; rerun the same command to "
+              "continue (finished cells are reused)", file=sys.stderr)
+        if results:
+          report()
+        return rc
+      record = {"argv": _portable(argv), "wall_seconds": round(time.time() - start, 1)}
+      fs.atomic_write_text(cell.record_path(run_root), json.dumps(record, indent=2) + "\n")
+    else:
+      print(f"{tag}: finished ({record['wall_seconds']:.0f} s), reused", flush=True)
+    records[cell] = record
+    results[cell] = cell_values(json.loads(fs.read_text(cell.eval_path(run_root))), decoding)
+    if not dry_run:
+      report()
+  if not dry_run:
+    print(f"paper_table: {out}", flush=True)
+  return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  argv, extra = sweep.split_extra(argv)
+  p = argparse.ArgumentParser(prog="python launch/paper_table.py",
+                              description=__doc__.splitlines()[0])
+  p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+  p.add_argument("--settings", nargs="+", default=list(SETTINGS))
+  p.add_argument("--losses", nargs="+", default=list(LOSSES))
+  p.add_argument("--baselines", nargs="*", default=list(BASELINES), help="give the flag alone for none")
+  p.add_argument("--experiment", default=os.path.join(REPO, "gin", "rso_hinge.gin"))
+  p.add_argument("--run_root", default="runs/paper_table")
+  p.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results", "paper_table.md"))
+  p.add_argument("--decoding", default="greedy", choices=DECODINGS)
+  p.add_argument("--dry_run", action="store_true", help="print the runs, run nothing")
+  args = p.parse_args(argv)
+  command = shlex.join(["python", "launch/paper_table.py", *argv] + (["--", *extra] if extra
+                                                                     else []))
+  try:
+    all_cells = cells(args.seeds, args.settings, args.losses, args.baselines)
+    return run_study(all_cells, args.run_root, args.experiment, extra, args.out, args.decoding,
+                     command, dry_run=args.dry_run)
+  except StudyError as e:
+    print(f"paper_table: {e}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+  sys.exit(main())
