@@ -17,11 +17,19 @@ Resuming: a cell whose evaluation (`RUN_DIR/eval_<cell>.json`) and record
 the same; a finished cell of another command is refused (remove it, or use another
 `--run_root`). An interrupted cell resumes where its stages stopped.
 
+Every cell also evaluates each checkpoint its training kept (`EVAL_EVERY_CHECKPOINT`) and
+selects one as the paper does: the best proxy win rate against the SFT targets (greedy) on
+validation.
+
 Output (`--out`, default benchmarks/results/paper_table.md, written atomically after every
 cell): win rates vs the SFT targets and vs π_sft (proxy / golden, %) and KL(π‖π_sft) in nats,
-each the mean ± standard error over the seeds that finished; the reward model's accuracy vs r*
-on π_sft's own samples per seed (the reward stage's `reward_quality.json`); wall time; the
-command. The decoding whose win rates are shown is `--decoding` (greedy or sample).
+each the mean ± standard error over the seeds that finished, at the last step and at the
+selected checkpoint; the reward model's accuracy vs r* on π_sft's own samples per seed (the
+reward stage's `reward_quality.json`); wall time; the command. The decoding whose win rates are
+shown is `--decoding` (greedy or sample). Beside it (`--frontier`, default
+benchmarks/results/frontier.png): mean r* of the policy's samples against KL(π‖π_sft) at every
+evaluated checkpoint, averaged over seeds, one line per data setting and loss from π_sft (KL 0)
+on -- the methods compared along their path, not at one point.
 
 Exit status: 0 every cell finished (or was printed), 2 a refused configuration (one line),
 else the first failing cell's status (the cells after it are not started).
@@ -31,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import json
 import math
 import os
@@ -82,7 +91,7 @@ class Cell:
       gin_files.append(os.path.join(REPO, "gin", _ADDED_GIN[self.setting]))
     out = [sys.executable, "-m", "rso_jax.train", *(f"--gin_file={f}" for f in gin_files),
            f"--gin.RUN_DIR={json.dumps(self.run_dir(run_root))}",
-           f"--gin.RANDOM_SEED={self.seed}"]
+           f"--gin.RANDOM_SEED={self.seed}", "--gin.EVAL_EVERY_CHECKPOINT=True"]
     if self.setting not in BASELINES:
       out.append(f"--gin.LOSS={json.dumps(self.loss)}")
     out.append(f"--gin.POLICY_NAME={json.dumps(self.name)}")
@@ -95,6 +104,10 @@ class Cell:
 
   def record_path(self, run_root: str) -> str:
     return fs.join(self.run_dir(run_root), f"study_{self.name}.json")
+
+  def checkpoints_path(self, run_root: str) -> str:
+    """EvaluateStage's every-checkpoint record (`selected_step`, `steps`)."""
+    return fs.join(self.run_dir(run_root), f"eval_{self.name}_checkpoints.json")
 
 
 def cells(seeds: Sequence[int], settings: Sequence[str] = SETTINGS,
@@ -154,16 +167,77 @@ def _fmt(mean: Optional[float], se: Optional[float], scale: float = 1.0, digits:
   return s + (f" ± {se * scale:.{digits}f}" if se is not None else "")
 
 
-def cell_values(evaluation: Mapping, decoding: str) -> Dict[str, float]:
-  """The table's numbers of one finished cell: the WIN_RATES keys and `kl/mean`."""
-  res = evaluation.get("results", {}).get(decoding)
-  if res is None:
-    raise StudyError(f"evaluation {evaluation.get('name')!r} has no {decoding!r} results "
-                     f"(it has {sorted(evaluation.get('results', {}))})")
-  out = {k: float(res[k]) for k, _ in WIN_RATES if res.get(k) is not None}
-  if evaluation.get("kl/mean") is not None:
-    out["kl/mean"] = float(evaluation["kl/mean"])
+def cell_values(evaluation: Mapping, decoding: str,
+                by_step: Optional[Mapping] = None) -> Dict[str, float]:
+  """The table's numbers of one finished cell: the WIN_RATES keys and `kl/mean` of its last
+  step; with its every-checkpoint record (`by_step`), the same of the selected checkpoint
+  (`selected/` + key, and `selected/step`)."""
+
+  def numbers(ev):
+    res = ev.get("results", {}).get(decoding)
+    if res is None:
+      raise StudyError(f"evaluation {ev.get('name')!r} has no {decoding!r} results "
+                       f"(it has {sorted(ev.get('results', {}))})")
+    out = {k: float(res[k]) for k, _ in WIN_RATES if res.get(k) is not None}
+    if ev.get("kl/mean") is not None:
+      out["kl/mean"] = float(ev["kl/mean"])
+    return out
+
+  out = numbers(evaluation)
+  step = (by_step or {}).get("selected_step")
+  if step is not None:
+    out.update({f"selected/{k}": v for k, v in numbers(by_step["steps"][str(step)]).items()})
+    out["selected/step"] = float(step)
   return out
+
+
+def trajectory(by_step: Mapping) -> List[tuple]:
+  """[(step, KL, mean r* of the policy's samples, the same of π_sft)] of every evaluated
+  checkpoint, by step (an evaluation without the golden reward is left out)."""
+  out = []
+  for step, ev in sorted(by_step.get("steps", {}).items(), key=lambda kv: int(kv[0])):
+    res = ev.get("results", {}).get("sample", {})
+    if ev.get("kl/mean") is not None and res.get("golden/policy") is not None:
+      out.append((int(step), float(ev["kl/mean"]), float(res["golden/policy"]),
+                  float(res.get("golden/sft", float("nan")))))
+  return out
+
+
+def draw_frontier(paths: Mapping[tuple, List[List[tuple]]], out: str) -> None:
+  """Mean r* vs KL along training, averaged over seeds per step: {(setting, loss): [trajectory
+  per seed]} -> a PNG at `out` (atomically)."""
+  from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  fig = Figure(figsize=(7.0, 5.0), dpi=100)
+  FigureCanvasAgg(fig)
+  ax = fig.add_subplot(1, 1, 1)
+  colors = {"direct": "tab:blue", "sft_sample_rank": "tab:orange", "rso_sample_rank": "tab:green",
+            "raft": "tab:red", "rest": "tab:purple"}
+  markers = {"sigmoid_norm": "o", "hinge": "s", "hinge_norm": "^", "sft": "D"}
+  sft_r = []
+  for (setting, loss), runs in sorted(paths.items()):
+    steps = sorted({p[0] for run in runs for p in run})
+    pts = []
+    for st in steps:
+      at = [p for run in runs for p in run if p[0] == st]
+      pts.append((sum(p[1] for p in at) / len(at), sum(p[2] for p in at) / len(at)))
+      sft_r += [p[3] for p in at if p[3] == p[3]]
+    if not pts:
+      continue
+    sft = sum(sft_r) / len(sft_r) if sft_r else None
+    xs = ([0.0] if sft is not None else []) + [x for x, _ in pts]
+    ys = ([sft] if sft is not None else []) + [y for _, y in pts]
+    ax.plot(xs, ys, color=colors.get(setting, "gray"), marker=markers.get(loss, "x"),
+            label=setting if loss == "sft" else f"{setting} / {loss}")
+  ax.set_xlabel("KL(π ‖ π_sft), nats")
+  ax.set_ylabel("mean golden reward r* of the policy's samples")
+  ax.set_title("reward–KL frontier along training (mean over seeds; first point: π_sft)")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  buf = io.BytesIO()
+  fig.savefig(buf, format="png")
+  fs.atomic_write_bytes(out, buf.getvalue())
 
 
 def reward_quality(run_dir: str) -> Optional[dict]:
@@ -221,18 +295,26 @@ def table_markdown(all_cells: Sequence[Cell], results: Mapping[Cell, Dict[str, f
   lines += block("Win rate vs π_sft, % (proxy / golden)", ("vs_sft/proxy", "vs_sft/golden"),
                  100.0, 1)
   lines += block("KL(π ‖ π_sft), nats", ("kl/mean",), 1.0, 2)
+  lines += block("At the selected checkpoint (best proxy win rate vs the SFT targets on "
+                 "validation): win rate vs the SFT targets, % (proxy / golden)",
+                 ("selected/vs_sft_targets/proxy", "selected/vs_sft_targets/golden"), 100.0, 1)
+  lines += block("At the selected checkpoint: KL(π ‖ π_sft), nats", ("selected/kl/mean",),
+                 1.0, 2)
+  lines += block("The selected step", ("selected/step",), 1.0, 0)
   baselines = [b for b in BASELINES if any(c.setting == b for c in all_cells)]
   if baselines:
     lines += ["", "## Baselines (SFT of π_sft on selected samples; same columns as above)", "",
               "| baseline | vs SFT targets, % (proxy / golden) | vs π_sft, % (proxy / golden) "
-              "| KL, nats | seeds |", "|---|---|---|---|---|"]
+              "| KL, nats | selected checkpoint: vs SFT targets, % | seeds |",
+              "|---|---|---|---|---|---|"]
     for b in baselines:
       pct = lambda keys: " / ".join(_fmt(*mean_stderr(values(b, "sft", k)), 100.0, 1)
                                     for k in keys)
       lines.append(f"| {b} | {pct(('vs_sft_targets/proxy', 'vs_sft_targets/golden'))} | "
                    f"{pct(('vs_sft/proxy', 'vs_sft/golden'))} | "
                    f"{_fmt(*mean_stderr(values(b, 'sft', 'kl/mean')), 1.0, 2)} | "
-                   f"{len([c for c in done if c.setting == b])} |")
+                   f"{pct(('selected/vs_sft_targets/proxy', 'selected/vs_sft_targets/golden'))}"
+                   f" | {len([c for c in done if c.setting == b])} |")
   lines += ["", "## Seeds per cell", "", "| loss | " + " | ".join(settings) + " |",
             "|---" * (len(settings) + 1) + "|"]
   for loss in losses:
@@ -248,9 +330,10 @@ def _ordered(values) -> tuple:
 
 def run_study(all_cells: Sequence[Cell], run_root: str, experiment: str, extra: Sequence[str],
               out: str, decoding: str, command: str, dry_run: bool = False,
-              runner=subprocess.run) -> int:
-  """Runs the cells not finished yet, one after another; rewrites `out` after each."""
-  results, records = {}, {}
+              runner=subprocess.run, frontier: Optional[str] = None) -> int:
+  """Runs the cells not finished yet, one after another; rewrites `out` (and the `frontier`
+  PNG) after each."""
+  results, records, paths = {}, {}, {}
 
   def report():
     quality = {s: reward_quality(fs.join(fs.abspath(run_root), f"seed{s}"))
@@ -260,6 +343,11 @@ def run_study(all_cells: Sequence[Cell], run_root: str, experiment: str, extra: 
         all_cells, results, records, quality, decoding=decoding, command=command,
         settings=_ordered(c.setting for c in all_cells if c.setting not in BASELINES),
         losses=_ordered(c.loss for c in all_cells if c.setting not in BASELINES)))
+    lines = {}
+    for c, path in paths.items():
+      lines.setdefault((c.setting, c.loss), []).append(path)
+    if frontier and any(lines.values()):
+      draw_frontier(lines, frontier)
 
   for i, cell in enumerate(all_cells, 1):
     argv = cell.argv(run_root, experiment, extra)
@@ -282,7 +370,11 @@ def run_study(all_cells: Sequence[Cell], run_root: str, experiment: str, extra: 
     else:
       print(f"{tag}: finished ({record['wall_seconds']:.0f} s), reused", flush=True)
     records[cell] = record
-    results[cell] = cell_values(json.loads(fs.read_text(cell.eval_path(run_root))), decoding)
+    cp = cell.checkpoints_path(run_root)
+    by_step = json.loads(fs.read_text(cp)) if fs.exists(cp) else None
+    results[cell] = cell_values(json.loads(fs.read_text(cell.eval_path(run_root))), decoding,
+                                by_step)
+    paths[cell] = trajectory(by_step) if by_step else []
     if not dry_run:
       report()
   if not dry_run:
@@ -301,6 +393,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   p.add_argument("--experiment", default=os.path.join(REPO, "gin", "rso_hinge.gin"))
   p.add_argument("--run_root", default="runs/paper_table")
   p.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results", "paper_table.md"))
+  p.add_argument("--frontier", default=os.path.join(REPO, "benchmarks", "results",
+                                                     "frontier.png"))
   p.add_argument("--decoding", default="greedy", choices=DECODINGS)
   p.add_argument("--dry_run", action="store_true", help="print the runs, run nothing")
   args = p.parse_args(argv)
@@ -309,7 +403,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     all_cells = cells(args.seeds, args.settings, args.losses, args.baselines)
     return run_study(all_cells, args.run_root, args.experiment, extra, args.out, args.decoding,
-                     command, dry_run=args.dry_run)
+                     command, dry_run=args.dry_run, frontier=args.frontier)
   except StudyError as e:
     print(f"paper_table: {e}", file=sys.stderr)
     return 2

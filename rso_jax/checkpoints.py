@@ -31,7 +31,7 @@ import dataclasses
 import json
 import re
 import sys
-from typing import Any, Mapping, Optional, Sequence, Tuple
+from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
 import jax
 import orbax.checkpoint as ocp
@@ -237,13 +237,23 @@ def is_t5x_step(path: str) -> bool:
           and fs.isdir(fs.join(path, T5X_STATE_SUBDIR)))
 
 
-def latest_step(model_dir: str) -> Optional[int]:
+def saved_steps(model_dir: str) -> List[int]:
+  """The steps of `model_dir`'s saved params checkpoints, ascending ([] for none)."""
   d = fs.join(model_dir, CHECKPOINT_SUBDIR)
   if not fs.isdir(d):
-    return None
-  steps = [int(n) for n in fs.listdir(d) if re.fullmatch(r"\d+", n)
-           and fs.isdir(fs.join(d, n, "params"))]
-  return max(steps) if steps else None
+    return []
+  return sorted(int(n) for n in fs.listdir(d) if re.fullmatch(r"\d+", n)
+                and fs.isdir(fs.join(d, n, "params")))
+
+
+def step_path(model_dir: str, step: int) -> str:
+  """The directory of `model_dir`'s checkpoint at `step` (a policy path for inference)."""
+  return fs.join(model_dir, CHECKPOINT_SUBDIR, str(int(step)))
+
+
+def latest_step(model_dir: str) -> Optional[int]:
+  steps = saved_steps(model_dir)
+  return steps[-1] if steps else None
 
 
 def resolve_params_path(path: str) -> str:
@@ -253,7 +263,7 @@ def resolve_params_path(path: str) -> str:
     return path
   step = latest_step(path)
   if step is not None:
-    return fs.join(path, CHECKPOINT_SUBDIR, str(step))
+    return step_path(path, step)
   t5x_steps = _t5x_steps(path)
   if t5x_steps:
     return fs.join(path, f"checkpoint_{max(t5x_steps)}")

@@ -338,9 +338,30 @@ class RewardQualityStage:
     return result
 
 
+SELECTION_METRIC = "vs_sft_targets/proxy"  # the paper's checkpoint choice (greedy decodes)
+
+
+def select_checkpoint(by_step: Mapping[int, Mapping[str, Any]],
+                      metric: str = SELECTION_METRIC, decoding: str = "greedy") -> Optional[int]:
+  """The step whose evaluation has the highest `results[decoding][metric]` (the earliest on a
+  tie: the one nearer π_sft); None when no evaluation has the metric (no proxy)."""
+  scored = [(float(r["results"][decoding][metric]), -int(step)) for step, r in by_step.items()
+            if r.get("results", {}).get(decoding, {}).get(metric) is not None]
+  return -max(scored)[1] if scored else None
+
+
 @dataclasses.dataclass
 class EvaluateStage:
-  """After training: win rates and KL of the policy against π_sft; prints the table."""
+  """After training: win rates and KL of the policy against π_sft; prints the table.
+
+  `every_checkpoint` (gin: EVAL_EVERY_CHECKPOINT): also evaluates every other checkpoint the
+  training kept, the same way, and selects one as the paper does -- the best proxy win rate
+  against the SFT targets (greedy) on this split. Kept beside the last-step report as
+  `eval_<name>_checkpoints.json`: `steps` (each step's report, without its examples),
+  `selected_step`, `metric`; written after each step, so a rerun evaluates only what is missing.
+  The last step's report is the main one (not evaluated twice). The golden win rates, KL and
+  r* of every step trace the policy's path in (KL, r*) over training: the frontier's points.
+  """
   sft_checkpoint: str
   reward_checkpoint: Optional[str]
   output_dir: str
@@ -350,16 +371,56 @@ class EvaluateStage:
   split: str = "validation"
   keep_context: str = "start"
   mesh_shape: Sequence[int] = (-1, 1, 1)
+  every_checkpoint: bool = False
+
+  def _evaluate(self, policy_path: str, name: Optional[str]) -> dict:
+    from rso_jax import evaluate  # pylint: disable=g-import-not-at-top
+    return evaluate.evaluate_policy(
+        policy_path, self.sft_checkpoint, reward_path=self.reward_checkpoint,
+        prompts_task=self.prompts_task, split=self.split, keep_context=self.keep_context,
+        num_prompts=self.num_prompts, output_dir=name and self.output_dir, name=name,
+        mesh_shape=tuple(self.mesh_shape))
 
   def __call__(self, model_dir: str) -> dict:
-    from rso_jax import evaluate  # pylint: disable=g-import-not-at-top
     from rso_jax import reports  # pylint: disable=g-import-not-at-top
-    result = evaluate.evaluate_policy(
-        model_dir, self.sft_checkpoint, reward_path=self.reward_checkpoint,
-        prompts_task=self.prompts_task, split=self.split, keep_context=self.keep_context,
-        num_prompts=self.num_prompts, output_dir=self.output_dir, name=self.name,
-        mesh_shape=tuple(self.mesh_shape))
+    result = self._evaluate(model_dir, self.name)
     print(reports.format_table(result), flush=True)
     print(f"report: {fs.join(self.output_dir, f'eval_{self.name}.json')}; plot: "
           f"{fs.join(self.output_dir, 'eval_plot.png')}", flush=True)
+    if self.every_checkpoint:
+      self.evaluate_checkpoints(model_dir, result)
     return result
+
+  def evaluate_checkpoints(self, model_dir: str, last: Mapping[str, Any]) -> dict:
+    """Every kept checkpoint's report and the selected step (see the class doc)."""
+    import jax  # pylint: disable=g-import-not-at-top
+    path = fs.join(self.output_dir, f"eval_{self.name}_checkpoints.json")
+    steps = checkpoints.saved_steps(model_dir)
+    if not steps:
+      raise FileNotFoundError(f"no saved checkpoint steps in {model_dir!r}")
+    lean = lambda r: {k: v for k, v in r.items() if k != "examples"}
+    old = json.loads(fs.read_text(path)) if fs.exists(path) else {}
+    done = {int(k): v for k, v in old.get("steps", {}).items()
+            if v.get("policy_path") == fs.abspath(checkpoints.step_path(model_dir, int(k)))}
+    done[steps[-1]] = dict(lean(last), policy_path=fs.abspath(
+        checkpoints.step_path(model_dir, steps[-1])))
+    record = {"metric": f"{SELECTION_METRIC} (greedy, {self.split})", "steps": {}}
+    for step in steps:
+      if step not in done:
+        print(f"[evaluate] checkpoint {step} of {model_dir}", flush=True)
+        done[step] = dict(lean(self._evaluate(checkpoints.step_path(model_dir, step), None)),
+                          policy_path=fs.abspath(checkpoints.step_path(model_dir, step)))
+      record["steps"] = {str(s): done[s] for s in sorted(done) if s in steps}
+      record["selected_step"] = select_checkpoint({s: done[s] for s in steps if s in done})
+      if jax.process_index() == 0:
+        fs.atomic_write_text(path, json.dumps(record, indent=1, sort_keys=True) + "\n")
+    sel = record["selected_step"]
+    if sel is None:
+      print(f"[evaluate] no proxy win rate to select a checkpoint by; {path}", flush=True)
+    else:
+      g = record["steps"][str(sel)]["results"]["greedy"]
+      golden = g.get("vs_sft_targets/golden")
+      print(f"[evaluate] selected checkpoint: step {sel} of {steps} (proxy win rate vs the SFT "
+            f"targets {g[SELECTION_METRIC]:.3f}"
+            + ("" if golden is None else f", golden {golden:.3f}") + f"); {path}", flush=True)
+    return record

@@ -243,9 +243,16 @@ def _fake_cell_runner(calls, fail_on=None):
       x = 0.1 * seed + (0.5 if name.startswith("rso") else 0.0)
       res = {"vs_sft_targets/proxy": 0.2 + x, "vs_sft_targets/golden": 0.1 + x,
              "vs_sft/proxy": 0.3, "vs_sft/golden": 0.4}
+      last = {"name": name, "results": {"greedy": res, "sample": dict(res, **{
+          "golden/policy": 0.5 + x, "golden/sft": 0.4})}, "kl/mean": 1.0 + seed}
       with open(os.path.join(run_dir, f"eval_{name}.json"), "w") as f:
-        json.dump({"name": name, "results": {"greedy": res, "sample": res},
-                   "kl/mean": 1.0 + seed}, f)
+        json.dump(last, f)
+      # EvaluateStage's every-checkpoint record: step 100 has the better proxy win rate.
+      early = json.loads(json.dumps(last))
+      early["results"]["greedy"]["vs_sft_targets/proxy"] += 0.05
+      early["kl/mean"] = 0.5
+      with open(os.path.join(run_dir, f"eval_{name}_checkpoints.json"), "w") as f:
+        json.dump({"steps": {"100": early, "200": last}, "selected_step": 100}, f)
     return subprocess.CompletedProcess(argv, rc)
 
   return run
@@ -261,21 +268,28 @@ def test_paper_table_runs_reuses_and_reports_mean_and_stderr(tmp_path, capsys):
                            "sft_samples/within_prompt_spearman": 0.07,
                            "accuracy_golden": 0.78}}, f)
   calls = []
+  frontier = tmp_path / "frontier.png"
   rc = paper_table.run_study(cells, root, "rso_hinge.gin", [], out, "greedy", "CMD",
-                             runner=_fake_cell_runner(calls))
+                             runner=_fake_cell_runner(calls), frontier=str(frontier))
   assert rc == 0 and len(calls) == 6
+  assert all("--gin.EVAL_EVERY_CHECKPOINT=True" in c for c in calls)
+  assert frontier.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   text = open(out).read()
+  # The selected checkpoint (step 100): proxy 5 points higher, KL 0.5.
+  assert "| hinge | 30.0 ± 5.0 / 15.0 ± 5.0 | 80.0 ± 5.0 / 65.0 ± 5.0 |" in text
+  assert "| hinge | 0.50 ± 0.00 | 0.50 ± 0.00 |" in text and "| hinge | 100 ± 0 | 100 ± 0 |" in text
   # vs the SFT targets, seeds 0 / 1: direct proxy 20 / 30 % -> 25.0 ± 5.0, golden 10 / 20 %;
   # rso proxy 70 / 80 %, golden 60 / 70 %.
   assert "| hinge | 25.0 ± 5.0 / 15.0 ± 5.0 | 75.0 ± 5.0 / 65.0 ± 5.0 |" in text
   assert "| hinge | 1.50 ± 0.50 | 1.50 ± 0.50 |" in text  # KL of seeds 0 and 1
   assert "seed 1: reward_bt: accuracy 0.531" in text and "seed 0: not measured" in text
-  assert "| raft | 25.0 ± 5.0 / 15.0 ± 5.0 | 30.0 ± 0.0 / 40.0 ± 0.0 | 1.50 ± 0.50 | 2 |" in text
+  assert ("| raft | 25.0 ± 5.0 / 15.0 ± 5.0 | 30.0 ± 0.0 / 40.0 ± 0.0 | 1.50 ± 0.50 | "
+          "30.0 ± 5.0 / 15.0 ± 5.0 | 2 |") in text
   assert "cells finished: 6/6" in text and "`CMD`" in text
   # Rerun: every cell is reused, nothing runs, the same table.
   calls.clear()
   assert paper_table.run_study(cells, root, "rso_hinge.gin", [], out, "greedy", "CMD",
-                               runner=_fake_cell_runner(calls)) == 0
+                               runner=_fake_cell_runner(calls), frontier=str(frontier)) == 0
   assert calls == [] and open(out).read() == text
   # Other flags for the same cells: the finished ones are refused, not reported under them.
   with pytest.raises(paper_table.StudyError, match="remove .*seed0 or use another --run_root"):
@@ -320,3 +334,10 @@ def test_paper_table_dry_run_prints_the_cells_and_writes_nothing(tmp_path, capsy
   assert len(lines) == 11 and lines[0].startswith("[1/11] direct-sigmoid_norm seed 4: ")
   assert lines[-1].startswith("[11/11] rest seed 4: ") and "gin/rest.gin" in lines[-1]
   assert "gin/direct.gin" in lines[0] and not out.exists()
+
+
+def test_paper_table_trajectory_is_kl_and_mean_golden_reward_per_step():
+  ev = lambda kl, r: {"kl/mean": kl, "results": {"sample": {"golden/policy": r,
+                                                            "golden/sft": 0.4}}}
+  by_step = {"steps": {"300": ev(2.0, 0.3), "100": ev(0.5, 0.45), "200": {"kl/mean": 1.0}}}
+  assert paper_table.trajectory(by_step) == [(100, 0.5, 0.45, 0.4), (300, 2.0, 0.3, 0.4)]

@@ -8,7 +8,7 @@ import os
 import pytest
 
 from gcs_emulator import gcs  # noqa: F401  pylint: disable=unused-import  (a fixture)
-from rso_jax import evaluate, fs, train
+from rso_jax import evaluate, fs, pipeline, train
 
 SMALL_NET = ["network.T5Config.emb_dim=32", "network.T5Config.mlp_dim=64",
              "network.T5Config.num_heads=2", "network.T5Config.head_dim=16",
@@ -85,3 +85,43 @@ def test_a_finished_model_with_other_settings_is_not_reused(tmp_path):
   checkpoints.write_manifest(path, manifest("bt_rm", lengths, settings={"pooling": "mean"},
                                             task="synthetic_dhf"))
   pipeline.check_reusable("reward", path, new, "synthetic_dhf", lengths)
+
+
+def _report(proxy, kl):
+  return {"results": {"greedy": {"vs_sft_targets/proxy": proxy, "vs_sft_targets/golden": 0.2}},
+          "kl/mean": kl, "examples": ["dropped"]}
+
+
+def test_select_checkpoint_is_the_best_proxy_win_rate_earliest_on_ties():
+  assert pipeline.select_checkpoint({100: _report(0.6, 1), 200: _report(0.8, 2),
+                                     300: _report(0.8, 3)}) == 200
+  assert pipeline.select_checkpoint({100: {"results": {"greedy": {}}}}) is None
+
+
+def test_every_checkpoint_is_evaluated_once_and_one_is_selected(tmp_path, monkeypatch, capsys):
+  """Each kept step but the last (the main report) is evaluated once, written after each step;
+  a rerun evaluates nothing; the selection is the best proxy win rate vs the SFT targets."""
+  model_dir = tmp_path / "policy"
+  for step in (100, 200, 300):
+    (model_dir / "checkpoints" / str(step) / "params").mkdir(parents=True)
+  proxy = {"100": 0.7, "200": 0.9}
+  seen = []
+
+  def fake(self, policy_path, name):
+    assert name is None  # other steps write no eval_<name>.json / plot of their own
+    seen.append(os.path.basename(policy_path))
+    return _report(proxy[os.path.basename(policy_path)], 0.1)
+
+  monkeypatch.setattr(pipeline.EvaluateStage, "_evaluate", fake)
+  stage = pipeline.EvaluateStage(sft_checkpoint="s", reward_checkpoint="r",
+                                 output_dir=str(tmp_path), name="p", prompts_task="t",
+                                 every_checkpoint=True)
+  record = stage.evaluate_checkpoints(str(model_dir), _report(0.8, 2.0))
+  assert seen == ["100", "200"] and record["selected_step"] == 200
+  on_disk = json.loads((tmp_path / "eval_p_checkpoints.json").read_text())
+  assert on_disk == record and sorted(on_disk["steps"]) == ["100", "200", "300"]
+  assert "examples" not in on_disk["steps"]["300"] and on_disk["steps"]["300"]["kl/mean"] == 2.0
+  assert "selected checkpoint: step 200 of [100, 200, 300]" in capsys.readouterr().out
+  seen.clear()
+  assert stage.evaluate_checkpoints(str(model_dir), _report(0.8, 2.0)) == record
+  assert seen == []
