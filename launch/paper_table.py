@@ -214,17 +214,17 @@ def draw_frontier(paths: Mapping[tuple, List[List[tuple]]], out: str) -> None:
   colors = {"direct": "tab:blue", "sft_sample_rank": "tab:orange", "rso_sample_rank": "tab:green",
             "raft": "tab:red", "rest": "tab:purple"}
   markers = {"sigmoid_norm": "o", "hinge": "s", "hinge_norm": "^", "sft": "D"}
-  sft_r = []
+  # π_sft's mean r* (KL 0), over the seeds: every line starts there.
+  sft_r = [p[3] for runs in paths.values() for run in runs for p in run if p[3] == p[3]]
+  sft = sum(sft_r) / len(sft_r) if sft_r else None
   for (setting, loss), runs in sorted(paths.items()):
     steps = sorted({p[0] for run in runs for p in run})
     pts = []
     for st in steps:
       at = [p for run in runs for p in run if p[0] == st]
       pts.append((sum(p[1] for p in at) / len(at), sum(p[2] for p in at) / len(at)))
-      sft_r += [p[3] for p in at if p[3] == p[3]]
     if not pts:
       continue
-    sft = sum(sft_r) / len(sft_r) if sft_r else None
     xs = ([0.0] if sft is not None else []) + [x for x, _ in pts]
     ys = ([sft] if sft is not None else []) + [y for _, y in pts]
     ax.plot(xs, ys, color=colors.get(setting, "gray"), marker=markers.get(loss, "x"),
