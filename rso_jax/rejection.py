@@ -490,14 +490,18 @@ def _baseline_stats(indices, valid, mask, rewards):
                          n_acc, num_valid, rate.astype(jnp.float32)), num_bad
 
 
+def _descending(rewards, mask, num_samples):
+  """[B, k] indices of the k highest rewards, ties by lower index (stable sort), invalid last."""
+  keyed = jnp.where(mask, -rewards, jnp.inf)
+  return jnp.argsort(keyed, axis=1, stable=True)[:, :num_samples]
+
+
 @functools.partial(jax.jit, static_argnames=("num_samples",))
 def _top_k_core(key, rewards, mask, num_samples):
   del key  # Deterministic.
   rewards = _to_float(rewards)
   mask = _valid_or_all(mask, rewards.shape)
-  # Descending reward, ties by lower index (stable sort); invalid sort last.
-  keyed = jnp.where(mask, -rewards, jnp.inf)
-  order = jnp.argsort(keyed, axis=1, stable=True)[:, :num_samples]
+  order = _descending(rewards, mask, num_samples)
   num_valid = jnp.sum(mask, axis=1, keepdims=True)
   valid = jnp.arange(num_samples)[None, :] < num_valid
   return _baseline_stats(order, valid, mask, rewards)
@@ -510,8 +514,7 @@ def _rest_core(key, rewards, mask, num_samples, threshold):
   del key  # Deterministic.
   rewards = _to_float(rewards)
   mask = _valid_or_all(mask, rewards.shape)
-  keyed = jnp.where(mask, -rewards, jnp.inf)
-  order = jnp.argsort(keyed, axis=1, stable=True)[:, :num_samples]  # [B, k] descending
+  order = _descending(rewards, mask, num_samples)  # [B, k]
   lo = jnp.min(jnp.where(mask, rewards, jnp.inf), axis=1, keepdims=True)  # [B, 1]
   hi = jnp.max(jnp.where(mask, rewards, -jnp.inf), axis=1, keepdims=True)
   span = hi - lo

@@ -173,7 +173,8 @@ def process_batch(policy: inference.Generator, scorer: inference.RewardModel,
                   rejection_mode: str, proposal_correction: bool, pair_method: str,
                   label_with: str, golden_fn: Optional[Callable] = None,
                   n_real: Optional[int] = None, keep_unfinished: bool = False,
-                  responses_only: bool = False, rest_threshold: float = 0.7):
+                  responses_only: bool = False,
+                  rest_threshold: float = rejection.REST_THRESHOLD):
   """One batch of prompts -> (records, _Accum) over its first `n_real` rows (rest: padding).
 
   `responses_only`: one record per selected response (a RESPONSE_SETTINGS run), no pairs.
@@ -254,20 +255,24 @@ def process_batch(policy: inference.Generator, scorer: inference.RewardModel,
     acc.golden_all = float(golden[:m][v].sum())
     acc.golden_selected = picked(golden)
   eos = policy.eos_id
+
+  def record(i: int, side: str, c: int) -> dict:
+    """Prompt i's fields of one side (`chosen` / `rejected`) from candidate c."""
+    rec = {side: _strip(out.tokens[i, c], eos), f"{side}_pretokenized": texts[i][c],
+           f"ref_{side}_logps": float(out.model_logps[i, c]),
+           f"{side}_reward": float(rewards[i, c])}
+    if golden is not None:
+      rec[f"{side}_golden_reward"] = float(golden[i, c])
+    return rec
+
   records = []
-  if responses_only:
+  if responses_only:  # one record per selected response: `rejected` empty
     for i in range(m):
       for j in np.flatnonzero(sel.valid[i]):
-        c = int(sel.indices[i, j])
-        rec = {"inputs": _strip(out.prompt_tokens[i], eos), "chosen": _strip(out.tokens[i, c], eos),
-               "rejected": [], "inputs_pretokenized": prompts[i],
-               "chosen_pretokenized": texts[i][c], "rejected_pretokenized": "",
-               "ref_chosen_logps": float(out.model_logps[i, c]),
-               "chosen_reward": float(rewards[i, c])}
-        if golden is not None:
-          rec["chosen_golden_reward"] = float(golden[i, c])
+        records.append({"inputs": _strip(out.prompt_tokens[i], eos),
+                        "inputs_pretokenized": prompts[i], "rejected": [],
+                        "rejected_pretokenized": "", **record(i, "chosen", int(sel.indices[i, j]))})
         acc.responses += 1
-        records.append(rec)
     return records, acc
   for i in range(m):
     for j in range(pairs.chosen.shape[1]):
@@ -281,20 +286,12 @@ def process_batch(policy: inference.Generator, scorer: inference.RewardModel,
       if texts[i][c] == texts[i][r]:
         acc.skipped_identical += 1
         continue
-      rec = {
-          "inputs": _strip(out.prompt_tokens[i], eos), "chosen": _strip(out.tokens[i, c], eos),
-          "rejected": _strip(out.tokens[i, r], eos), "inputs_pretokenized": prompts[i],
-          "chosen_pretokenized": texts[i][c], "rejected_pretokenized": texts[i][r],
-          "ref_chosen_logps": float(out.model_logps[i, c]),
-          "ref_rejected_logps": float(out.model_logps[i, r]),
-          "chosen_reward": float(rewards[i, c]), "rejected_reward": float(rewards[i, r]),
-      }
+      rec = {"inputs": _strip(out.prompt_tokens[i], eos), "inputs_pretokenized": prompts[i],
+             **record(i, "chosen", c), **record(i, "rejected", r)}
       acc.pairs += 1
       acc.reward_chosen += rec["chosen_reward"]
       acc.reward_rejected += rec["rejected_reward"]
       if golden is not None:
-        rec["chosen_golden_reward"] = float(golden[i, c])
-        rec["rejected_golden_reward"] = float(golden[i, r])
         acc.golden_chosen += rec["chosen_golden_reward"]
         acc.golden_rejected += rec["rejected_golden_reward"]
         if golden[i, c] != golden[i, r]:
