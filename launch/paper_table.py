@@ -44,6 +44,7 @@ import json
 import math
 import os
 import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -54,6 +55,7 @@ for _path in (REPO, os.path.join(REPO, "launch")):  # rso_jax.fs and launch/swee
   if _path not in sys.path:
     sys.path.insert(0, _path)
 from rso_jax import fs  # pylint: disable=g-import-not-at-top,wrong-import-position
+from rso_jax import pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
 import sweep  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 SETTINGS = ("direct", "sft_sample_rank", "rso_sample_rank")
@@ -61,9 +63,8 @@ LOSSES = ("sigmoid_norm", "hinge", "hinge_norm")
 BASELINES = ("raft", "rest")  # SFT on selected samples: no preference loss (loss "sft")
 _ADDED_GIN = {"direct": "direct.gin", "raft": "raft.gin", "rest": "rest.gin"}
 DECODINGS = ("greedy", "sample")
-# (key in the evaluation's results[decoding], column title); values are fractions -> %.
-WIN_RATES = (("vs_sft_targets/proxy", "proxy"), ("vs_sft_targets/golden", "golden"),
-             ("vs_sft/proxy", "proxy"), ("vs_sft/golden", "golden"))
+# Keys of the evaluation's results[decoding]; fractions, shown in %.
+WIN_RATES = ("vs_sft_targets/proxy", "vs_sft_targets/golden", "vs_sft/proxy", "vs_sft/golden")
 
 
 class StudyError(ValueError):
@@ -150,14 +151,11 @@ def finished(cell: Cell, run_root: str, argv: Sequence[str]) -> Optional[dict]:
 
 def mean_stderr(values: Sequence[float]) -> tuple:
   """(mean, standard error of the mean = sample std / sqrt(n)); SE is None for n < 2."""
-  n = len(values)
-  if n == 0:
+  if not values:
     return None, None
-  mean = sum(values) / n
-  if n < 2:
-    return mean, None
-  var = sum((v - mean) ** 2 for v in values) / (n - 1)
-  return mean, math.sqrt(var / n)
+  if len(values) < 2:
+    return statistics.fmean(values), None
+  return statistics.fmean(values), statistics.stdev(values) / math.sqrt(len(values))
 
 
 def _fmt(mean: Optional[float], se: Optional[float], scale: float = 1.0, digits: int = 1) -> str:
@@ -178,7 +176,7 @@ def cell_values(evaluation: Mapping, decoding: str,
     if res is None:
       raise StudyError(f"evaluation {ev.get('name')!r} has no {decoding!r} results "
                        f"(it has {sorted(ev.get('results', {}))})")
-    out = {k: float(res[k]) for k, _ in WIN_RATES if res.get(k) is not None}
+    out = {k: float(res[k]) for k in WIN_RATES if res.get(k) is not None}
     if ev.get("kl/mean") is not None:
       out["kl/mean"] = float(ev["kl/mean"])
     return out
@@ -245,7 +243,7 @@ def reward_quality(run_dir: str) -> Optional[dict]:
   if not fs.isdir(run_dir):
     return None
   for entry in sorted(fs.listdir(run_dir)):
-    path = fs.join(run_dir, entry, "reward_quality.json")
+    path = fs.join(run_dir, entry, pipeline.REWARD_QUALITY)
     if entry.startswith("reward") and fs.exists(path):
       m = json.loads(fs.read_text(path))["metrics"]
       return {"model": entry, "accuracy": m.get("sft_samples/accuracy_golden"),

@@ -398,18 +398,18 @@ class EvaluateStage:
     steps = checkpoints.saved_steps(model_dir)
     if not steps:
       raise FileNotFoundError(f"no saved checkpoint steps in {model_dir!r}")
-    lean = lambda r: {k: v for k, v in r.items() if k != "examples"}
+    at = lambda step: fs.abspath(checkpoints.step_path(model_dir, step))
+    lean = lambda r, step: dict({k: v for k, v in r.items() if k != "examples"},
+                                policy_path=at(step))
     old = json.loads(fs.read_text(path)) if fs.exists(path) else {}
     done = {int(k): v for k, v in old.get("steps", {}).items()
-            if v.get("policy_path") == fs.abspath(checkpoints.step_path(model_dir, int(k)))}
-    done[steps[-1]] = dict(lean(last), policy_path=fs.abspath(
-        checkpoints.step_path(model_dir, steps[-1])))
+            if v.get("policy_path") == at(int(k))}
+    done[steps[-1]] = lean(last, steps[-1])
     record = {"metric": f"{SELECTION_METRIC} (greedy, {self.split})", "steps": {}}
     for step in steps:
       if step not in done:
         print(f"[evaluate] checkpoint {step} of {model_dir}", flush=True)
-        done[step] = dict(lean(self._evaluate(checkpoints.step_path(model_dir, step), None)),
-                          policy_path=fs.abspath(checkpoints.step_path(model_dir, step)))
+        done[step] = lean(self._evaluate(at(step), None), step)
       record["steps"] = {str(s): done[s] for s in sorted(done) if s in steps}
       record["selected_step"] = select_checkpoint({s: done[s] for s in steps if s in done})
       if jax.process_index() == 0:
