@@ -7,8 +7,9 @@
 #   STAGES=train bash benchmarks/gpu.sh    # a subset: train, decode, sampling (comma list)
 #
 # What runs (in this order, the GPU-native stage first so a time limit loses the least):
-#   1. train   benchmarks/train_step.py --platform gpu --dtype bfloat16 --sizes base,large:
-#              the RSO policy step (hinge-norm loss, fwd+bwd, AdamW) of rso_jax's trainer, with
+#   1. train   benchmarks/train_step.py --platform gpu --dtype bfloat16, one process per size
+#              (base at BATCH 32, large at BATCH_LARGE 16): the RSO policy step (hinge-norm
+#              loss, fwd+bwd, AdamW) of rso_jax's trainer, with
 #              ms/step, tokens/s, MFU against the GPU's dense bf16 peak (from nvidia-smi's name:
 #              H100/H200 989 TFLOP/s, A100 312; PEAK_TFLOPS=... overrides) and the peak HBM
 #              (jax `memory_stats()['peak_bytes_in_use']`). The torch peer runs only if torch
@@ -17,38 +18,43 @@
 #              rso_jax sampler (N = 64 candidates of DECODE_PROMPTS prompts of PROMPT_LEN tokens,
 #              RESP_LEN tokens each) vs HF generate on the same GPU (skipped if torch has no
 #              CUDA), tokens/s and rso_jax's peak device memory.
-#   3. sampling benchmarks/sampling_stage.py --sizes small --settings embedded,tldr
-#              --rm_arch ${RM_ARCH:-encoder_decoder}.
-#
-# MISSING (as of 2026-11-30): sampling_stage.py has no --platform / --dtype flags (its children
-# set JAX_PLATFORMS=cpu) and knows only tiny and small: step 3 measures the HOST CPU (float32,
-# both sides given --threads ${CPU_THREADS}), not the GPU.
+#   3. sampling benchmarks/sampling_stage.py --platform gpu --dtype bfloat16 --sizes base,large
+#              --settings embedded,tldr --rm_arch ${RM_ARCH:-encoder_decoder}: the sampling
+#              stage's per-prompt work (SAMPLING_PROMPTS prompts x 64 candidates per call:
+#              decode, BT rewards, Algorithm 1, pairs, reference log-probs, records) vs HF
+#              generate + an HF reward model + Python Algorithm 1 on the same GPU.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "${HERE}/.." && pwd)"
-PY="${PYTHON:-python}"
+PY="${PYTHON:-python3}"
 STAGES="${STAGES:-train,decode,sampling}"
 SIZES="${SIZES:-base,large}"
 BATCH="${BATCH:-32}"
 PROMPT_LEN="${PROMPT_LEN:-512}"
 RESP_LEN="${RESP_LEN:-128}"
 PEERS="${PEERS:-eager}"
-CPU_THREADS="${CPU_THREADS:-8}"
 OUT_DIR="${OUT:-/tmp}"
 LOG="${OUT_DIR}/rso_jax_gpu_bench_$(date +%Y%m%d_%H%M%S).log"
 
-TRAIN_CMD=("${PY}" "${REPO}/benchmarks/train_step.py" --platform gpu --dtype bfloat16
-           --sizes "${SIZES}" --batch "${BATCH}" --prompt_length "${PROMPT_LEN}"
-           --response_length "${RESP_LEN}" --iters 10 --min_seconds 5 --warmup 2
-           --peers "${PEERS}")
-if [[ -n "${PEAK_TFLOPS:-}" ]]; then TRAIN_CMD+=(--peak_tflops "${PEAK_TFLOPS}"); fi
+# The torch peer runs in the same process as jax: at large, batch 32 does not fit one 141 GB
+# H200 (torch eager alone took 56 GiB at base, batch 32), so large trains at BATCH_LARGE.
+BATCH_LARGE="${BATCH_LARGE:-16}"
+train_cmd() {  # train_cmd SIZE -> TRAIN_CMD
+  local batch="${BATCH}"
+  if [[ "$1" == large ]]; then batch="${BATCH_LARGE}"; fi
+  TRAIN_CMD=("${PY}" "${REPO}/benchmarks/train_step.py" --platform gpu --dtype bfloat16
+             --sizes "$1" --batch "${batch}" --prompt_length "${PROMPT_LEN}"
+             --response_length "${RESP_LEN}" --iters 10 --min_seconds 5 --warmup 2
+             --peers "${PEERS}")
+  if [[ -n "${PEAK_TFLOPS:-}" ]]; then TRAIN_CMD+=(--peak_tflops "${PEAK_TFLOPS}"); fi
+}
 DECODE_CMD=("${PY}" "${REPO}/benchmarks/decoding.py" --platform gpu --dtype bfloat16
             --sizes "${SIZES}" --prompts "${DECODE_PROMPTS:-8}" --prompt_length "${PROMPT_LEN}"
             --length "${RESP_LEN}" --repeats 2)
-SAMPLING_CMD=("${PY}" "${REPO}/benchmarks/sampling_stage.py" --sizes small
-              --settings embedded,tldr --prompts 2 --num_decodes 64 --repeats 2
-              --rm_arch "${RM_ARCH:-encoder_decoder}" --threads "${CPU_THREADS}")
+SAMPLING_CMD=("${PY}" "${REPO}/benchmarks/sampling_stage.py" --platform gpu --dtype bfloat16
+              --sizes "${SIZES}" --settings embedded,tldr --prompts "${SAMPLING_PROMPTS:-16}"
+              --num_decodes 64 --repeats 2 --rm_arch "${RM_ARCH:-encoder_decoder}")
 
 want() { [[ ",${STAGES}," == *",$1,"* ]]; }
 show() { printf '%q ' "$@"; printf '\n'; }
@@ -56,7 +62,9 @@ show() { printf '%q ' "$@"; printf '\n'; }
 if [[ -n "${DRY_RUN:-}" ]]; then
   echo "# DRY_RUN: commands only (log would be ${LOG})"
   echo "nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader"
-  if want train; then show "${TRAIN_CMD[@]}"; fi
+  if want train; then
+    for size in ${SIZES//,/ }; do train_cmd "${size}"; show "${TRAIN_CMD[@]}"; done
+  fi
   if want decode; then show "${DECODE_CMD[@]}"; fi
   if want sampling; then show "${SAMPLING_CMD[@]}"; fi
   exit 0
@@ -80,8 +88,13 @@ if [[ -z "${PEAK_TFLOPS:-}" ]]; then
     *A100*) PEAK_TFLOPS=312 ;;
     *) PEAK_TFLOPS="" ;;
   esac
-  if [[ -n "${PEAK_TFLOPS}" ]]; then TRAIN_CMD+=(--peak_tflops "${PEAK_TFLOPS}"); fi
 fi
+
+# train_step.py runs the torch peer in the same process as jax: without this, XLA takes 75 % of
+# the GPU's memory at start and torch gets the rest. Peak HBM is read from each framework's own
+# allocator statistics either way.
+export XLA_PYTHON_CLIENT_PREALLOCATE="${XLA_PYTHON_CLIENT_PREALLOCATE:-false}"
+export PYTHONUNBUFFERED=1
 
 mkdir -p "${OUT_DIR}"
 exec > >(tee -a "${LOG}") 2>&1
@@ -98,8 +111,13 @@ run() {
   if "$@"; then echo "== [${name}] done in $((SECONDS - t0)) s"
   else local rc=$?; echo "== [${name}] FAILED (exit ${rc}) after $((SECONDS - t0)) s"; status=1; fi
 }
-if want train; then run train env JAX_PLATFORMS=cuda "${TRAIN_CMD[@]}"; fi
+if want train; then
+  for size in ${SIZES//,/ }; do
+    train_cmd "${size}"
+    run "train-${size}" env JAX_PLATFORMS=cuda "${TRAIN_CMD[@]}"
+  done
+fi
 if want decode; then run decode "${DECODE_CMD[@]}"; fi
-if want sampling; then run sampling-cpu "${SAMPLING_CMD[@]}"; fi
+if want sampling; then run sampling "${SAMPLING_CMD[@]}"; fi
 echo; echo "== log: ${LOG}"
 exit "${status}"

@@ -1,4 +1,4 @@
-"""RSO's sampling stage per prompt: rso_jax vs a HuggingFace/TRL-style peer, same weights, CPU.
+"""RSO's sampling stage per prompt: rso_jax vs a HuggingFace/TRL-style peer, same weights.
 
     python benchmarks/sampling_stage.py [--sizes tiny,small] [--settings embedded,tldr]
                                         [--prompts 2] [--num_decodes 64] [--num_samples 8]
@@ -7,6 +7,8 @@
     # the figures of benchmarks/README.md (T5 v1.1 small, both length settings):
     python benchmarks/sampling_stage.py --sizes small --settings embedded --repeats 2
     python benchmarks/sampling_stage.py --sizes small --settings tldr --repeats 2
+    # on a GPU (benchmarks/gpu.sh): both sides on the first GPU, weights and activations bf16
+    python benchmarks/sampling_stage.py --platform gpu --dtype bfloat16 --sizes base,large
 
 What is compared: the whole per-prompt work of the sampling stage (`rso_jax/sample.py`,
 `process_batch`), for B prompts per call (`--prompts`, default 2):
@@ -74,14 +76,23 @@ warm-up includes XLA compilation, reported separately), and the printed split is
 call's, in wall time and in process CPU time (`time.process_time`, all threads of the child: on a
 shared machine other jobs disturb it far less than wall time). Time per prompt = call time / B.
 
-Checks (asserted): HF's reward model on the tokens rso_jax sampled gives rso_jax's rewards within
-1e-3; the largest |log pi_jax - log pi_hf| of the paired responses (rso_jax's `model_logps` vs
-HF's teacher-forced forward) is printed.
+Checks: HF's reward model on the tokens rso_jax sampled gives rso_jax's rewards within 1e-3
+(asserted in float32; in bfloat16 the difference is printed: two bf16 implementations differ by
+rounding); the largest |log pi_jax - log pi_hf| of the paired responses (rso_jax's
+`model_logps` vs HF's teacher-forced forward) is printed.
+
+GPU (`--platform gpu`, with `--dtype bfloat16` as `gpu.sh` runs it): both children see the first
+GPU (JAX_PLATFORMS=cuda; torch on "cuda"), no core pinning or thread limits; rso_jax's config
+dtype and its weights (policy and reward model) in bfloat16, HF's models `.to(cuda, bfloat16)`.
+Phase boundaries are taken after each phase's results are on the host (rso_jax fetches them
+itself; the torch side synchronizes before every boundary), so the split is device time plus
+transfers. Sizes: any of `decoding.SIZES` (base, large on a GPU).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import random
@@ -155,11 +166,15 @@ def run_jax(a) -> dict:
   from rso_jax import rejection, reward_models  # pylint: disable=g-import-not-at-top
   assert reward_models.BT_SEPARATOR == SEPARATOR, reward_models.BT_SEPARATOR
   config, params = convert.from_hf(a["hf_dir"])
+  head = np.load(a["head"])
+  if a["dtype"] != "float32":  # weights and activations in bfloat16 (accelerators)
+    config = dataclasses.replace(config, dtype=a["dtype"], param_dtype=a["dtype"])
+    params = jax.tree.map(lambda x: x.astype(a["dtype"]), params)
+    head = head.astype(a["dtype"])
   module = network.Transformer(config)
   seq2seq_rm = a["rm_arch"] == "encoder_decoder"
   rm_module = reward_models.BTRewardNetwork(config, "last" if seq2seq_rm else "mean",
                                             a["rm_arch"])
-  head = np.load(a["head"])
   rm_params = {"token_embedder": params["token_embedder"], "encoder": params["encoder"],
                "reward_head": {"kernel": head}}
   if seq2seq_rm:  # the policy's decoder without its logits projection
@@ -248,41 +263,50 @@ def run_hf(a) -> dict:
   import numpy as np  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
-  torch.set_num_threads(a["threads"])
-  policy = transformers.T5ForConditionalGeneration.from_pretrained(a["hf_dir"]).eval()
+  gpu = a["platform"] == "gpu"
+  device, dtype = torch.device("cuda" if gpu else "cpu"), getattr(torch, a["dtype"])
+  if not gpu:
+    torch.set_num_threads(a["threads"])
+  load = lambda cls: cls.from_pretrained(a["hf_dir"]).eval().to(device, dtype)
+  policy = load(transformers.T5ForConditionalGeneration)
   seq2seq_rm = a["rm_arch"] == "encoder_decoder"
   if seq2seq_rm:
-    rm_t5 = transformers.T5Model.from_pretrained(a["hf_dir"]).eval()
+    rm_t5 = load(transformers.T5Model)
   else:
-    rm_encoder = transformers.T5EncoderModel.from_pretrained(a["hf_dir"]).eval()
-  head = torch.as_tensor(np.load(a["head"]))  # [E, 1]
+    rm_encoder = load(transformers.T5EncoderModel)
+  head = torch.as_tensor(np.load(a["head"])).to(device, dtype)  # [E, 1]
+  host = lambda x: x.float().cpu().numpy()  # syncs the device
   b, n, k, li, length = a["prompts"], a["num_decodes"], a["num_samples"], a["li"], a["length"]
   beta = a["beta"]
-  enc = torch.as_tensor(_prompts(b, li, policy.config.vocab_size), dtype=torch.long)
+  enc_np = _prompts(b, li, policy.config.vocab_size)
+  enc = torch.as_tensor(enc_np, dtype=torch.long, device=device)
   mask = (enc > 0).long()
   sep = _separator_ids()
-  prompt_ids = [[t for t in row if t > 0] for row in enc.tolist()]
+  prompt_ids = [[int(t) for t in row if t > 0] for row in enc_np]
   prompt_ids = [p[:-1] if p and p[-1] == EOS else p for p in prompt_ids]  # without EOS
   gen = dict(do_sample=True, num_return_sequences=n, top_k=40, temperature=0.7, top_p=1.0,
              max_new_tokens=length, min_new_tokens=length)
 
   def rewards_of(responses):  # [B * N, L] response tokens -> [B, N] rewards
     if seq2seq_rm:  # one (x, y) row each: the prompt encoded again for every response
-      rows = torch.arange(b).repeat_interleave(n)
-      start = torch.zeros((b * n, 1), dtype=torch.long)
+      rows = torch.arange(b, device=device).repeat_interleave(n)
+      start = torch.zeros((b * n, 1), dtype=torch.long, device=device)
       dec = torch.cat([start, responses[:, :-1]], 1)
       h = rm_t5(input_ids=enc[rows], attention_mask=mask[rows],
                 decoder_input_ids=dec).last_hidden_state
       last = (responses > 0).sum(1).clamp(min=1) - 1
-      return (h[torch.arange(b * n), last] @ head)[:, 0].reshape(b, n)
+      return (h[torch.arange(b * n, device=device), last] @ head)[:, 0].reshape(b, n)
     rows = [prompt_ids[i // n] + sep + [t for t in y if t > 0]
             for i, y in enumerate(responses.tolist())]
     width = max(len(r) for r in rows)
-    packed = torch.tensor([r + [0] * (width - len(r)) for r in rows], dtype=torch.long)
-    m = (packed > 0).float()
+    packed = torch.tensor([r + [0] * (width - len(r)) for r in rows], dtype=torch.long,
+                          device=device)
+    m = (packed > 0).to(dtype)
     h = rm_encoder(input_ids=packed, attention_mask=m.long()).last_hidden_state
     pooled = (h * m[..., None]).sum(1) / m.sum(1, keepdim=True).clamp(min=1.0)
     return (pooled @ head)[:, 0].reshape(b, n)
+
+  index = lambda x: torch.as_tensor(x.reshape(-1), device=device)
 
   def ref_logps(rows, labels):  # teacher-forced log pi of labels [M, L] for prompt rows [M]
     logits = policy(input_ids=enc[rows], attention_mask=mask[rows], labels=labels).logits
@@ -295,8 +319,10 @@ def run_hf(a) -> dict:
     t = [(time.perf_counter(), time.process_time())]
     out = policy.generate(input_ids=enc, attention_mask=mask, **gen)
     responses = out[:, 1:]  # drop the decoder start token
+    if gpu:
+      torch.cuda.synchronize()
     t.append((time.perf_counter(), time.process_time()))
-    rewards = rewards_of(responses).numpy()
+    rewards = host(rewards_of(responses))
     t.append((time.perf_counter(), time.process_time()))
     chosen, rejected = [], []
     for i in range(b):
@@ -313,14 +339,13 @@ def run_hf(a) -> dict:
     chosen, rejected = np.array(chosen), np.array(rejected)
     t.append((time.perf_counter(), time.process_time()))
     p = chosen.shape[1]
-    rows = torch.arange(b).repeat_interleave(p)
+    rows = torch.arange(b, device=device).repeat_interleave(p)
     resp = responses.reshape(b, n, -1)
-    labels = torch.cat([resp[rows, torch.as_tensor(chosen.reshape(-1))],
-                        resp[rows, torch.as_tensor(rejected.reshape(-1))]])
-    lp = ref_logps(torch.cat([rows, rows]), labels).numpy()
+    labels = torch.cat([resp[rows, index(chosen)], resp[rows, index(rejected)]])
+    lp = host(ref_logps(torch.cat([rows, rows]), labels))
     ref_c, ref_r = lp[:b * p].reshape(b, p), lp[b * p:].reshape(b, p)
     t.append((time.perf_counter(), time.process_time()))
-    recs = _records(enc.numpy(), resp.numpy(), rewards, ref_c, ref_r, chosen, rejected,
+    recs = _records(enc_np, resp.cpu().numpy(), rewards, ref_c, ref_r, chosen, rejected,
                     np.ones_like(chosen, bool))
     t.append((time.perf_counter(), time.process_time()))
     return _splits(t), recs
@@ -338,19 +363,20 @@ def run_hf(a) -> dict:
         best = split
     # Cross-checks on what rso_jax sampled: rewards, and log pi of its paired responses.
     saved = np.load(a["jax_out"])
-    jax_tokens = torch.as_tensor(saved["tokens"].reshape(b * n, length), dtype=torch.long)
-    r_hf = rewards_of(jax_tokens).numpy()
+    jax_tokens = torch.as_tensor(saved["tokens"].reshape(b * n, length), dtype=torch.long,
+                                 device=device)
+    r_hf = host(rewards_of(jax_tokens))
     reward_diff = float(np.max(np.abs(r_hf - saved["rewards"])))
     ch, rj = saved["chosen"], saved["rejected"]
     p = ch.shape[1]
-    rows = torch.arange(b).repeat_interleave(p)
+    rows = torch.arange(b, device=device).repeat_interleave(p)
     toks = jax_tokens.reshape(b, n, length)
-    labels = torch.cat([toks[rows, torch.as_tensor(ch.reshape(-1))],
-                        toks[rows, torch.as_tensor(rj.reshape(-1))]])
-    lp_hf = ref_logps(torch.cat([rows, rows]), labels).numpy()
+    labels = torch.cat([toks[rows, index(ch)], toks[rows, index(rj)]])
+    lp_hf = host(ref_logps(torch.cat([rows, rows]), labels))
     lp_jax = np.concatenate([np.take_along_axis(saved["model_logps"], ch, 1).reshape(-1),
                              np.take_along_axis(saved["model_logps"], rj, 1).reshape(-1)])
-  assert reward_diff <= 1e-3, f"rewards differ: max |r_jax - r_hf| = {reward_diff}"
+  if a["dtype"] == "float32":
+    assert reward_diff <= 1e-3, f"rewards differ: max |r_jax - r_hf| = {reward_diff}"
   return dict(split=best[0], cpu_split=best[1], cpu_s=min(cpu), first_call_s=first,
               pairs=len(recs), max_abs_reward_diff=reward_diff,
               max_abs_ref_logp_diff=float(np.max(np.abs(lp_hf - lp_jax))),
@@ -367,11 +393,12 @@ def _child(side: str, a: dict) -> dict:
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env["PYTHONPATH"] = repo + os.pathsep + env.get("PYTHONPATH", "")
   env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-  threads = a["threads"]
-  env["XLA_FLAGS"] = (f"--xla_cpu_multi_thread_eigen={'true' if threads > 1 else 'false'} "
-                      f"intra_op_parallelism_threads={threads}")
-  env["OMP_NUM_THREADS"] = str(threads)
-  env["JAX_PLATFORMS"] = "cpu"
+  if a["platform"] == "cpu":
+    threads = a["threads"]
+    env["XLA_FLAGS"] = (f"--xla_cpu_multi_thread_eigen={'true' if threads > 1 else 'false'} "
+                        f"intra_op_parallelism_threads={threads}")
+    env["OMP_NUM_THREADS"] = str(threads)
+  env["JAX_PLATFORMS"] = "cpu" if a["platform"] == "cpu" else "cuda"
   res = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
   if res.returncode:
     raise RuntimeError(f"{side} child failed:\n{res.stderr[-4000:]}")
@@ -406,14 +433,19 @@ def main() -> None:
   parser.add_argument("--threads", type=int, default=1,
                       help="CPU threads for both frameworks (torch.set_num_threads and XLA's "
                            "intra-op pool); 1 is the reproducible setting on a shared machine")
+  parser.add_argument("--platform", choices=("cpu", "gpu"), default="cpu",
+                      help="gpu: both frameworks on the first GPU (JAX_PLATFORMS=cuda, torch cuda)")
+  parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                      help="weights and activations of both frameworks")
   parser.add_argument("--child", choices=("jax", "hf"), default=None)
   parser.add_argument("--child_config", default=None)
   args = parser.parse_args()
   if args.child:
     with open(args.child_config) as f:
       a = json.load(f)
-    allowed = sorted(os.sched_getaffinity(0))
-    os.sched_setaffinity(0, set(allowed[:max(1, a["threads"])]))
+    if a["platform"] == "cpu":
+      allowed = sorted(os.sched_getaffinity(0))
+      os.sched_setaffinity(0, set(allowed[:max(1, a["threads"])]))
     print(json.dumps(run_jax(a) if args.child == "jax" else run_hf(a)))
     return
 
@@ -422,8 +454,9 @@ def main() -> None:
   print(f"sampling stage per call: B={b} prompts x N={args.num_decodes} candidates, T=0.7, "
         f"top-k 40, EOS off; BT reward model ({args.rm_arch}, the policy's T5 weights); "
         f"Algorithm 1 beta={args.beta}, "
-        f"k={args.num_samples}; first-round pairs; CPU ({os.cpu_count()} cores), "
-        f"{args.threads} thread(s) per framework")
+        f"k={args.num_samples}; first-round pairs; {args.dtype}; "
+        + (f"CPU ({os.cpu_count()} cores), {args.threads} thread(s) per framework"
+           if args.platform == "cpu" else "GPU"))
   for size in args.sizes.split(","):
     if size not in SIZES:
       raise ValueError(f"--sizes: unknown size {size!r}; choose from {sorted(SIZES)}")
@@ -441,7 +474,7 @@ def main() -> None:
                  jax_out=os.path.join(tmp, "jax_out.npz"), prompts=b,
                  num_decodes=args.num_decodes, num_samples=args.num_samples, beta=args.beta,
                  li=li, length=length, rm_rows=args.rm_rows, rm_arch=args.rm_arch,
-                 threads=args.threads,
+                 threads=args.threads, platform=args.platform, dtype=args.dtype,
                  repeats=args.repeats or (5 if size == "tiny" else 2))
         jax_res = _child("jax", a)
         hf_res = _child("hf", a)

@@ -4,7 +4,9 @@ Every model exposes
   * `get_initial_variables(rng, input_shapes) -> {"params": ...}` (boxed with logical axes),
   * `loss_fn(params, batch, dropout_rng) -> (loss, metrics)` with scalar metrics,
   * `score_batch(params, batch) -> [B]` and `predict_batch(params, batch, rng) -> tokens`,
-  * `feature_converter` (a seqio FeatureConverter instance) and `input_shapes(batch, lengths)`.
+  * `feature_converter` (a seqio FeatureConverter instance, built on first use: importing or
+    building a model needs no seqio / TensorFlow, so an accelerator host that only scores,
+    samples or trains on arrays runs without them) and `input_shapes(batch, lengths)`.
 
 `Seq2SeqModel` is the SFT objective (token cross-entropy with T5X loss normalization and
 optional z-loss). The preference policy and the reward models live beside it.
@@ -13,11 +15,11 @@ optional z-loss). The preference policy and the reward models live beside it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Mapping, Optional, Tuple, Union
 
 import jax
 import jax.numpy as jnp
-import seqio
 
 from rso_jax import losses
 from rso_jax import network
@@ -89,7 +91,11 @@ class Seq2SeqModel(BaseModel):
     self.loss_normalizing_factor = loss_normalizing_factor
     self.z_loss = float(z_loss)
     self.label_smoothing = float(label_smoothing)
-    self.feature_converter = seqio.EncDecFeatureConverter(pack=False)
+
+  @functools.cached_property
+  def feature_converter(self):
+    import seqio  # pylint: disable=g-import-not-at-top  (TensorFlow: on first use only)
+    return seqio.EncDecFeatureConverter(pack=False)
 
   def input_shapes(self, batch_size, feature_lengths):
     return {"encoder_input_tokens": (batch_size, feature_lengths["inputs"]),
@@ -249,7 +255,6 @@ class PolicyModel(BaseModel):
                use_cached_reference: bool = True, reference_params: Any = None,
                reference_checkpoint: Optional[str] = None, sft_weight: float = 0.0):
     super().__init__(config)
-    from rso_jax import feature_converters  # pylint: disable=g-import-not-at-top
     self.loss = losses.get_loss_fn(loss)
     self.gamma = float(gamma)
     self.loss_kwargs = dict(loss_kwargs or {})
@@ -263,7 +268,11 @@ class PolicyModel(BaseModel):
       raise ValueError(f"loss {self.loss.name!r} needs reference log-probs: set "
                        "use_cached_reference=True (pair tasks from the sampling stage) or "
                        "give reference_params / reference_checkpoint")
-    self.feature_converter = feature_converters.PairwiseFeatureConverter()
+
+  @functools.cached_property
+  def feature_converter(self):
+    from rso_jax import feature_converters  # pylint: disable=g-import-not-at-top  (TensorFlow)
+    return feature_converters.PairwiseFeatureConverter()
 
   manifest_kind = "policy"
 
