@@ -8,7 +8,11 @@ Cells: {direct, sft_sample_rank, rso_sample_rank} x {sigmoid_norm, hinge (Eq. 9)
 (the paper's Table 1) and the baselines RAFT and ReST (`--baselines`; SFT of π_sft on its best
 candidate / on the candidates ReST's filter keeps: gin/raft.gin, gin/rest.gin), each
 `python -m rso_jax.train` with gin overrides of one experiment (`--experiment`, default
-gin/rso_hinge.gin; `direct` adds gin/direct.gin: the loss on D_hf itself). Seed s runs in `RUN_ROOT/seed<s>` with `RANDOM_SEED = s`, so the cells
+gin/rso_hinge.gin; `direct` adds gin/direct.gin: the loss on D_hf itself). `--ablations` (names
+of `ABLATIONS`, or `all`) adds the paper's ablations over the same seeds: the rso_sample_rank /
+hinge_norm cell with one knob changed (β 0, 0.05, 5; γ 0.005, 0.5; tournament pairs;
+single-pass rejection; proposal correction; best-of-N selection), reported in their own table
+beside the unchanged cell. Seed s runs in `RUN_ROOT/seed<s>` with `RANDOM_SEED = s`, so the cells
 of one seed share its SFT policy, its reward model and, per data setting, its samples (the
 pipeline reuses finished stages); nothing is shared across seeds.
 
@@ -62,6 +66,20 @@ SETTINGS = ("direct", "sft_sample_rank", "rso_sample_rank")
 LOSSES = ("sigmoid_norm", "hinge", "hinge_norm")
 BASELINES = ("raft", "rest")  # SFT on selected samples: no preference loss (loss "sft")
 _ADDED_GIN = {"direct": "direct.gin", "raft": "raft.gin", "rest": "rest.gin"}
+_SAMPLE = "--gin.sample.sample_configured."
+# name: (DATA_SETTING, gin overrides) -- the rso_sample_rank / hinge_norm cell, one knob changed.
+ABLATIONS = {
+    "beta0": ("rso_sample_rank", (_SAMPLE + "beta=0.0",)),  # = top-k over N
+    "beta0.05": ("rso_sample_rank", (_SAMPLE + "beta=0.05",)),
+    "beta5": ("rso_sample_rank", (_SAMPLE + "beta=5.0",)),
+    "gamma0.005": ("rso_sample_rank", ("--gin.GAMMA=0.005",)),
+    "gamma0.5": ("rso_sample_rank", ("--gin.GAMMA=0.5",)),
+    "tournament": ("rso_sample_rank", (_SAMPLE + "pair_method='tournament'",)),
+    "single_pass": ("rso_sample_rank", (_SAMPLE + "rejection_mode='single_pass'",)),
+    "proposal_correction": ("rso_sample_rank", (_SAMPLE + "proposal_correction=True",)),
+    "best_of_n": ("best_of_n", ()),  # 8 independent best-of-8 draws, then first-round pairs
+}
+ABLATED = ("rso_sample_rank", "hinge_norm")  # the cell the ablations change
 DECODINGS = ("greedy", "sample")
 # Keys of the evaluation's results[decoding]; fractions, shown in %.
 WIN_RATES = ("vs_sft_targets/proxy", "vs_sft_targets/golden", "vs_sft/proxy", "vs_sft/golden")
@@ -73,13 +91,16 @@ class StudyError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Cell:
-  """One table entry for one seed."""
+  """One table entry for one seed (`ablation`: a name of `ABLATIONS`, else "")."""
   setting: str
   loss: str
   seed: int
+  ablation: str = ""
 
   @property
   def name(self) -> str:
+    if self.ablation:
+      return f"ablation-{self.ablation}"
     return self.setting if self.setting in BASELINES else f"{self.setting}-{self.loss}"
 
   def run_dir(self, run_root: str) -> str:
@@ -98,6 +119,8 @@ class Cell:
     out.append(f"--gin.POLICY_NAME={json.dumps(self.name)}")
     if self.setting not in _ADDED_GIN:
       out.append(f"--gin.DATA_SETTING={json.dumps(self.setting)}")
+    if self.ablation:
+      out += ABLATIONS[self.ablation][1]
     return out + list(extra)
 
   def eval_path(self, run_root: str) -> str:
@@ -112,19 +135,24 @@ class Cell:
 
 
 def cells(seeds: Sequence[int], settings: Sequence[str] = SETTINGS,
-          losses: Sequence[str] = LOSSES, baselines: Sequence[str] = BASELINES) -> List[Cell]:
+          losses: Sequence[str] = LOSSES, baselines: Sequence[str] = BASELINES,
+          ablations: Sequence[str] = ()) -> List[Cell]:
   """Seed-major (a seed's SFT and reward model are built by its first cell), then setting, loss;
-  a seed's baselines after its table cells."""
+  a seed's baselines and then its ablations after its table cells."""
+  if list(ablations) == ["all"]:
+    ablations = list(ABLATIONS)
   for flag, values, known, empty_ok in (("--settings", settings, SETTINGS, False),
                                         ("--losses", losses, LOSSES, False),
-                                        ("--baselines", baselines, BASELINES, True)):
+                                        ("--baselines", baselines, BASELINES, True),
+                                        ("--ablations", ablations, ABLATIONS, True)):
     bad = [v for v in values if v not in known]
     if bad or not (values or empty_ok) or len(set(values)) != len(values):
       raise StudyError(f"{flag}={list(values)}: choose from {list(known)}")
   if not seeds or len(set(seeds)) != len(seeds) or any(s < 0 for s in seeds):
     raise StudyError(f"--seeds={list(seeds)}: give distinct non-negative integers")
   return [c for s in seeds for c in [Cell(st, l, s) for st in settings for l in losses]
-          + [Cell(b, "sft", s) for b in baselines]]
+          + [Cell(b, "sft", s) for b in baselines]
+          + [Cell(ABLATIONS[a][0], ABLATED[1], s, a) for a in ablations]]
 
 
 def _portable(argv: Sequence[str]) -> List[str]:
@@ -275,9 +303,9 @@ def table_markdown(all_cells: Sequence[Cell], results: Mapping[Cell, Dict[str, f
                  f"{q['model']}: accuracy {_fmt(q['accuracy'], None, 1, 3)}, Spearman "
                  f"{_fmt(q['spearman'], None, 1, 3)}, D_hf {_fmt(q['dhf_accuracy'], None, 1, 3)}"))
 
-  def values(setting, loss, key):
-    return [results[c][key] for c in done
-            if c.setting == setting and c.loss == loss and key in results[c]]
+  def values(setting, loss, key, ablation=""):
+    return [results[c][key] for c in done if c.setting == setting and c.loss == loss
+            and c.ablation == ablation and key in results[c]]
 
   def block(title, keys, scale, digits):
     head = "| loss | " + " | ".join(settings) + " |"
@@ -313,12 +341,34 @@ def table_markdown(all_cells: Sequence[Cell], results: Mapping[Cell, Dict[str, f
                    f"{_fmt(*mean_stderr(values(b, 'sft', 'kl/mean')), 1.0, 2)} | "
                    f"{pct(('selected/vs_sft_targets/proxy', 'selected/vs_sft_targets/golden'))}"
                    f" | {len([c for c in done if c.setting == b])} |")
+  ablations = [a for a in ABLATIONS if any(c.ablation == a for c in all_cells)]
+  if ablations:
+    lines += ["", f"## Ablations ({ABLATED[0]} / {ABLATED[1]}, one knob changed; the first row "
+              "is the unchanged cell)", "",
+              "| ablation | overrides | vs SFT targets, % (proxy / golden) | vs π_sft, % "
+              "(proxy / golden) | KL, nats | selected checkpoint: vs SFT targets, % | seeds |",
+              "|---|---|---|---|---|---|---|"]
+    for a in [""] + ablations:
+      setting = ABLATIONS[a][0] if a else ABLATED[0]
+      vals = lambda k: values(setting, ABLATED[1], k, a)
+      pct = lambda keys: " / ".join(_fmt(*mean_stderr(vals(k)), 100.0, 1) for k in keys)
+      what = ("" if not a else
+              " ".join(o.replace(_SAMPLE, "").replace("--gin.", "") for o in ABLATIONS[a][1])
+              or f"DATA_SETTING={setting}")
+      n = len([c for c in done if c.ablation == a and c.setting == setting
+               and c.loss == ABLATED[1]])
+      lines.append(f"| {a or '(none)'} | {f'`{what}`' if what else '—'} | "
+                   f"{pct(('vs_sft_targets/proxy', 'vs_sft_targets/golden'))} | "
+                   f"{pct(('vs_sft/proxy', 'vs_sft/golden'))} | "
+                   f"{_fmt(*mean_stderr(vals('kl/mean')), 1.0, 2)} | "
+                   f"{pct(('selected/vs_sft_targets/proxy', 'selected/vs_sft_targets/golden'))}"
+                   f" | {n} |")
   lines += ["", "## Seeds per cell", "", "| loss | " + " | ".join(settings) + " |",
             "|---" * (len(settings) + 1) + "|"]
   for loss in losses:
     lines.append(f"| {loss} | " + " | ".join(
-        str(len([c for c in done if c.setting == st and c.loss == loss])) for st in settings)
-        + " |")
+        str(len([c for c in done if c.setting == st and c.loss == loss and not c.ablation]))
+        for st in settings) + " |")
   return "\n".join(lines) + "\n"
 
 
@@ -339,11 +389,14 @@ def run_study(all_cells: Sequence[Cell], run_root: str, experiment: str, extra: 
     fs.makedirs(os.path.dirname(os.path.abspath(out)))
     fs.atomic_write_text(out, table_markdown(
         all_cells, results, records, quality, decoding=decoding, command=command,
-        settings=_ordered(c.setting for c in all_cells if c.setting not in BASELINES),
-        losses=_ordered(c.loss for c in all_cells if c.setting not in BASELINES)))
+        settings=_ordered(c.setting for c in all_cells
+                          if c.setting not in BASELINES and not c.ablation),
+        losses=_ordered(c.loss for c in all_cells
+                        if c.setting not in BASELINES and not c.ablation)))
     lines = {}
-    for c, path in paths.items():
-      lines.setdefault((c.setting, c.loss), []).append(path)
+    for c, path in paths.items():  # the frontier: the table's cells and the baselines
+      if not c.ablation:
+        lines.setdefault((c.setting, c.loss), []).append(path)
     if frontier and any(lines.values()):
       draw_frontier(lines, frontier)
 
@@ -388,6 +441,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   p.add_argument("--settings", nargs="+", default=list(SETTINGS))
   p.add_argument("--losses", nargs="+", default=list(LOSSES))
   p.add_argument("--baselines", nargs="*", default=list(BASELINES), help="give the flag alone for none")
+  p.add_argument("--ablations", nargs="*", default=[],
+                 help=f"'all' or names of {list(ABLATIONS)} (default none)")
   p.add_argument("--experiment", default=os.path.join(REPO, "gin", "rso_hinge.gin"))
   p.add_argument("--run_root", default="runs/paper_table")
   p.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results", "paper_table.md"))
@@ -399,7 +454,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   command = shlex.join(["python", "launch/paper_table.py", *argv] + (["--", *extra] if extra
                                                                      else []))
   try:
-    all_cells = cells(args.seeds, args.settings, args.losses, args.baselines)
+    all_cells = cells(args.seeds, args.settings, args.losses, args.baselines, args.ablations)
     return run_study(all_cells, args.run_root, args.experiment, extra, args.out, args.decoding,
                      command, dry_run=args.dry_run, frontier=args.frontier)
   except StudyError as e:

@@ -341,3 +341,55 @@ def test_paper_table_trajectory_is_kl_and_mean_golden_reward_per_step():
                                                             "golden/sft": 0.4}}}
   by_step = {"steps": {"300": ev(2.0, 0.3), "100": ev(0.5, 0.45), "200": {"kl/mean": 1.0}}}
   assert paper_table.trajectory(by_step) == [(100, 0.5, 0.45, 0.4), (300, 2.0, 0.3, 0.4)]
+
+
+@pytest.mark.parametrize("name", sorted(paper_table.ABLATIONS))
+def test_paper_table_ablations_change_one_knob_of_the_rso_hinge_norm_cell(name):
+  """Each ablation cell is the rso_sample_rank / hinge_norm cell of its seed with its one knob
+  read by the stage it configures (the sampling stage, or the policy's gamma)."""
+  cells = paper_table.cells([2], settings=["direct"], losses=["hinge"], baselines=[],
+                            ablations=[name])
+  assert [c.name for c in cells] == ["direct-hinge", f"ablation-{name}"]
+  flags = cli.parse_flags(cells[1].argv("/tmp/study", "rso_hinge.gin")[3:])
+  cli.configure_gin(flags.files, flags.bindings, [os.path.join(REPO, "gin")])
+  assert not cli.unread_macros()
+  draw = pipeline.stage_bindings(sample.sample_configured, "sample")
+  policy = pipeline.stage_bindings(train_lib.train, "")
+  got = dict(beta=draw["beta"], pair_method=draw["pair_method"],
+             rejection_mode=draw["rejection_mode"],
+             proposal_correction=draw["proposal_correction"], data_setting=draw["data_setting"],
+             gamma=policy["model"].gamma, loss=policy["model"].loss.name, seed=draw["seed"])
+  gin.clear_config()
+  want = dict(beta=0.5, pair_method="first_round", rejection_mode="paper",
+              proposal_correction=False, data_setting="rso_sample_rank", gamma=0.05,
+              loss="hinge_norm", seed=2)
+  changed = {"beta0": dict(beta=0.0), "beta0.05": dict(beta=0.05), "beta5": dict(beta=5.0),
+             "gamma0.005": dict(gamma=0.005), "gamma0.5": dict(gamma=0.5),
+             "tournament": dict(pair_method="tournament"),
+             "single_pass": dict(rejection_mode="single_pass"),
+             "proposal_correction": dict(proposal_correction=True),
+             "best_of_n": dict(data_setting="best_of_n")}[name]
+  assert got == dict(want, **changed)
+
+
+def test_paper_table_ablations_have_their_own_table_beside_the_unchanged_cell(tmp_path):
+  root, out = str(tmp_path / "runs"), str(tmp_path / "table.md")
+  cells = paper_table.cells([0, 1], settings=["rso_sample_rank"], losses=["hinge_norm"],
+                            baselines=[], ablations=["all"])
+  assert len(cells) == 2 * (1 + len(paper_table.ABLATIONS))
+  calls = []
+  assert paper_table.run_study(cells, root, "rso_hinge.gin", [], out, "greedy", "CMD",
+                               runner=_fake_cell_runner(calls)) == 0
+  text = open(out).read()
+  # The main table holds the unchanged cell alone (the fake gives rso* names +0.5): proxy vs
+  # the SFT targets 70 / 80 % over seeds 0 / 1.
+  assert "| hinge_norm | 75.0 ± 5.0 / 65.0 ± 5.0 |" in text
+  assert "| hinge_norm | 2 |" in text  # seeds per cell: the ablations are not counted there
+  assert ("| (none) | — | 75.0 ± 5.0 / 65.0 ± 5.0 | 30.0 ± 0.0 / 40.0 ± 0.0 | 1.50 ± 0.50 | "
+          "80.0 ± 5.0 / 65.0 ± 5.0 | 2 |") in text
+  # Ablation cells ("ablation-..." names: no +0.5 in the fake): 25 / 15 %.
+  assert ("| beta5 | `beta=5.0` | 25.0 ± 5.0 / 15.0 ± 5.0 | 30.0 ± 0.0 / 40.0 ± 0.0 | "
+          "1.50 ± 0.50 | 30.0 ± 5.0 / 15.0 ± 5.0 | 2 |") in text
+  assert "| best_of_n | `DATA_SETTING=best_of_n` |" in text
+  assert "| gamma0.5 | `GAMMA=0.5` |" in text
+  assert paper_table.main(["--ablations", "beta7", "--dry_run"]) == 2
