@@ -288,7 +288,9 @@ def table_markdown(all_cells: Sequence[Cell], results: Mapping[Cell, Dict[str, f
   seeds = sorted({c.seed for c in all_cells})
   done = [c for c in all_cells if c in results]
   wall = sum(float(records[c].get("wall_seconds", 0.0)) for c in done if c in records)
-  lines = ["# RSO paper table (Table 1 layout) on this repository's pipeline", "",
+  title = "RSO paper table (Table 1 layout)" + (
+      " and ablations" if any(c.ablation for c in all_cells) else "")
+  lines = [f"# {title} on this repository's pipeline", "",
            f"- command: `{command}`",
            f"- seeds: {seeds}; cells finished: {len(done)}/{len(all_cells)}; wall time of the "
            f"finished cells: {wall / 60:.1f} min (stages shared within a seed are counted once, "

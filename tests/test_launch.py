@@ -381,6 +381,7 @@ def test_paper_table_ablations_have_their_own_table_beside_the_unchanged_cell(tm
   assert paper_table.run_study(cells, root, "rso_hinge.gin", [], out, "greedy", "CMD",
                                runner=_fake_cell_runner(calls)) == 0
   text = open(out).read()
+  assert text.startswith("# RSO paper table (Table 1 layout) and ablations on")
   # The main table holds the unchanged cell alone (the fake gives rso* names +0.5): proxy vs
   # the SFT targets 70 / 80 % over seeds 0 / 1.
   assert "| hinge_norm | 75.0 ± 5.0 / 65.0 ± 5.0 |" in text
