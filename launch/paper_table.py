@@ -330,41 +330,35 @@ def table_markdown(all_cells: Sequence[Cell], results: Mapping[Cell, Dict[str, f
                  1.0, 2)
   lines += block("The selected step", ("selected/step",), 1.0, 0)
   baselines = [b for b in BASELINES if any(c.setting == b for c in all_cells)]
+  summary_head = ("vs SFT targets, % (proxy / golden) | vs π_sft, % (proxy / golden) | KL, nats "
+                  "| selected checkpoint: vs SFT targets, % | seeds |")
+
+  def summary(setting, loss, ablation=""):
+    """One row's cells under `summary_head`: one cell, mean ± SE over its seeds."""
+    pct = lambda keys: " / ".join(_fmt(*mean_stderr(values(setting, loss, k, ablation)),
+                                       100.0, 1) for k in keys)
+    n = len([c for c in done if (c.setting, c.loss, c.ablation) == (setting, loss, ablation)])
+    return (f"{pct(('vs_sft_targets/proxy', 'vs_sft_targets/golden'))} | "
+            f"{pct(('vs_sft/proxy', 'vs_sft/golden'))} | "
+            f"{_fmt(*mean_stderr(values(setting, loss, 'kl/mean', ablation)), 1.0, 2)} | "
+            f"{pct(('selected/vs_sft_targets/proxy', 'selected/vs_sft_targets/golden'))} | {n} |")
+
   if baselines:
     lines += ["", "## Baselines (SFT of π_sft on selected samples; same columns as above)", "",
-              "| baseline | vs SFT targets, % (proxy / golden) | vs π_sft, % (proxy / golden) "
-              "| KL, nats | selected checkpoint: vs SFT targets, % | seeds |",
-              "|---|---|---|---|---|---|"]
-    for b in baselines:
-      pct = lambda keys: " / ".join(_fmt(*mean_stderr(values(b, "sft", k)), 100.0, 1)
-                                    for k in keys)
-      lines.append(f"| {b} | {pct(('vs_sft_targets/proxy', 'vs_sft_targets/golden'))} | "
-                   f"{pct(('vs_sft/proxy', 'vs_sft/golden'))} | "
-                   f"{_fmt(*mean_stderr(values(b, 'sft', 'kl/mean')), 1.0, 2)} | "
-                   f"{pct(('selected/vs_sft_targets/proxy', 'selected/vs_sft_targets/golden'))}"
-                   f" | {len([c for c in done if c.setting == b])} |")
+              "| baseline | " + summary_head, "|---|---|---|---|---|---|"]
+    lines += [f"| {b} | " + summary(b, "sft") for b in baselines]
   ablations = [a for a in ABLATIONS if any(c.ablation == a for c in all_cells)]
   if ablations:
     lines += ["", f"## Ablations ({ABLATED[0]} / {ABLATED[1]}, one knob changed; the first row "
               "is the unchanged cell)", "",
-              "| ablation | overrides | vs SFT targets, % (proxy / golden) | vs π_sft, % "
-              "(proxy / golden) | KL, nats | selected checkpoint: vs SFT targets, % | seeds |",
-              "|---|---|---|---|---|---|---|"]
+              "| ablation | overrides | " + summary_head, "|---|---|---|---|---|---|---|"]
     for a in [""] + ablations:
       setting = ABLATIONS[a][0] if a else ABLATED[0]
-      vals = lambda k: values(setting, ABLATED[1], k, a)
-      pct = lambda keys: " / ".join(_fmt(*mean_stderr(vals(k)), 100.0, 1) for k in keys)
       what = ("" if not a else
               " ".join(o.replace(_SAMPLE, "").replace("--gin.", "") for o in ABLATIONS[a][1])
               or f"DATA_SETTING={setting}")
-      n = len([c for c in done if c.ablation == a and c.setting == setting
-               and c.loss == ABLATED[1]])
       lines.append(f"| {a or '(none)'} | {f'`{what}`' if what else '—'} | "
-                   f"{pct(('vs_sft_targets/proxy', 'vs_sft_targets/golden'))} | "
-                   f"{pct(('vs_sft/proxy', 'vs_sft/golden'))} | "
-                   f"{_fmt(*mean_stderr(vals('kl/mean')), 1.0, 2)} | "
-                   f"{pct(('selected/vs_sft_targets/proxy', 'selected/vs_sft_targets/golden'))}"
-                   f" | {n} |")
+                   + summary(setting, ABLATED[1], a))
   lines += ["", "## Seeds per cell", "", "| loss | " + " | ".join(settings) + " |",
             "|---" * (len(settings) + 1) + "|"]
   for loss in losses:
