@@ -9,6 +9,8 @@ this process plus `--stage=NAME`, and calls the stage's entry under `gin.config_
 (T5X scopes `train/` and `infer_eval/` the same way):
 
   TrainStage("sft")     sft/train_lib.train               -> SFT_CHECKPOINT
+  CollectStage          (this process) π_sft's samples rated by the simulated annotator
+                        (embedded task, COLLECT_PROMPTS > 0)  -> RUN_DIR/collect/pairs.jsonl
   TrainStage("reward")  reward/train_lib.train            -> REWARD_CHECKPOINT
   RewardQualityStage    (this process) the reward model on π_sft's samples vs r*
                                                           -> REWARD_CHECKPOINT/reward_quality.json
@@ -235,6 +237,99 @@ def _hash_value(v: Any) -> Any:
   if isinstance(v, str) and ("/" in v or v.startswith(".")):
     return fs.abspath(v)  # a relative and an absolute path to the same checkpoint agree
   return v
+
+
+@dataclasses.dataclass
+class CollectStage:
+  """On-policy preference pairs for the reward model: the policy's samples, rated.
+
+  As OpenAI collected the TL;DR comparisons (summaries of SFT-like policies shown to raters):
+  for each of the first `num_prompts` prompts of the embedded environment's `split`, two
+  samples of `policy_checkpoint` drawn as the sampling stage draws them (its temperature and
+  top-k), labeled by the environment's simulated rater (a Bradley-Terry draw,
+  P(y1 ≻ y2) = σ((r*(y1) − r*(y2)) / τ), τ = its `bt_temperature`). Pairs with two equal or
+  an empty response are dropped and counted. Written atomically as JSONL `{prompt, chosen,
+  rejected}` (the `jsonl` preference-file format) to `output_path`, then `stats.json` beside
+  it (the setting and the counts); a finished collection is reused, one made with another
+  setting is refused (the reward model trained on it would no longer match).
+
+  `num_prompts` 0 turns the stage off. Only the embedded task has a rater: with another
+  `pairs_task` the stage is a ConfigError (label real pairs and bind REWARD_TASK to them).
+  """
+  policy_checkpoint: str
+  output_path: str
+  pairs_task: str
+  num_prompts: int = 0
+  split: str = "train"
+  seed: int = 0
+  name: str = "collect"
+
+  def __call__(self) -> Optional[dict]:
+    from rso_jax.cli import ConfigError  # pylint: disable=g-import-not-at-top
+    if isinstance(self.num_prompts, bool) or not isinstance(self.num_prompts, int) or (
+        self.num_prompts < 0):
+      raise ConfigError(f"stage {self.name!r}: COLLECT_PROMPTS={self.num_prompts!r} must be an "
+                        "int >= 0")
+    if not self.num_prompts:
+      return None
+    import jax  # pylint: disable=g-import-not-at-top
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    from rso_jax import inference, sample  # pylint: disable=g-import-not-at-top
+    from rso_jax.tasks import embedded, synthetic  # pylint: disable=g-import-not-at-top
+    golden = synthetic.golden_reward_of(self.pairs_task)
+    if golden is None:
+      raise ConfigError(f"stage {self.name!r}: {self.pairs_task!r} has no simulated rater to "
+                        f"label on-policy pairs (COLLECT_PROMPTS={self.num_prompts}); set "
+                        "COLLECT_PROMPTS=0 and bind REWARD_TASK to pairs labeled by people")
+    env = embedded.registered_config()
+    draw = stage_bindings(sample.sample_configured, "sample")
+    setting = dict(policy_checkpoint=fs.abspath(self.policy_checkpoint), split=self.split,
+                   num_prompts=self.num_prompts, seed=self.seed,
+                   temperature=draw.get("temperature", 0.7), top_k=draw.get("top_k", 40),
+                   bt_temperature=env.bt_temperature, environment_seed=env.seed)
+    stats_path = fs.join(fs.dirname(self.output_path), "stats.json")
+    if fs.exists(stats_path) and fs.exists(self.output_path):
+      stats = json.loads(fs.read_text(stats_path))
+      if stats.get("setting") != setting:
+        raise ConfigError(
+            f"stage {self.name!r}: {self.output_path} was collected with {stats.get('setting')}, "
+            f"not {setting}; delete it (and the reward model trained on it) to collect again")
+      print(f"[{self.name}] reusing {self.output_path}", flush=True)
+      return stats
+    prompts = list(synthetic.build_environment(env).prompts[self.split])
+    if self.num_prompts > len(prompts):
+      raise ConfigError(f"stage {self.name!r}: COLLECT_PROMPTS={self.num_prompts} is more than "
+                        f"the {len(prompts)} {self.split} prompts of the environment")
+    prompts = prompts[:self.num_prompts]
+    policy = inference.load(self.policy_checkpoint, expect=checkpoints.GENERATIVE_KINDS,
+                            role="policy", batch_size=512)
+    # [P] prompts -> [P][2] responses
+    texts = policy.generate(prompts, key=jax.random.key(self.seed), num_decodes=2,
+                            temperature=setting["temperature"], top_k=setting["top_k"]).texts
+    keep = [i for i, (a, b) in enumerate(texts) if a.strip() and b.strip() and a != b]
+    x = [prompts[i] for i in keep]
+    y1, y2 = [texts[i][0] for i in keep], [texts[i][1] for i in keep]
+    r1, r2 = golden(x, y1), golden(x, y2)
+    first = synthetic.rate_pairs(x, y1, y2, np.random.default_rng([self.seed, 0xC011EC7]),
+                                 env.bt_temperature)
+    lines = [json.dumps({"prompt": p, "chosen": a if f else b, "rejected": b if f else a})
+             for p, a, b, f in zip(x, y1, y2, first)]
+    untied = r1 != r2
+    agree = float(np.mean(first[untied] == (r1 > r2)[untied])) if untied.any() else float("nan")
+    equal = sum(a == b for a, b in texts)
+    stats = dict(setting=setting, pairs=len(lines), prompts=len(prompts), identical=equal,
+                 empty=len(prompts) - len(keep) - equal, label_agreement_with_r_star=agree,
+                 golden_mean=float(np.mean(np.concatenate([r1, r2]))) if keep else float("nan"))
+    if jax.process_index() == 0:
+      fs.makedirs(fs.dirname(self.output_path))
+      fs.atomic_write_text(self.output_path, "".join(line + "\n" for line in lines))
+      fs.atomic_write_text(stats_path, json.dumps(stats, indent=2, sort_keys=True) + "\n")
+    print(f"[{self.name}] {stats['pairs']:,} pairs of the policy's samples from "
+          f"{len(prompts):,} {self.split} prompts ({equal:,} with two equal samples, "
+          f"{stats['empty']:,} with an empty one, dropped); labels agree with r* on "
+          f"{agree:.3f} of the untied pairs; mean r* {stats['golden_mean']:.3f}; "
+          f"{self.output_path}", flush=True)
+    return stats
 
 
 @dataclasses.dataclass

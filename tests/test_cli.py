@@ -104,12 +104,14 @@ def test_every_stage_receives_the_runs_whole_configuration():
   args = pipeline.stage_bindings(train.train, "reward")
   assert type(args["model"]).__name__ == "PairwiseRankingModel"
   assert args["batch_size"] == 8 and args["model_dir"] == "/tmp/x/reward_pairwise"
-  assert args["mixture_or_task_name"] == "synthetic_dhf_ranking"
+  # The ranking twin of the experiment's REWARD_PAIRS (embedded: π_sft's own pairs, rated).
+  assert args["mixture_or_task_name"] == "synthetic_onpolicy_pairs_ranking"
   # The embedded experiment's 8/8 word tokens: prompt + two responses + the ranking tags.
   assert args["task_feature_lengths"] == {"inputs": 8 + 2 * 8 + 40, "targets": 2}
   sft = pipeline.stage_bindings(train.train, "sft")
   assert sft["model_dir"] == "/tmp/x/sft" and sft["mixture_or_task_name"] == "synthetic_sft"
-  assert sft["batch_size"] == 8 and sft["task_feature_lengths"] == {"inputs": 8, "targets": 8}
+  # The embedded experiment's SFT_BATCH_SIZE (= BATCH_SIZE unless an experiment sets it).
+  assert sft["batch_size"] == 64 and sft["task_feature_lengths"] == {"inputs": 8, "targets": 8}
 
 
 def test_an_unknown_stage_is_a_one_line_error(tmp_path, capsys):

@@ -190,7 +190,8 @@ def test_paper_table_cells_are_the_papers_table_one_per_seed():
     task = policy["mixture_or_task_name"]
     setting = "direct" if task == "synthetic_dhf" else gin.query_parameter("%DATA_SETTING")
     assert task == ("synthetic_dhf" if cell.setting == "direct" else "rso_pairs")
-    assert len(policy["prerequisites"]) == (2 if cell.setting == "direct" else 4)
+    # sft, collect (on-policy pairs for the reward model), reward[, reward quality, sample]
+    assert len(policy["prerequisites"]) == (3 if cell.setting == "direct" else 5)
     seen.add((setting, gin.query_parameter("%LOSS"), gin.query_parameter("%RANDOM_SEED"),
               gin.query_parameter("%RUN_DIR"), gin.query_parameter("%POLICY_NAME"),
               gin.query_parameter("%TRAIN_STEPS")))

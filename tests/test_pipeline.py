@@ -5,10 +5,12 @@ directory on `gs://` (a local emulator, tests/gcs_emulator.py); then reuse and r
 import json
 import os
 
+import numpy as np
 import pytest
 
 from gcs_emulator import gcs  # noqa: F401  pylint: disable=unused-import  (a fixture)
 from rso_jax import evaluate, fs, pipeline, train
+from rso_jax.tasks import embedded, synthetic
 
 SMALL_NET = ["network.T5Config.emb_dim=32", "network.T5Config.mlp_dim=64",
              "network.T5Config.num_heads=2", "network.T5Config.head_dim=16",
@@ -21,7 +23,7 @@ def _argv(tmp, *extra):
   return ["--gin_file=rso_hinge.gin", f'--gin.RUN_DIR="{tmp}"', "--gin.TRAIN_STEPS=3",
           "--gin.BATCH_SIZE=8", "--gin.SFT_STEPS=20", "--gin.REWARD_STEPS=6",
           "--gin.sft/train_lib.train.eval_period=0", "--gin.reward/train_lib.train.eval_period=0",
-          "--gin.NUM_PROMPTS=16", "--gin.EVAL_PROMPTS=8",
+          "--gin.NUM_PROMPTS=16", "--gin.EVAL_PROMPTS=8", "--gin.COLLECT_PROMPTS=32",
           "--gin.sample.sample_configured.num_candidates=8",
           "--gin.sample.sample_configured.num_samples=4",
           "--gin.sample.sample_configured.batch_prompts=8",
@@ -39,6 +41,23 @@ def test_main_job_on_gcs_runs_every_stage_then_reuses_and_resumes(gcs, tmp_path,
   assert rc == 0, out[-3000:]
   for d in ("sft", "reward_bt", "rso_hinge"):
     assert fs.exists(fs.join(run, d, "COMPLETED")), d
+  # The collect stage: π_sft's samples, two per train prompt, rated by the simulated annotator;
+  # the reward model trained on them (its manifest names the task).
+  collected = [json.loads(l) for l in fs.read_text(fs.join(run, "collect", "pairs.jsonl"))
+               .splitlines()]
+  cstats = json.loads(fs.read_text(fs.join(run, "collect", "stats.json")))
+  assert cstats["prompts"] == 32 and cstats["pairs"] == len(collected) > 0
+  assert cstats["pairs"] + cstats["identical"] + cstats["empty"] == 32
+  assert cstats["setting"]["policy_checkpoint"] == fs.join(run, "sft")
+  prompts = synthetic.build_environment(embedded.registered_config()).prompts["train"][:32]
+  assert {r["prompt"] for r in collected} <= set(prompts)
+  assert all(r["chosen"] != r["rejected"] and r["chosen"].strip() for r in collected)
+  rc_, rr_ = (synthetic.golden_rewards([r["prompt"] for r in collected],
+                                       [r[k] for r in collected]) for k in ("chosen", "rejected"))
+  untied = rc_ != rr_
+  assert cstats["label_agreement_with_r_star"] == pytest.approx(float(np.mean(
+      (rc_ > rr_)[untied])))
+  assert "synthetic_onpolicy_pairs" in fs.read_text(fs.join(run, "reward_bt", "config.gin"))
   samples = fs.glob(fs.join(run, "samples", "*", "COMPLETED"))
   assert len(samples) == 1
   stats = json.loads(fs.read_text(fs.join(fs.dirname(samples[0]), "stats.json")))
@@ -61,10 +80,15 @@ def test_main_job_on_gcs_runs_every_stage_then_reuses_and_resumes(gcs, tmp_path,
   assert train.main(_argv(run, "--gin.TRAIN_STEPS=5")) == 0, capsys.readouterr().err
   out2 = capsys.readouterr().out
   assert "[sft] reusing" in out2 and "[reward] reusing" in out2 and "[sample] reusing" in out2
+  assert "[collect] reusing" in out2
   assert "[reward] on π_sft's samples" in out2
   assert f"resumed from {run}/rso_hinge/checkpoints/3" in out2 and "step      5/5" in out2
   assert fs.read_text(fs.join(run, "rso_hinge", "COMPLETED")).strip() == "5"
   assert os.listdir(tmp_path) == []
+  # Pairs collected with another setting are refused (the reward model was trained on them).
+  assert train.main(_argv(run, "--gin.TRAIN_STEPS=5", "--gin.COLLECT_PROMPTS=24")) == 2
+  err = capsys.readouterr().err
+  assert "stage 'collect'" in err and "'num_prompts': 32" in err and "'num_prompts': 24" in err
 
 
 def test_a_finished_model_with_other_settings_is_not_reused(tmp_path):
@@ -125,3 +149,21 @@ def test_every_checkpoint_is_evaluated_once_and_one_is_selected(tmp_path, monkey
   seen.clear()
   assert stage.evaluate_checkpoints(str(model_dir), _report(0.8, 2.0)) == record
   assert seen == []
+
+
+@pytest.mark.parametrize("kwargs,needle", [
+    (dict(pairs_task="tldr_pairs", num_prompts=8), "'tldr_pairs' has no simulated rater"),
+    (dict(pairs_task="synthetic_dhf", num_prompts=-1), "COLLECT_PROMPTS=-1 must be an int >= 0"),
+    (dict(pairs_task="synthetic_dhf", num_prompts="8"), "COLLECT_PROMPTS='8' must be an int"),
+])
+def test_collect_stage_refusals(tmp_path, kwargs, needle):
+  from rso_jax import cli  # pylint: disable=g-import-not-at-top
+  stage = pipeline.CollectStage(policy_checkpoint=str(tmp_path / "sft"),
+                                output_path=str(tmp_path / "collect" / "pairs.jsonl"), **kwargs)
+  with pytest.raises(cli.ConfigError, match=needle):
+    stage()
+  assert not os.path.exists(tmp_path / "collect")
+  off = pipeline.CollectStage(policy_checkpoint=str(tmp_path / "sft"), num_prompts=0,
+                              output_path=str(tmp_path / "collect" / "pairs.jsonl"),
+                              pairs_task="tldr_pairs")
+  assert off() is None and not os.path.exists(tmp_path / "collect")

@@ -285,3 +285,21 @@ def test_validation_fraction_bad_values_and_empty_split(tmp_path):
                                        r"put none of the 1 usable records"):
     _examples("t_pf_vf_empty", empty)
   assert len(_examples("t_pf_vf_empty", {"train": "validation"}.get(empty, "train"))) == 1
+
+
+def test_made_by_run_files_are_looked_up_when_first_read(tmp_path):
+  """A file an earlier stage writes (the collect stage's pairs) can be registered before it
+  exists; reading it then names the file, and once written it is read whole, both splits."""
+  path = tmp_path / "collect" / "pairs.jsonl"
+  with pytest.raises(ValueError, match="Preference data file not found"):
+    tasks.register_preference_file_task("t_pf_missing", {"train": str(path)}, "jsonl")
+  tasks.register_preference_file_task("t_pf_later", {"train": str(path)}, "jsonl",
+                                      validation_fraction=0.5, made_by_run=True)
+  with pytest.raises(ValueError, match=f"Preference data file not found: '{path}'"):
+    _examples("t_pf_later")
+  path.parent.mkdir()
+  rows = [{"prompt": f"owl cat {i}", "chosen": "ram", "rejected": "dog"} for i in range(40)]
+  _write(path, rows)
+  got = _inputs("t_pf_later", "train") + _inputs("t_pf_later", "validation")
+  assert sorted(got) == sorted(r["prompt"] for r in rows)
+  assert 0 < len(_inputs("t_pf_later", "validation")) < 40

@@ -460,6 +460,7 @@ def register_preference_file_task(
     bad_records: str = "error",
     max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION,
     validation_fraction: float | None = None,
+    made_by_run: bool = False,
     tfds_name: str | None = None,
     tfds_field_map: Mapping[str, str] | None = None,
     tfds_splits: Mapping[str, str] | None = None,
@@ -500,6 +501,10 @@ def register_preference_file_task(
       text), so tasks of every kind over the same files with the same fraction agree on each
       prompt's split and no prompt is in both. Reading a carved split with no records raises
       ValueError. File formats only.
+    made_by_run: the files are written by an earlier stage of the same run (the collection
+      stage's on-policy pairs): they are looked up when a split is first read, not here, so
+      every process of the run can register the task before they exist. Default False: a
+      missing file is a ValueError at registration.
     tfds_name: TFDS builder "name[:version]" for format "tfds" (read by seqio.TfdsDataSource).
     tfds_field_map: {our field: TFDS feature path ('/' for nesting)}, our fields being
       prompt, chosen, rejected (pairs) or prompt, response (sft).
@@ -526,16 +531,20 @@ def register_preference_file_task(
                      f"{format!r}")
   split_paths = dict(path) if isinstance(path, Mapping) else {"train": path}
   split_paths = {split: p for split, p in split_paths.items() if p is not None}
-  expanded = {split: _expand(p) for split, p in split_paths.items()}
   carved = {}  # split -> its part of the train files ("train" or "validation")
-  if validation_fraction is not None and "validation" not in expanded:
-    expanded["validation"] = expanded["train"]
+  if validation_fraction is not None and "validation" not in split_paths:
+    split_paths["validation"] = split_paths["train"]
     carved = {"train": "train", "validation": "validation"}
+  if made_by_run:
+    expand = lambda split: _expand(split_paths[split])
+  else:
+    expanded = {split: _expand(p) for split, p in split_paths.items()}
+    expand = expanded.__getitem__
   reset_bad_record_stats(name)  # A re-registered task counts its own files only.
   read_kind = _read_kind(kind)
 
   def columns_fn(split: str) -> Mapping[str, Sequence[str]]:
-    paths = expanded[split]
+    paths = expand(split)
     columns, summary, files = _load_split(
         paths, tuple(_stamp(p) for p in paths), format, read_kind, bad_records,
         carved.get(split), validation_fraction if split in carved else None,
@@ -560,7 +569,7 @@ def register_preference_file_task(
                    summary["duplicates"])
     return columns
 
-  source = sources.InMemoryDataSource(columns_fn, splits=list(expanded))
+  source = sources.InMemoryDataSource(columns_fn, splits=list(split_paths))
   return sources.add_task(name, source, kind, vocabulary, truncate=truncate, flip_seed=flip_seed,
                           rm_response_label=rm_response_label, keep_context=keep_context)
 

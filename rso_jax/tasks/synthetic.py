@@ -171,6 +171,17 @@ def bt_label(r1: float, r2: float, rng: np.random.Generator,
   return bool(rng.random() < bt_probability(r1, r2, tau))
 
 
+def rate_pairs(prompts: Sequence[str | bytes], y1: Sequence[str | bytes],
+               y2: Sequence[str | bytes], rng: np.random.Generator,
+               tau: float = BT_TEMPERATURE) -> np.ndarray:
+  """The simulated raters on new pairs (on-policy collection): `[n]` bool, True where y1 is
+  preferred, each an independent draw with P = sigmoid((r*(x, y1) - r*(x, y2)) / tau)."""
+  if not len(prompts) == len(y1) == len(y2):
+    raise ValueError(f"rate_pairs: {len(prompts)} prompts, {len(y1)} y1, {len(y2)} y2")
+  p = bt_probability(golden_rewards(prompts, y1), golden_rewards(prompts, y2), tau)
+  return rng.random(len(prompts)) < np.asarray(p)
+
+
 # ----------------------------------------------------------------------------- generators
 
 
