@@ -64,7 +64,8 @@ REQUIRED = {"sft.gin": ["MODEL_DIR='r'"], "reward.gin": ["MODEL_DIR='r'"],
             "sample_rso.gin": ["SAMPLES_DIR='s'", "SFT_CHECKPOINT='a'", "REWARD_CHECKPOINT='b'",
                                "PROMPTS_TASK='synthetic_prompts'"],
             "infer.gin": ["CHECKPOINT='c'", "OUTPUT='o.jsonl'"],
-            "policy.gin": ["MODEL_DIR='r'", "PAIRS_DIR='p'"]}
+            "policy.gin": ["MODEL_DIR='r'", "PAIRS_DIR='p'"],
+            "iterative.gin": ["ROUND1_DIR='r1'"]}
 # Files that set %gin.REQUIRED macros for an including file to set: checked through one.
 INCLUDED = {"train.gin": ["sft.gin"], "pipeline.gin": ["rso_hinge.gin"]}
 GIN_FILES = sorted(os.path.relpath(f, os.path.join(REPO, "gin"))
@@ -82,10 +83,11 @@ def test_every_shipped_gin_file_reads_every_macro_it_sets(gin_file):
   elif gin_file in INCLUDED:
     files = INCLUDED[gin_file]
   elif gin_file.startswith(("reward_models/", "recipes/", "meshes/")) or gin_file in (
-      "direct.gin", "raft.gin", "rest.gin"):
+      "direct.gin", "raft.gin", "rest.gin", "iterative.gin"):
     # read after an experiment
     files = ["rso_hinge.gin", gin_file]
-  train.configure_gin(files, REQUIRED.get(files[0], []), [])
+  train.configure_gin(files, REQUIRED.get(files[0], []) + (
+      REQUIRED.get(gin_file, []) if gin_file != files[0] else []), [])
   assert not cli.unread_macros()
 
 
@@ -348,3 +350,28 @@ def test_export_convert_checkpoints_errors_are_one_line(ckpts, tmp_path, capsys)
   _one_line(capsys.readouterr().err, "rso_jax.checkpoints: error:", "checkpoint not found")
   assert checkpoints.main(["add-manifest", str(tmp_path), "--kind=seq2seq"]) == 2
   _one_line(capsys.readouterr().err, "rso_jax.checkpoints: error:", "no params checkpoint")
+
+
+def test_iterative_round_two_reads_round_one():
+  """gin/iterative.gin: the round-1 policy is the proposal, reference and starting point; the
+  reward model starts from the original π_sft and trains on both rounds' rated pairs; the
+  evaluation stays against the original π_sft; no SFT stage."""
+  train.configure_gin(["rso_hinge.gin", "iterative.gin"],
+                      ["ROUND1_DIR = '/tmp/r1'", "RUN_DIR = '/tmp/r2'"], [])
+  policy = pipeline.stage_bindings(train.train, "")
+  assert policy["initial_checkpoint_path"] == "/tmp/r1/rso_hinge"
+  assert [type(p).__name__ for p in policy["prerequisites"]] == [
+      "CollectStage", "TrainStage", "RewardQualityStage", "SampleStage"]
+  collect, _, quality, _ = policy["prerequisites"]
+  assert collect.policy_checkpoint == "/tmp/r1/rso_hinge"
+  assert collect.output_path == "/tmp/r2/collect/pairs.jsonl"
+  assert quality.sft_checkpoint == "/tmp/r1/rso_hinge"
+  reward = pipeline.stage_bindings(train.train, "reward")
+  assert reward["initial_checkpoint_path"] == "/tmp/r1/sft"
+  assert reward["model_dir"] == "/tmp/r2/reward_bt"
+  (evaluate,) = policy["after_training"]
+  assert evaluate.sft_checkpoint == "/tmp/r1/sft" and evaluate.output_dir == "/tmp/r2"
+  from rso_jax import tasks  # pylint: disable=g-import-not-at-top
+  pairs = pipeline.stage_bindings(tasks.register_preference_file_task, "onpolicy")
+  assert pairs["name"] == "synthetic_onpolicy_pairs" and pairs["made_by_run"]
+  assert pairs["path"] == {"train": ["/tmp/r1/collect/pairs.jsonl", "/tmp/r2/collect/pairs.jsonl"]}
