@@ -254,7 +254,7 @@ class CollectStage:
   setting is refused (the reward model trained on it would no longer match).
 
   `num_prompts` 0 turns the stage off. Only the embedded task has a rater: with another
-  `pairs_task` the stage is a ConfigError (label real pairs and bind REWARD_TASK to them).
+  `pairs_task` the stage is a ConfigError (label real pairs and set REWARD_PAIRS to them).
   """
   policy_checkpoint: str
   output_path: str
@@ -280,7 +280,7 @@ class CollectStage:
     if golden is None:
       raise ConfigError(f"stage {self.name!r}: {self.pairs_task!r} has no simulated rater to "
                         f"label on-policy pairs (COLLECT_PROMPTS={self.num_prompts}); set "
-                        "COLLECT_PROMPTS=0 and bind REWARD_TASK to pairs labeled by people")
+                        "COLLECT_PROMPTS=0 and set REWARD_PAIRS to pairs labeled by people")
     env = embedded.registered_config()
     draw = stage_bindings(sample.sample_configured, "sample")
     setting = dict(policy_checkpoint=fs.abspath(self.policy_checkpoint), split=self.split,
@@ -310,8 +310,8 @@ class CollectStage:
     x = [prompts[i] for i in keep]
     y1, y2 = [texts[i][0] for i in keep], [texts[i][1] for i in keep]
     r1, r2 = golden(x, y1), golden(x, y2)
-    first = synthetic.rate_pairs(x, y1, y2, np.random.default_rng([self.seed, 0xC011EC7]),
-                                 env.bt_temperature)
+    first = synthetic.bt_labels(r1, r2, np.random.default_rng([self.seed, 0xC011EC7]),
+                                env.bt_temperature)
     lines = [json.dumps({"prompt": p, "chosen": a if f else b, "rejected": b if f else a})
              for p, a, b, f in zip(x, y1, y2, first)]
     untied = r1 != r2

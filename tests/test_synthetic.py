@@ -200,7 +200,7 @@ def test_env_config_rejects_bad_values(kwargs, match):
     syn.EnvConfig(**kwargs)
 
 
-def test_rate_pairs_follows_the_bradley_terry_rule():
+def test_bt_labels_follow_the_bradley_terry_rule():
   """The collect stage's raters: P(y1 preferred) = sigmoid((r*(y1) - r*(y2)) / tau) (oracle
   written from the rule), each pair an independent draw; equal r* is a coin flip."""
   prompt = "owl cat ram"
@@ -209,12 +209,12 @@ def test_rate_pairs_follows_the_bradley_terry_rule():
   n = 20000
   rng = np.random.default_rng(0)
   for y1, y2 in cases:
-    d = syn.golden_reward(prompt, y1) - syn.golden_reward(prompt, y2)
+    r1, r2 = syn.golden_reward(prompt, y1), syn.golden_reward(prompt, y2)
     for tau in (0.15, 0.5):
-      want = 1.0 / (1.0 + math.exp(-d / tau))
-      got = syn.rate_pairs([prompt] * n, [y1] * n, [y2] * n, rng, tau)
+      want = 1.0 / (1.0 + math.exp(-(r1 - r2) / tau))
+      got = syn.bt_labels(np.full(n, r1), np.full(n, r2), rng, tau)
       assert got.dtype == bool and got.shape == (n,)
       se = math.sqrt(want * (1 - want) / n) + 1e-9
       assert abs(got.mean() - want) < 5 * se + 1e-3, (y1, y2, tau, got.mean(), want)
-  with pytest.raises(ValueError, match="2 prompts, 1 y1, 2 y2"):
-    syn.rate_pairs(["a", "b"], ["x"], ["y", "z"], rng)
+  with pytest.raises(ValueError, match=r"must be \[n\] arrays, got \(2,\) and \(1,\)"):
+    syn.bt_labels(np.zeros(2), np.zeros(1), rng)

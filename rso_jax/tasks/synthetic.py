@@ -171,15 +171,14 @@ def bt_label(r1: float, r2: float, rng: np.random.Generator,
   return bool(rng.random() < bt_probability(r1, r2, tau))
 
 
-def rate_pairs(prompts: Sequence[str | bytes], y1: Sequence[str | bytes],
-               y2: Sequence[str | bytes], rng: np.random.Generator,
-               tau: float = BT_TEMPERATURE) -> np.ndarray:
-  """The simulated raters on new pairs (on-policy collection): `[n]` bool, True where y1 is
-  preferred, each an independent draw with P = sigmoid((r*(x, y1) - r*(x, y2)) / tau)."""
-  if not len(prompts) == len(y1) == len(y2):
-    raise ValueError(f"rate_pairs: {len(prompts)} prompts, {len(y1)} y1, {len(y2)} y2")
-  p = bt_probability(golden_rewards(prompts, y1), golden_rewards(prompts, y2), tau)
-  return rng.random(len(prompts)) < np.asarray(p)
+def bt_labels(r1: np.ndarray, r2: np.ndarray, rng: np.random.Generator,
+              tau: float = BT_TEMPERATURE) -> np.ndarray:
+  """`bt_label` over `[n]` pairs of golden rewards (the collect stage's raters): `[n]` bool,
+  True where y1 is preferred, each an independent draw with P = sigmoid((r1 - r2) / tau)."""
+  r1, r2 = np.asarray(r1, np.float64), np.asarray(r2, np.float64)
+  if r1.shape != r2.shape or r1.ndim != 1:
+    raise ValueError(f"bt_labels: r1 and r2 must be [n] arrays, got {r1.shape} and {r2.shape}")
+  return rng.random(len(r1)) < bt_probability(r1, r2, tau)
 
 
 # ----------------------------------------------------------------------------- generators
