@@ -80,6 +80,11 @@ ABLATIONS = {
     "best_of_n": ("best_of_n", ()),  # 8 independent best-of-8 draws, then first-round pairs
 }
 ABLATED = ("rso_sample_rank", "hinge_norm")  # the cell the ablations change
+FRONTIER_LOSS = ABLATED[1]
+# The frontier's sweep (`--gammas`): every data setting's hinge_norm cell at these γ besides the
+# experiment's own (0.05): a decade grid that holds the paper's γ ablations (0.005, 0.5).
+GAMMAS = (0.005, 0.5, 5.0)
+KL_BUDGETS = (1.0, 2.0, 4.0, 8.0)  # nats: where the settings are compared at equal KL
 DECODINGS = ("greedy", "sample")
 # Keys of the evaluation's results[decoding]; fractions, shown in %.
 WIN_RATES = ("vs_sft_targets/proxy", "vs_sft_targets/golden", "vs_sft/proxy", "vs_sft/golden")
@@ -91,7 +96,8 @@ class StudyError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Cell:
-  """One table entry for one seed (`ablation`: a name of `ABLATIONS`, else "")."""
+  """One table entry for one seed (`ablation`: a name of `ABLATIONS` or a point of the γ sweep,
+  `gamma_name(γ)`; else "")."""
   setting: str
   loss: str
   seed: int
@@ -99,9 +105,16 @@ class Cell:
 
   @property
   def name(self) -> str:
-    if self.ablation:
-      return f"ablation-{self.ablation}"
-    return self.setting if self.setting in BASELINES else f"{self.setting}-{self.loss}"
+    if self.setting in BASELINES:
+      return self.setting
+    if self.ablation and self.ablation != self.setting:  # best_of_n is a data setting
+      return f"{self.setting}-{self.loss}-{self.ablation}"
+    return f"{self.setting}-{self.loss}"
+
+  @property
+  def gamma(self) -> Optional[float]:
+    """The γ this cell overrides (a γ ablation or a point of the sweep), else None."""
+    return float(self.ablation[len("gamma"):]) if self.ablation.startswith("gamma") else None
 
   def run_dir(self, run_root: str) -> str:
     return fs.join(fs.abspath(run_root), f"seed{self.seed}")
@@ -119,8 +132,10 @@ class Cell:
     out.append(f"--gin.POLICY_NAME={json.dumps(self.name)}")
     if self.setting not in _ADDED_GIN:
       out.append(f"--gin.DATA_SETTING={json.dumps(self.setting)}")
-    if self.ablation:
+    if self.ablation in ABLATIONS:
       out += ABLATIONS[self.ablation][1]
+    elif self.gamma is not None:
+      out.append(f"--gin.GAMMA={self.gamma!r}")
     return out + list(extra)
 
   def eval_path(self, run_root: str) -> str:
@@ -134,13 +149,21 @@ class Cell:
     return fs.join(self.run_dir(run_root), f"eval_{self.name}_checkpoints.json")
 
 
+def gamma_name(gamma: float) -> str:
+  """The ablation name of a point of the γ sweep: 0.5 -> 'gamma0.5' (as in `ABLATIONS`)."""
+  return f"gamma{float(gamma):g}"
+
+
 def cells(seeds: Sequence[int], settings: Sequence[str] = SETTINGS,
           losses: Sequence[str] = LOSSES, baselines: Sequence[str] = BASELINES,
-          ablations: Sequence[str] = ()) -> List[Cell]:
+          ablations: Sequence[str] = (), gammas: Sequence[float] = ()) -> List[Cell]:
   """Seed-major (a seed's SFT and reward model are built by its first cell), then setting, loss;
-  a seed's baselines and then its ablations after its table cells."""
+  a seed's baselines, then its γ sweep (each setting's FRONTIER_LOSS cell at each of `gammas`),
+  then its ablations, after its table cells. A γ ablation of the sweep's γ is the sweep's cell."""
   if list(ablations) == ["all"]:
     ablations = list(ABLATIONS)
+  if any(not (g > 0 and math.isfinite(g)) for g in gammas) or len(set(gammas)) != len(gammas):
+    raise StudyError(f"--gammas={list(gammas)}: give distinct positive numbers")
   for flag, values, known, empty_ok in (("--settings", settings, SETTINGS, False),
                                         ("--losses", losses, LOSSES, False),
                                         ("--baselines", baselines, BASELINES, True),
@@ -150,13 +173,19 @@ def cells(seeds: Sequence[int], settings: Sequence[str] = SETTINGS,
       raise StudyError(f"{flag}={list(values)}: choose from {list(known)}")
   if not seeds or len(set(seeds)) != len(seeds) or any(s < 0 for s in seeds):
     raise StudyError(f"--seeds={list(seeds)}: give distinct non-negative integers")
-  return [c for s in seeds for c in [Cell(st, l, s) for st in settings for l in losses]
-          + [Cell(b, "sft", s) for b in baselines]
-          + [Cell(ABLATIONS[a][0], ABLATED[1], s, a) for a in ablations]]
+  return list(dict.fromkeys(
+      c for s in seeds for c in [Cell(st, l, s) for st in settings for l in losses]
+      + [Cell(b, "sft", s) for b in baselines]
+      + [Cell(st, FRONTIER_LOSS, s, gamma_name(g)) for st in settings for g in gammas]
+      + [Cell(ABLATIONS[a][0], ABLATED[1], s, a) for a in ablations]))
 
 
 def _portable(argv: Sequence[str]) -> List[str]:
-  return list(argv[1:])  # the interpreter's path may differ between resumptions
+  """The command as recorded: without the interpreter, and with the gin files of this checkout
+  relative to it, so that a study resumes from another clone or path of the repository."""
+  flag, root = "--gin_file=", REPO + os.sep
+  return [flag + a[len(flag) + len(root):] if a.startswith(flag + root) else a
+          for a in argv[1:]]
 
 
 def finished(cell: Cell, run_root: str, argv: Sequence[str]) -> Optional[dict]:
@@ -439,6 +468,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   p.add_argument("--baselines", nargs="*", default=list(BASELINES), help="give the flag alone for none")
   p.add_argument("--ablations", nargs="*", default=[],
                  help=f"'all' or names of {list(ABLATIONS)} (default none)")
+  p.add_argument("--gammas", type=float, nargs="*", default=list(GAMMAS),
+                 help=f"the frontier's γ sweep of the {FRONTIER_LOSS} cells besides the "
+                 "experiment's γ (default %(default)s; give the flag alone for none)")
   p.add_argument("--experiment", default=os.path.join(REPO, "gin", "rso_hinge.gin"))
   p.add_argument("--run_root", default="runs/paper_table")
   p.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results", "paper_table.md"))
@@ -450,7 +482,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   command = shlex.join(["python", "launch/paper_table.py", *argv] + (["--", *extra] if extra
                                                                      else []))
   try:
-    all_cells = cells(args.seeds, args.settings, args.losses, args.baselines, args.ablations)
+    all_cells = cells(args.seeds, args.settings, args.losses, args.baselines, args.ablations,
+                      args.gammas)
     return run_study(all_cells, args.run_root, args.experiment, extra, args.out, args.decoding,
                      command, dry_run=args.dry_run, frontier=args.frontier)
   except StudyError as e:
