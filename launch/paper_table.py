@@ -224,8 +224,8 @@ def _fmt(mean: Optional[float], se: Optional[float], scale: float = 1.0, digits:
 
 def cell_values(evaluation: Mapping, decoding: str,
                 by_step: Optional[Mapping] = None) -> Dict[str, float]:
-  """The table's numbers of one finished cell: the WIN_RATES keys and `kl/mean` of its last
-  step; with its every-checkpoint record (`by_step`), the same of the selected checkpoint
+  """The table's numbers of one finished cell: the WIN_RATES keys, `kl/mean` and the mean r* of
+  its samples (`golden/policy`) at its last step; with its every-checkpoint record (`by_step`), the same of the selected checkpoint
   (`selected/` + key, and `selected/step`)."""
 
   def numbers(ev):
@@ -236,6 +236,9 @@ def cell_values(evaluation: Mapping, decoding: str,
     out = {k: float(res[k]) for k in WIN_RATES if res.get(k) is not None}
     if ev.get("kl/mean") is not None:
       out["kl/mean"] = float(ev["kl/mean"])
+    r_star = ev.get("results", {}).get("sample", {}).get("golden/policy")
+    if r_star is not None:  # the frontier's y: mean r* of the policy's samples
+      out["golden/policy"] = float(r_star)
     return out
 
   out = numbers(evaluation)
@@ -258,14 +261,63 @@ def trajectory(by_step: Mapping) -> List[tuple]:
   return out
 
 
-def draw_frontier(paths: Mapping[tuple, List[List[tuple]]], out: str) -> None:
-  """Mean r* vs KL along training, averaged over seeds per step: {(setting, loss): [trajectory
-  per seed]} -> a PNG at `out` (atomically)."""
+def cell_gamma(cell: Cell, run_root: str) -> Optional[float]:
+  """The γ the cell's policy trained with: its override, else the `GAMMA` of the operative gin
+  config its training wrote (`RUN_DIR/<name>/config.gin`); None where neither says."""
+  if cell.gamma is not None:
+    return cell.gamma
+  path = fs.join(cell.run_dir(run_root), cell.name, "config.gin")
+  if fs.exists(path):
+    for line in fs.read_text(path).splitlines():
+      if line.startswith("GAMMA = "):
+        try:
+          return float(line[len("GAMMA = "):])
+        except ValueError:
+          return None
+  return None
+
+
+def gamma_curves(results: Mapping[Cell, Dict[str, float]],
+                 gammas: Mapping[Cell, Optional[float]]) -> Dict[str, Dict[int, List[tuple]]]:
+  """The γ sweep's points at the last step: {setting: {seed: [(γ, KL, golden win rate vs the SFT
+  targets, mean r*)] by γ}} over the FRONTIER_LOSS cells of SETTINGS whose γ is known (the
+  unchanged cell and the sweep's; other ablations are left out)."""
+  out: Dict[str, Dict[int, List[tuple]]] = {}
+  for c, v in results.items():
+    g = gammas.get(c)
+    if (c.setting in SETTINGS and c.loss == FRONTIER_LOSS and g is not None
+        and (not c.ablation or c.gamma is not None) and "kl/mean" in v):
+      out.setdefault(c.setting, {}).setdefault(c.seed, []).append(
+          (g, v["kl/mean"], v.get("vs_sft_targets/golden", float("nan")),
+           v.get("golden/policy", float("nan"))))
+  for by_seed in out.values():
+    for pts in by_seed.values():
+      pts.sort()
+  return out
+
+
+def at_kl(points: Sequence[tuple], kl: float) -> Optional[float]:
+  """y at `kl` on the piecewise-linear curve through [(KL, y)] taken in order of KL; None
+  outside the KL the points span (no extrapolation) or with fewer than two points."""
+  pts = sorted(points)
+  if len(pts) < 2 or not pts[0][0] <= kl <= pts[-1][0]:
+    return None
+  for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
+    if x0 <= kl <= x1:
+      return y0 if x1 == x0 else y0 + (y1 - y0) * (kl - x0) / (x1 - x0)
+  return None
+
+
+def draw_frontier(paths: Mapping[tuple, List[List[tuple]]], out: str,
+                  curves: Optional[Mapping[str, Mapping[int, List[tuple]]]] = None) -> None:
+  """Left: mean r* vs KL along training, averaged over seeds per step: {(setting, loss):
+  [trajectory per seed]}. Right (with `curves`, `gamma_curves`'s): the same at the last step
+  over the γ sweep, mean ± SE over seeds per γ. A PNG at `out` (atomically)."""
   from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
-  fig = Figure(figsize=(7.0, 5.0), dpi=100)
+  fig = Figure(figsize=(13.0, 5.0) if curves else (7.0, 5.0), dpi=100)
   FigureCanvasAgg(fig)
-  ax = fig.add_subplot(1, 1, 1)
+  ax = fig.add_subplot(1, 2 if curves else 1, 1)
   colors = {"direct": "tab:blue", "sft_sample_rank": "tab:orange", "rso_sample_rank": "tab:green",
             "raft": "tab:red", "rest": "tab:purple"}
   markers = {"sigmoid_norm": "o", "hinge": "s", "hinge_norm": "^", "sft": "D"}
@@ -286,9 +338,36 @@ def draw_frontier(paths: Mapping[tuple, List[List[tuple]]], out: str) -> None:
             label=setting if loss == "sft" else f"{setting} / {loss}")
   ax.set_xlabel("KL(π ‖ π_sft), nats")
   ax.set_ylabel("mean golden reward r* of the policy's samples")
-  ax.set_title("reward–KL frontier along training (mean over seeds; first point: π_sft)")
+  ax.set_title("along training (mean over seeds; first point: π_sft)", fontsize=10)
   ax.grid(alpha=0.3)
   ax.legend(fontsize=7)
+  if curves:
+    right = fig.add_subplot(1, 2, 2, sharey=ax)
+    if sft is not None:
+      right.plot([0.0], [sft], color="black", marker="*", linestyle="", label="π_sft")
+    for setting in [s for s in SETTINGS if s in curves]:
+      by_gamma: Dict[float, List[tuple]] = {}
+      for pts in curves[setting].values():
+        for g, kl, _, r in pts:
+          by_gamma.setdefault(g, []).append((kl, r))
+      rows = []
+      for g, at in sorted(by_gamma.items()):
+        kl_m, kl_se = mean_stderr([p[0] for p in at])
+        r_m, r_se = mean_stderr([p[1] for p in at])
+        rows.append((g, kl_m, kl_se or 0.0, r_m, r_se or 0.0))
+      rows.sort(key=lambda row: row[1])
+      right.errorbar([r[1] for r in rows], [r[3] for r in rows], xerr=[r[2] for r in rows],
+                     yerr=[r[4] for r in rows], color=colors[setting], marker="^", capsize=2,
+                     label=f"{setting} / {FRONTIER_LOSS}")
+      for g, x, _, y, _ in rows:
+        right.annotate(f"γ={g:g}", (x, y), textcoords="offset points", xytext=(3, 3),
+                       fontsize=6, color=colors[setting])
+    right.set_xlabel("KL(π ‖ π_sft), nats")
+    right.set_title(f"over γ at the last step ({FRONTIER_LOSS}; mean ± SE over seeds)",
+                    fontsize=10)
+    right.grid(alpha=0.3)
+    right.legend(fontsize=7)
+  fig.suptitle("reward–KL frontier")
   fig.tight_layout()
   buf = io.BytesIO()
   fig.savefig(buf, format="png")
@@ -312,13 +391,18 @@ def reward_quality(run_dir: str) -> Optional[dict]:
 def table_markdown(all_cells: Sequence[Cell], results: Mapping[Cell, Dict[str, float]],
                    records: Mapping[Cell, dict], quality: Mapping[int, Optional[dict]], *,
                    decoding: str, command: str, settings: Sequence[str] = SETTINGS,
-                   losses: Sequence[str] = LOSSES) -> str:
-  """The study's report: tables in the paper's layout (rows: loss, columns: data setting)."""
+                   losses: Sequence[str] = LOSSES, ablations: Optional[Sequence[str]] = None,
+                   gammas: Optional[Mapping[Cell, Optional[float]]] = None) -> str:
+  """The study's report: tables in the paper's layout (rows: loss, columns: data setting); the
+  ablations' table (`ablations`: the names asked for; default: every ablation with a cell); the
+  frontier over γ and the settings at equal KL (with `gammas`, `cell_gamma` per cell)."""
   seeds = sorted({c.seed for c in all_cells})
   done = [c for c in all_cells if c in results]
   wall = sum(float(records[c].get("wall_seconds", 0.0)) for c in done if c in records)
-  title = "RSO paper table (Table 1 layout)" + (
-      " and ablations" if any(c.ablation for c in all_cells) else "")
+  if ablations is None:
+    ablations = [a for a in ABLATIONS if any(c.ablation == a for c in all_cells)]
+  ablations = [a for a in ABLATIONS if a in ablations]
+  title = "RSO paper table (Table 1 layout)" + (" and ablations" if ablations else "")
   lines = [f"# {title} on this repository's pipeline", "",
            f"- command: `{command}`",
            f"- seeds: {seeds}; cells finished: {len(done)}/{len(all_cells)}; wall time of the "
@@ -376,7 +460,6 @@ def table_markdown(all_cells: Sequence[Cell], results: Mapping[Cell, Dict[str, f
     lines += ["", "## Baselines (SFT of π_sft on selected samples; same columns as above)", "",
               "| baseline | " + summary_head, "|---|---|---|---|---|---|"]
     lines += [f"| {b} | " + summary(b, "sft") for b in baselines]
-  ablations = [a for a in ABLATIONS if any(c.ablation == a for c in all_cells)]
   if ablations:
     lines += ["", f"## Ablations ({ABLATED[0]} / {ABLATED[1]}, one knob changed; the first row "
               "is the unchanged cell)", "",
@@ -388,6 +471,9 @@ def table_markdown(all_cells: Sequence[Cell], results: Mapping[Cell, Dict[str, f
               or f"DATA_SETTING={setting}")
       lines.append(f"| {a or '(none)'} | {f'`{what}`' if what else '—'} | "
                    + summary(setting, ABLATED[1], a))
+  curves = gamma_curves(results, gammas or {})
+  if any(len({p[0] for pts in by_seed.values() for p in pts}) > 1 for by_seed in curves.values()):
+    lines += frontier_markdown(curves)
   lines += ["", "## Seeds per cell", "", "| loss | " + " | ".join(settings) + " |",
             "|---" * (len(settings) + 1) + "|"]
   for loss in losses:
@@ -397,16 +483,54 @@ def table_markdown(all_cells: Sequence[Cell], results: Mapping[Cell, Dict[str, f
   return "\n".join(lines) + "\n"
 
 
+def frontier_markdown(curves: Mapping[str, Mapping[int, List[tuple]]],
+                      budgets: Sequence[float] = KL_BUDGETS) -> List[str]:
+  """The frontier's tables from `gamma_curves`: each setting at each γ, and the settings at
+  equal KL (each seed's γ curve interpolated at each budget, then mean ± SE over the seeds
+  whose curve spans it)."""
+  settings = [s for s in SETTINGS if s in curves]
+  lines = ["", f"## The frontier over γ ({FRONTIER_LOSS}, last step; mean ± SE over seeds)", "",
+           "| setting | γ | KL, nats | golden win rate vs the SFT targets, % | mean r* of "
+           "samples | seeds |", "|---|---|---|---|---|---|"]
+  for setting in settings:
+    by_gamma: Dict[float, List[tuple]] = {}
+    for pts in curves[setting].values():
+      for g, kl, win, r in pts:
+        by_gamma.setdefault(g, []).append((kl, win, r))
+    for g, at in sorted(by_gamma.items()):
+      lines.append(f"| {setting} | {g:g} | {_fmt(*mean_stderr([p[0] for p in at]), 1.0, 2)} | "
+                   f"{_fmt(*mean_stderr([p[1] for p in at]), 100.0, 1)} | "
+                   f"{_fmt(*mean_stderr([p[2] for p in at]), 1.0, 3)} | {len(at)} |")
+  lines += ["", "## At equal KL: golden win rate vs the SFT targets, % / mean r* (each seed's γ "
+            "curve interpolated at the KL; mean ± SE over the seeds whose curve spans it, their "
+            "number in brackets; — where none does)", "",
+            "| KL, nats | " + " | ".join(settings) + " |", "|---" * (len(settings) + 1) + "|"]
+  for kl in budgets:
+    row = []
+    for setting in settings:
+      wins, rs = [], []
+      for pts in curves[setting].values():
+        win = at_kl([(p[1], p[2]) for p in pts], kl)
+        if win is not None:
+          wins.append(win)
+          rs.append(at_kl([(p[1], p[3]) for p in pts], kl))
+      row.append("—" if not wins else f"{_fmt(*mean_stderr(wins), 100.0, 1)} / "
+                 f"{_fmt(*mean_stderr(rs), 1.0, 3)} ({len(wins)})")
+    lines.append(f"| {kl:g} | " + " | ".join(row) + " |")
+  return lines
+
+
 def _ordered(values) -> tuple:
   return tuple(dict.fromkeys(values))
 
 
 def run_study(all_cells: Sequence[Cell], run_root: str, experiment: str, extra: Sequence[str],
               out: str, decoding: str, command: str, dry_run: bool = False,
-              runner=subprocess.run, frontier: Optional[str] = None) -> int:
+              runner=subprocess.run, frontier: Optional[str] = None,
+              ablations: Optional[Sequence[str]] = None) -> int:
   """Runs the cells not finished yet, one after another; rewrites `out` (and the `frontier`
-  PNG) after each."""
-  results, records, paths = {}, {}, {}
+  PNG) after each. `ablations`: the names asked for (see `table_markdown`)."""
+  results, records, paths, gammas = {}, {}, {}, {}
 
   def report():
     quality = {s: reward_quality(fs.join(fs.abspath(run_root), f"seed{s}"))
@@ -417,13 +541,17 @@ def run_study(all_cells: Sequence[Cell], run_root: str, experiment: str, extra: 
         settings=_ordered(c.setting for c in all_cells
                           if c.setting not in BASELINES and not c.ablation),
         losses=_ordered(c.loss for c in all_cells
-                        if c.setting not in BASELINES and not c.ablation)))
+                        if c.setting not in BASELINES and not c.ablation),
+        ablations=ablations, gammas=gammas))
     lines = {}
     for c, path in paths.items():  # the frontier: the table's cells and the baselines
       if not c.ablation:
         lines.setdefault((c.setting, c.loss), []).append(path)
+    curves = gamma_curves(results, gammas)
+    swept = any(len({p[0] for pts in by_seed.values() for p in pts}) > 1
+                for by_seed in curves.values())
     if frontier and any(lines.values()):
-      draw_frontier(lines, frontier)
+      draw_frontier(lines, frontier, curves if swept else None)
 
   for i, cell in enumerate(all_cells, 1):
     argv = cell.argv(run_root, experiment, extra)
@@ -451,6 +579,7 @@ def run_study(all_cells: Sequence[Cell], run_root: str, experiment: str, extra: 
     results[cell] = cell_values(json.loads(fs.read_text(cell.eval_path(run_root))), decoding,
                                 by_step)
     paths[cell] = trajectory(by_step) if by_step else []
+    gammas[cell] = cell_gamma(cell, run_root)
     if not dry_run:
       report()
   if not dry_run:
@@ -485,7 +614,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     all_cells = cells(args.seeds, args.settings, args.losses, args.baselines, args.ablations,
                       args.gammas)
     return run_study(all_cells, args.run_root, args.experiment, extra, args.out, args.decoding,
-                     command, dry_run=args.dry_run, frontier=args.frontier)
+                     command, dry_run=args.dry_run, frontier=args.frontier,
+                     ablations=list(ABLATIONS) if args.ablations == ["all"] else args.ablations)
   except StudyError as e:
     print(f"paper_table: {e}", file=sys.stderr)
     return 2

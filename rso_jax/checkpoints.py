@@ -114,6 +114,18 @@ def vocabulary_spec(vocab: Any) -> dict:
                         "use seqio.ByteVocabulary or seqio.SentencePieceVocabulary")
 
 
+def same_vocabulary(a: Any, b: Any) -> bool:
+  """Same token ids for the same text (seqio vocabularies): same class, and for SentencePiece
+  the same model file's bytes, wherever it lies (its extra sentinel ids, which no text encodes
+  to, may differ)."""
+  import seqio  # pylint: disable=g-import-not-at-top
+  if type(a) is not type(b):
+    return False
+  if isinstance(a, seqio.SentencePieceVocabulary):  # (sp_model includes the extra ids)
+    return fs.read_bytes(a.sentencepiece_model_file) == fs.read_bytes(b.sentencepiece_model_file)
+  return True
+
+
 def vocabulary_from_spec(spec: Optional[Mapping[str, Any]], directory: Optional[str] = None):
   """The seqio vocabulary of a manifest's `vocabulary` entry (the copied file first)."""
   from rso_jax.tasks import vocab as vocab_lib  # pylint: disable=g-import-not-at-top

@@ -297,7 +297,8 @@ def evaluate_policy(
       path, mesh=mesh, expect=checkpoints.GENERATIVE_KINDS, role=role, batch_size=batch_size,
       feature_lengths=lengths, keep_context=keep_context)
   policy, sft = load(policy_path, "policy"), load(sft_path, "SFT")
-  if policy.manifest.vocabulary != sft.manifest.vocabulary:
+  if not checkpoints.same_vocabulary(policy.manifest.get_vocabulary(),
+                                     sft.manifest.get_vocabulary()):
     raise checkpoints.CheckpointError(
         f"policy {policy_path!r} and SFT {sft_path!r} use different vocabularies "
         f"({policy.manifest.vocabulary} vs {sft.manifest.vocabulary}): KL needs one")

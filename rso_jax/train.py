@@ -205,21 +205,10 @@ def _check_initial_checkpoint(path: str, manifest: checkpoints.Manifest) -> None
     raise ConfigError(f"INITIAL_CHECKPOINT_PATH={path!r} has another network than the model "
                       f"(checkpoint vs model: {diff}); set the model's size to the "
                       "checkpoint's (e.g. MODEL_CONFIG = @checkpoints.read_config())")
-  if init.vocabulary is not None and manifest.task and not _same_vocabulary(
+  if init.vocabulary is not None and manifest.task and not checkpoints.same_vocabulary(
       init.get_vocabulary(), task_vocabulary(manifest.task)):
     raise ConfigError(f"INITIAL_CHECKPOINT_PATH={path!r} reads vocabulary {init.vocabulary} "
                       f"but task {manifest.task!r} is tokenized with {manifest.vocabulary}")
-
-
-def _same_vocabulary(a: Any, b: Any) -> bool:
-  """Same token ids for the same text: same class, and for SentencePiece the same model (its
-  extra sentinel ids, which no text encodes to, may differ)."""
-  import seqio  # pylint: disable=g-import-not-at-top
-  if type(a) is not type(b):
-    return False
-  if isinstance(a, seqio.SentencePieceVocabulary):  # (sp_model includes the extra ids)
-    return fs.read_bytes(a.sentencepiece_model_file) == fs.read_bytes(b.sentencepiece_model_file)
-  return True
 
 
 def _is_int(v: Any) -> bool:

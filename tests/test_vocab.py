@@ -34,3 +34,23 @@ def test_words_model_is_what_its_recipe_trains(tmp_path):
   pieces = lambda p: [spm.SentencePieceProcessor(model_file=p).id_to_piece(i) for i in range(
       spm.SentencePieceProcessor(model_file=p).get_piece_size())]
   assert pieces(path) == pieces(vocab.synthetic_words_model())
+
+
+def test_same_vocabulary_is_the_model_files_bytes_not_its_path(tmp_path):
+  """A checkpoint made in one clone and read in another names its SentencePiece file by another
+  path: the same bytes are the same vocabulary; another model or bytes is not."""
+  import seqio
+  from rso_jax import checkpoints
+  here = vocab.synthetic_words_model()
+  moved = tmp_path / "elsewhere.model"
+  moved.write_bytes(open(here, "rb").read())
+  assert checkpoints.same_vocabulary(vocab.get_vocabulary(here), vocab.get_vocabulary(str(moved)))
+  assert checkpoints.same_vocabulary(vocab.get_vocabulary(here),
+                                     vocab.get_vocabulary(here, extra_ids=3))  # sentinels only
+  spm.SentencePieceTrainer.train(sentence_iterator=iter(["owl cat ram", "cat dog"] * 50),
+                                 model_prefix=str(tmp_path / "other"), vocab_size=7,
+                                 model_type="word", minloglevel=2)
+  other = vocab.get_vocabulary(str(tmp_path / "other.model"))
+  assert not checkpoints.same_vocabulary(vocab.get_vocabulary(here), other)
+  assert not checkpoints.same_vocabulary(vocab.get_vocabulary(here), seqio.ByteVocabulary())
+  assert checkpoints.same_vocabulary(seqio.ByteVocabulary(), seqio.ByteVocabulary())
