@@ -7,5 +7,5 @@
 # (e.g. --seeds 0, --dry_run, -- --gin.TRAIN_STEPS=100).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-exec python3 launch/paper_table.py --settings rso_sample_rank --losses hinge_norm --baselines --gammas \
+exec python3 launch/paper_table.py --settings rso_sample_rank --losses hinge_norm --baselines --gammas --round2 \
   --ablations all --out benchmarks/results/ablations.md --frontier "" "$@"

@@ -16,9 +16,17 @@ beside the unchanged cell. Seed s runs in `RUN_ROOT/seed<s>` with `RANDOM_SEED =
 of one seed share its SFT policy, its reward model and, per data setting, its samples (the
 pipeline reuses finished stages); nothing is shared across seeds.
 
+The frontier (`--gammas`, default 0.005 0.5 5): each data setting's hinge_norm cell again at each
+γ (the γ ablations are these cells), so the settings are compared at equal KL: each seed's
+curve of (KL, golden win rate / mean r*) over γ is interpolated at 1, 2, 4 and 8 nats.
+Iterative RSO (`--round2`, default the rso hinge_norm cells at γ 0.05 and 0.5): round 2
+(gin/iterative.gin) from that cell's policy, in `RUN_ROOT/seed<s>/round2-<cell>`, reported
+beside its round 1 and drawn on the frontier as an arrow.
+
 Resuming: a cell whose evaluation (`RUN_DIR/eval_<cell>.json`) and record
-(`RUN_DIR/study_<cell>.json`: its command and wall time) exist is reused when the command is
-the same; a finished cell of another command is refused (remove it, or use another
+(`RUN_DIR/study_<cell>.json`: its command, with this checkout's gin files relative to it, and
+its wall time) exist is reused when the command is the same, from any clone of the repository;
+a finished cell of another command is refused (remove it, or use another
 `--run_root`). An interrupted cell resumes where its stages stopped.
 
 Every cell also evaluates each checkpoint its training kept (`EVAL_EVERY_CHECKPOINT`) and
@@ -33,7 +41,8 @@ reward stage's `reward_quality.json`); wall time; the command. The decoding whos
 shown is `--decoding` (greedy or sample). Beside it (`--frontier`, default
 benchmarks/results/frontier.png): mean r* of the policy's samples against KL(π‖π_sft) at every
 evaluated checkpoint, averaged over seeds, one line per data setting and loss from π_sft (KL 0)
-on -- the methods compared along their path, not at one point.
+on -- the methods compared along their path, not at one point -- and, with the sweep, a second
+panel: the last step over γ per setting, with round 2's arrows.
 
 Exit status: 0 every cell finished (or was printed), 2 a refused configuration (one line),
 else the first failing cell's status (the cells after it are not started).
@@ -85,6 +94,9 @@ FRONTIER_LOSS = ABLATED[1]
 # experiment's own (0.05): a decade grid that holds the paper's γ ablations (0.005, 0.5).
 GAMMAS = (0.005, 0.5, 5.0)
 KL_BUDGETS = (1.0, 2.0, 4.0, 8.0)  # nats: where the settings are compared at equal KL
+# Iterative RSO (`--round2`, gin/iterative.gin): round 2 from these round-1 cells of each seed,
+# the experiment's γ and the paper's other γ ablation (where the study has them).
+ROUND2 = ("rso_sample_rank-hinge_norm", "rso_sample_rank-hinge_norm-gamma0.5")
 DECODINGS = ("greedy", "sample")
 # Keys of the evaluation's results[decoding]; fractions, shown in %.
 WIN_RATES = ("vs_sft_targets/proxy", "vs_sft_targets/golden", "vs_sft/proxy", "vs_sft/golden")
@@ -97,14 +109,18 @@ class StudyError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class Cell:
   """One table entry for one seed (`ablation`: a name of `ABLATIONS` or a point of the γ sweep,
-  `gamma_name(γ)`; else "")."""
+  `gamma_name(γ)`; else ""). `round2`: iterative RSO's second round from this cell's policy
+  (gin/iterative.gin, in its own run directory; evaluated against the original π_sft)."""
   setting: str
   loss: str
   seed: int
   ablation: str = ""
+  round2: bool = False
 
   @property
   def name(self) -> str:
+    if self.round2:
+      return "round2-" + self.round1.name
     if self.setting in BASELINES:
       return self.setting
     if self.ablation and self.ablation != self.setting:  # best_of_n is a data setting
@@ -112,18 +128,26 @@ class Cell:
     return f"{self.setting}-{self.loss}"
 
   @property
+  def round1(self) -> "Cell":
+    """The cell itself as round 1 (the cell whose policy round 2 starts from)."""
+    return dataclasses.replace(self, round2=False)
+
+  @property
   def gamma(self) -> Optional[float]:
     """The γ this cell overrides (a γ ablation or a point of the sweep), else None."""
     return float(self.ablation[len("gamma"):]) if self.ablation.startswith("gamma") else None
 
   def run_dir(self, run_root: str) -> str:
-    return fs.join(fs.abspath(run_root), f"seed{self.seed}")
+    seed_dir = fs.join(fs.abspath(run_root), f"seed{self.seed}")
+    return fs.join(seed_dir, self.name) if self.round2 else seed_dir
 
   def argv(self, run_root: str, experiment: str, extra: Sequence[str] = ()) -> List[str]:
     """The cell's command: `python -m rso_jax.train` with the cell's overrides, then `extra`."""
     gin_files = [experiment]
     if self.setting in _ADDED_GIN:
       gin_files.append(os.path.join(REPO, "gin", _ADDED_GIN[self.setting]))
+    if self.round2:
+      gin_files.append(os.path.join(REPO, "gin", "iterative.gin"))
     out = [sys.executable, "-m", "rso_jax.train", *(f"--gin_file={f}" for f in gin_files),
            f"--gin.RUN_DIR={json.dumps(self.run_dir(run_root))}",
            f"--gin.RANDOM_SEED={self.seed}", "--gin.EVAL_EVERY_CHECKPOINT=True"]
@@ -136,6 +160,9 @@ class Cell:
       out += ABLATIONS[self.ablation][1]
     elif self.gamma is not None:
       out.append(f"--gin.GAMMA={self.gamma!r}")
+    if self.round2:
+      out += [f"--gin.ROUND1_DIR={json.dumps(self.round1.run_dir(run_root))}",
+              f"--gin.ROUND1_POLICY_NAME={json.dumps(self.round1.name)}"]
     return out + list(extra)
 
   def eval_path(self, run_root: str) -> str:
@@ -156,10 +183,13 @@ def gamma_name(gamma: float) -> str:
 
 def cells(seeds: Sequence[int], settings: Sequence[str] = SETTINGS,
           losses: Sequence[str] = LOSSES, baselines: Sequence[str] = BASELINES,
-          ablations: Sequence[str] = (), gammas: Sequence[float] = ()) -> List[Cell]:
+          ablations: Sequence[str] = (), gammas: Sequence[float] = (),
+          round2: Optional[Sequence[str]] = ()) -> List[Cell]:
   """Seed-major (a seed's SFT and reward model are built by its first cell), then setting, loss;
   a seed's baselines, then its γ sweep (each setting's FRONTIER_LOSS cell at each of `gammas`),
-  then its ablations, after its table cells. A γ ablation of the sweep's γ is the sweep's cell."""
+  then its ablations, after its table cells. A γ ablation of the sweep's γ is the sweep's cell.
+  Last, a seed's round-2 cells from the round-1 cells named in `round2` (None: those of `ROUND2`
+  the study has)."""
   if list(ablations) == ["all"]:
     ablations = list(ABLATIONS)
   if any(not (g > 0 and math.isfinite(g)) for g in gammas) or len(set(gammas)) != len(gammas):
@@ -173,11 +203,21 @@ def cells(seeds: Sequence[int], settings: Sequence[str] = SETTINGS,
       raise StudyError(f"{flag}={list(values)}: choose from {list(known)}")
   if not seeds or len(set(seeds)) != len(seeds) or any(s < 0 for s in seeds):
     raise StudyError(f"--seeds={list(seeds)}: give distinct non-negative integers")
-  return list(dict.fromkeys(
-      c for s in seeds for c in [Cell(st, l, s) for st in settings for l in losses]
-      + [Cell(b, "sft", s) for b in baselines]
-      + [Cell(st, FRONTIER_LOSS, s, gamma_name(g)) for st in settings for g in gammas]
-      + [Cell(ABLATIONS[a][0], ABLATED[1], s, a) for a in ablations]))
+  out = []
+  for s in seeds:
+    round1 = list(dict.fromkeys(
+        [Cell(st, l, s) for st in settings for l in losses]
+        + [Cell(b, "sft", s) for b in baselines]
+        + [Cell(st, FRONTIER_LOSS, s, gamma_name(g)) for st in settings for g in gammas]
+        + [Cell(ABLATIONS[a][0], ABLATED[1], s, a) for a in ablations]))
+    by_name = {c.name: c for c in round1}
+    names = [n for n in ROUND2 if n in by_name] if round2 is None else list(round2)
+    bad = [n for n in names if n not in by_name or by_name[n].setting in ("direct", *BASELINES)]
+    if bad or len(set(names)) != len(names):
+      raise StudyError(f"--round2={names}: choose distinct sampled cells of this study from "
+                       f"{[n for n, c in by_name.items() if c.setting not in ('direct', *BASELINES)]}")
+    out += round1 + [dataclasses.replace(by_name[n], round2=True) for n in names]
+  return out
 
 
 def _portable(argv: Sequence[str]) -> List[str]:
@@ -285,7 +325,7 @@ def gamma_curves(results: Mapping[Cell, Dict[str, float]],
   out: Dict[str, Dict[int, List[tuple]]] = {}
   for c, v in results.items():
     g = gammas.get(c)
-    if (c.setting in SETTINGS and c.loss == FRONTIER_LOSS and g is not None
+    if (c.setting in SETTINGS and c.loss == FRONTIER_LOSS and g is not None and not c.round2
         and (not c.ablation or c.gamma is not None) and "kl/mean" in v):
       out.setdefault(c.setting, {}).setdefault(c.seed, []).append(
           (g, v["kl/mean"], v.get("vs_sft_targets/golden", float("nan")),
@@ -309,10 +349,13 @@ def at_kl(points: Sequence[tuple], kl: float) -> Optional[float]:
 
 
 def draw_frontier(paths: Mapping[tuple, List[List[tuple]]], out: str,
-                  curves: Optional[Mapping[str, Mapping[int, List[tuple]]]] = None) -> None:
+                  curves: Optional[Mapping[str, Mapping[int, List[tuple]]]] = None,
+                  rounds: Optional[Mapping[str, List[tuple]]] = None) -> None:
   """Left: mean r* vs KL along training, averaged over seeds per step: {(setting, loss):
   [trajectory per seed]}. Right (with `curves`, `gamma_curves`'s): the same at the last step
-  over the γ sweep, mean ± SE over seeds per γ. A PNG at `out` (atomically)."""
+  over the γ sweep, mean ± SE over seeds per γ; `rounds` ({round-1 cell: [(KL, r*) of round 1
+  and of round 2, per seed]}): an arrow from round 1 to round 2 (seed means). A PNG at `out`
+  (atomically)."""
   from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
   fig = Figure(figsize=(13.0, 5.0) if curves else (7.0, 5.0), dpi=100)
@@ -362,6 +405,12 @@ def draw_frontier(paths: Mapping[tuple, List[List[tuple]]], out: str,
       for g, x, _, y, _ in rows:
         right.annotate(f"γ={g:g}", (x, y), textcoords="offset points", xytext=(3, 3),
                        fontsize=6, color=colors[setting])
+    for i, (name, pts) in enumerate(sorted((rounds or {}).items())):
+      m = [sum(p[j] for p in pts) / len(pts) for j in range(4)]
+      right.annotate("", xy=(m[2], m[3]), xytext=(m[0], m[1]),
+                     arrowprops=dict(arrowstyle="->", color="black", lw=1.0))
+      right.plot([m[2]], [m[3]], color="black", marker="P", linestyle="",
+                 label="iterative RSO: round 2 (arrow from round 1)" if i == 0 else None)
     right.set_xlabel("KL(π ‖ π_sft), nats")
     right.set_title(f"over γ at the last step ({FRONTIER_LOSS}; mean ± SE over seeds)",
                     fontsize=10)
@@ -392,10 +441,13 @@ def table_markdown(all_cells: Sequence[Cell], results: Mapping[Cell, Dict[str, f
                    records: Mapping[Cell, dict], quality: Mapping[int, Optional[dict]], *,
                    decoding: str, command: str, settings: Sequence[str] = SETTINGS,
                    losses: Sequence[str] = LOSSES, ablations: Optional[Sequence[str]] = None,
-                   gammas: Optional[Mapping[Cell, Optional[float]]] = None) -> str:
+                   gammas: Optional[Mapping[Cell, Optional[float]]] = None,
+                   round2_quality: Optional[Mapping[Cell, Optional[dict]]] = None) -> str:
   """The study's report: tables in the paper's layout (rows: loss, columns: data setting); the
   ablations' table (`ablations`: the names asked for; default: every ablation with a cell); the
-  frontier over γ and the settings at equal KL (with `gammas`, `cell_gamma` per cell)."""
+  frontier over γ and the settings at equal KL (with `gammas`, `cell_gamma` per cell); round 2
+  beside its round 1 (`round2_quality`: the refreshed reward model's `reward_quality` per
+  round-2 cell)."""
   seeds = sorted({c.seed for c in all_cells})
   done = [c for c in all_cells if c in results]
   wall = sum(float(records[c].get("wall_seconds", 0.0)) for c in done if c in records)
@@ -420,7 +472,7 @@ def table_markdown(all_cells: Sequence[Cell], results: Mapping[Cell, Dict[str, f
 
   def values(setting, loss, key, ablation=""):
     return [results[c][key] for c in done if c.setting == setting and c.loss == loss
-            and c.ablation == ablation and key in results[c]]
+            and c.ablation == ablation and not c.round2 and key in results[c]]
 
   def block(title, keys, scale, digits):
     head = "| loss | " + " | ".join(settings) + " |"
@@ -450,7 +502,8 @@ def table_markdown(all_cells: Sequence[Cell], results: Mapping[Cell, Dict[str, f
     """One row's cells under `summary_head`: one cell, mean ± SE over its seeds."""
     pct = lambda keys: " / ".join(_fmt(*mean_stderr(values(setting, loss, k, ablation)),
                                        100.0, 1) for k in keys)
-    n = len([c for c in done if (c.setting, c.loss, c.ablation) == (setting, loss, ablation)])
+    n = len([c for c in done if (c.setting, c.loss, c.ablation, c.round2)
+             == (setting, loss, ablation, False)])
     return (f"{pct(('vs_sft_targets/proxy', 'vs_sft_targets/golden'))} | "
             f"{pct(('vs_sft/proxy', 'vs_sft/golden'))} | "
             f"{_fmt(*mean_stderr(values(setting, loss, 'kl/mean', ablation)), 1.0, 2)} | "
@@ -474,11 +527,34 @@ def table_markdown(all_cells: Sequence[Cell], results: Mapping[Cell, Dict[str, f
   curves = gamma_curves(results, gammas or {})
   if any(len({p[0] for pts in by_seed.values() for p in pts}) > 1 for by_seed in curves.values()):
     lines += frontier_markdown(curves)
+  round1 = _ordered(c.round1.name for c in all_cells if c.round2)
+  if round1:
+    lines += ["", "## Iterative RSO: round 2 from a round-1 cell (gin/iterative.gin; KL and win "
+              "rates against the original π_sft and its SFT targets)", "",
+              "| round 1 | round 1: KL, nats / golden win vs SFT targets, % / mean r* | round 2: "
+              "the same | round 2: proxy win vs SFT targets, % | refreshed reward model: "
+              "accuracy vs r* on the round-1 policy's samples | seeds |",
+              "|---|---|---|---|---|---|"]
+    for name in round1:
+      two = [c for c in done if c.round2 and c.round1.name == name]
+      one = [c.round1 for c in two if c.round1 in results]
+
+      def triple(cs):
+        get = lambda k: mean_stderr([results[c][k] for c in cs if k in results[c]])
+        return (f"{_fmt(*get('kl/mean'), 1.0, 2)} / {_fmt(*get('vs_sft_targets/golden'), 100.0, 1)}"
+                f" / {_fmt(*get('golden/policy'), 1.0, 3)}")
+      acc = [q["accuracy"] for q in ((round2_quality or {}).get(c) for c in two)
+             if q and q.get("accuracy") is not None]
+      proxy = mean_stderr([results[c]["vs_sft_targets/proxy"] for c in two
+                           if "vs_sft_targets/proxy" in results[c]])
+      lines.append(f"| {name} | {triple(one)} | {triple(two)} | {_fmt(*proxy, 100.0, 1)} | "
+                   f"{_fmt(*mean_stderr(acc), 1.0, 3)} | {len(two)} |")
   lines += ["", "## Seeds per cell", "", "| loss | " + " | ".join(settings) + " |",
             "|---" * (len(settings) + 1) + "|"]
   for loss in losses:
     lines.append(f"| {loss} | " + " | ".join(
-        str(len([c for c in done if c.setting == st and c.loss == loss and not c.ablation]))
+        str(len([c for c in done if c.setting == st and c.loss == loss and not c.ablation
+                 and not c.round2]))
         for st in settings) + " |")
   return "\n".join(lines) + "\n"
 
@@ -539,19 +615,26 @@ def run_study(all_cells: Sequence[Cell], run_root: str, experiment: str, extra: 
     fs.atomic_write_text(out, table_markdown(
         all_cells, results, records, quality, decoding=decoding, command=command,
         settings=_ordered(c.setting for c in all_cells
-                          if c.setting not in BASELINES and not c.ablation),
+                          if c.setting not in BASELINES and not c.ablation and not c.round2),
         losses=_ordered(c.loss for c in all_cells
-                        if c.setting not in BASELINES and not c.ablation),
-        ablations=ablations, gammas=gammas))
+                        if c.setting not in BASELINES and not c.ablation and not c.round2),
+        ablations=ablations, gammas=gammas,
+        round2_quality={c: reward_quality(c.run_dir(run_root)) for c in results if c.round2}))
     lines = {}
     for c, path in paths.items():  # the frontier: the table's cells and the baselines
-      if not c.ablation:
+      if not c.ablation and not c.round2:
         lines.setdefault((c.setting, c.loss), []).append(path)
     curves = gamma_curves(results, gammas)
     swept = any(len({p[0] for pts in by_seed.values() for p in pts}) > 1
                 for by_seed in curves.values())
+    rounds = {}  # round 1 -> round 2 on the frontier: (KL, mean r*) of both, per seed
+    for c in results:
+      one, two = results.get(c.round1, {}), results[c]
+      if c.round2 and all(k in d for d in (one, two) for k in ("kl/mean", "golden/policy")):
+        rounds.setdefault(c.round1.name, []).append(
+            (one["kl/mean"], one["golden/policy"], two["kl/mean"], two["golden/policy"]))
     if frontier and any(lines.values()):
-      draw_frontier(lines, frontier, curves if swept else None)
+      draw_frontier(lines, frontier, curves if swept else None, rounds)
 
   for i, cell in enumerate(all_cells, 1):
     argv = cell.argv(run_root, experiment, extra)
@@ -600,6 +683,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   p.add_argument("--gammas", type=float, nargs="*", default=list(GAMMAS),
                  help=f"the frontier's γ sweep of the {FRONTIER_LOSS} cells besides the "
                  "experiment's γ (default %(default)s; give the flag alone for none)")
+  p.add_argument("--round2", nargs="*", default=None,
+                 help="iterative RSO: round 2 (gin/iterative.gin) from these cells of each seed "
+                 f"(default: those of {list(ROUND2)} the study has; the flag alone for none)")
   p.add_argument("--experiment", default=os.path.join(REPO, "gin", "rso_hinge.gin"))
   p.add_argument("--run_root", default="runs/paper_table")
   p.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results", "paper_table.md"))
@@ -612,7 +698,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                                      else []))
   try:
     all_cells = cells(args.seeds, args.settings, args.losses, args.baselines, args.ablations,
-                      args.gammas)
+                      args.gammas, args.round2)
     return run_study(all_cells, args.run_root, args.experiment, extra, args.out, args.decoding,
                      command, dry_run=args.dry_run, frontier=args.frontier,
                      ablations=list(ABLATIONS) if args.ablations == ["all"] else args.ablations)

@@ -399,6 +399,7 @@ class RewardQualityStage:
   split: str = "validation"
   seed: int = 0
   name: str = "reward"
+  proposal: str = "π_sft"  # what `sft_checkpoint` is, in the printed line
 
   def __call__(self) -> Optional[dict]:
     import jax  # pylint: disable=g-import-not-at-top
@@ -407,7 +408,7 @@ class RewardQualityStage:
     path = fs.join(self.reward_checkpoint, REWARD_QUALITY)
     if synthetic.golden_reward_of(self.pairs_task) is None:
       print(f"[{self.name}] {self.pairs_task!r} has no golden reward: the reward model's "
-            "accuracy on π_sft's samples is not measured", flush=True)
+            f"accuracy on {self.proposal}'s samples is not measured", flush=True)
       return None
     draw = stage_bindings(sample.sample_configured, "sample")
     setting = dict(sft_checkpoint=fs.abspath(self.sft_checkpoint), split=self.split,
@@ -424,7 +425,8 @@ class RewardQualityStage:
       if jax.process_index() == 0:
         fs.atomic_write_text(path, json.dumps(result, indent=2, sort_keys=True) + "\n")
     m = result["metrics"]
-    print(f"[{self.name}] on π_sft's samples ({self.num_samples} per {self.split} prompt, "
+    print(f"[{self.name}] on {self.proposal}'s samples ({self.num_samples} per {self.split} "
+          f"prompt of {self.sft_checkpoint}, "
           f"T {setting['temperature']}, top-k {setting['top_k']}): accuracy vs r* "
           f"{m['sft_samples/accuracy_golden']:.3f} on {m['sft_samples/pairs_untied']:,.0f} pairs, "
           f"Spearman within prompt {m['sft_samples/within_prompt_spearman']:.3f} (pooled "

@@ -365,7 +365,7 @@ def test_iterative_round_two_reads_round_one():
   collect, _, quality, _ = policy["prerequisites"]
   assert collect.policy_checkpoint == "/tmp/r1/rso_hinge"
   assert collect.output_path == "/tmp/r2/collect/pairs.jsonl"
-  assert quality.sft_checkpoint == "/tmp/r1/rso_hinge"
+  assert quality.sft_checkpoint == "/tmp/r1/rso_hinge" and quality.proposal == "the round-1 policy"
   reward = pipeline.stage_bindings(train.train, "reward")
   assert reward["initial_checkpoint_path"] == "/tmp/r1/sft"
   assert reward["model_dir"] == "/tmp/r2/reward_bt"

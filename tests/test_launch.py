@@ -240,12 +240,19 @@ def _fake_cell_runner(calls, fail_on=None):
     seed = int(opts["RANDOM_SEED"])
     rc = 5 if fail_on == (name, seed) else 0
     if not rc:
-      os.makedirs(run_dir, exist_ok=True)
-      x = 0.1 * seed + (0.5 if name.startswith("rso") else 0.0)
-      res = {"vs_sft_targets/proxy": 0.2 + x, "vs_sft_targets/golden": 0.1 + x,
+      os.makedirs(os.path.join(run_dir, name), exist_ok=True)
+      gamma = float(opts.get("GAMMA", "0.05"))  # the experiment's GAMMA unless overridden
+      with open(os.path.join(run_dir, name, "config.gin"), "w") as f:  # as the trainer writes
+        f.write(f"LOSS = 'x'\nGAMMA = {gamma!r}\n")
+      # The unchanged rso cells +0.5 (ablations and the gamma sweep: "<setting>-<loss>-<name>");
+      # an overridden gamma +0.2 on golden; KL (1 + seed) * sqrt(0.05 / gamma).
+      x = 0.1 * seed + (0.5 if name.startswith("rso") and name.count("-") == 1 else 0.0)
+      shift = 0.2 if "GAMMA" in opts else 0.0
+      res = {"vs_sft_targets/proxy": 0.2 + x, "vs_sft_targets/golden": 0.1 + x + shift,
              "vs_sft/proxy": 0.3, "vs_sft/golden": 0.4}
       last = {"name": name, "results": {"greedy": res, "sample": dict(res, **{
-          "golden/policy": 0.5 + x, "golden/sft": 0.4})}, "kl/mean": 1.0 + seed}
+          "golden/policy": 0.5 + x + shift, "golden/sft": 0.4})},
+              "kl/mean": (1.0 + seed) * (0.05 / gamma) ** 0.5}
       with open(os.path.join(run_dir, f"eval_{name}.json"), "w") as f:
         json.dump(last, f)
       # EvaluateStage's every-checkpoint record: step 100 has the better proxy win rate.
@@ -332,9 +339,17 @@ def test_paper_table_dry_run_prints_the_cells_and_writes_nothing(tmp_path, capsy
   assert paper_table.main(["--seeds", "4", "--run_root", str(tmp_path), "--out", str(out),
                            "--dry_run"]) == 0
   lines = capsys.readouterr().out.splitlines()
-  assert len(lines) == 11 and lines[0].startswith("[1/11] direct-sigmoid_norm seed 4: ")
-  assert lines[-1].startswith("[11/11] rest seed 4: ") and "gin/rest.gin" in lines[-1]
+  # The table (9), the baselines (2), the frontier's gamma sweep (3 settings x 3 gammas), then
+  # round 2 from the rso hinge_norm cells at gamma 0.05 and 0.5.
+  assert len(lines) == 22 and lines[0].startswith("[1/22] direct-sigmoid_norm seed 4: ")
+  assert lines[10].startswith("[11/22] rest seed 4: ") and "gin/rest.gin" in lines[10]
   assert "gin/direct.gin" in lines[0] and not out.exists()
+  assert [line.split()[1] for line in lines[11:20]] == [
+      f"{st}-hinge_norm-gamma{g}" for st in paper_table.SETTINGS for g in ("0.005", "0.5", "5")]
+  assert lines[19].endswith(" --gin.GAMMA=5.0")
+  assert [line.split()[1] for line in lines[20:]] == [
+      "round2-rso_sample_rank-hinge_norm", "round2-rso_sample_rank-hinge_norm-gamma0.5"]
+  assert all("gin/iterative.gin" in line for line in lines[20:])
 
 
 def test_paper_table_trajectory_is_kl_and_mean_golden_reward_per_step():
@@ -350,7 +365,8 @@ def test_paper_table_ablations_change_one_knob_of_the_rso_hinge_norm_cell(name):
   read by the stage it configures (the sampling stage, or the policy's gamma)."""
   cells = paper_table.cells([2], settings=["direct"], losses=["hinge"], baselines=[],
                             ablations=[name])
-  assert [c.name for c in cells] == ["direct-hinge", f"ablation-{name}"]
+  assert [c.name for c in cells] == ["direct-hinge", "best_of_n-hinge_norm" if name == "best_of_n"
+                                      else f"rso_sample_rank-hinge_norm-{name}"]
   flags = cli.parse_flags(cells[1].argv("/tmp/study", "rso_hinge.gin")[3:])
   cli.configure_gin(flags.files, flags.bindings, [os.path.join(REPO, "gin")])
   assert not cli.unread_macros()
@@ -389,9 +405,142 @@ def test_paper_table_ablations_have_their_own_table_beside_the_unchanged_cell(tm
   assert "| hinge_norm | 2 |" in text  # seeds per cell: the ablations are not counted there
   assert ("| (none) | — | 75.0 ± 5.0 / 65.0 ± 5.0 | 30.0 ± 0.0 / 40.0 ± 0.0 | 1.50 ± 0.50 | "
           "80.0 ± 5.0 / 65.0 ± 5.0 | 2 |") in text
-  # Ablation cells ("ablation-..." names: no +0.5 in the fake): 25 / 15 %.
+  # Ablation cells (no +0.5 in the fake; +0.2 golden where gamma is overridden): 25 / 15 %.
   assert ("| beta5 | `beta=5.0` | 25.0 ± 5.0 / 15.0 ± 5.0 | 30.0 ± 0.0 / 40.0 ± 0.0 | "
           "1.50 ± 0.50 | 30.0 ± 5.0 / 15.0 ± 5.0 | 2 |") in text
   assert "| best_of_n | `DATA_SETTING=best_of_n` |" in text
   assert "| gamma0.5 | `GAMMA=0.5` |" in text
   assert paper_table.main(["--ablations", "beta7", "--dry_run"]) == 2
+
+
+def test_paper_table_gamma_sweep_is_each_settings_hinge_norm_cell_at_each_gamma(capsys):
+  """--gammas adds every data setting's hinge_norm cell at each gamma, after the seed's table
+  and baselines; the paper's gamma ablation of a swept gamma is that same cell (run once)."""
+  cells = paper_table.cells([1], settings=["direct", "rso_sample_rank"], losses=["hinge_norm"],
+                            baselines=["raft"], ablations=["gamma0.5", "beta5"], gammas=[0.5, 5])
+  assert [c.name for c in cells] == [
+      "direct-hinge_norm", "rso_sample_rank-hinge_norm", "raft",
+      "direct-hinge_norm-gamma0.5", "direct-hinge_norm-gamma5",
+      "rso_sample_rank-hinge_norm-gamma0.5", "rso_sample_rank-hinge_norm-gamma5",
+      "rso_sample_rank-hinge_norm-beta5"]
+  assert [c.gamma for c in cells] == [None, None, None, 0.5, 5.0, 0.5, 5.0, None]
+  for cell in (cells[3], cells[6]):
+    flags = cli.parse_flags(cell.argv("/tmp/study", "rso_hinge.gin")[3:])
+    cli.configure_gin(flags.files, flags.bindings, [os.path.join(REPO, "gin")])
+    assert not cli.unread_macros()
+    policy = pipeline.stage_bindings(train_lib.train, "")
+    got = (policy["model"].gamma, policy["model"].loss.name, policy["mixture_or_task_name"],
+           gin.query_parameter("%POLICY_NAME"))
+    gin.clear_config()
+    assert got == (cell.gamma, "hinge_norm", "synthetic_dhf" if cell.setting == "direct"
+                   else "rso_pairs", cell.name)
+  for bad in (["0"], ["0.5", "0.5"], ["nan"]):
+    assert paper_table.main(["--gammas", *bad, "--dry_run"]) == 2
+    assert f"--gammas=[{', '.join(str(float(b)) for b in bad)}]: give distinct positive" in (
+        capsys.readouterr().err)
+
+
+def test_paper_table_at_kl_interpolates_inside_the_curve_only():
+  pts = [(3.0, 0.6), (1.0, 0.2), (2.0, 0.3)]  # any order: taken by KL
+  assert paper_table.at_kl(pts, 1.5) == pytest.approx(0.25)
+  assert paper_table.at_kl(pts, 2.5) == pytest.approx(0.45)
+  assert paper_table.at_kl(pts, 1.0) == pytest.approx(0.2)
+  assert paper_table.at_kl(pts, 3.0) == pytest.approx(0.6)
+  assert paper_table.at_kl(pts, 0.5) is None and paper_table.at_kl(pts, 3.5) is None
+  assert paper_table.at_kl([(1.0, 0.2)], 1.0) is None
+
+
+def test_paper_table_frontier_compares_the_settings_at_equal_kl(tmp_path):
+  """The gamma sweep's report: each setting at each gamma (the unchanged cell's gamma read from
+  the config its training wrote), each seed's curve interpolated at the KL budgets, and the
+  frontier PNG's second panel."""
+  root, out, png = str(tmp_path / "runs"), str(tmp_path / "t.md"), tmp_path / "f.png"
+  cells = paper_table.cells([0, 1], settings=["direct", "rso_sample_rank"],
+                            losses=["hinge_norm"], baselines=[], gammas=[0.5])
+  assert paper_table.run_study(cells, root, "rso_hinge.gin", [], out, "greedy", "CMD",
+                               runner=_fake_cell_runner([]), frontier=str(png)) == 0
+  text = open(out).read()
+  # The fake: KL (1 + seed) * sqrt(0.05 / gamma); golden win 0.1 + 0.1 seed (+0.5 for the
+  # unchanged rso cell, +0.2 where gamma is overridden); mean r* 0.4 above the win rate.
+  k = (0.05 / 0.5) ** 0.5
+  assert f"| direct | 0.05 | 1.50 ± 0.50 | 15.0 ± 5.0 | 0.550 ± 0.050 | 2 |" in text
+  assert (f"| direct | 0.5 | {1.5 * k:.2f} ± {0.5 * k:.2f} | 35.0 ± 5.0 | 0.750 ± 0.050 | 2 |"
+          in text)
+  assert f"| rso_sample_rank | 0.05 | 1.50 ± 0.50 | 65.0 ± 5.0 | 1.050 ± 0.050 | 2 |" in text
+  # At KL 1: seed 0's curves end there (direct 0.1, rso 0.6); seed 1's direct curve runs from
+  # (2k, 0.4) to (2, 0.2).
+  seed1 = 0.4 + (0.2 - 0.4) * (1.0 - 2 * k) / (2.0 - 2 * k)
+  mean, se = (0.1 + seed1) / 2, abs(seed1 - 0.1) / 2
+  rso1 = 0.4 + (0.7 - 0.4) * (1.0 - 2 * k) / (2.0 - 2 * k)  # rso seed 1: (2k, 0.4) to (2, 0.7)
+  rows = {line.split(" | ")[0]: line for line in text.splitlines() if line.startswith("| ")}
+  assert rows["| 1"] == (f"| 1 | {100 * mean:.1f} ± {100 * se:.1f} / {mean + 0.4:.3f} ± {se:.3f}"
+                         f" (2) | {100 * (0.6 + rso1) / 2:.1f} ± {100 * abs(rso1 - 0.6) / 2:.1f}"
+                         f" / {(0.6 + rso1) / 2 + 0.4:.3f} ± {abs(rso1 - 0.6) / 2:.3f} (2) |")
+  assert rows["| 2"] == "| 2 | 20.0 / 0.600 (1) | 70.0 / 1.100 (1) |"  # seed 1's end point
+  assert rows["| 4"] == "| 4 | — | — |" and rows["| 8"] == "| 8 | — | — |"
+  width = lambda p: int.from_bytes(p.read_bytes()[16:20], "big")
+  assert width(png) == 1300  # two panels: along training, and over gamma
+  # Without the sweep: no frontier tables, one panel.
+  plain = paper_table.cells([0], settings=["direct"], losses=["hinge_norm"], baselines=[])
+  assert paper_table.run_study(plain, root, "rso_hinge.gin", [], out, "greedy", "CMD",
+                               runner=_fake_cell_runner([]), frontier=str(png)) == 0
+  assert "frontier over γ" not in open(out).read() and width(png) == 700
+
+
+def test_paper_table_resumes_from_another_clone_of_the_repository(tmp_path, monkeypatch):
+  """The record holds the gin files relative to the checkout: the same study started from a
+  clone elsewhere reuses the finished cells."""
+  root, out = str(tmp_path / "runs"), str(tmp_path / "t.md")
+  cells = paper_table.cells([0], settings=["direct"], losses=["hinge"], baselines=[])
+  calls = []
+  experiment = os.path.join(paper_table.REPO, "gin", "rso_hinge.gin")
+  assert paper_table.run_study(cells, root, experiment, [], out, "greedy", "CMD",
+                               runner=_fake_cell_runner(calls)) == 0
+  record = json.load(open(cells[0].record_path(root)))
+  assert record["argv"][2:4] == ["--gin_file=gin/rso_hinge.gin", "--gin_file=gin/direct.gin"]
+  clone = str(tmp_path / "clone")
+  monkeypatch.setattr(paper_table, "REPO", clone)
+  calls.clear()
+  assert paper_table.run_study(cells, root, os.path.join(clone, "gin", "rso_hinge.gin"), [], out,
+                               "greedy", "CMD", runner=_fake_cell_runner(calls)) == 0
+  assert calls == []
+
+
+def test_paper_table_round_two_starts_from_its_round_one_cell(tmp_path, capsys):
+  """--round2: iterative RSO's second round (gin/iterative.gin) from a round-1 cell of the same
+  seed, in its own run directory, after the seed's other cells; its own table beside round 1,
+  with the refreshed reward model's accuracy on the round-1 policy's samples."""
+  cells = paper_table.cells([0, 1], settings=["rso_sample_rank"], losses=["hinge_norm"],
+                            baselines=[], gammas=[0.5], round2=None)  # None: ROUND2's cells
+  assert [c.name for c in cells[:3]] == [
+      "rso_sample_rank-hinge_norm", "rso_sample_rank-hinge_norm-gamma0.5",
+      "round2-rso_sample_rank-hinge_norm"] and len(cells) == 8
+  two = cells[3]
+  assert two.name == "round2-rso_sample_rank-hinge_norm-gamma0.5" and two.round1 == cells[1]
+  flags = cli.parse_flags(two.argv("/tmp/study", "rso_hinge.gin")[3:])
+  cli.configure_gin(flags.files, flags.bindings, [os.path.join(REPO, "gin")])
+  assert not cli.unread_macros()
+  policy = pipeline.stage_bindings(train_lib.train, "")
+  got = (policy["initial_checkpoint_path"], policy["model_dir"], policy["model"].gamma,
+         gin.query_parameter("%DATA_SETTING"))
+  gin.clear_config()
+  assert got == ("/tmp/study/seed0/rso_sample_rank-hinge_norm-gamma0.5",
+                 f"/tmp/study/seed0/{two.name}/{two.name}", 0.5, "rso_sample_rank")
+  for bad in (["direct-hinge_norm"], ["rso_sample_rank-hinge"]):  # not sampled / not a cell
+    assert paper_table.main(["--losses", "hinge_norm", "--round2", *bad, "--dry_run"]) == 2
+    assert f"--round2={bad}: choose distinct sampled cells" in capsys.readouterr().err
+  root, out = str(tmp_path / "runs"), str(tmp_path / "t.md")
+  cells = paper_table.cells([0, 1], settings=["rso_sample_rank"], losses=["hinge_norm"],
+                            baselines=[], round2=["rso_sample_rank-hinge_norm"])
+  quality = tmp_path / "runs" / "seed0" / "round2-rso_sample_rank-hinge_norm" / "reward_bt"
+  quality.mkdir(parents=True)
+  (quality / "reward_quality.json").write_text(json.dumps({"metrics": {
+      "sft_samples/accuracy_golden": 0.474, "accuracy_golden": 0.7}}))
+  assert paper_table.run_study(cells, root, "rso_hinge.gin", [], out, "greedy", "CMD",
+                               runner=_fake_cell_runner([])) == 0
+  text = open(out).read()
+  # Round 1: the unchanged rso cell (+0.5 in the fake); round 2: no +0.5; KL 1 + seed both.
+  assert ("| rso_sample_rank-hinge_norm | 1.50 ± 0.50 / 65.0 ± 5.0 / 1.050 ± 0.050 | "
+          "1.50 ± 0.50 / 15.0 ± 5.0 / 0.550 ± 0.050 | 25.0 ± 5.0 | 0.474 | 2 |") in text
+  assert "| hinge_norm | 75.0 ± 5.0 / 65.0 ± 5.0 |" in text  # the table: round 1 only
+  assert "| hinge_norm | 2 |" in text
