@@ -264,8 +264,9 @@ def _fmt(mean: Optional[float], se: Optional[float], scale: float = 1.0, digits:
 
 def cell_values(evaluation: Mapping, decoding: str,
                 by_step: Optional[Mapping] = None) -> Dict[str, float]:
-  """The table's numbers of one finished cell: the WIN_RATES keys, `kl/mean` and the mean r* of
-  its samples (`golden/policy`) at its last step; with its every-checkpoint record (`by_step`), the same of the selected checkpoint
+  """The table's numbers of one finished cell: the WIN_RATES keys, `kl/mean`, the mean r* of
+  its samples (`golden/policy`) and π_sft's (`golden/sft`, `sft_vs_sft_targets/golden`) at its
+  last step; with its every-checkpoint record (`by_step`), the same of the selected checkpoint
   (`selected/` + key, and `selected/step`)."""
 
   def numbers(ev):
@@ -276,9 +277,13 @@ def cell_values(evaluation: Mapping, decoding: str,
     out = {k: float(res[k]) for k in WIN_RATES if res.get(k) is not None}
     if ev.get("kl/mean") is not None:
       out["kl/mean"] = float(ev["kl/mean"])
-    r_star = ev.get("results", {}).get("sample", {}).get("golden/policy")
-    if r_star is not None:  # the frontier's y: mean r* of the policy's samples
-      out["golden/policy"] = float(r_star)
+    sample = ev.get("results", {}).get("sample", {})
+    if sample.get("golden/policy") is not None:  # the frontier's y: mean r* of its samples
+      out["golden/policy"] = float(sample["golden/policy"])
+    if sample.get("golden/sft") is not None:  # π_sft's, on the frontier at KL 0
+      out["golden/sft"] = float(sample["golden/sft"])
+    if res.get("sft_vs_sft_targets/golden") is not None:
+      out["sft_vs_sft_targets/golden"] = float(res["sft_vs_sft_targets/golden"])
     return out
 
   out = numbers(evaluation)
@@ -353,7 +358,7 @@ def draw_frontier(paths: Mapping[tuple, List[List[tuple]]], out: str,
                   rounds: Optional[Mapping[str, List[tuple]]] = None) -> None:
   """Left: mean r* vs KL along training, averaged over seeds per step: {(setting, loss):
   [trajectory per seed]}. Right (with `curves`, `gamma_curves`'s): the same at the last step
-  over the γ sweep, mean ± SE over seeds per γ; `rounds` ({round-1 cell: [(KL, r*) of round 1
+  over the γ sweep, mean ± SE over seeds per γ, and the baselines' last step; `rounds` ({round-1 cell: [(KL, r*) of round 1
   and of round 2, per seed]}): an arrow from round 1 to round 2 (seed means). A PNG at `out`
   (atomically)."""
   from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
@@ -405,6 +410,11 @@ def draw_frontier(paths: Mapping[tuple, List[List[tuple]]], out: str,
       for g, x, _, y, _ in rows:
         right.annotate(f"γ={g:g}", (x, y), textcoords="offset points", xytext=(3, 3),
                        fontsize=6, color=colors[setting])
+    for (setting, _), runs in sorted(paths.items()):  # the baselines' last step, for reference
+      last = [run[-1] for run in runs if run]
+      if setting in BASELINES and last:
+        right.plot([sum(p[1] for p in last) / len(last)], [sum(p[2] for p in last) / len(last)],
+                   color=colors.get(setting, "gray"), marker="D", linestyle="", label=setting)
     for i, (name, pts) in enumerate(sorted((rounds or {}).items())):
       m = [sum(p[j] for p in pts) / len(pts) for j in range(4)]
       right.annotate("", xy=(m[2], m[3]), xytext=(m[0], m[1]),
@@ -526,7 +536,10 @@ def table_markdown(all_cells: Sequence[Cell], results: Mapping[Cell, Dict[str, f
                    + summary(setting, ABLATED[1], a))
   curves = gamma_curves(results, gammas or {})
   if any(len({p[0] for pts in by_seed.values() for p in pts}) > 1 for by_seed in curves.values()):
-    lines += frontier_markdown(curves)
+    sft = {c.seed: (results[c]["sft_vs_sft_targets/golden"], results[c]["golden/sft"])
+           for c in done if not c.round2
+           and {"sft_vs_sft_targets/golden", "golden/sft"} <= set(results[c])}
+    lines += frontier_markdown(curves, sft=sft)
   round1 = _ordered(c.round1.name for c in all_cells if c.round2)
   if round1:
     lines += ["", "## Iterative RSO: round 2 from a round-1 cell (gin/iterative.gin; KL and win "
@@ -560,14 +573,19 @@ def table_markdown(all_cells: Sequence[Cell], results: Mapping[Cell, Dict[str, f
 
 
 def frontier_markdown(curves: Mapping[str, Mapping[int, List[tuple]]],
-                      budgets: Sequence[float] = KL_BUDGETS) -> List[str]:
+                      budgets: Sequence[float] = KL_BUDGETS,
+                      sft: Optional[Mapping[int, tuple]] = None) -> List[str]:
   """The frontier's tables from `gamma_curves`: each setting at each γ, and the settings at
   equal KL (each seed's γ curve interpolated at each budget, then mean ± SE over the seeds
-  whose curve spans it)."""
+  whose curve spans it). `sft`: π_sft's (golden win rate vs the SFT targets, mean r*) per seed,
+  the first row (KL 0)."""
   settings = [s for s in SETTINGS if s in curves]
   lines = ["", f"## The frontier over γ ({FRONTIER_LOSS}, last step; mean ± SE over seeds)", "",
            "| setting | γ | KL, nats | golden win rate vs the SFT targets, % | mean r* of "
            "samples | seeds |", "|---|---|---|---|---|---|"]
+  if sft:
+    lines.append(f"| π_sft | — | 0 | {_fmt(*mean_stderr([v[0] for v in sft.values()]), 100.0, 1)}"
+                 f" | {_fmt(*mean_stderr([v[1] for v in sft.values()]), 1.0, 3)} | {len(sft)} |")
   for setting in settings:
     by_gamma: Dict[float, List[tuple]] = {}
     for pts in curves[setting].values():

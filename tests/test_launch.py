@@ -250,8 +250,9 @@ def _fake_cell_runner(calls, fail_on=None):
       shift = 0.2 if "GAMMA" in opts else 0.0
       res = {"vs_sft_targets/proxy": 0.2 + x, "vs_sft_targets/golden": 0.1 + x + shift,
              "vs_sft/proxy": 0.3, "vs_sft/golden": 0.4}
-      last = {"name": name, "results": {"greedy": res, "sample": dict(res, **{
-          "golden/policy": 0.5 + x + shift, "golden/sft": 0.4})},
+      last = {"name": name, "results": {"greedy": dict(res, **{
+          "sft_vs_sft_targets/golden": 0.3 + 0.1 * seed}), "sample": dict(res, **{
+              "golden/policy": 0.5 + x + shift, "golden/sft": 0.4 + 0.1 * seed})},
               "kl/mean": (1.0 + seed) * (0.05 / gamma) ** 0.5}
       with open(os.path.join(run_dir, f"eval_{name}.json"), "w") as f:
         json.dump(last, f)
@@ -463,6 +464,7 @@ def test_paper_table_frontier_compares_the_settings_at_equal_kl(tmp_path):
   # The fake: KL (1 + seed) * sqrt(0.05 / gamma); golden win 0.1 + 0.1 seed (+0.5 for the
   # unchanged rso cell, +0.2 where gamma is overridden); mean r* 0.4 above the win rate.
   k = (0.05 / 0.5) ** 0.5
+  assert "| π_sft | — | 0 | 35.0 ± 5.0 | 0.450 ± 0.050 | 2 |" in text  # the fake's π_sft
   assert f"| direct | 0.05 | 1.50 ± 0.50 | 15.0 ± 5.0 | 0.550 ± 0.050 | 2 |" in text
   assert (f"| direct | 0.5 | {1.5 * k:.2f} ± {0.5 * k:.2f} | 35.0 ± 5.0 | 0.750 ± 0.050 | 2 |"
           in text)
