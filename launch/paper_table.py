@@ -545,9 +545,10 @@ def table_markdown(all_cells: Sequence[Cell], results: Mapping[Cell, Dict[str, f
     lines += ["", "## Iterative RSO: round 2 from a round-1 cell (gin/iterative.gin; KL and win "
               "rates against the original π_sft and its SFT targets)", "",
               "| round 1 | round 1: KL, nats / golden win vs SFT targets, % / mean r* | round 2: "
-              "the same | round 2: proxy win vs SFT targets, % | refreshed reward model: "
-              "accuracy vs r* on the round-1 policy's samples | seeds |",
-              "|---|---|---|---|---|---|"]
+              "the same | round 1's frontier over γ at round 2's KL: golden win, % / mean r* | "
+              "round 2: proxy win vs SFT targets, % | refreshed reward model: accuracy vs r* on "
+              "the round-1 policy's samples | seeds |", "|---|---|---|---|---|---|---|"]
+    curves = gamma_curves(results, gammas or {})
     for name in round1:
       two = [c for c in done if c.round2 and c.round1.name == name]
       one = [c.round1 for c in two if c.round1 in results]
@@ -560,8 +561,17 @@ def table_markdown(all_cells: Sequence[Cell], results: Mapping[Cell, Dict[str, f
              if q and q.get("accuracy") is not None]
       proxy = mean_stderr([results[c]["vs_sft_targets/proxy"] for c in two
                            if "vs_sft_targets/proxy" in results[c]])
-      lines.append(f"| {name} | {triple(one)} | {triple(two)} | {_fmt(*proxy, 100.0, 1)} | "
-                   f"{_fmt(*mean_stderr(acc), 1.0, 3)} | {len(two)} |")
+      wins, rs = [], []  # the same seed's round-1 γ curve where round 2 ended
+      for c in two:
+        pts = curves.get(c.setting, {}).get(c.seed, [])
+        win = at_kl([(p[1], p[2]) for p in pts], results[c].get("kl/mean", math.nan))
+        if win is not None:
+          wins.append(win)
+          rs.append(at_kl([(p[1], p[3]) for p in pts], results[c]["kl/mean"]))
+      frontier = ("—" if not wins else f"{_fmt(*mean_stderr(wins), 100.0, 1)} / "
+                  f"{_fmt(*mean_stderr(rs), 1.0, 3)} ({len(wins)})")
+      lines.append(f"| {name} | {triple(one)} | {triple(two)} | {frontier} | "
+                   f"{_fmt(*proxy, 100.0, 1)} | {_fmt(*mean_stderr(acc), 1.0, 3)} | {len(two)} |")
   lines += ["", "## Seeds per cell", "", "| loss | " + " | ".join(settings) + " |",
             "|---" * (len(settings) + 1) + "|"]
   for loss in losses:

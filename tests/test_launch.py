@@ -542,7 +542,18 @@ def test_paper_table_round_two_starts_from_its_round_one_cell(tmp_path, capsys):
                                runner=_fake_cell_runner([])) == 0
   text = open(out).read()
   # Round 1: the unchanged rso cell (+0.5 in the fake); round 2: no +0.5; KL 1 + seed both.
+  # No gamma sweep here: no round-1 frontier to place round 2 on ("—").
   assert ("| rso_sample_rank-hinge_norm | 1.50 ± 0.50 / 65.0 ± 5.0 / 1.050 ± 0.050 | "
-          "1.50 ± 0.50 / 15.0 ± 5.0 / 0.550 ± 0.050 | 25.0 ± 5.0 | 0.474 | 2 |") in text
+          "1.50 ± 0.50 / 15.0 ± 5.0 / 0.550 ± 0.050 | — | 25.0 ± 5.0 | 0.474 | 2 |") in text
   assert "| hinge_norm | 75.0 ± 5.0 / 65.0 ± 5.0 |" in text  # the table: round 1 only
   assert "| hinge_norm | 2 |" in text
+  # With the sweep (gamma 0.5: KL (1 + seed) * sqrt(0.1), golden 0.3 + 0.1 seed): round 2 of the
+  # gamma-0.5 cell (KL as its round 1, golden 0.3 + 0.1 seed) sits on seed s's round-1 curve at
+  # KL (1 + seed) * sqrt(0.1), its gamma-0.5 end: golden 0.3 / 0.4, r* 0.7 / 0.8.
+  cells = paper_table.cells([0, 1], settings=["rso_sample_rank"], losses=["hinge_norm"],
+                            baselines=[], gammas=[0.5], round2=["rso_sample_rank-hinge_norm-gamma0.5"])
+  assert paper_table.run_study(cells, root, "rso_hinge.gin", [], out, "greedy", "CMD",
+                               runner=_fake_cell_runner([])) == 0
+  row = [l for l in open(out).read().splitlines()
+         if l.startswith("| rso_sample_rank-hinge_norm-gamma0.5 | ")][0]
+  assert row.split(" | ")[3] == "35.0 ± 5.0 / 0.750 ± 0.050 (2)"
