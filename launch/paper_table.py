@@ -212,10 +212,10 @@ def cells(seeds: Sequence[int], settings: Sequence[str] = SETTINGS,
         + [Cell(ABLATIONS[a][0], ABLATED[1], s, a) for a in ablations]))
     by_name = {c.name: c for c in round1}
     names = [n for n in ROUND2 if n in by_name] if round2 is None else list(round2)
-    bad = [n for n in names if n not in by_name or by_name[n].setting in ("direct", *BASELINES)]
-    if bad or len(set(names)) != len(names):
+    sampled = [n for n, c in by_name.items() if c.setting not in ("direct", *BASELINES)]
+    if any(n not in sampled for n in names) or len(set(names)) != len(names):
       raise StudyError(f"--round2={names}: choose distinct sampled cells of this study from "
-                       f"{[n for n, c in by_name.items() if c.setting not in ('direct', *BASELINES)]}")
+                       f"{sampled}")
     out += round1 + [dataclasses.replace(by_name[n], round2=True) for n in names]
   return out
 
@@ -358,9 +358,9 @@ def draw_frontier(paths: Mapping[tuple, List[List[tuple]]], out: str,
                   rounds: Optional[Mapping[str, List[tuple]]] = None) -> None:
   """Left: mean r* vs KL along training, averaged over seeds per step: {(setting, loss):
   [trajectory per seed]}. Right (with `curves`, `gamma_curves`'s): the same at the last step
-  over the γ sweep, mean ± SE over seeds per γ, and the baselines' last step; `rounds` ({round-1 cell: [(KL, r*) of round 1
-  and of round 2, per seed]}): an arrow from round 1 to round 2 (seed means). A PNG at `out`
-  (atomically)."""
+  over the γ sweep, mean ± SE over seeds per γ, and the baselines' last step; `rounds`
+  ({round-1 cell: [(KL, r*) of round 1 and of round 2, per seed]}): an arrow from round 1 to
+  round 2 (seed means). A PNG at `out` (atomically)."""
   from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
   fig = Figure(figsize=(13.0, 5.0) if curves else (7.0, 5.0), dpi=100)
@@ -548,7 +548,6 @@ def table_markdown(all_cells: Sequence[Cell], results: Mapping[Cell, Dict[str, f
               "the same | round 1's frontier over γ at round 2's KL: golden win, % / mean r* | "
               "round 2: proxy win vs SFT targets, % | refreshed reward model: accuracy vs r* on "
               "the round-1 policy's samples | seeds |", "|---|---|---|---|---|---|---|"]
-    curves = gamma_curves(results, gammas or {})
     for name in round1:
       two = [c for c in done if c.round2 and c.round1.name == name]
       one = [c.round1 for c in two if c.round1 in results]
@@ -594,8 +593,9 @@ def frontier_markdown(curves: Mapping[str, Mapping[int, List[tuple]]],
            "| setting | γ | KL, nats | golden win rate vs the SFT targets, % | mean r* of "
            "samples | seeds |", "|---|---|---|---|---|---|"]
   if sft:
-    lines.append(f"| π_sft | — | 0 | {_fmt(*mean_stderr([v[0] for v in sft.values()]), 100.0, 1)}"
-                 f" | {_fmt(*mean_stderr([v[1] for v in sft.values()]), 1.0, 3)} | {len(sft)} |")
+    win, r_star = ([v[i] for v in sft.values()] for i in (0, 1))
+    lines.append(f"| π_sft | — | 0 | {_fmt(*mean_stderr(win), 100.0, 1)} | "
+                 f"{_fmt(*mean_stderr(r_star), 1.0, 3)} | {len(sft)} |")
   for setting in settings:
     by_gamma: Dict[float, List[tuple]] = {}
     for pts in curves[setting].values():

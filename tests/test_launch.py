@@ -551,7 +551,8 @@ def test_paper_table_round_two_starts_from_its_round_one_cell(tmp_path, capsys):
   # gamma-0.5 cell (KL as its round 1, golden 0.3 + 0.1 seed) sits on seed s's round-1 curve at
   # KL (1 + seed) * sqrt(0.1), its gamma-0.5 end: golden 0.3 / 0.4, r* 0.7 / 0.8.
   cells = paper_table.cells([0, 1], settings=["rso_sample_rank"], losses=["hinge_norm"],
-                            baselines=[], gammas=[0.5], round2=["rso_sample_rank-hinge_norm-gamma0.5"])
+                            baselines=[], gammas=[0.5],
+                            round2=["rso_sample_rank-hinge_norm-gamma0.5"])
   assert paper_table.run_study(cells, root, "rso_hinge.gin", [], out, "greedy", "CMD",
                                runner=_fake_cell_runner([])) == 0
   row = [l for l in open(out).read().splitlines()
