@@ -110,7 +110,7 @@ def model_manifest(model, mixture_or_task_name: str, task_feature_lengths: Mappi
   vocab = task_vocabulary(mixture_or_task_name)
   spec = checkpoints.vocabulary_spec(vocab)
   own = getattr(model, "vocabulary", None)
-  if own is not None and checkpoints.vocabulary_spec(own) != spec:
+  if own is not None and not checkpoints.same_vocabulary(own, vocab):
     raise ConfigError(f"{type(model).__name__} tokenizes with {checkpoints.vocabulary_spec(own)}"
                       f" but task {mixture_or_task_name!r} uses {spec}: pass the task's "
                       "vocabulary to the model")
