@@ -341,6 +341,12 @@ def gamma_curves(results: Mapping[Cell, Dict[str, float]],
   return out
 
 
+def swept(curves: Mapping[str, Mapping[int, List[tuple]]]) -> bool:
+  """Whether `gamma_curves` holds a curve: some setting at two γ or more."""
+  return any(len({p[0] for pts in by_seed.values() for p in pts}) > 1
+             for by_seed in curves.values())
+
+
 def at_kl(points: Sequence[tuple], kl: float) -> Optional[float]:
   """y at `kl` on the piecewise-linear curve through [(KL, y)] taken in order of KL; None
   outside the KL the points span (no extrapolation) or with fewer than two points."""
@@ -535,7 +541,7 @@ def table_markdown(all_cells: Sequence[Cell], results: Mapping[Cell, Dict[str, f
       lines.append(f"| {a or '(none)'} | {f'`{what}`' if what else '—'} | "
                    + summary(setting, ABLATED[1], a))
   curves = gamma_curves(results, gammas or {})
-  if any(len({p[0] for pts in by_seed.values() for p in pts}) > 1 for by_seed in curves.values()):
+  if swept(curves):
     sft = {c.seed: (results[c]["sft_vs_sft_targets/golden"], results[c]["golden/sft"])
            for c in done if not c.round2
            and {"sft_vs_sft_targets/golden", "golden/sft"} <= set(results[c])}
@@ -653,8 +659,6 @@ def run_study(all_cells: Sequence[Cell], run_root: str, experiment: str, extra: 
       if not c.ablation and not c.round2:
         lines.setdefault((c.setting, c.loss), []).append(path)
     curves = gamma_curves(results, gammas)
-    swept = any(len({p[0] for pts in by_seed.values() for p in pts}) > 1
-                for by_seed in curves.values())
     rounds = {}  # round 1 -> round 2 on the frontier: (KL, mean r*) of both, per seed
     for c in results:
       one, two = results.get(c.round1, {}), results[c]
@@ -662,7 +666,7 @@ def run_study(all_cells: Sequence[Cell], run_root: str, experiment: str, extra: 
         rounds.setdefault(c.round1.name, []).append(
             (one["kl/mean"], one["golden/policy"], two["kl/mean"], two["golden/policy"]))
     if frontier and any(lines.values()):
-      draw_frontier(lines, frontier, curves if swept else None, rounds)
+      draw_frontier(lines, frontier, curves if swept(curves) else None, rounds)
 
   for i, cell in enumerate(all_cells, 1):
     argv = cell.argv(run_root, experiment, extra)
