@@ -103,7 +103,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from algorithm1 import reference as algorithm1  # pylint: disable=g-import-not-at-top,wrong-import-position
-from decoding import SIZES, make_hf_checkpoint  # pylint: disable=g-import-not-at-top,wrong-import-position
+from decoding import SIZES, cpu_description, make_hf_checkpoint  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 SETTINGS = {"embedded": (32, 32), "tldr": (256, 64)}  # name: (prompt tokens, response tokens)
 SEPARATOR = " [RESPONSE] "  # reward_models.BT_SEPARATOR (asserted in the rso_jax child)
@@ -455,7 +455,7 @@ def main() -> None:
         f"top-k 40, EOS off; BT reward model ({args.rm_arch}, the policy's T5 weights); "
         f"Algorithm 1 beta={args.beta}, "
         f"k={args.num_samples}; first-round pairs; {args.dtype}; "
-        + (f"CPU ({os.cpu_count()} cores), {args.threads} thread(s) per framework"
+        + (f"{cpu_description()}, {args.threads} thread(s) per framework"
            if args.platform == "cpu" else "GPU"))
   for size in args.sizes.split(","):
     if size not in SIZES:

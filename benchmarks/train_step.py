@@ -81,7 +81,7 @@ import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp
 import numpy as np
 
-from decoding import SIZES  # pylint: disable=g-import-not-at-top
+from decoding import SIZES, cpu_description  # pylint: disable=g-import-not-at-top
 from decoding import make_hf_model as _hf_model  # pylint: disable=g-import-not-at-top
 from rso_jax import convert
 from rso_jax import models
@@ -402,7 +402,8 @@ def main() -> None:
   print(f"jax {jax.__version__} ({dev.platform}: {dev.device_kind}, {jax.device_count()} "
         f"device(s)), torch {torch.__version__} ({torch.get_num_threads()} threads), "
         f"transformers {transformers.__version__}, {len(os.sched_getaffinity(0))} of "
-        f"{os.cpu_count()} CPUs, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}", flush=True)
+        f"{os.cpu_count()} CPUs ({cpu_description()}), "
+        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}", flush=True)
   for size in args.sizes.split(","):
     if size not in SIZES:
       raise ValueError(f"--sizes: unknown size {size!r}; choose from {sorted(SIZES)}")
