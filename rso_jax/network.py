@@ -524,8 +524,8 @@ class Encoder(nn.Module):
     # select ends the YNNPACK fusion of the last layer. Without it the last layer's four dots,
     # the final norm and the reader's reduction (a reward model's pooling) became one YNNPACK
     # subgraph that ran at 56 GFLOP/s against ~180 for the same dots alone (reward-model
-    # encoder, 128 rows x 332 tokens: 15.7 -> 13.8 s; see benchmarks/sampling_stage.py).
-    x = jnp.where((encoder_input_tokens >= 0)[..., None], x, 0.0).astype(x.dtype)
+    # encoder, 128 rows x 332 tokens: 15.1-15.3 -> 13.9-14.2 s; benchmarks/README.md).
+    x = jnp.where((encoder_input_tokens >= 0)[..., None], x, 0.0)
     x = RMSNorm(cfg.layer_norm_epsilon, dt, pdt, name="encoder_norm")(x)
     x = nn.Dropout(rate=cfg.dropout_rate)(x, deterministic=not enable_dropout)
     return _constrain(x, (BATCH, LENGTH, EMBED))

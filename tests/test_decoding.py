@@ -228,7 +228,7 @@ def test_top_k_equals_lax_top_k(case):
     elif case == "few_finite":
       x[:, :] = -np.inf
       x[np.arange(12), rng.randint(0, v, 12)] = 1.0  # one finite id per row ...
-      x[:6, v - 1] = 0.5  # ... and the last id (in the padded chunk) in half of them
+      x[:6, v - 1] = 0.5  # ... and the last id (a padded chunk's at V = 10,007) in half
     assert -(-v // decoding.TOP_K_CHUNK) >= 4 * k  # the two-stage path runs
     vals, ids = jax.jit(decoding.top_k, static_argnums=1)(jnp.asarray(x), k)
     ref_vals, ref_ids = jax.lax.top_k(jnp.asarray(x), k)
