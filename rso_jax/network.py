@@ -22,8 +22,9 @@ row of the decoder's relative position bias (O(L), not the O(L^2) matrix). The d
 than the decode and grown as it goes (`decode_window`, `grow_decode_cache`), so a step's cost
 follows the decoded length, not the capacity.
 
-On XLA:CPU, attention without a cache runs over blocks of a few rows (`_attend_blocked`), so
-its `[rows, heads, Lq, Lk]` logits never exist whole; other backends run the batched form.
+On XLA:CPU, attention without a cache whose logits pass 1 MB runs over blocks of a few rows
+(`_attend_blocked`), so its `[rows, heads, Lq, Lk]` logits never exist whole; other backends
+run the batched form.
 """
 
 from __future__ import annotations
@@ -285,26 +286,31 @@ def _batch_shards(batch: int) -> int:
   return shards if batch % shards == 0 else 1
 
 
-def _rows_per_block(local_rows: int, row_bytes: int, budget: int = 1 << 20) -> int:
+def _rows_per_block(local_rows: int, row_bytes: int, budget: int) -> int:
   """The largest divisor of `local_rows` that is at most `budget // row_bytes` (and at least 2
   when `local_rows` is even): the attention logits of one block stay about `budget` bytes."""
   cap = max(2, budget // max(row_bytes, 1))
   return max(d for d in range(1, min(cap, local_rows) + 1) if local_rows % d == 0)
 
 
-def _blocked_attention() -> bool:
-  """Whether non-cached attention runs in blocks of rows (`_attend_blocked`): on XLA:CPU."""
-  return jax.default_backend() == "cpu"
+_BLOCK_BYTES = 1 << 20  # float32 attention logits per block of `_attend_blocked`
+
+
+def _blocked_attention(logit_bytes: int) -> bool:
+  """Whether attention without a cache runs in blocks of rows (`_attend_blocked`): on XLA:CPU,
+  when its float32 logits exceed one block (smaller ones run faster in the batched form)."""
+  return jax.default_backend() == "cpu" and logit_bytes > _BLOCK_BYTES
 
 
 def _attend_blocked(query: Array, key: Array, value: Array, bias: Optional[Array],
-                    mask: Optional[Array], dtype: DType, budget: int = 1 << 20) -> Array:
+                    mask: Optional[Array], dtype: DType, budget: Optional[int] = None) -> Array:
   """Attention over blocks of a few rows at a time, for XLA:CPU (no dropout, one query row per
   key/value row).
 
   `query` `[B, Lq, H, D]`, `key` / `value` `[B, Lk, H, D]`, `bias` `[1, H, Lq, Lk]` or None,
   `mask` boolean `[B or 1, 1, Lq or 1, Lk]` or None -> `[B, Lq, H, D]`: the batched einsum's
-  values up to float summation order. `budget`: bytes of float32 logits per block.
+  values up to float summation order. `budget`: bytes of float32 logits per block
+  (default `_BLOCK_BYTES`).
 
   XLA:CPU runs the batched form over the whole `[B, H, Lq, Lk]` logits (339 MB per layer for
   128 rows of 332 tokens), its two dots through transposed layouts at 45-87 GFLOP/s. A
@@ -316,7 +322,7 @@ def _attend_blocked(query: Array, key: Array, value: Array, bias: Optional[Array
   b, lq, h, d = query.shape
   lk = key.shape[1]
   shards = _batch_shards(b)
-  rows = _rows_per_block(b // shards, h * lq * lk * 4, budget)
+  rows = _rows_per_block(b // shards, h * lq * lk * 4, budget or _BLOCK_BYTES)
   steps = b // (shards * rows)
 
   def blocks(x):  # [B, ...] -> [steps, shards * rows, ...]: step i holds rows i*rows.. of each shard
@@ -447,7 +453,8 @@ class MultiHeadAttention(nn.Module):
     if bq % bkv:
       raise ValueError(f"query batch {bq} is not a multiple of key/value batch {bkv}")
     dropout = enable_dropout and self.dropout_rate > 0.0
-    if _blocked_attention() and kv_axes == "bkhd" and bq == bkv and not dropout:
+    logit_bytes = bq * self.num_heads * lq * key.shape[1] * 4
+    if kv_axes == "bkhd" and bq == bkv and not dropout and _blocked_attention(logit_bytes):
       out = _attend_blocked(query, key, value, bias, mask, self.dtype)
       return self._out(_constrain(out, (BATCH, LENGTH, HEADS, KV)), inputs_q.shape[-1], base)
     n = bq // bkv

@@ -359,7 +359,7 @@ def test_cpu_blocked_attention_equals_numpy_oracle(b, lq, lk, mask_kind, budget)
 
 
 def test_rows_per_block():
-  rows = network._rows_per_block  # pylint: disable=protected-access
+  rows = functools.partial(network._rows_per_block, budget=1 << 20)  # pylint: disable=protected-access
   assert rows(128, 6 * 332 * 332 * 4) == 2  # 2.6 MB of logits a row: the floor of 2 rows
   assert rows(128, 6 * 76 * 76 * 4) == 4    # 139 kB a row: 7 fit in 1 MB, 4 divides 128
   assert rows(16, 6 * 32 * 32 * 4) == 16    # every row in one block
@@ -378,13 +378,12 @@ def test_blocked_attention_under_a_mesh_equals_the_einsum_path(tiny, monkeypatch
   enc = _tokens(rng, (16, 9), rng.randint(1, 10, 16))
   dec = _tokens(rng, (32, 6), rng.randint(1, 7, 32))
   fwd = lambda p, e, y: model.apply({"params": p}, e, y, y, enable_dropout=False)
-  monkeypatch.setattr(network, "_blocked_attention", lambda: False)
+  monkeypatch.setattr(network, "_blocked_attention", lambda logit_bytes: False)
   want = jax.jit(fwd, compiler_options=FAST_COMPILE)(params, enc, dec)
-  monkeypatch.setattr(network, "_blocked_attention", lambda: True)
+  monkeypatch.undo()
   # Blocks of 2 rows (the floor): several steps per shard (4 rows of the encoder a shard on
   # (2, 2, 2), 16 on (1, 1, 8)).
-  monkeypatch.setattr(network, "_attend_blocked",
-                      functools.partial(network._attend_blocked, budget=1))  # pylint: disable=protected-access
+  monkeypatch.setattr(network, "_BLOCK_BYTES", 1)
   mesh = partitioning.create_mesh(mesh_shape)
   with partitioning.MeshRules(mesh):
     sharded = jax.device_put((enc, dec), partitioning.batch_sharding(mesh, 2))
