@@ -298,7 +298,8 @@ _BLOCK_BYTES = 1 << 20  # float32 attention logits per block of `_attend_blocked
 
 def _blocked_attention(logit_bytes: int) -> bool:
   """Whether attention without a cache runs in blocks of rows (`_attend_blocked`): on XLA:CPU,
-  when its float32 logits exceed one block (smaller ones run faster in the batched form)."""
+  when its float32 logits exceed one block. Smaller ones keep the batched form and with it their
+  float results (the embedded main job's table stays the same to the last digit)."""
   return jax.default_backend() == "cpu" and logit_bytes > _BLOCK_BYTES
 
 
