@@ -23,12 +23,21 @@ the kind:
 
 A checkpoint written before manifests existed fails to load with a one-line error that names
 the command adding one (`python -m rso_jax.checkpoints add-manifest DIR --kind=...`).
+
+Every params checkpoint rso_jax writes also lists its files: `rso_files.json` (each file's
+size), written after orbax has committed the items and, for the trainer's asynchronous saves,
+before orbax's final rename, so a step never appears without it. A checkpoint is verified
+before it is read (`verify`): orbax's own metadata files must parse and every listed file must
+be there with its size. A damaged checkpoint is a one-line `CheckpointError` naming the path,
+what is wrong and the intact steps beside it; training skips a damaged latest step.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
+import os
 import re
 import sys
 from typing import Any, List, Mapping, Optional, Sequence, Tuple
@@ -43,6 +52,7 @@ CHECKPOINT_SUBDIR = "checkpoints"
 MANIFEST_FILE = "rso_manifest.json"
 LEGACY_CONFIG_FILE = "t5_config.json"  # what runs wrote before manifests (read by add-manifest)
 SPM_FILE = "spiece.model"
+FILES_FILE = "rso_files.json"  # the checkpoint's files and their sizes (see `verify`)
 T5X_STEP_PATTERN = r"checkpoint_(\d+)"  # upstream T5X's MODEL_DIR/checkpoint_<step>/state (orbax)
 T5X_STATE_SUBDIR = "state"
 FORMAT_VERSION = 1
@@ -189,6 +199,18 @@ def find_manifest(path: str) -> Optional[str]:
   return None
 
 
+def _json_error(path: str, text: bytes) -> Optional[str]:
+  """Why `text` (the bytes of `path`) is not JSON, or None."""
+  try:
+    json.loads(text.decode("utf-8"))
+  except UnicodeDecodeError as e:
+    return f"{path} is not valid JSON: invalid UTF-8 at byte {e.start}"
+  except json.JSONDecodeError as e:
+    reason = e.msg[:-len(" at")] if e.msg.endswith(" at") else e.msg  # "...starting at"
+    return f"{path} is not valid JSON: {reason} at line {e.lineno} column {e.colno}"
+  return None
+
+
 def read_manifest(path: str) -> Manifest:
   """The manifest of the checkpoint at `path` (a run, step, params or converted directory)."""
   p = fs.abspath(path)
@@ -196,15 +218,27 @@ def read_manifest(path: str) -> Manifest:
     raise CheckpointError(f"checkpoint not found: {path!r}")
   d = find_manifest(p)
   if d is None:
+    try:
+      resolve_params_path(p)
+    except FileNotFoundError as e:
+      raise CheckpointError(str(e)) from None
     raise CheckpointError(
         f"checkpoint {path!r} has no {MANIFEST_FILE} (written before manifests existed?): add "
         f"one with `python -m rso_jax.checkpoints add-manifest {path} --kind="
         f"{{{','.join(KINDS)}}} [--spm_path=...] [--inputs_length=N --targets_length=N]`")
-  raw = json.loads(fs.read_text(fs.join(d, MANIFEST_FILE)))
+  mpath = fs.join(d, MANIFEST_FILE)
+  text = fs.read_bytes(mpath)
+  problem = _json_error(mpath, text)
+  if problem:
+    raise CheckpointError(problem)
+  raw = json.loads(text.decode("utf-8"))
   try:
     return Manifest.from_json(raw, directory=d)
-  except (KeyError, TypeError) as e:
-    raise CheckpointError(f"{fs.join(d, MANIFEST_FILE)} is malformed: {e}") from None
+  except (KeyError, TypeError, AttributeError, ValueError) as e:
+    if isinstance(e, CheckpointError):
+      raise
+    what = f"lacks {e}" if isinstance(e, KeyError) else str(e)
+    raise CheckpointError(f"{mpath} is malformed: {what}") from None
 
 
 def check_kind(manifest: Manifest, path: str, expect: Sequence[str], role: str) -> None:
@@ -230,8 +264,161 @@ def save_params(path: str, params: Any, manifest: Optional[Manifest] = None) -> 
   with ocp.StandardCheckpointer() as ckptr:
     ckptr.save(fs.join(path, "params"), params, force=True)
     ckptr.wait_until_finished()
+  if jax.process_index() == 0:
+    record_files(path, ("params",))
   if manifest is not None:
     write_manifest(path, manifest)
+
+
+# ------------------------------------------------------------------------------ verification
+
+# Files orbax may rewrite after its items commit (checked as JSON, not by size).
+_UNSIZED = ("_CHECKPOINT_METADATA", "commit_success.txt")
+# orbax's JSON metadata: the step's, and each item's (tree, JSON item, nested step metadata).
+_ORBAX_JSON = ("_CHECKPOINT_METADATA", "_METADATA", "metadata")
+# tensorstore's status codes for bytes that are not what the checkpoint's metadata promised.
+_READ_DAMAGE = re.compile(r"\b(DATA_LOSS|OUT_OF_RANGE|FAILED_PRECONDITION): Error reading .*")
+
+
+def _file_size(path: str) -> Optional[int]:
+  """The size of the file at `path` in bytes (None when there is none)."""
+  if not fs.is_url(path):
+    try:
+      return os.stat(path).st_size
+    except FileNotFoundError:
+      return None
+  if not fs.exists(path):
+    return None
+  return int(fs._gfile().stat(path).length)  # pylint: disable=protected-access
+
+
+def _rel(directory: str, path: str) -> str:
+  rel = path[len(directory):].lstrip("/\\")
+  return rel.replace(os.sep, "/")
+
+
+def record_files(directory: str, items: Sequence[str]) -> str:
+  """Writes `directory/rso_files.json`: the size of every file of the orbax `items` in it.
+
+  Called once the items are committed; the file is written atomically, after all of them.
+  """
+  files = {}
+  for item in items:
+    for top, _, names in fs.walk(fs.join(directory, item)):
+      for n in names:
+        if n not in _UNSIZED:
+          f = fs.join(top, n)
+          files[_rel(directory, f)] = _file_size(f)
+  path = fs.join(directory, FILES_FILE)
+  fs.atomic_write_text(path, json.dumps({"format_version": FORMAT_VERSION,
+                                         "files": dict(sorted(files.items()))}, indent=0))
+  return path
+
+
+def verify(directory: str, items: Sequence[str]) -> Optional[str]:
+  """What is wrong with the checkpoint at `directory` (orbax `items` in it), or None if intact.
+
+  Checked: each item directory is there; orbax's JSON metadata files (the step's and each
+  item's) parse; and, where `rso_files.json` lists the files, each one is there with its listed
+  size. Costs one stat per file and reading the small metadata files, never the arrays.
+  """
+  for item in ("", *items):
+    d = fs.join(directory, item) if item else directory
+    if item and not fs.isdir(d):
+      return f"{item}/ is missing"
+    for name in _ORBAX_JSON:
+      f = fs.join(d, name)
+      if fs.exists(f) and not fs.isdir(f):
+        problem = _json_error(_rel(directory, f), fs.read_bytes(f))
+        if problem:
+          return problem
+  listing = fs.join(directory, FILES_FILE)
+  if not fs.exists(listing):
+    return None
+  text = fs.read_bytes(listing)
+  problem = _json_error(FILES_FILE, text)
+  if problem:
+    return problem
+  files = json.loads(text.decode("utf-8"))
+  if not isinstance(files, dict) or not isinstance(files.get("files"), dict):
+    return f"{FILES_FILE} lists no files"
+  problems = []
+  for rel, size in files["files"].items():
+    if rel.split("/")[0] not in items:
+      continue
+    actual = _file_size(fs.join(directory, *rel.split("/")))
+    if actual is None:
+      problems.append(f"{rel} is missing")
+    elif actual != size:
+      problems.append(f"{rel} is {actual} bytes, {FILES_FILE} says {size}")
+  if problems:
+    more = f" (and {len(problems) - 1} more files)" if len(problems) > 1 else ""
+    return problems[0] + more
+  return None
+
+
+def read_damage(error: BaseException) -> Optional[str]:
+  """The storage error behind a failed orbax restore, when it says the bytes are damaged."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    m = _READ_DAMAGE.search(str(error).splitlines()[0] if str(error) else "")
+    if m:
+      return m.group(0)
+    error = error.__cause__ or error.__context__
+  return None
+
+
+def drop_pending_reads() -> None:
+  """Collects the reads a failed orbax restore left pending, without the "Event loop is
+  closed" each of them would print on stderr when collected later."""
+  hook = sys.unraisablehook
+  sys.unraisablehook = lambda *_: None
+  try:
+    gc.collect()
+  finally:
+    sys.unraisablehook = hook
+
+
+def _items_of(params_dir: str) -> Tuple[str, ...]:
+  return (T5X_STATE_SUBDIR,) if is_t5x_step(params_dir) else ("params",)
+
+
+def _run_of(params_dir: str) -> Optional[str]:
+  """The run directory that holds the step `params_dir` (None for a lone checkpoint)."""
+  parent = fs.dirname(params_dir)
+  if fs.basename(parent) == CHECKPOINT_SUBDIR and re.fullmatch(r"\d+", fs.basename(params_dir)):
+    return fs.dirname(parent)
+  if is_t5x_step(params_dir):
+    return parent
+  return None
+
+
+def intact_steps(model_dir: str) -> List[str]:
+  """The step directories of the run `model_dir` whose params verify, newest first."""
+  dirs = [step_path(model_dir, s) for s in saved_steps(model_dir)]
+  dirs += [fs.join(model_dir, f"checkpoint_{s}") for s in _t5x_steps(model_dir)]
+  dirs.sort(key=lambda d: int(re.findall(r"\d+", fs.basename(d))[-1]), reverse=True)
+  return [d for d in dirs if verify(d, _items_of(d)) is None]
+
+
+def damaged_error(params_dir: str, reason: str) -> CheckpointError:
+  """The one-line error for a damaged checkpoint: its path, what is wrong, the intact steps."""
+  run = _run_of(params_dir)
+  if run is None:
+    return CheckpointError(f"checkpoint {params_dir} is damaged: {reason}")
+  intact = [d for d in intact_steps(run) if d != params_dir]
+  others = (f"intact steps of {run}: {', '.join(intact)}" if intact
+            else f"{run} has no intact step")
+  return CheckpointError(f"checkpoint {params_dir} is damaged: {reason}; {others}")
+
+
+def verified(params_dir: str) -> str:
+  """`params_dir` once its params verify (else the one-line `damaged_error`)."""
+  reason = verify(params_dir, _items_of(params_dir))
+  if reason:
+    raise damaged_error(params_dir, reason)
+  return params_dir
 
 
 def _t5x_steps(model_dir: str) -> list:
@@ -255,7 +442,18 @@ def saved_steps(model_dir: str) -> List[int]:
   if not fs.isdir(d):
     return []
   return sorted(int(n) for n in fs.listdir(d) if re.fullmatch(r"\d+", n)
-                and fs.isdir(fs.join(d, n, "params")))
+                and fs.isdir(fs.join(d, n, "params")) and _finalized(fs.join(d, n)))
+
+
+def _finalized(step_dir: str) -> bool:
+  """Whether orbax has finished the step. Locally a step directory appears only by orbax's
+  final rename; object stores have no rename, so a step being written is already there and
+  orbax marks the finished one with `commit_success.txt` (rso_jax's file list comes just
+  before it, once every item is committed)."""
+  if not fs.is_url(step_dir):
+    return True
+  return (fs.exists(fs.join(step_dir, "commit_success.txt"))
+          or fs.exists(fs.join(step_dir, FILES_FILE)))
 
 
 def step_path(model_dir: str, step: int) -> str:
@@ -280,28 +478,36 @@ def resolve_params_path(path: str) -> str:
   if t5x_steps:
     return fs.join(path, f"checkpoint_{max(t5x_steps)}")
   raise FileNotFoundError(
-      f"no params checkpoint at {path!r}: expected {path}/params, "
-      f"{path}/{CHECKPOINT_SUBDIR}/<step>/params or T5X's {path}/checkpoint_<step>/state")
+      f"no params checkpoint under {path}: no params/ and no checkpoint steps (expected "
+      f"{path}/params, {path}/{CHECKPOINT_SUBDIR}/<step>/params or T5X's "
+      f"{path}/checkpoint_<step>/state)")
 
 
 def load_params(path: str, abstract_params: Any = None) -> Any:
-  """Restores params from `path` (see `resolve_params_path`).
+  """Restores params from `path` (see `resolve_params_path`), verified first (`verify`).
 
   `abstract_params`: optional tree of `jax.ShapeDtypeStruct` (with `.sharding`) to restore
   directly into sharded device arrays; without it, arrays come back whole on this process's
   first device, whatever mesh (or number of hosts) saved them.
   """
-  resolved = resolve_params_path(path)
-  if is_t5x_step(resolved):
-    return _load_t5x_params(resolved, abstract_params)
-  ppath = fs.join(resolved, "params")
-  with ocp.StandardCheckpointer() as ckptr:
-    if abstract_params is None:
-      device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-      abstract_params = jax.tree.map(
-          lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-          ckptr.metadata(ppath).item_metadata.tree)
-    return ckptr.restore(ppath, abstract_params)
+  resolved = verified(resolve_params_path(path))
+  try:
+    if is_t5x_step(resolved):
+      return _load_t5x_params(resolved, abstract_params)
+    ppath = fs.join(resolved, "params")
+    with ocp.StandardCheckpointer() as ckptr:
+      if abstract_params is None:
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        abstract_params = jax.tree.map(
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+            ckptr.metadata(ppath).item_metadata.tree)
+      return ckptr.restore(ppath, abstract_params)
+  except Exception as e:  # pylint: disable=broad-except
+    damage = read_damage(e)
+    if damage is None:
+      raise
+  drop_pending_reads()
+  raise damaged_error(resolved, damage)
 
 
 # Attention kernels: rso_jax keeps heads as their own axis ([embed, heads, kv] and
@@ -381,6 +587,8 @@ def save_t5x(model_dir: str, params: Any, manifest: Manifest, *, joined_heads: b
     mgr.save(step, args=ocp.args.Composite(**{T5X_STATE_SUBDIR: ocp.args.PyTreeSave(
         {"target": params, "state": {"step": np.asarray(step, np.int32)}})}))
     mgr.wait_until_finished()
+  if jax.process_index() == 0:
+    record_files(fs.join(model_dir, f"checkpoint_{step}"), (T5X_STATE_SUBDIR,))
   write_manifest(model_dir, dataclasses.replace(manifest, source="t5x"))
   return fs.join(model_dir, f"checkpoint_{step}")
 
@@ -462,6 +670,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.cmd == "describe":
       print(_describe(args.path))
     elif args.cmd == "to-t5x":
+      fs.check_disjoint(args.model_dir, {"the checkpoint": args.path,
+                                         "its manifest directory": find_manifest(args.path)},
+                        out_name="model_dir")
       manifest, params = load(args.path)
       print(f"wrote {save_t5x(args.model_dir, params, manifest, joined_heads=args.t5x_network)}")
     else:

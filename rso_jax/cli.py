@@ -2,7 +2,8 @@
 
   parse_flags / configure_gin   `--gin_file`, `--gin.NAME=VALUE`, `--gin_bindings`,
                                 `--gin_search_paths`, `--stage`; a macro no binding reads is an
-                                error; the experiment's task registrations run
+                                error; the experiment's task registrations run, and in a
+                                stage's process its data files are checked
   invocation_flags              this process's gin flags (what a pipeline stage receives)
   checked_call                  a gin entry taking **kwargs (sample, infer): unknown or missing
                                 bindings named, with the closest argument
@@ -10,8 +11,10 @@
   removed_on_failure            nothing half-made is left behind by a failed command
 
 Exit statuses: 0 done; 2 a user error (one line `<prog>: error: ...` on stderr;
-RSO_JAX_TRACEBACK=1 for the traceback); 3 a pipeline stage failed; 143 preempted (SIGTERM:
-the checkpoint is saved, rerun the same command to continue).
+RSO_JAX_TRACEBACK=1 for the traceback), a bad data file included (`<file>:<line>: <reason>`,
+also when TensorFlow raised it wrapped); 3 a pipeline stage failed (the line carries the
+stage's own error line); 143 preempted (SIGTERM: the checkpoint is saved, rerun the same
+command to continue).
 """
 
 from __future__ import annotations
@@ -31,7 +34,9 @@ import jax
 
 from rso_jax import checkpoints
 from rso_jax import fs
+from rso_jax import partitioning
 from rso_jax import pipeline
+from rso_jax import textfiles
 from rso_jax import trainer as trainer_lib
 
 REPO_GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin")
@@ -48,8 +53,9 @@ EXIT_STAGE_FAILED = 3      # a pipeline stage (subprocess) failed
 EXIT_PREEMPTED = trainer_lib.EXIT_PREEMPTED  # 143: checkpoint saved, rerun to continue
 
 # Errors a CLI reports as one line with exit status 2 (the input or the configuration is wrong).
-USER_ERRORS = (ConfigError, checkpoints.CheckpointError, FileNotFoundError, FileExistsError,
-               PermissionError, NotADirectoryError, IsADirectoryError)
+USER_ERRORS = (ConfigError, checkpoints.CheckpointError, textfiles.DataError,
+               partitioning.MeshError, FileNotFoundError, FileExistsError, PermissionError,
+               NotADirectoryError, IsADirectoryError)
 
 
 @contextlib.contextmanager
@@ -139,10 +145,13 @@ def parse_flags(argv: Sequence[str], doc: Optional[str] = None) -> Flags:
     i += 1
   if not files:
     raise ConfigError("no --gin_file given")
-  return Flags(files, bindings, search, stage)
+  global _PARSED
+  _PARSED = Flags(tuple(files), tuple(bindings), tuple(search), stage)
+  return _PARSED
 
 
 _INVOCATION: Optional[Flags] = None  # what configure_gin parsed last
+_PARSED: Optional[Flags] = None  # what parse_flags parsed last
 
 
 def invocation_flags() -> list:
@@ -226,7 +235,8 @@ def _check_macros_read(bindings: Sequence[str], unread_in_files: Mapping[str, An
   raise ConfigError(" | ".join(parts))
 
 
-def configure_gin(files: Sequence[str], bindings: Sequence[str], search: Sequence[str]) -> None:
+def configure_gin(files: Sequence[str], bindings: Sequence[str], search: Sequence[str],
+                  stage: Optional[str] = None) -> None:
   """Parses gin files and bindings; every problem is a one-line ConfigError.
 
   Besides gin's own checks (unknown configurable or parameter, a `%gin.REQUIRED` macro left
@@ -234,6 +244,11 @@ def configure_gin(files: Sequence[str], bindings: Sequence[str], search: Sequenc
   Then the experiment's task registrations (`rso_jax.tasks.experiment_tasks`, when the config
   binds it) run, so every process of a run -- the main job and each stage -- sees the same
   seqio tasks; a registration that fails (a missing data file) is a ConfigError.
+
+  In a stage's process (`stage`; by default the `--stage` of the command line `parse_flags`
+  read these flags from) the registered file-backed tasks are then read once in Python
+  (`preference_files.validate_task`), before the stage builds a model: a bad record is a
+  one-line DataError (`<file>:<line>: <reason>`) within seconds of the stage's start.
   """
   global _INVOCATION
   _INVOCATION = Flags(tuple(files), tuple(bindings), tuple(search))
@@ -260,23 +275,42 @@ def configure_gin(files: Sequence[str], bindings: Sequence[str], search: Sequenc
       raise
     msg = str(e).strip().splitlines()
     raise ConfigError("gin: " + " | ".join(m.strip() for m in msg if m.strip())[:600]) from None
-  _register_experiment_tasks()
+  registered = _register_experiment_tasks()
+  parsed = _PARSED
+  if stage is None and parsed is not None and (parsed.files, parsed.bindings, parsed.search) == (
+      tuple(files), tuple(bindings), tuple(search)):
+    stage = parsed.stage
+  if stage:
+    validate_tasks(registered)
 
 
-def _register_experiment_tasks() -> None:
+def _register_experiment_tasks() -> list:
+  """The experiment's registered tasks (none when no gin file binds the hook)."""
   tasks_lib = sys.modules.get("rso_jax.tasks")  # imported by a gin file that binds it
   if tasks_lib is None:
-    return
+    return []
   try:
     hook = gin.get_configurable(tasks_lib.experiment_tasks)
   except ValueError:  # no gin file binds it
-    return
+    return []
   try:
-    hook()
+    return list(hook())
   except (ValueError, KeyError, TypeError) as e:
     if isinstance(e, ConfigError):
       raise
     raise ConfigError("task registration: " + one_line(e)) from None
+
+
+def validate_tasks(tasks: Iterable[Any]) -> list:
+  """Reads the files of every file-backed task among `tasks` (seqio tasks or names) once,
+  in Python; the first bad one raises `textfiles.DataError`. Returns the names checked."""
+  from rso_jax.tasks import preference_files  # pylint: disable=g-import-not-at-top
+  checked = []
+  for t in tasks:
+    name = t if isinstance(t, str) else getattr(t, "name", None)
+    if name and preference_files.validate_task(name):
+      checked.append(name)
+  return checked
 
 
 def checked_call(fn: Callable, kwargs: Mapping[str, Any], name: str,
@@ -332,9 +366,10 @@ def cli_main(prog: str, fn: Callable[[], Any],
              user_errors: Sequence[type] = USER_ERRORS) -> int:
   """Runs a CLI's body `fn` and maps its outcome to the exit status of every rso_jax CLI.
 
-  0: done. 2: a user error (`user_errors`): one line `<prog>: error: ...` on stderr, or the
-  traceback with RSO_JAX_TRACEBACK=1. 3: a pipeline stage failed (one line naming the stage
-  and its exit status). 143: preempted; the checkpoint is saved and rerunning resumes.
+  0: done. 2: a user error (`user_errors`, or a `textfiles.DataError` that TensorFlow
+  re-raised as its own error): one line `<prog>: error: ...` on stderr, or the traceback with
+  RSO_JAX_TRACEBACK=1. 3: a pipeline stage failed (one line naming the stage, its exit status
+  and its error line). 143: preempted; the checkpoint is saved and rerunning resumes.
   """
   try:
     fn()
@@ -350,5 +385,11 @@ def cli_main(prog: str, fn: Callable[[], Any],
     if os.environ.get("RSO_JAX_TRACEBACK"):
       raise
     print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
+    return EXIT_USER_ERROR
+  except Exception as e:  # pylint: disable=broad-except
+    line = textfiles.data_error_in(e)  # a reader's DataError, wrapped by tf.data
+    if line is None or os.environ.get("RSO_JAX_TRACEBACK"):
+      raise
+    print(f"{prog}: error: {line}", file=sys.stderr)
     return EXIT_USER_ERROR
   return EXIT_OK

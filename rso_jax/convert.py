@@ -483,6 +483,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   args = parser.parse_args(argv)
 
   def run():
+    fs.check_disjoint(args.out, {"--hf_dir": args.hf_dir, "--spm_path": args.spm_path})
     vocab = vocabulary_spec(args.hf_dir, _read_vocab_size(args.hf_dir), args.spm_path,
                             args.extra_ids, args.vocabulary)
     config, params = from_hf(args.hf_dir)

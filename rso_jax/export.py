@@ -20,6 +20,10 @@ then renamed):
 so that `transformers.T5ForConditionalGeneration.from_pretrained(out)` loads it with no missing or
 unexpected keys, and `convert.from_hf(out)` gives back the same config and bit-identical params.
 
+An `--out` that is, holds or lies inside the checkpoint (its run directory, its vocabulary
+file) is refused with one line before anything is written, `--force` included: `--force`
+replaces an earlier output, never an input.
+
 Mapping (ours -> HF; `stack` is encoder/decoder, E emb_dim, H heads, D head_dim, F mlp_dim):
   token_embedder/embedding [V, E]                -> shared.weight [V, E]
   {self_,encoder_decoder_}attention/{query,key,value}/kernel [E, H, D]
@@ -234,14 +238,35 @@ def _write_dir(directory: str, hf_cfg: Mapping[str, Any], tensors: Mapping[str, 
   _tokenizer_files(manifest, directory)
 
 
+def _inputs(checkpoint_path: str, manifest: checkpoints.Manifest) -> Dict[str, Optional[str]]:
+  """What export reads: the checkpoint, its params, its run (manifest) directory, its vocabulary."""
+  try:
+    params = checkpoints.resolve_params_path(checkpoint_path)
+  except FileNotFoundError:
+    params = None
+  run = None
+  if params is not None:  # <run>/checkpoints/<step> or T5X's <run>/checkpoint_<step>
+    parent = fs.dirname(params)
+    run = (fs.dirname(parent) if fs.basename(parent) == checkpoints.CHECKPOINT_SUBDIR
+           else parent if checkpoints.is_t5x_step(params) else None)
+  spec = manifest.vocabulary or {}
+  return {"--checkpoint": checkpoint_path, "the checkpoint's params": params,
+          "the checkpoint's run directory": run,
+          "the checkpoint's manifest directory": manifest.directory,
+          "the checkpoint's vocabulary file": spec.get("path")}
+
+
 def export(checkpoint_path: str, out_dir: str, force: bool = False) -> str:
   """Writes the HF T5 directory of a generative checkpoint to `out_dir`; returns its path.
 
   Raises `checkpoints.CheckpointError` for a missing/undescribed checkpoint or a reward model,
   ValueError for a network with no HF counterpart, FileExistsError when `out_dir` is a
-  non-empty directory and not `force`.
+  non-empty directory and not `force`, `fs.OverlappingPaths` (before anything is written, with
+  or without `force`) when `out_dir` is, holds or lies inside the checkpoint, its run directory
+  or its vocabulary file.
   """
   manifest = checkpoints.read_manifest(checkpoint_path)
+  fs.check_disjoint(out_dir, _inputs(checkpoint_path, manifest))
   checkpoints.check_kind(manifest, checkpoint_path, checkpoints.GENERATIVE_KINDS, "export")
   hf_config(manifest.network)  # refuse an unsupported network before reading the params
   out_dir = fs.abspath(out_dir)
@@ -294,7 +319,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument("--checkpoint", required=True,
                       help="seq2seq or policy checkpoint (run, step or converted directory)")
   parser.add_argument("--out", required=True, help="HF T5 directory to write")
-  parser.add_argument("--force", action="store_true", help="replace a non-empty --out")
+  parser.add_argument("--force", action="store_true", help="replace a non-empty --out (never one that is, holds or lies inside "
+                      "the checkpoint)")
   args = parser.parse_args(argv)
 
   def run():

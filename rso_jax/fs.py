@@ -20,7 +20,7 @@ import fnmatch
 import functools
 import os
 import posixpath
-from typing import IO, Iterator, List
+from typing import IO, Iterator, List, Mapping, Optional
 
 
 @functools.lru_cache(maxsize=None)
@@ -90,6 +90,53 @@ def dirname(path: str) -> str:
 def basename(path: str) -> str:
   path = str(path)
   return posixpath.basename(path.rstrip("/")) if is_url(path) else os.path.basename(path)
+
+
+def _resolved(path: str) -> str:
+  """`abspath`, with a local path's symlinks resolved (so two spellings of one place agree)."""
+  path = abspath(path)
+  return path if is_url(path) else os.path.realpath(path)
+
+
+def _within(inner: str, outer: str) -> bool:
+  """`inner` is `outer` or lies under it (resolved paths, compared on '/' boundaries)."""
+  if scheme(inner) != scheme(outer):
+    return False
+  sep = "/" if is_url(outer) else os.sep
+  return inner == outer or inner.startswith(outer.rstrip(sep) + sep)
+
+
+class OverlappingPaths(FileExistsError):
+  """An output path that is, contains, or lies inside one of the command's inputs."""
+
+
+def check_disjoint(out: str, inputs: Mapping[str, Optional[str]], out_name: str = "--out",
+                   new_inside_ok: bool = False) -> None:
+  """Refuses an output `out` that would write over an input, before anything is touched.
+
+  `inputs`: {what the input is (e.g. "--checkpoint"): path} (None entries are skipped). `out` equal to an input,
+  above it (a directory holding it) or inside it raises `OverlappingPaths` (a FileExistsError:
+  every CLI's one-line user error) naming both paths; `new_inside_ok` lets `out` lie inside an
+  input directory when nothing is there yet (a new file beside a checkpoint). Local paths are
+  compared with their symlinks resolved, URLs by prefix on '/' boundaries.
+  """
+  o = _resolved(out)
+  for name, path in inputs.items():
+    if not path:
+      continue
+    i = _resolved(path)
+    if o == i:
+      how = "is the same path as"
+    elif _within(i, o):
+      how = "contains"
+    elif _within(o, i) and not (new_inside_ok and not exists(o)):
+      how = "lies inside"
+    else:
+      continue
+    raise OverlappingPaths(f"{out_name} {str(out)!r} {how} {name} {str(path)!r}"
+                           + (f" ({o} vs {i})" if (o, i) != (str(out), str(path)) else "")
+                           + ": refusing to write over an input; choose another "
+                           f"{out_name}")
 
 
 # ------------------------------------------------------------------------------ queries

@@ -45,26 +45,39 @@ LOGICAL_RULES: Tuple[Tuple[str, Any], ...] = (
 )
 
 
+class MeshError(ValueError):
+  """A MESH_SHAPE that cannot be laid over the devices (the CLIs' one-line user error)."""
+
+
 def resolve_mesh_shape(mesh_shape: Sequence[int], num_devices: int) -> Tuple[int, ...]:
-  """Replaces a single -1 entry by the devices left over; checks the product."""
-  shape = [int(s) for s in mesh_shape]
+  """Replaces a single -1 entry by the devices left over; checks the product.
+
+  Raises MeshError naming MESH_SHAPE, its value and `num_devices`.
+  """
+  try:
+    shape = [int(s) for s in mesh_shape]
+    if any(s != t for s, t in zip(shape, mesh_shape)):
+      raise ValueError
+  except (TypeError, ValueError):
+    raise MeshError(f"MESH_SHAPE={mesh_shape!r} must be {len(MESH_AXES)} ints for axes "
+                    f"{MESH_AXES} ({num_devices} devices)") from None
+  value = f"MESH_SHAPE={tuple(shape)}"
   if len(shape) != len(MESH_AXES):
-    raise ValueError(f"mesh_shape {tuple(mesh_shape)} must have {len(MESH_AXES)} entries "
-                     f"for axes {MESH_AXES}")
+    raise MeshError(f"{value} must have {len(MESH_AXES)} entries for axes {MESH_AXES} "
+                    f"({num_devices} devices)")
   if shape.count(-1) > 1:
-    raise ValueError(f"mesh_shape {tuple(mesh_shape)}: at most one entry may be -1")
+    raise MeshError(f"{value}: at most one entry may be -1 ({num_devices} devices)")
   for s in shape:
     if s == 0 or s < -1:
-      raise ValueError(f"mesh_shape {tuple(mesh_shape)}: entries must be positive or -1")
+      raise MeshError(f"{value}: entries must be positive or -1 ({num_devices} devices)")
   known = int(np.prod([s for s in shape if s != -1]))
   if -1 in shape:
     if num_devices % known:
-      raise ValueError(f"mesh_shape {tuple(mesh_shape)} does not divide the {num_devices} "
-                       f"devices (the fixed axes take {known})")
+      raise MeshError(f"{value} does not divide the {num_devices} devices (the fixed axes "
+                      f"take {known})")
     shape[shape.index(-1)] = num_devices // known
   elif known != num_devices:
-    raise ValueError(f"mesh_shape {tuple(mesh_shape)} uses {known} devices but "
-                     f"{num_devices} are available")
+    raise MeshError(f"{value} uses {known} devices but {num_devices} are available")
   return tuple(shape)
 
 

@@ -23,10 +23,11 @@ task, its length in steps). A stage's artifact that is complete is reused -- aft
 that it is what the configuration asks for (kind, task, feature lengths; a mismatch is a
 ConfigError naming both) -- and an interrupted stage resumes where it stopped.
 
-A stage that fails raises `StageFailed` (the CLI prints one line naming the stage and its exit
-status, and exits 3); a stage stopped by SIGTERM / SIGINT (exit status 143, or killed by the
-signal) raises `trainer.Preempted` (the CLI exits 143: rerun to continue). SIGTERM / SIGINT
-sent to this process while a stage runs are forwarded to the stage, which checkpoints.
+A stage that fails raises `StageFailed` (the CLI prints one line naming the stage, its exit
+status and the stage's own error line, e.g. `<file>:<line>: <reason>`, and exits 3); a stage
+stopped by SIGTERM / SIGINT (exit status 143, or killed by the signal) raises
+`trainer.Preempted` (the CLI exits 143: rerun to continue). SIGTERM / SIGINT sent to this
+process while a stage runs are forwarded to the stage, which checkpoints.
 
 Paths go through `rso_jax.fs`: RUN_DIR may be a `gs://` URL.
 """
@@ -37,6 +38,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -51,7 +53,11 @@ EXIT_PREEMPTED = 143  # trainer.EXIT_PREEMPTED
 
 
 class StageFailed(RuntimeError):
-  """A stage's subprocess exited with an error (the CLI's exit status 3)."""
+  """A stage's subprocess exited with an error (the CLI's exit status 3).
+
+  `error_line`: the stage's own one-line error (what follows `<prog>: error: `), else the last
+  exception line of its traceback; carried in the message.
+  """
 
   def __init__(self, name: str, returncode: int, error_line: Optional[str] = None):
     self.name, self.returncode, self.error_line = name, returncode, error_line
@@ -124,14 +130,16 @@ def _run(name: str, module: str, extra_bindings: Sequence[str] = (),
       old[sig] = signal.signal(sig, forward)
     except ValueError:  # not the main thread: no forwarding
       pass
-  error_line = None
+  error_line = exception_line = None
   try:
     assert proc.stdout is not None
     for line in proc.stdout:
       if _noise(line):
         continue
       if line.startswith("rso_jax.") and ": error: " in line:
-        error_line = line.strip()
+        error_line = line.split(": error: ", 1)[1].strip()
+      elif _EXCEPTION_LINE.match(line):
+        exception_line = line.strip()
       print(f"[{name}] {line}", end="", flush=True)
     rc = proc.wait()
   finally:
@@ -142,10 +150,16 @@ def _run(name: str, module: str, extra_bindings: Sequence[str] = (),
     raise trainer.Preempted(f"preempted: stage {name!r} stopped (exit code {rc}) with what it "
                             "finished saved; rerun the same command to continue")
   if rc:
-    raise StageFailed(name, rc, error_line)
+    detail = error_line or exception_line
+    raise StageFailed(name, rc, detail if detail is None or len(detail) <= 600
+                      else detail[:600] + " ...")
   if forwarded:
     raise trainer.Preempted(f"preempted after stage {name!r} finished; rerun the same command "
                             "to continue")
+
+
+# The last line of a Python traceback: `ValueError: ...`, `jax.errors.JaxRuntimeError: ...`.
+_EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*(?:Error|Exception|Exit)(?::\s|$)")
 
 
 def _noise(line: str) -> bool:

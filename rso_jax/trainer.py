@@ -13,7 +13,9 @@ dropout key, `fold_in(seed, step)`) and the data position (batches consumed).
 
 from __future__ import annotations
 
+import collections
 import json
+import logging
 import math
 import signal
 import time
@@ -280,36 +282,127 @@ class Trainer:
 # Checkpoint manager
 # --------------------------------------------------------------------------------------------
 class CheckpointManager:
-  """orbax CheckpointManager over items params / opt_state / meta (JSON)."""
+  """orbax CheckpointManager over items params / opt_state / meta (JSON).
+
+  Each step lists its files (`checkpoints.record_files`) once its items are committed: for an
+  asynchronous save from orbax's post-finalization callback, before orbax renames the step into
+  place, so no step appears without its list. `latest_intact_step` verifies steps before a
+  resume and sets damaged ones aside.
+  """
+
+  ITEMS = ("params", "opt_state", "meta")
+  DAMAGED_SUBDIR = "damaged_checkpoints"  # where damaged steps are moved, never deleted
 
   def __init__(self, model_dir: str, keep: int = 3, async_save: bool = True):
     # A URL (gs://...) reaches orbax as it is: fs.abspath leaves URLs alone.
-    self.directory = fs.join(fs.abspath(model_dir), checkpoints.CHECKPOINT_SUBDIR)
+    self.model_dir = fs.abspath(model_dir)
+    self.directory = fs.join(self.model_dir, checkpoints.CHECKPOINT_SUBDIR)
+    self._async = async_save
+    self._saving = collections.deque()  # steps saved whose files are not listed yet
+    async_options = (ocp.AsyncOptions(post_finalization_callback=self._record_finalizing)
+                     if async_save else None)
     self._mgr = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                             enable_async_checkpointing=async_save),
-        item_names=("params", "opt_state", "meta"))
+                                             enable_async_checkpointing=async_save,
+                                             async_options=async_options),
+        item_names=self.ITEMS)
+
+  def step_dir(self, step: int) -> str:
+    return fs.join(self.directory, str(int(step)))
 
   def latest_step(self) -> Optional[int]:
     return self._mgr.latest_step()
 
+  def _record_finalizing(self):
+    """orbax's post-finalization callback (primary process, items committed, not yet renamed)."""
+    if not self._saving:
+      return
+    step = self._saving.popleft()
+    tmp = fs.glob_in(self.directory, f"{step}.orbax-checkpoint-tmp*")
+    directory = tmp[-1] if tmp else self.step_dir(step)  # object stores: written in place
+    try:
+      checkpoints.record_files(directory, self.ITEMS)
+    except Exception as e:  # pylint: disable=broad-except  (the step stays usable unlisted)
+      logging.warning("could not list the files of checkpoint %s: %s", directory, e)
+
   def save(self, state: TrainState, meta: Mapping[str, Any], force: bool = False) -> bool:
     step = int(jax.device_get(state.step))
-    return self._mgr.save(step, args=ocp.args.Composite(
-        params=ocp.args.StandardSave(state.params),
-        opt_state=ocp.args.StandardSave(state.opt_state),
-        meta=ocp.args.JsonSave(dict(meta, step=step))), force=force)
+    if self._async and jax.process_index() == 0:
+      self._saving.append(step)
+    try:
+      saved = self._mgr.save(step, args=ocp.args.Composite(
+          params=ocp.args.StandardSave(state.params),
+          opt_state=ocp.args.StandardSave(state.opt_state),
+          meta=ocp.args.JsonSave(dict(meta, step=step))), force=force)
+    except BaseException:
+      if self._saving and self._saving[-1] == step:
+        self._saving.pop()
+      raise
+    if not saved and self._saving and self._saving[-1] == step:
+      self._saving.pop()
+    if saved and not self._async and jax.process_index() == 0:
+      checkpoints.record_files(self.step_dir(step), self.ITEMS)
+    return saved
+
+  def latest_intact_step(self, report: Callable[[str], None] = print) -> Optional[int]:
+    """The newest step that verifies (`checkpoints.verify`), or None.
+
+    Each newer, damaged step is moved to `MODEL_DIR/damaged_checkpoints/` (so a resumed run can
+    save that step again) and reported in one line naming it, what is wrong and the step resumed
+    from.
+    """
+    damaged = []
+    intact = None
+    for step in sorted(self._mgr.all_steps(), reverse=True):
+      reason = checkpoints.verify(self.step_dir(step), self.ITEMS)
+      if reason is None:
+        intact = step
+        break
+      damaged.append((step, reason))
+    if not damaged:
+      return intact
+    then = (f"resuming from step {intact} ({self.step_dir(intact)})" if intact is not None
+            else "no intact step is left: training starts from step 0")
+    for step, reason in damaged:
+      dest = self._set_aside(step)
+      report(f"checkpoint step {self.step_dir(step)} is damaged ({reason}): moved to {dest}; "
+             f"{then}")
+    if partitioning.is_multiprocess():
+      multihost_utils.sync_global_devices("rso_jax_damaged_checkpoints")
+    self._mgr.reload()
+    return intact
+
+  def _set_aside(self, step: int) -> str:
+    """Moves the damaged `step` into DAMAGED_SUBDIR (a free name); returns where it goes."""
+    parent = fs.join(self.model_dir, self.DAMAGED_SUBDIR)
+    dest, n = fs.join(parent, str(step)), 0
+    while fs.exists(dest):
+      n += 1
+      dest = fs.join(parent, f"{step}-{n}")
+    if jax.process_index() == 0:
+      fs.makedirs(parent)
+      fs.rename(self.step_dir(step), dest, overwrite=False)
+    return dest
 
   def restore(self, trainer: Trainer, step: Optional[int] = None) -> Tuple[TrainState, dict]:
     step = self._mgr.latest_step() if step is None else step
     abstract = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
         trainer.abstract_state, trainer.shardings)
-    restored = self._mgr.restore(step, args=ocp.args.Composite(
-        params=ocp.args.StandardRestore(abstract.params),
-        opt_state=ocp.args.StandardRestore(abstract.opt_state),
-        meta=ocp.args.JsonRestore()))
+    try:
+      restored = self._mgr.restore(step, args=ocp.args.Composite(
+          params=ocp.args.StandardRestore(abstract.params),
+          opt_state=ocp.args.StandardRestore(abstract.opt_state),
+          meta=ocp.args.JsonRestore()))
+    except Exception as e:  # pylint: disable=broad-except
+      damage = checkpoints.read_damage(e)
+      if damage is None:
+        raise
+      restored = None
+    if restored is None:
+      checkpoints.drop_pending_reads()
+      raise checkpoints.damaged_error(self.step_dir(step), damage)
     meta = dict(restored["meta"])
     state = TrainState(step=jax.device_put(jnp.array(meta["step"], jnp.int32),
                                            trainer.shardings.step),

@@ -141,3 +141,16 @@ def assert_logits_match_hf(hf_model, config, params, enc, dec, tgt, tol=1e-4):
   ours_causal = np.asarray(net.apply(variables, enc, dec, None, enable_dropout=False))
   np.testing.assert_allclose(ours_causal, hf_causal, atol=tol, rtol=0)
   assert np.abs(hf_causal).max() > 1.0  # the comparison is not vacuous
+
+
+def snapshot(root):
+  """{relative path: (bytes, mtime_ns)} of every file under `root` (directories by name)."""
+  out = {}
+  for top, dirs, files in os.walk(str(root)):
+    for d in dirs:
+      out[os.path.relpath(os.path.join(top, d), str(root)) + "/"] = None
+    for f in files:
+      p = os.path.join(top, f)
+      with open(p, "rb") as fh:
+        out[os.path.relpath(p, str(root))] = (fh.read(), os.stat(p).st_mtime_ns)
+  return out

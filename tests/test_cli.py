@@ -196,7 +196,7 @@ def fake_stage(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("rc,status,needle", [
-    (0, 0, None), (2, 3, "stage 'fake' failed with exit code 2: rso_jax.fake: error: something"),
+    (0, 0, None), (2, 3, "stage 'fake' failed with exit code 2: something is wrong ("),
     (1, 3, "stage 'fake' failed with exit code 1"), (143, 143, "preempted: stage 'fake'"),
     (-15, 143, "preempted: stage 'fake' stopped (exit code -15)")])
 def test_stage_exit_codes_propagate(fake_stage, capsys, rc, status, needle):
@@ -206,6 +206,67 @@ def test_stage_exit_codes_propagate(fake_stage, capsys, rc, status, needle):
     assert err == ""
   else:
     _one_line(err, needle, prefix="error: " if status == 3 else "preempted: ")
+
+
+def test_a_stage_traceback_is_carried_by_its_exception_line(tmp_path, monkeypatch, capsys):
+  """A stage that dies in a traceback (exit 1): the main job's line carries its last
+  exception line, not the progress lines before it."""
+  (tmp_path / "crash_stage.py").write_text(
+      "print('step 1/2 | loss 1.0', flush=True)\n"
+      "try:\n  raise KeyError('inner')\n"
+      "except KeyError:\n  raise ValueError('/d/x.jsonl:3: reason')\n")
+  monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+  run = lambda: pipeline._run("crash", "crash_stage", flags=[])  # pylint: disable=protected-access
+  assert train.cli_main("rso_jax.train", run) == 3
+  out, err = capsys.readouterr()
+  _one_line(err, "stage 'crash' failed with exit code 1: ValueError: /d/x.jsonl:3: reason (")
+  assert "[crash] step 1/2 | loss 1.0" in out and "[crash] KeyError: 'inner'" in out
+
+
+def test_a_data_error_raised_inside_tf_data_is_one_line(capsys):
+  """A reader that raises `textfiles.DataError` inside tf.data (a py_function, a generator)
+  reaches the CLI as TensorFlow's own error; the CLI reports the reader's line, exit 2."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from rso_jax import textfiles  # pylint: disable=g-import-not-at-top
+
+  def bad(x):
+    raise textfiles.DataError(f"/d/x.jsonl:{int(x) + 1}: missing field 'chosen'")
+
+  def in_map():
+    ds = tf.data.Dataset.range(3).map(lambda x: tf.py_function(bad, [x], tf.int64))
+    list(ds.as_numpy_iterator())
+
+  def in_generator():
+    def gen():
+      yield 1
+      raise textfiles.DataError("/d/y.jsonl:2: invalid UTF-8 at byte 7 (0xff)")
+    ds = tf.data.Dataset.from_generator(gen, output_signature=tf.TensorSpec((), tf.int64))
+    list(ds.as_numpy_iterator())
+
+  assert cli.cli_main("rso_jax.x", in_map) == 2
+  assert capsys.readouterr().err == "rso_jax.x: error: /d/x.jsonl:1: missing field 'chosen'\n"
+  assert cli.cli_main("rso_jax.x", in_generator) == 2
+  assert capsys.readouterr().err == ("rso_jax.x: error: /d/y.jsonl:2: invalid UTF-8 at byte 7 "
+                                     "(0xff)\n")
+  with pytest.raises(tf.errors.InvalidArgumentError):  # another tf error is not a user error
+    cli.cli_main("rso_jax.x", lambda: tf.debugging.assert_equal(1, 2))
+
+
+def test_every_reader_decodes_text_the_same_way(tmp_path):
+  """`textfiles`: invalid UTF-8 is `<file>:<line>: invalid UTF-8 at byte N (0xXX)`, N counted
+  from 1 in the line (a first line's byte-order mark included); the mark itself is dropped."""
+  from rso_jax import textfiles  # pylint: disable=g-import-not-at-top
+  path = tmp_path / "p.jsonl"
+  path.write_bytes(b"\xef\xbb\xbfab\n\nok \xc3\xa9\n")
+  assert list(textfiles.read_lines(str(path))) == [(1, "ab\n"), (2, "\n"), (3, "ok \u00e9\n")]
+  path.write_bytes(b"\xef\xbb\xbfa\xff\n")
+  with pytest.raises(textfiles.DataError, match=r"p\.jsonl:1: invalid UTF-8 at byte 5 \(0xff\)$"):
+    list(textfiles.read_lines(str(path)))
+  path.write_bytes(b"ok\ncaf\xc3\n")  # a sequence cut short
+  with pytest.raises(textfiles.DataError, match=r"p\.jsonl:2: invalid UTF-8 at byte 4 \(0xc3\)$"):
+    list(textfiles.read_lines(str(path)))
+  assert issubclass(textfiles.DataError, ValueError)
+  assert textfiles.DataError in cli.USER_ERRORS
 
 
 def test_sigterm_checkpoints_and_exits_143_then_a_rerun_resumes(tmp_path, capsys):
@@ -375,3 +436,31 @@ def test_iterative_round_two_reads_round_one():
   pairs = pipeline.stage_bindings(tasks.register_preference_file_task, "onpolicy")
   assert pairs["name"] == "synthetic_onpolicy_pairs" and pairs["made_by_run"]
   assert pairs["path"] == {"train": ["/tmp/r1/collect/pairs.jsonl", "/tmp/r2/collect/pairs.jsonl"]}
+
+
+def test_no_command_writes_over_its_input(ckpts, tmp_path, capsys):
+  from helpers import snapshot  # pylint: disable=import-outside-toplevel
+  hf = tmp_path / "hf"
+  hf.mkdir()
+  (hf / "config.json").write_text('{"vocab_size": 384}')
+  prompts = tmp_path / "prompts.jsonl"
+  prompts.write_text('{"prompt": "a"}\n')
+  before, ckpt_before = snapshot(tmp_path), snapshot(ckpts["sft"])
+  assert convert.main(["--hf_dir", str(hf), "--out", str(hf)]) == 2
+  _one_line(capsys.readouterr().err, "rso_jax.convert: error: --out", "is the same path as "
+            f"--hf_dir {str(hf)!r}")
+  assert convert.main(["--hf_dir", str(hf), "--out", str(tmp_path)]) == 2
+  _one_line(capsys.readouterr().err, f"--out {str(tmp_path)!r} contains --hf_dir")
+  assert checkpoints.main(["to-t5x", ckpts["sft"], ckpts["sft"]]) == 2
+  _one_line(capsys.readouterr().err, "rso_jax.checkpoints: error: model_dir",
+            "is the same path as the checkpoint")
+  rc = infer.main(["--gin_file=infer.gin", f'--gin.CHECKPOINT="{ckpts["sft"]}"',
+                   f'--gin.PROMPTS_FILE="{prompts}"', f'--gin.OUTPUT="{prompts}"'])
+  assert rc == 2
+  _one_line(capsys.readouterr().err, "OUTPUT", "is the same path as PROMPTS_FILE")
+  rc = infer.main(["--gin_file=infer.gin", f'--gin.CHECKPOINT="{ckpts["sft"]}"',
+                   f'--gin.PROMPTS_FILE="{prompts}"',
+                   f'--gin.OUTPUT="{ckpts["sft"]}/rso_manifest.json"'])
+  assert rc == 2
+  _one_line(capsys.readouterr().err, "OUTPUT", "lies inside CHECKPOINT")
+  assert snapshot(tmp_path) == before and snapshot(ckpts["sft"]) == ckpt_before

@@ -256,3 +256,23 @@ def test_to_hf_checks_params(exported):
   assert tied["feed_forward_proj"] == "relu"
   assert export.hf_config(exported["gated_exact_gelu_policy"][0])["feed_forward_proj"] == (
       "gated-gelu_python")
+
+
+@pytest.mark.parametrize("case", ["onto", "inside", "above", "sibling_step", "symlink"])
+def test_out_over_its_checkpoint_is_refused_even_with_force(tmp_path, capsys, case):
+  config = VARIANTS["gated_exact_gelu_policy"][0]
+  run = _save(str(tmp_path / "runs" / "policy"), config, _random_params(config, 0),
+              {"type": "bytes"}, "policy", run_layout=True)
+  ckpt, out = run, {"onto": run, "inside": os.path.join(run, "hf"),
+                    "above": str(tmp_path / "runs"), "symlink": str(tmp_path / "link"),
+                    "sibling_step": os.path.join(run, "checkpoints", "6")}[case]
+  if case == "sibling_step":  # a step of the run: the run's other steps are inputs too
+    ckpt = os.path.join(run, "checkpoints", "7")
+  if case == "symlink":
+    os.symlink(run, out)
+  before = helpers.snapshot(tmp_path)
+  assert export.main(["--checkpoint", ckpt, "--out", out, "--force"]) == 2
+  line = _one_line_error(capsys)
+  assert f"--out {out!r}" in line and "refusing to write over an input" in line, line
+  assert run in line, line
+  assert helpers.snapshot(tmp_path) == before  # nothing deleted, moved or written

@@ -31,6 +31,36 @@ def test_path_strings():
   assert fs.basename("gs://b/run/sub/") == "sub"
 
 
+def test_check_disjoint(tmp_path):
+  run = tmp_path / "runs" / "run"
+  run.mkdir(parents=True)
+  (tmp_path / "link").symlink_to(run)
+  ok = [tmp_path / "runs" / "run2", tmp_path / "other", tmp_path / "runs" / "ru"]
+  for out in ok:  # siblings, a name sharing a prefix
+    fs.check_disjoint(str(out), {"--checkpoint": str(run), "unset": None})
+  for out, how in [(run, "is the same path as"), (str(run) + "/", "is the same path as"),
+                   (tmp_path / "link", "is the same path as"), (tmp_path / "runs", "contains"),
+                   (tmp_path, "contains"), (run / "hf", "lies inside"),
+                   (tmp_path / "link" / "x", "lies inside")]:
+    with pytest.raises(fs.OverlappingPaths) as e:
+      fs.check_disjoint(str(out), {"--checkpoint": str(run)})
+    assert isinstance(e.value, FileExistsError)
+    assert f"--out {str(out)!r} {how} --checkpoint {str(run)!r}" in str(e.value), e.value
+  # A new file beside a checkpoint is fine where asked for; an existing one is not.
+  fs.check_disjoint(str(run / "out.jsonl"), {"CHECKPOINT": str(run)}, "OUTPUT",
+                    new_inside_ok=True)
+  (run / "rso_manifest.json").write_text("{}")
+  with pytest.raises(fs.OverlappingPaths, match="OUTPUT .* lies inside CHECKPOINT"):
+    fs.check_disjoint(str(run / "rso_manifest.json"), {"CHECKPOINT": str(run)}, "OUTPUT",
+                      new_inside_ok=True)
+  # URLs: by prefix on '/' boundaries; a local path and a URL never overlap.
+  fs.check_disjoint("gs://b/runs/run2", {"x": "gs://b/runs/run"})
+  fs.check_disjoint(str(run), {"x": "gs://b" + str(run)})
+  for out in ("gs://b/runs/run/", "gs://b/runs", "gs://b/runs/run/hf"):
+    with pytest.raises(fs.OverlappingPaths):
+      fs.check_disjoint(out, {"x": "gs://b/runs/run"})
+
+
 def _exercise(root):
   """The fs functions on a fresh directory `root` (local or gs://)."""
   run = fs.join(root, "run [1]")  # glob metacharacters in the directory name

@@ -241,3 +241,18 @@ def test_a_failed_run_keeps_the_previous_output(ckpts, tmp_path, capsys):
   assert rc == 2 and "'prompt' must be a string" in err
   assert output.read_text() == "old\n"
   assert sorted(os.listdir(tmp_path)) == ["out.jsonl", "p.jsonl"]
+
+
+def test_non_utf8_prompts_are_one_line_naming_file_line_and_byte(tmp_path, capsys):
+  """PROMPTS_FILE is read as every CLI reads text (`textfiles`): invalid UTF-8 is
+  `<file>:<line>: invalid UTF-8 at byte N`, exit 2, before any checkpoint is opened; a
+  byte-order mark is not an error."""
+  output = tmp_path / "o" / "out.jsonl"
+  f = tmp_path / "latin1.jsonl"
+  f.write_bytes(b'\xef\xbb\xbf{"prompt": "a"}\n\n{"prompt": "caf\xe9"}\n')
+  rc, _, err = _run(capsys, CHECKPOINT=str(tmp_path / "no_ckpt"), PROMPTS_FILE=str(f),
+                    OUTPUT=str(output))
+  _one_line_error(rc, err, str(output), f"{f}:3: invalid UTF-8 at byte 16 (0xe9)")
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["latin1.jsonl"]
+  f.write_bytes(b'\xef\xbb\xbf{"prompt": "a"}\n')
+  assert infer.read_prompts_file(str(f)) == (["a"], [{}])

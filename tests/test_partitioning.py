@@ -1,5 +1,7 @@
 """partitioning.py: sharded loss/gradients equal single-device ones; params really sharded."""
 
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -192,6 +194,36 @@ def test_create_mesh_refuses_bad_shape():
     partitioning.create_mesh((-1, 3, 1))
   with pytest.raises(ValueError, match="uses 6 devices"):
     partitioning.create_mesh((3, 2, 1))
+
+
+@needs_8
+@pytest.mark.parametrize("shape,needle", [
+    ("(3, 1, 1)", "MESH_SHAPE=(3, 1, 1) uses 3 devices but 8 are available"),
+    ("(0, 1, 1)", "MESH_SHAPE=(0, 1, 1): entries must be positive or -1 (8 devices)"),
+    ("(-1, -1, 1)", "MESH_SHAPE=(-1, -1, 1): at most one entry may be -1 (8 devices)"),
+    ("(-1, 3, 1)", "MESH_SHAPE=(-1, 3, 1) does not divide the 8 devices"),
+    ("(8, 1)", "MESH_SHAPE=(8, 1) must have 3 entries"),
+    ("('a', 1, 1)", "MESH_SHAPE=('a', 1, 1) must be 3 ints")])
+def test_a_mesh_that_does_not_fit_is_one_line_in_every_cli(tmp_path, capsys, shape, needle):
+  """An impossible MESH_SHAPE: a MeshError (ValueError) naming MESH_SHAPE, the value and the
+  device count; every CLI reports it as one line, exit 2, with nothing created."""
+  from rso_jax import infer, train  # pylint: disable=g-import-not-at-top
+  with pytest.raises(partitioning.MeshError, match=re.escape(needle)):
+    partitioning.create_mesh(eval(shape))  # pylint: disable=eval-used
+  model_dir = tmp_path / "sft"
+  assert train.main(["--gin_file=sft.gin", f'--gin.MODEL_DIR="{model_dir}"',
+                     f"--gin.MESH_SHAPE={shape}"]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith(f"rso_jax.train: error: {needle}"), err
+  assert not model_dir.exists()
+  prompts = tmp_path / "p.jsonl"
+  prompts.write_text('{"prompt": "owl"}\n')
+  assert infer.main(["--gin_file=infer.gin", f'--gin.CHECKPOINT="{tmp_path / "ckpt"}"',
+                     f'--gin.PROMPTS_FILE="{prompts}"', f'--gin.OUTPUT="{tmp_path / "o.jsonl"}"',
+                     f"--gin.infer.infer_configured.mesh_shape={shape}"]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith(f"rso_jax.infer: error: {needle}"), err
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["p.jsonl"]
 
 
 @needs_8

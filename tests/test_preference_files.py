@@ -17,7 +17,7 @@ BAD_LINES = {
     "identical": (json.dumps({"prompt": "p", "chosen": "same ", "rejected": "same"}),
                   "chosen and rejected responses are identical"),
     "utf8": (b'{"prompt": "p", "chosen": "caf\xe9", "rejected": "r"}',
-             r"not valid UTF-8 \(byte 0xe9 at byte 31 of the line\)"),
+             r"invalid UTF-8 at byte 31 \(0xe9\)"),
     "json": ('{"prompt": "p", "chosen": ', "invalid JSON"),
     "surrogate": ('{"prompt": "p", "chosen": "\\ud800", "rejected": "r"}',
                   "the chosen response is not valid Unicode text"),
@@ -84,7 +84,7 @@ def test_skip_mode_past_the_budget_fails_with_counts_and_reasons(tmp_path):
   with pytest.raises(ValueError, match=(
       r"Task 't_pf_budget' split 'train': 2 of 100 records \(2\.00%\) are bad, more than "
       r"max_bad_fraction=0\.01; first: .*budget\.jsonl:99: the chosen response is empty; "
-      r".*budget\.jsonl:100: not valid UTF-8")):
+      r".*budget\.jsonl:100: invalid UTF-8 at byte 31")):
     _examples("t_pf_budget")
   assert pf.bad_record_stats("t_pf_budget")["skipped"] == 2  # Counted even when failing.
   tasks.register_preference_file_task("t_pf_budget2", path, "jsonl", bad_records="skip",
@@ -303,3 +303,65 @@ def test_made_by_run_files_are_looked_up_when_first_read(tmp_path):
   got = _inputs("t_pf_later", "train") + _inputs("t_pf_later", "validation")
   assert sorted(got) == sorted(r["prompt"] for r in rows)
   assert 0 < len(_inputs("t_pf_later", "validation")) < 40
+
+
+def test_bad_data_is_a_data_error_and_the_sft_kind_names_the_field_it_needs(tmp_path):
+  """Every bad record or unusable file is a DataError (a ValueError the CLIs report as one
+  line, exit 2); over a pairs file the SFT kind reads `chosen` and names it."""
+  pairs_no_chosen = _write(tmp_path / "a.jsonl", [GOOD, {"prompt": "p", "rejected": "r"}])
+  with pytest.raises(pf.DataError, match=r"a\.jsonl:2: missing field 'chosen' \("):
+    pf.read_records(pairs_no_chosen, "jsonl", kind="sft")
+  prompt_only = _write(tmp_path / "b.jsonl", [{"prompt": "p"}])
+  with pytest.raises(pf.DataError, match=r"b\.jsonl:1: missing field 'response' \(an SFT "
+                                         r"record\) or 'chosen' \(a pairs record\)"):
+    pf.read_records(prompt_only, "jsonl", kind="sft")
+  blank_chosen = _write(tmp_path / "c.jsonl", [{"prompt": "p", "chosen": " ", "rejected": "r"}])
+  with pytest.raises(pf.DataError, match=r"c\.jsonl:1: the chosen response is empty"):
+    pf.read_records(blank_chosen, "jsonl", kind="sft")
+  empty, blank = tmp_path / "empty.jsonl", tmp_path / "blank.jsonl"
+  empty.write_bytes(b"")
+  blank.write_bytes(b"\n \n")
+  for path, what in ((empty, "empty"), (blank, "blank")):
+    with pytest.raises(pf.DataError, match=rf"{path.name}:1: no records: the file is {what}"):
+      pf.read_records(str(path), "jsonl")
+  bad_json = _write(tmp_path / "d.jsonl", ['{"prompt": "a\tb"}'])
+  with pytest.raises(pf.DataError, match=r"d\.jsonl:1: invalid JSON \(Invalid control "
+                                         r"character at column 14\)"):
+    pf.read_records(bad_json, "jsonl", kind="prompts")
+
+
+def test_validate_task_reads_every_split_once_without_tf_data(tmp_path, monkeypatch):
+  """The cheap pass a stage runs before it builds its model: every split of a file-backed
+  task (a validation file too), the same checks as reading it, nothing kept."""
+  train = _write(tmp_path / "train.jsonl", [GOOD] * 3)
+  val = _write(tmp_path / "val.jsonl", [GOOD, GOOD, BAD_LINES["utf8"][0]])
+  tasks.register_preference_file_task("t_pf_check", {"train": train, "validation": val},
+                                      "jsonl")
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  def no_tf_data(*args, **kwargs):
+    raise AssertionError("tf.data used")
+  monkeypatch.setattr(tf.data.Dataset, "from_tensor_slices", no_tf_data)
+  with pytest.raises(pf.DataError, match=r"val\.jsonl:3: invalid UTF-8 at byte 31 \(0xe9\)"):
+    pf.validate_task("t_pf_check")
+  assert pf._load_columns.cache_info().currsize == 0  # pylint: disable=protected-access
+  rows = _write(tmp_path / "rows.jsonl", [dict(GOOD, prompt=f"owl {i}") for i in range(40)])
+  tasks.register_preference_file_task("t_pf_check", rows, "jsonl", validation_fraction=0.5)
+  assert pf.validate_task("t_pf_check")  # both carved splits have records
+  tasks.register_preference_file_task("t_pf_check", train, "jsonl", validation_fraction=0.5)
+  with pytest.raises(pf.DataError, match="no records: validation_fraction=0.5 put none"):
+    pf.validate_task("t_pf_check")  # one prompt: one of the carved splits is empty
+  budget = _write(tmp_path / "budget.jsonl", [GOOD] * 9 + [BAD_LINES["json"][0]])
+  tasks.register_preference_file_task("t_pf_check", budget, "jsonl", bad_records="skip",
+                                      max_bad_fraction=0.05)
+  with pytest.raises(pf.DataError, match=r"1 of 10 records \(10\.00%\) are bad.*"
+                                         r"budget\.jsonl:10: invalid JSON"):
+    pf.validate_task("t_pf_check")
+  # Nothing to check up front: files the run writes, another task under the name, no task.
+  tasks.register_preference_file_task("t_pf_check", str(tmp_path / "later.jsonl"), "jsonl",
+                                      made_by_run=True)
+  assert not pf.validate_task("t_pf_check")
+  tasks.register_preference_file_task("t_pf_check2", train, "jsonl")
+  from rso_jax.tasks import sources  # pylint: disable=g-import-not-at-top
+  sources.add_task("t_pf_check2", seqio.get_mixture_or_task("t_pf_check").source, "pairs",
+                   seqio.get_mixture_or_task("t_pf_check").output_features["inputs"].vocabulary)
+  assert not pf.validate_task("t_pf_check2") and not pf.validate_task("t_pf_no_such_task")

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 
 import jax
@@ -83,6 +84,36 @@ def test_resume_is_bit_exact(tmp_path):
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
   assert _history(full) == _history(part)  # same loss curve, no duplicated steps
+
+
+def test_damaged_latest_step_is_skipped_on_resume(tmp_path):
+  """A params file cut short in the latest step: one line names it and the step resumed from,
+  the step is moved aside (not deleted), and the run ends where a clean resume from that
+  step ends, bit for bit."""
+  damaged, clean = str(tmp_path / "damaged"), str(tmp_path / "clean")
+  _train(damaged, 4, checkpoint_period=2, async_checkpoint=True)
+  shutil.copytree(damaged, clean)  # the same run, resumed from step 2 with nothing damaged
+  shutil.rmtree(checkpoints.step_path(clean, 4))
+  step4 = checkpoints.step_path(damaged, 4)
+  files = [os.path.join(r, n) for r, _, ns in os.walk(os.path.join(step4, "params")) for n in ns]
+  cut = max(files, key=os.path.getsize)
+  size = os.path.getsize(cut)
+  os.truncate(cut, size // 2)
+  lines = []
+  _train(damaged, 6, checkpoint_period=2, print_fn=lines.append)
+  moved = os.path.join(damaged, "damaged_checkpoints", "4")
+  rel = os.path.relpath(cut, step4)
+  assert [l for l in lines if "is damaged" in l] == [
+      f"checkpoint step {step4} is damaged ({rel} is {size // 2} bytes, rso_files.json says "
+      f"{size}): moved to {moved}; resuming from step 2 ({checkpoints.step_path(damaged, 2)})"]
+  assert os.path.getsize(os.path.join(moved, rel)) == size // 2  # kept as it was
+  assert checkpoints.saved_steps(damaged) == [2, 4, 6]
+  _train(clean, 6, checkpoint_period=2)
+  a = checkpoints.load_params(damaged)
+  b = checkpoints.load_params(clean)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  assert _history(damaged) == _history(clean)
 
 
 def test_mesh_invariance():

@@ -28,11 +28,14 @@ agree on every prompt's split, and no prompt is in both.
 Bad records (file formats): a line that is not valid UTF-8 or not valid JSON, a record missing
 a field or with a field of the wrong type, an empty response (after stripping whitespace),
 identical chosen and rejected responses. Per task, `bad_records=`:
-  "error" (default): the first one raises ValueError("<file>:<line>: <reason>") (Parquet:
+  "error" (default): the first one raises DataError("<file>:<line>: <reason>") (Parquet:
       "<file>: row N: <reason>");
   "skip": bad records are skipped and counted; when more than `max_bad_fraction` (default
       0.01) of a split's records are bad, loading fails with the count, the fraction and the
       first reasons. `bad_record_stats()` returns the counts for a stage to report.
+A file with no records, and a split left with none, are DataErrors too (`textfiles.DataError`, a
+ValueError: every CLI reports it as one line with exit status 2). `validate_task(name)` reads a
+task's files once in Python, as a stage does before it builds its model.
 """
 from __future__ import annotations
 
@@ -47,6 +50,7 @@ from absl import logging
 import seqio
 import tensorflow as tf
 
+from rso_jax import textfiles
 from rso_jax.tasks import preprocessors as prep
 from rso_jax.tasks import sources
 from rso_jax.tasks import vocab as vocab_lib
@@ -62,6 +66,7 @@ _PAIR_KINDS = ("pairs", "rm_pairwise")
 _COUNTS = ("records", "kept", "skipped", "filtered", "duplicates")
 
 Record = dict[str, str]
+DataError = textfiles.DataError
 
 
 class _Malformed(Exception):
@@ -156,8 +161,16 @@ def _parse_generic(obj: Mapping[str, Any], kind: str) -> Record:
   if kind == "prompts":
     return {"inputs": _field(obj, "prompt")}
   if kind == "sft":  # prompt -> response; a TRL pairs file: prompt -> chosen
-    target = "response" if "response" in obj or "chosen" not in obj else "chosen"
-    return {"inputs": _field(obj, "prompt"), "targets": _field(obj, target)}
+    prompt = _field(obj, "prompt")
+    if "response" not in obj and "chosen" not in obj:
+      raise _Malformed("missing field 'chosen'" if "rejected" in obj else
+                       "missing field 'response' (an SFT record) or 'chosen' (a pairs record)")
+    if "response" in obj:
+      return {"inputs": prompt, "targets": _field(obj, "response")}
+    chosen = _field(obj, "chosen")
+    if not chosen.strip():
+      raise _Malformed("the chosen response is empty")
+    return {"inputs": prompt, "targets": chosen}
   return {"inputs": _field(obj, "prompt"), "chosen": _field(obj, "chosen"),
           "rejected": _field(obj, "rejected")}
 
@@ -186,21 +199,22 @@ def _check_record(rec: Record) -> None:
 
 
 def _jsonl_objects(path: str) -> Iterator[tuple[int, Any]]:
-  """(line number, parsed JSON or a _Malformed) per non-blank line; bytes decoded per line."""
+  """(line number, parsed JSON or a _Malformed) per non-blank line; bytes decoded per line
+  (`textfiles`: invalid UTF-8 is "invalid UTF-8 at byte N")."""
   with tf.io.gfile.GFile(path, "rb") as f:
     for lineno, raw in enumerate(f, start=1):
-      try:
-        line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
-      except UnicodeDecodeError as e:
-        yield lineno, _Malformed(f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at byte "
-                                 f"{e.start + 1} of the line)")
+      bad = textfiles.invalid_utf8(raw, lineno)
+      if bad:
+        yield lineno, _Malformed(bad)
         continue
+      line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
       if not line.strip():
         continue
       try:
         yield lineno, json.loads(line)
       except json.JSONDecodeError as e:
-        yield lineno, _Malformed(f"invalid JSON ({e.msg} at column {e.colno})")
+        msg = e.msg[:-3] if e.msg.endswith(" at") else e.msg  # "Invalid control character at"
+        yield lineno, _Malformed(f"invalid JSON ({msg} at column {e.colno})")
 
 
 def _parquet_objects(path: str) -> Iterator[tuple[int, Any]]:
@@ -211,7 +225,7 @@ def _parquet_objects(path: str) -> Iterator[tuple[int, Any]]:
       data = f.read()
     rows = pq.read_table(pa.BufferReader(data)).to_pylist()
   except Exception as e:  # pylint: disable=broad-except
-    raise ValueError(f"{path}: cannot read as Parquet: {e}") from e
+    raise DataError(f"{path}: cannot read as Parquet: {' '.join(str(e).split())}") from e
   for i, row in enumerate(rows):
     yield i, row
 
@@ -240,8 +254,8 @@ def _read(path: str, format: str, kind: str, bad_records: str  # pylint: disable
     except _Malformed as e:
       reason = f"{_where(path, lineno, unit)}: {e}"
       if bad_records == "error":
-        raise ValueError(f"{reason} (format {format!r}; bad_records='skip' skips and counts "
-                         "bad records)") from None
+        raise DataError(f"{reason} (format {format!r}; bad_records='skip' skips and counts "
+                        "bad records)") from None
       skipped += 1
       if len(reasons) < MAX_REASONS:
         reasons.append(reason)
@@ -253,8 +267,11 @@ def _read(path: str, format: str, kind: str, bad_records: str  # pylint: disable
   if filtered:
     logging.warning("%s: skipped %d CNN/DM records (info.article without info.post)", path,
                     filtered)
+  if not n and unit:
+    raise DataError(f"{path}: no records: the file has no rows (format {format!r})")
   if not n:
-    raise ValueError(f"{path}: no records (format {format!r})")
+    raise DataError(f"{path}:1: no records: the file is "
+                    f"{'blank' if tf.io.gfile.stat(path).length else 'empty'} (format {format!r})")
   return records, {"records": n, "kept": len(records), "skipped": skipped,
                    "filtered": filtered, "duplicates": 0, "reasons": reasons}
 
@@ -280,13 +297,13 @@ def _check_budget(where: str, summary: Mapping[str, Any], max_bad_fraction: floa
   n, k = summary["records"], summary["skipped"]
   frac = k / max(n, 1)
   if k and frac > max_bad_fraction:
-    raise ValueError(
+    raise DataError(
         f"{where}: {k} of {n} records ({frac:.2%}) are bad, more than max_bad_fraction="
         f"{max_bad_fraction:g}; first: " + "; ".join(summary["reasons"]) +
         ". Fix the data, or raise max_bad_fraction.")
   if not summary["kept"]:
-    raise ValueError(f"{where}: no usable records ({n} read, {k} bad, "
-                     f"{summary['filtered']} not applicable)")
+    raise DataError(f"{where}: no usable records ({n} read, {k} bad, "
+                    f"{summary['filtered']} not applicable)")
 
 
 def read_records(path: str, format: str, kind: str | None = None, *,  # pylint: disable=redefined-builtin
@@ -296,8 +313,8 @@ def read_records(path: str, format: str, kind: str | None = None, *,  # pylint: 
   (kind "prompts": "inputs" only, each prompt once). `kind` defaults as in
   `register_preference_file_task` ("sft" for "tldr_sft", else "pairs").
 
-  Bad records raise ValueError("<file>:<line>: <reason>") (bad_records="error"), or are skipped
-  (bad_records="skip") within the `max_bad_fraction` budget (past it: ValueError).
+  Bad records raise DataError("<file>:<line>: <reason>") (bad_records="error"), or are skipped
+  (bad_records="skip") within the `max_bad_fraction` budget (past it: DataError).
   """
   kind = kind or _DEFAULT_KIND.get(format, "pairs")
   _check_format_kind(format, kind)
@@ -555,7 +572,7 @@ def register_preference_file_task(
     where = f"Task {name!r} split {split!r}"
     _check_budget(where, files, max_bad_fraction)  # The budget is the files' (carved or not).
     if not summary["kept"]:
-      raise ValueError(
+      raise DataError(
           f"{where}: no records: validation_fraction={validation_fraction:g} put none of the "
           f"{files['kept']} usable records of {list(paths)} in this split; change "
           "validation_fraction or give a 'validation' file")
@@ -570,8 +587,35 @@ def register_preference_file_task(
     return columns
 
   source = sources.InMemoryDataSource(columns_fn, splits=list(split_paths))
+  if not made_by_run:  # files the run writes are not checked up front
+    with _BAD_STATS_LOCK:
+      _VALIDATORS[name] = (source, lambda: [columns_fn(split) for split in split_paths])
   return sources.add_task(name, source, kind, vocabulary, truncate=truncate, flip_seed=flip_seed,
                           rm_response_label=rm_response_label, keep_context=keep_context)
+
+
+_VALIDATORS: dict[str, Any] = {}  # task -> (its data source, reads every split of its files)
+
+
+def validate_task(name: str) -> bool:
+  """Reads every split of file-backed task `name` once, in Python (no tf.data, no model), with
+  the checks the task's data source makes: a bad record, a file without records, an exhausted
+  skip budget or an empty split raises DataError ("<file>:<line>: <reason>").
+
+  False (nothing read) for a task that is not file-backed here (format "tfds", another task
+  kind) or whose files the run writes (`made_by_run`). The parsed records are not kept.
+  """
+  with _BAD_STATS_LOCK:
+    source, check = _VALIDATORS.get(name, (None, None))
+  task = seqio.TaskRegistry.get(name) if name in seqio.TaskRegistry.names() else None
+  if check is None or task is None or task.source is not source:  # since replaced
+    return False
+  try:
+    check()
+  finally:
+    _load_split.cache_clear()
+    _load_columns.cache_clear()
+  return True
 
 
 def _check_validation_fraction(name: str, fraction: Any, format: str,  # pylint: disable=redefined-builtin

@@ -1,0 +1,174 @@
+"""Checkpoints verified when read: damaged steps, malformed manifests, directories without params."""
+
+import json
+import os
+import threading
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import helpers
+import pytest
+
+from rso_jax import checkpoints, export, models, pipeline, trainer
+
+LENGTHS = {"inputs": 8, "targets": 8}
+
+
+def _one_line(err, *needles):
+  lines = [l for l in err.strip().splitlines() if not pipeline._noise(l)]  # pylint: disable=protected-access
+  assert len(lines) == 1, err
+  for n in needles:
+    assert n in lines[0], lines[0]
+  return lines[0]
+
+
+@pytest.fixture(scope="module")
+def params():
+  return helpers.init_params(models.Seq2SeqModel(helpers.CFG), LENGTHS)
+
+
+def _state(params, step):
+  """A TrainState whose params are `params` shifted by `step` (each step's are different)."""
+  p = jax.tree.map(lambda x: jnp.asarray(x) + step, params)
+  return trainer.TrainState(step=jnp.asarray(step, jnp.int32), params=p, opt_state=p)
+
+
+def _run(path, params, steps=(2, 4), async_save=True):
+  """A run directory with trainer checkpoints at `steps` and its manifest."""
+  ckpt = trainer.CheckpointManager(str(path), async_save=async_save)
+  for s in steps:
+    ckpt.save(_state(params, s), {"batches": s}, force=True)
+  ckpt.close()
+  checkpoints.write_manifest(str(path), helpers.manifest("seq2seq", LENGTHS))
+  return str(path)
+
+
+def _largest_file(directory):
+  files = [os.path.join(r, n) for r, _, ns in os.walk(directory) for n in ns]
+  return max(files, key=os.path.getsize)
+
+
+def _truncate(path):
+  os.truncate(path, os.path.getsize(path) // 2)
+
+
+def _equal(a, b):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_intact_checkpoints_load_bit_for_bit(tmp_path, params):
+  lone = helpers.save(tmp_path / "lone", models.Seq2SeqModel(helpers.CFG), LENGTHS, params)
+  assert os.path.exists(os.path.join(lone, checkpoints.FILES_FILE))
+  assert checkpoints.verify(lone, ("params",)) is None
+  _equal(checkpoints.load_params(lone), params)
+  for async_save in (True, False):
+    run = _run(tmp_path / f"run_{async_save}", params, async_save=async_save)
+    for s in (2, 4):
+      step = checkpoints.step_path(run, s)
+      listed = json.loads(open(os.path.join(step, checkpoints.FILES_FILE)).read())["files"]
+      assert {f.split("/")[0] for f in listed} == {"params", "opt_state", "meta"}
+      assert checkpoints.verify(step, trainer.CheckpointManager.ITEMS) is None
+    _equal(checkpoints.load_params(run), _state(params, 4).params)
+
+
+def test_step_being_written_is_not_read(tmp_path, params, monkeypatch):
+  """A step whose asynchronous save has not finalized is not a step yet: the run loads the
+  previous one, and the new one once orbax has renamed it into place."""
+  run = _run(tmp_path / "run", params, steps=(2,))
+  listing, release = threading.Event(), threading.Event()
+  record = checkpoints.record_files
+
+  def slow_record(directory, items):
+    listing.set()
+    assert release.wait(60)
+    return record(directory, items)
+
+  monkeypatch.setattr(checkpoints, "record_files", slow_record)
+  ckpt = trainer.CheckpointManager(run)
+  ckpt.save(_state(params, 4), {"batches": 4}, force=True)
+  assert listing.wait(60)  # step 4's items are committed, its directory not yet renamed
+  assert checkpoints.latest_step(run) == 2
+  _equal(checkpoints.load_params(run), _state(params, 2).params)
+  release.set()
+  ckpt.close()
+  assert checkpoints.latest_step(run) == 4
+  assert checkpoints.verify(checkpoints.step_path(run, 4), ckpt.ITEMS) is None
+  _equal(checkpoints.load_params(run), _state(params, 4).params)
+
+
+@pytest.mark.parametrize("damage,needle", [
+    ("truncate_data", "bytes, rso_files.json says"),
+    ("remove_data", "is missing"),
+    ("truncate_metadata", "params/_METADATA is not valid JSON"),
+    ("truncate_unlisted", "OUT_OF_RANGE"),  # no file list: orbax's read error, caught
+])
+def test_damaged_step_is_one_line_naming_path_and_intact_steps(tmp_path, params, capsys,
+                                                               damage, needle):
+  run = _run(tmp_path / "run", params)
+  step4 = checkpoints.step_path(run, 4)
+  data = _largest_file(os.path.join(step4, "params"))
+  if damage == "truncate_data":
+    _truncate(data)
+  elif damage == "remove_data":
+    os.remove(data)
+  elif damage == "truncate_metadata":
+    _truncate(os.path.join(step4, "params", "_METADATA"))
+  else:
+    os.remove(os.path.join(step4, checkpoints.FILES_FILE))
+    os.truncate(data, 0)
+  with pytest.raises(checkpoints.CheckpointError) as e:
+    checkpoints.load_params(run)
+  msg = str(e.value)
+  assert "\n" not in msg
+  for n in (f"checkpoint {step4} is damaged", needle,
+            f"intact steps of {run}: {checkpoints.step_path(run, 2)}"):
+    assert n in msg, msg
+  _equal(checkpoints.load_params(checkpoints.step_path(run, 2)), _state(params, 2).params)
+  assert export.main(["--checkpoint", run, "--out", str(tmp_path / "hf")]) == 2
+  _one_line(capsys.readouterr().err, "rso_jax.export: error:", step4, "is damaged",
+            checkpoints.step_path(run, 2))
+  assert os.path.isdir(step4) and not os.path.exists(tmp_path / "hf")
+
+
+def test_damaged_lone_checkpoint_says_so(tmp_path, params):
+  lone = helpers.save(tmp_path / "lone", models.Seq2SeqModel(helpers.CFG), LENGTHS, params)
+  _truncate(_largest_file(os.path.join(lone, "params")))
+  with pytest.raises(checkpoints.CheckpointError,
+                     match=f"^checkpoint {lone} is damaged: params/.* is \\d+ bytes"):
+    checkpoints.load(lone)
+
+
+def test_malformed_manifest_is_its_own_message(tmp_path, params, capsys):
+  lone = helpers.save(tmp_path / "lone", models.Seq2SeqModel(helpers.CFG), LENGTHS, params)
+  path = os.path.join(lone, checkpoints.MANIFEST_FILE)
+  with open(path, "w") as f:
+    f.write('{\n  "kind": "seq2seq",,\n}')
+  want = f"{path} is not valid JSON: Expecting property name enclosed in double quotes at line 2"
+  with pytest.raises(checkpoints.CheckpointError, match=f"^{want} column 21$"):
+    checkpoints.read_manifest(lone)
+  assert checkpoints.main(["describe", lone]) == 2
+  _one_line(capsys.readouterr().err, "rso_jax.checkpoints: error:", want)
+  with open(path, "wb") as f:
+    f.write(b'{"kind": "\xff"}')
+  with pytest.raises(checkpoints.CheckpointError, match="invalid UTF-8 at byte 10"):
+    checkpoints.read_manifest(lone)
+  with open(path, "w") as f:
+    f.write('{"kind": "seq2seq"}')
+  with pytest.raises(checkpoints.CheckpointError, match=f"^{path} is malformed: lacks 'network'"):
+    checkpoints.read_manifest(lone)
+
+
+def test_directory_without_params_is_its_own_message(tmp_path, capsys):
+  empty = tmp_path / "empty"
+  (empty / "checkpoints" / "notastep").mkdir(parents=True)
+  want = f"no params checkpoint under {empty}: no params/ and no checkpoint steps"
+  with pytest.raises(checkpoints.CheckpointError, match=f"^{want}"):
+    checkpoints.read_manifest(str(empty))
+  assert checkpoints.main(["describe", str(empty)]) == 2
+  err = _one_line(capsys.readouterr().err, "rso_jax.checkpoints: error:", want)
+  assert "add-manifest" not in err
+  checkpoints.write_manifest(str(empty), helpers.manifest("seq2seq", LENGTHS))
+  with pytest.raises(FileNotFoundError, match=want):
+    checkpoints.load(str(empty))
