@@ -304,7 +304,8 @@ def evaluate_policy(
         f"({policy.manifest.vocabulary} vs {sft.manifest.vocabulary}): KL needs one")
   if scorer is None and reward_path:
     scorer = inference.load(reward_path, mesh=mesh, expect=checkpoints.REWARD_KINDS,
-                            role="reward model", batch_size=256, keep_context=keep_context)
+                            role="reward model", batch_size=256, keep_context=keep_context,
+                            response_length=policy.feature_lengths["targets"])
   golden_fn = golden_reward_fn
   if golden_fn == AUTO:
     from rso_jax.tasks import synthetic  # pylint: disable=g-import-not-at-top

@@ -199,15 +199,15 @@ class _Loaded:
     self.stats["contexts_truncated"] += int(cut.sum())
     return out, cut
 
-  def tokenize_responses(self, texts: Texts, length: Optional[int] = None
+  def tokenize_responses(self, texts: Texts, length: Optional[int] = None, grow: bool = False
                          ) -> Tuple[np.ndarray, np.ndarray]:
     """`[M, L]` tokens + EOS and `[M]` bool "fits": never cut. With `length` None, L is the
     longest response rounded up to a multiple of 16; else rows over `length` are left empty
-    and marked as not fitting."""
+    and marked as not fitting, unless `grow`: then L is at least `length` and holds them all."""
     ids = [self.encode(t) for t in texts]
     need = max([len(x) + 1 for x in ids] + [1])
-    if length is None:
-      length = int(math.ceil(need / 16)) * 16
+    if length is None or (grow and need > length):
+      length = max(int(math.ceil(need / 16)) * 16, length or 0)
     out = np.zeros((len(texts), length), np.int32)
     fits = np.array([len(x) + 1 <= length for x in ids], bool)
     for i, x in enumerate(ids):
@@ -393,11 +393,23 @@ class RewardModel(_Loaded):
 
   `symmetrize=True` (pairwise only) averages both presentation orders,
   `logit ρ = (ℓ(x, y1, y2) − ℓ(x, y2, y1)) / 2` (removes position bias; twice the compute).
+  `response_length`: the decode length of the policy whose responses it scores. A Bradley–Terry
+  model then reads every response whole: up to that many tokens plus EOS
+  (`reward_models.response_feature_lengths`) at one shape even when it was trained shorter, and
+  a text that re-encodes longer than its decode (a SentencePiece round trip) at the next
+  multiple of 16 tokens. A pairwise model's input length holds two responses of the
+  experiment's lengths (`tasks.ranking_feature_lengths`); it cuts contexts, never responses.
   """
 
-  def __init__(self, *args, symmetrize: bool = False, **kwargs):
+  def __init__(self, *args, symmetrize: bool = False, response_length: Optional[int] = None,
+               **kwargs):
     super().__init__(*args, **kwargs)
     self.symmetrize = bool(symmetrize)
+    self.reads_whole_responses = response_length is not None and self.kind == "bt_rm"
+    if self.reads_whole_responses:
+      need = _reward_models().response_feature_lengths(
+          {"inputs": self.feature_lengths["inputs"], "targets": response_length})["targets"]
+      self.feature_lengths["targets"] = max(self.feature_lengths["targets"], need)
     m = self.model
     if self.kind == "pairwise_rm":
       self._fn = lambda p, t: _reward_models().preference_logits_jit(
@@ -473,7 +485,8 @@ class RewardModel(_Loaded):
     n = len(rows[0])
     x_tok, _ = self.tokenize_contexts(prompts, self.feature_lengths["inputs"])
     y_tok, fits = self.tokenize_responses([y for row in rows for y in row],
-                                          self.feature_lengths["targets"])
+                                          self.feature_lengths["targets"],
+                                          grow=self.reads_whole_responses)
     self.stats["responses_too_long"] += int((~fits).sum())
     per_call = int(math.ceil(max(self.batch_size // n, 1) / self.dp)) * self.dp
     r = map_prompts(self._fn, self.params, x_tok, y_tok.reshape(len(prompts), n, -1), per_call,

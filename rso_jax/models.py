@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 from typing import Any, Mapping, Optional, Tuple, Union
 
 import jax
@@ -29,6 +30,9 @@ Batch = Mapping[str, Array]
 Metrics = dict
 
 NUM_REAL_TARGET_TOKENS = "NUM_REAL_TARGET_TOKENS"
+# Nats per response by which log π_θ may differ from the cached log π_sft at a run's first step
+# (float rounding between the sampler's and the trainer's forward passes is ~1e-4).
+STEP_ZERO_TOLERANCE = 0.5
 NUMBER_OF_EXAMPLES = "NUMBER_OF_EXAMPLES"
 
 
@@ -184,6 +188,18 @@ def pair_decoder_rows(batch: Batch) -> Tuple[Array, Array, Array]:
           stack("loss_weights").astype(jnp.float32))
 
 
+def policy_dropout_enabled(config: network.T5Config, policy_dropout: bool) -> bool:
+  """Whether a preference loss runs the policy with dropout; warns when it will (the
+  reference log-probs never have dropout, so Δ is not 0 at π_θ = π_sft)."""
+  if not isinstance(policy_dropout, bool):
+    raise ValueError(f"policy_dropout={policy_dropout!r} must be True or False")
+  if policy_dropout and config.dropout_rate > 0:
+    logging.warning(
+        "policy_dropout=True: log π_θ is computed with dropout %g, the reference log π_sft "
+        "without it; the margins at step 0 are dropout noise, not 0", config.dropout_rate)
+  return policy_dropout
+
+
 @dataclasses.dataclass(frozen=True)
 class PairObjective:
   """The preference loss of a pair batch from its sequence log-probs (any network, any trainer).
@@ -248,13 +264,20 @@ class PolicyModel(BaseModel):
   Degenerate pairs (identical chosen and rejected, an empty response) and non-finite
   log-probs are skipped (weight 0) and counted in `pairs/skipped_degenerate` and
   `loss/nonfinite_pairs`, never a silent NaN.
+
+  Dropout: off for the policy's log-probs by default (`policy_dropout=False`, as TRL does for
+  preference training). The reference log π_sft is always computed without dropout, so with
+  dropout on (a converted T5 carries `dropout_rate` 0.1) Δ at π_θ = π_sft is dropout noise, not
+  0, and that noise drives the loss. `policy_dropout=True` keeps it and says so at start-up.
   """
 
   def __init__(self, config: network.T5Config, loss: str = "hinge_norm", gamma: float = 0.05,
                loss_kwargs: Optional[Mapping[str, Any]] = None,
                use_cached_reference: bool = True, reference_params: Any = None,
-               reference_checkpoint: Optional[str] = None, sft_weight: float = 0.0):
+               reference_checkpoint: Optional[str] = None, sft_weight: float = 0.0,
+               policy_dropout: bool = False):
     super().__init__(config)
+    self.policy_dropout = policy_dropout_enabled(config, policy_dropout)
     self.loss = losses.get_loss_fn(loss)
     self.gamma = float(gamma)
     self.loss_kwargs = dict(loss_kwargs or {})
@@ -305,7 +328,7 @@ class PolicyModel(BaseModel):
 
   def loss_fn(self, params, batch: Batch, dropout_rng: Optional[Array],
               reference_params: Any = None) -> Tuple[Array, Metrics]:
-    pc, pr = self.pair_logps(params, batch, dropout_rng)
+    pc, pr = self.pair_logps(params, batch, dropout_rng if self.policy_dropout else None)
     rc = rr = None
     if self.loss.uses_reference and "ref_chosen_logps" not in batch:
       ref = reference_params if reference_params is not None else self.reference_params
@@ -318,3 +341,25 @@ class PolicyModel(BaseModel):
   def score_batch(self, params, batch: Batch) -> Array:
     """`[B, 2]` sequence log-probs of (chosen, rejected)."""
     return jnp.stack(self.pair_logps(params, batch), axis=-1)
+
+  def first_step_note(self, metrics: Mapping[str, Any],
+                      tolerance: float = STEP_ZERO_TOLERANCE) -> Optional[str]:
+    """A warning line when a run's first step has log π_θ ≠ log π_sft, else None.
+
+    At step 0 the policy is its initial checkpoint, which should be the π_sft whose log-probs
+    the pairs carry: `rewards/chosen` and `rewards/rejected` (γ·mean(log π_θ − log π_sft) over
+    the batch) are then 0 up to float rounding. More than `tolerance` nats per response means
+    the pairs were scored by another model than INITIAL_CHECKPOINT_PATH, or dropout is on.
+    """
+    if not self.loss.uses_reference:
+      return None
+    drift = {side: float(metrics[f"rewards/{side}"]) / self.gamma
+             for side in ("chosen", "rejected")}
+    if max(abs(v) for v in drift.values()) <= tolerance:
+      return None
+    cause = ("policy_dropout=True" if self.policy_dropout and self.config.dropout_rate > 0 else
+             "the pairs' log π_sft come from another model than the initial checkpoint")
+    return (f"warning: step 1 starts away from the reference: log π_θ − log π_sft averages "
+            f"{drift['chosen']:+.3f} nats (chosen), {drift['rejected']:+.3f} (rejected) on the "
+            f"first batch, not 0 (likely {cause}); the preference loss then trains on that "
+            "offset")

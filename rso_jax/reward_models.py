@@ -297,6 +297,19 @@ def _bt_rewards(module: BTRewardNetwork, params, prompt_tokens: Array, response_
 bt_rewards_jit = jax.jit(_bt_rewards, static_argnames=("module", "separator", "eos_id"))
 
 
+def response_feature_lengths(lengths: Mapping[str, int]) -> dict:
+  """A Bradley–Terry reward model's feature lengths from the policy's `{inputs, targets}`.
+
+  The policy decodes at most `targets` tokens; one that never emits EOS is `targets` tokens
+  long, and the reward model reads it with an EOS after it: `targets + 1`. The prompt length
+  is the policy's.
+  """
+  li, lt = int(lengths["inputs"]), int(lengths["targets"])
+  if li < 1 or lt < 1:
+    raise ValueError(f"feature lengths {dict(lengths)!r} must be positive")
+  return {"inputs": li, "targets": lt + 1}
+
+
 class BradleyTerryRewardModel(models.BaseModel):
   """Pointwise reward r(x, y) trained on preference pairs (Bradley–Terry).
 

@@ -230,6 +230,8 @@ class PreferenceModel(EncoderDecoderModel):
     gamma: γ of Eq. 8/10 (the implicit rewards' scale in the metrics too).
     loss_kwargs: other hyper-parameters of the loss (e.g. {"delta": 1.0} for slic_hinge).
     sft_weight: SLiC's λ on −log π_θ(y_w|x).
+    policy_dropout: run the policy with dropout in the loss (default off, as in rso_jax's
+      `PolicyModel`: the cached log π_sft has none, so Δ at step 0 would be dropout noise).
   """
 
   FEATURE_CONVERTER_CLS = feature_converters.PairwiseFeatureConverter
@@ -239,9 +241,10 @@ class PreferenceModel(EncoderDecoderModel):
                output_vocabulary: seqio.Vocabulary, optimizer_def: Any, *,
                loss: str = "hinge_norm", gamma: float = 0.05,
                loss_kwargs: Optional[Mapping[str, Any]] = None, sft_weight: float = 0.0,
-               **kwargs):
+               policy_dropout: bool = False, **kwargs):
     kwargs.setdefault("feature_converter_cls", feature_converters.PairwiseFeatureConverter)
     super().__init__(module, input_vocabulary, output_vocabulary, optimizer_def, **kwargs)
+    self.policy_dropout = models.policy_dropout_enabled(module.config, policy_dropout)
     self.objective = models.PairObjective(losses.get_loss_fn(loss), float(gamma),
                                           dict(loss_kwargs or {}), float(sft_weight))
 
@@ -271,7 +274,7 @@ class PreferenceModel(EncoderDecoderModel):
     return logps[:, 0], logps[:, 1]
 
   def loss_fn(self, params, batch: Batch, dropout_rng: Optional[Array]):
-    pc, pr = self.pair_logps(params, batch, dropout_rng)
+    pc, pr = self.pair_logps(params, batch, dropout_rng if self.policy_dropout else None)
     loss, metrics = self.objective(batch, pc, pr)
     return loss, pair_metrics(metrics, batch["encoder_input_tokens"].shape[0])
 

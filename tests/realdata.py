@@ -330,7 +330,8 @@ def make_hh_jsonl(directory: str, n: int = 64, seed: int = 0) -> str:
 def make_hf_t5(directory: str, spm_path: str, seed: int = 0, d_model: int = 64,
                num_layers: int = 2, num_heads: int = 4, d_kv: int = 16, d_ff: int = 128,
                extra_ids: int = 100) -> str:
-  """A random tiny T5 v1.1 (gated-gelu, untied head) saved by transformers, imported.
+  """A random tiny T5 v1.1 (gated-gelu, untied head, dropout 0.1 as HF's default) saved by
+  transformers, imported.
 
   Writes `<directory>/hf` (`save_pretrained` safetensors + `spiece.model` +
   `tokenizer_config.json` with `extra_ids`) with vocab_size = pieces + `extra_ids` rounded up
@@ -347,7 +348,7 @@ def make_hf_t5(directory: str, spm_path: str, seed: int = 0, d_model: int = 64,
   cfg = transformers.T5Config(
       vocab_size=vocab_size, d_model=d_model, d_kv=d_kv, num_heads=num_heads, d_ff=d_ff,
       num_layers=num_layers, num_decoder_layers=num_layers, relative_attention_num_buckets=32,
-      dropout_rate=0.0, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
+      dropout_rate=0.1, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
       pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
   with torch.random.fork_rng(devices=[]):
     torch.manual_seed(seed)

@@ -239,6 +239,35 @@ def test_bt_reward_and_prefer_match_the_network(bt_params):
   assert np.all(rel[:, 1] == 0.0)
 
 
+def test_a_max_length_unfinished_response_is_scored(bt_params, seq_params):
+  """A policy's decode that never emits EOS is `targets` tokens long; a BT model trained at the
+  policy's own lengths reads it with its EOS once told the decode length, with the rewards of
+  the network on the packed tokens."""
+  model = rm.BradleyTerryRewardModel(CFG)
+  policy = inference.load(None, manifest=manifest("seq2seq", SEQ_LENGTHS), params=seq_params,
+                          mesh=one_device_mesh(), batch_size=4)
+  lt = SEQ_LENGTHS["targets"]
+  prompts = ["owl cat ram", "dog", "eel ewe yak fox"]
+  out = policy.generate(prompts, key=jax.random.key(0), num_decodes=4, temperature=1.0)
+  unfinished = [(i, j) for i in range(3) for j in range(4) if not out.finished[i, j]]
+  assert unfinished, "a random policy should leave some decodes unfinished"
+  assert all(out.lengths[i, j] == lt for i, j in unfinished)
+  full = "abcdefghijklmnop"  # 16 bytes: a full-length response in the byte vocabulary
+  longer = full + "qrst"  # a text that re-encodes longer than any decode (SentencePiece can)
+  rows = [[full, longer] + list(out.texts[i]) for i in range(3)]
+  narrow = _bt(bt_params, {"inputs": 32, "targets": lt})
+  assert np.isnan(narrow.reward(prompts, rows)[:, 0]).all()  # 16 tokens + EOS: 17 > 16
+  scorer = _bt(bt_params, {"inputs": 32, "targets": lt}, response_length=lt)
+  assert scorer.feature_lengths["targets"] == lt + 1
+  r = scorer.reward(prompts, rows)
+  assert np.isfinite(r).all() and scorer.stats["responses_too_long"] == 0
+  packed = _tok([f"{x} [RESPONSE] {y}" for x, row in zip(prompts, rows) for y in row],
+                32 + 12 + 32)
+  want = jax.jit(lambda t: model.module.apply({"params": bt_params}, t))(packed)
+  np.testing.assert_allclose(r.reshape(-1), np.asarray(want), atol=1e-5)
+  assert rm.response_feature_lengths(SEQ_LENGTHS) == {"inputs": 32, "targets": lt + 1}
+
+
 def test_encoder_decoder_bt_encodes_each_prompt_once_with_the_same_rewards():
   """`reward` (per prompt: its N responses as decoder rows of one encoder pass, chunked by
   prompts, sharded over 8 devices) = the network on aligned rows = `prefer` (row by row); the

@@ -1,11 +1,14 @@
-"""Policy model: cached vs recomputed reference, learning per loss, degenerate pairs."""
+"""Policy model: cached vs recomputed reference, learning per loss, degenerate pairs, dropout."""
+
+import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rso_jax import models, network, partitioning, trainer
+from rso_jax import losses, models, network, partitioning, trainer
 
 CFG = network.T5Config(vocab_size=384, emb_dim=64, num_heads=4, head_dim=16, mlp_dim=128,
                        num_encoder_layers=1, num_decoder_layers=1)
@@ -128,3 +131,59 @@ def test_training_raises_accuracy_and_margin(loss, kw):
   assert last["rewards/accuracies"] > max(first["rewards/accuracies"], 0.8), (first, last)
   assert last["rewards/margins"] > first["rewards/margins"] + 0.1, (first, last)
   assert last["loss"] < first["loss"]
+
+
+DROPOUT_CFG = dataclasses.replace(CFG, dropout_rate=0.1)
+
+
+@functools.lru_cache(maxsize=None)
+def _sft_and_cached_batch(n=8):
+  """π_sft's params and a pair batch carrying its own log-probs as the cached reference."""
+  p_sft = _params(0)
+  batch = _pair_batch(n)
+  ref = np.asarray(models.PolicyModel(CFG).score_batch(p_sft, batch))  # no dropout
+  return p_sft, dict(batch, ref_chosen_logps=ref[:, 0], ref_rejected_logps=ref[:, 1])
+
+
+@pytest.mark.parametrize("loss", losses.LOSS_NAMES)
+def test_step_zero_on_pi_sft_with_dropout_config(loss):
+  """A dropout-0.1 network at π_θ = π_sft, through the trainer's step (which passes a dropout
+  key): the step's loss and metrics are the objective's at log π_θ = log π_sft exactly, so the
+  margins are 0 and hinge-norm is 1, sigmoid-norm log 2."""
+  model = models.PolicyModel(DROPOUT_CFG, loss=loss,
+                             loss_kwargs={"tau": 0.1} if loss == "ipo" else None)
+  p_sft, batch = _sft_and_cached_batch()
+  mesh = partitioning.create_mesh((2, 1, 1), devices=jax.devices()[:2])
+  tr = trainer.Trainer(model, trainer.make_optimizer("adamw", 1e-3), mesh, batch_size=8,
+                       feature_lengths={"inputs": LI, "targets": LT})
+  _, m = tr.train_step(tr.init_state(p_sft), batch)
+  m = jax.device_get(m)
+  at_sft, m0 = model.objective(batch, batch["ref_chosen_logps"], batch["ref_rejected_logps"])
+  np.testing.assert_allclose(m["loss"], at_sft, rtol=1e-5, atol=1e-6)
+  for name in ("rewards/chosen", "rewards/margins", "logps/chosen", "logps/rejected"):
+    np.testing.assert_allclose(m[name], m0[name], rtol=1e-5, atol=1e-5, err_msg=name)
+  if model.loss.uses_reference:
+    np.testing.assert_allclose(m["rewards/margins"], 0.0, atol=1e-5)
+    np.testing.assert_allclose(m["rewards/chosen"], 0.0, atol=1e-5)
+  at_zero = {"hinge_norm": 1.0, "sigmoid_norm": np.log(2.0)}
+  if loss in at_zero:
+    np.testing.assert_allclose(m["loss"], at_zero[loss], rtol=1e-6)
+  assert model.first_step_note(m) is None  # what the training loop checks after step 1
+
+
+def test_policy_dropout_switch_keeps_dropout_noise_in_the_margin():
+  model = models.PolicyModel(DROPOUT_CFG, loss="hinge_norm", policy_dropout=True)
+  p_sft, batch = _sft_and_cached_batch()
+  loss, m = jax.jit(model.loss_fn)(p_sft, batch, jax.random.key(3))
+  # Dropout 0.1 on a 1-layer network moves the sequence log-probs by far more than rounding.
+  assert abs(float(m["rewards/chosen"])) > 1e-3, m
+  assert abs(float(loss) - 1.0) > 1e-4
+  note = model.first_step_note(jax.device_get(m), tolerance=1e-3)
+  assert note and "policy_dropout=True" in note, note
+  # Pairs scored by another model than the one training starts from.
+  shifted = dict(batch, ref_chosen_logps=batch["ref_chosen_logps"] + 3.0)
+  _, m2 = jax.jit(models.PolicyModel(CFG).loss_fn)(p_sft, shifted, None)
+  note = models.PolicyModel(CFG).first_step_note(jax.device_get(m2))
+  assert note and "-3.000 nats (chosen)" in note and "another model" in note, note
+  with pytest.raises(ValueError, match="policy_dropout='yes'"):
+    models.PolicyModel(CFG, policy_dropout="yes")

@@ -301,7 +301,7 @@ def test_model_vocabulary_must_be_the_task_vocabulary(tmp_path):
 
 @pytest.mark.parametrize("gin_file,task,lengths", [
     ("reward.gin", "synthetic_dhf_ranking", {"inputs": 32 + 2 * 32 + 40, "targets": 2}),
-    ("reward_bt.gin", "synthetic_dhf", {"inputs": 32, "targets": 32})])
+    ("reward_bt.gin", "synthetic_dhf", {"inputs": 32, "targets": 33})])  # responses + EOS
 def test_gin_configs(gin_file, task, lengths):
   import gin  # pylint: disable=g-import-not-at-top
   train.configure_gin([gin_file], ["MODEL_DIR = '/tmp/unused'"], [])

@@ -4,6 +4,7 @@ Skipped when T5X is not installed (`launch/install_t5x.sh`, or `../shared/t5x/in
 offline; CI installs it when that folder is there).
 """
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -94,6 +95,23 @@ def test_t5x_policy_loss_equals_rso_jax_policy_model(loss):
       w = np.asarray(w)  # float32 sums in another order: 1e-5 of the leaf's scale
       np.testing.assert_allclose(np.asarray(g), w, atol=1e-5 * np.abs(w).max(), rtol=0,
                                  err_msg=jax.tree_util.keystr(path))
+
+
+def test_t5x_policy_runs_without_dropout_unless_asked():
+  """A dropout-0.1 network: T5X's trainer passes a dropout key, and the policy term ignores it
+  by default (its cached log π_sft has no dropout); `policy_dropout=True` keeps it."""
+  cfg = dataclasses.replace(CFG, dropout_rate=0.1)
+  params = init_params(models.PolicyModel(cfg), LENGTHS, seed=3)
+  batch = _pair_batch()
+  key = jax.random.key(5)
+  losses_of = {}
+  for keep in (False, True):
+    model = t5x_models.PreferenceModel(t5x_models.Transformer(cfg), None, None, None,
+                                       policy_dropout=keep)
+    losses_of[keep] = [float(jax.jit(lambda p, r, m=model: m.loss_fn(p, batch, r)[0])(params, k))
+                       for k in (None, key)]
+  assert losses_of[False][0] == losses_of[False][1]
+  assert abs(losses_of[True][1] - losses_of[True][0]) > 1e-4
 
 
 def test_t5x_variables_carry_the_logical_axes():
