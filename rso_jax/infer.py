@@ -51,6 +51,7 @@ from rso_jax import fs
 from rso_jax import inference
 from rso_jax import partitioning
 from rso_jax import cli
+from rso_jax import textfiles
 from rso_jax import train as train_lib
 
 ConfigError = cli.ConfigError
@@ -61,31 +62,30 @@ OUTPUT_KEYS = ("responses", "logp", "logq", "finished", "prompt_truncated", "rew
 # ------------------------------------------------------------------------------ prompts
 def read_prompts_file(path: str) -> Tuple[List[str], List[Dict[str, Any]]]:
   """(prompts, carried fields) of a JSONL prompts file; a bad line is a ConfigError naming
-  `path:line`."""
+  `path:line` (invalid UTF-8: `textfiles.DataError`, "invalid UTF-8 at byte N")."""
   if not fs.isfile(path):
     raise ConfigError(f"PROMPTS_FILE {path!r} not found")
   prompts, extras = [], []
-  with fs.open(path, "r") as f:  # UTF-8
-    for lineno, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
-      where = f"{path}:{lineno}"
-      try:
-        obj = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ConfigError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
-      if not isinstance(obj, dict):
-        raise ConfigError(f"{where}: a line must be a JSON object, got {type(obj).__name__}")
-      if "prompt" not in obj:
-        raise ConfigError(f"{where}: no 'prompt' field (fields: {sorted(obj)})")
-      if not isinstance(obj["prompt"], str):
-        raise ConfigError(f"{where}: 'prompt' must be a string, got "
-                          f"{type(obj['prompt']).__name__}")
-      clash = [k for k in OUTPUT_KEYS if k in obj]
-      if clash:
-        raise ConfigError(f"{where}: field(s) {clash} are written by infer; rename them")
-      prompts.append(obj.pop("prompt"))
-      extras.append(obj)
+  for lineno, line in textfiles.read_lines(path):
+    if not line.strip():
+      continue
+    where = f"{path}:{lineno}"
+    try:
+      obj = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise ConfigError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(obj, dict):
+      raise ConfigError(f"{where}: a line must be a JSON object, got {type(obj).__name__}")
+    if "prompt" not in obj:
+      raise ConfigError(f"{where}: no 'prompt' field (fields: {sorted(obj)})")
+    if not isinstance(obj["prompt"], str):
+      raise ConfigError(f"{where}: 'prompt' must be a string, got "
+                        f"{type(obj['prompt']).__name__}")
+    clash = [k for k in OUTPUT_KEYS if k in obj]
+    if clash:
+      raise ConfigError(f"{where}: field(s) {clash} are written by infer; rename them")
+    prompts.append(obj.pop("prompt"))
+    extras.append(obj)
   return prompts, extras
 
 
@@ -100,6 +100,8 @@ def read_task_prompts(task: str, split: str, num_prompts: Optional[int]) -> List
                       f"{', '.join(sorted(known)) or 'none'})")
   try:
     return sample.read_prompts(task, split, num_prompts)
+  except textfiles.DataError:
+    raise  # already `<file>:<line>: <reason>`
   except ValueError as e:  # no such split, no inputs_pretokenized, no prompts
     raise ConfigError(f"TASK={task!r}: {' '.join(str(e).split())[:400]}") from None
 
@@ -159,6 +161,9 @@ def infer(*, checkpoint: str, output: str, prompts_file: Optional[str] = None,
   if not checkpoint:
     raise ConfigError("CHECKPOINT is empty")
   output = _check_output(output)
+  fs.check_disjoint(output, {"PROMPTS_FILE": prompts_file, "CHECKPOINT": checkpoint,
+                             "REWARD_CHECKPOINT": reward_checkpoint}, out_name="OUTPUT",
+                    new_inside_ok=True)
   if num_prompts is not None and (int(num_prompts) != num_prompts or num_prompts < 1):
     raise ConfigError(f"NUM_PROMPTS={num_prompts!r} must be a positive int or None")
   if int(num_decodes) != num_decodes or num_decodes < 1:
@@ -204,7 +209,8 @@ def infer(*, checkpoint: str, output: str, prompts_file: Optional[str] = None,
     scorer = inference.load(reward_checkpoint, mesh=mesh, expect=checkpoints.REWARD_KINDS,
                             role="reward model",
                             batch_size=max(batch_size, min(batch_size * num_decodes, 256)),
-                            keep_context=keep_context)
+                            keep_context=keep_context,
+                            response_length=policy.feature_lengths["targets"])
 
   # --- decode, score ---
   t_dec = time.time()

@@ -43,6 +43,7 @@ from rso_jax import inference
 from rso_jax import pairs as pairs_lib
 from rso_jax import partitioning
 from rso_jax import rejection
+from rso_jax import run_lock
 
 DATA_SETTINGS = {"rso_sample_rank": "rso", "sft_sample_rank": "random",
                  "best_of_n": "best_of_n", "top_k_over_n": "top_k_over_n",
@@ -396,7 +397,8 @@ def run(*, policy_checkpoint: str, reward_checkpoint: Optional[str], output_dir:
     if not reward_checkpoint:
       raise ValueError("no reward model: set REWARD_CHECKPOINT (or pass a scorer)")
     scorer = inference.load(reward_checkpoint, mesh=mesh, expect=checkpoints.REWARD_KINDS,
-                            role="reward model", batch_size=256, keep_context=keep_context)
+                            role="reward model", batch_size=256, keep_context=keep_context,
+                            response_length=policy.feature_lengths["targets"])
   if label_with == "auto":
     label_with = "preference" if scorer.kind == "pairwise_rm" else "reward"
   from rso_jax.tasks import synthetic  # pylint: disable=g-import-not-at-top
@@ -535,6 +537,11 @@ def _has_shards(output_dir: str) -> bool:
   return bool(fs.glob_in(output_dir, "pairs-*-of-*.tfrecord"))
 
 
+def _keep_output(output_dir: str) -> bool:
+  """A SAMPLES_DIR worth keeping after a failure: finished shards, or another run's lock."""
+  return _has_shards(output_dir) or run_lock.is_locked(output_dir)
+
+
 def _remove_own_temp_files(output_dir: str) -> None:
   """The temp files of the shard this process was writing when it stopped."""
   for f in fs.glob_in(output_dir, f"*.tmp.{os.getpid()}"):
@@ -584,7 +591,8 @@ def sample_configured(**kwargs):
     except ValueError:  # not the main thread
       pass
   try:
-    with cli.removed_on_failure(output_dir, keep=_has_shards):
+    with cli.removed_on_failure(output_dir, keep=_keep_output), run_lock.hold(
+        output_dir, "SAMPLES_DIR", all_processes=True):
       try:
         summary = cli.checked_call(run, kwargs, "sample.sample_configured")
       except trainer.Preempted:

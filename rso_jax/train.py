@@ -12,7 +12,10 @@ Macros used by the gin files (gin/train.gin): MODEL, MODEL_DIR, TRAIN_STEPS, BAT
 MIXTURE_OR_TASK_NAME, TASK_FEATURE_LENGTHS, RANDOM_SEED, EVAL_PERIOD, INITIAL_CHECKPOINT_PATH,
 OPTIMIZER, LEARNING_RATE, MESH_SHAPE; experiments (gin/pipeline.gin) add the stages' own.
 
-The effective gin config is written to `MODEL_DIR/config.gin`. Errors in the configuration
+The effective gin config is written to `MODEL_DIR/config.gin`; MODEL_DIR is locked while the
+run writes it (`MODEL_DIR/.rso_lock`: a second run there is refused, see rso_jax/run_lock.py),
+and resuming into a MODEL_DIR whose checkpoint holds another kind or network is refused before
+anything in it is written. Errors in the configuration
 or the input (unknown binding, a macro no binding reads, missing task, unwritable MODEL_DIR,
 indivisible batch size, TRAIN_STEPS < 1, a learning rate that is not finite and > 0) are
 reported as one line; set RSO_JAX_TRACEBACK=1 for the full traceback.
@@ -24,6 +27,7 @@ status); 143 preempted (SIGTERM): the checkpoint is saved, rerun the same comman
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -40,6 +44,7 @@ from rso_jax import checkpoints
 from rso_jax import fs
 from rso_jax import partitioning
 from rso_jax import pipeline
+from rso_jax import run_lock
 from rso_jax import trainer as trainer_lib
 
 # The command-line machinery lives in cli.py; these names stay importable from here.
@@ -183,9 +188,50 @@ def _prepare_model_dir(model_dir: str) -> str:
 
 
 def _run_resumable(model_dir: str) -> bool:
-  """A MODEL_DIR worth keeping after a failure: a saved checkpoint or a finished run."""
+  """A MODEL_DIR worth keeping after a failure: a saved checkpoint or a finished run (or one
+  another run holds the lock of)."""
   return (checkpoints.latest_step(model_dir) is not None
-          or fs.exists(fs.join(model_dir, pipeline.COMPLETED)))
+          or fs.exists(fs.join(model_dir, pipeline.COMPLETED)) or run_lock.is_locked(model_dir))
+
+
+# T5Config fields a resumed run may change (how it computes, not what it holds).
+_RUNTIME_FIELDS = ("dtype", "remat")
+
+
+def _check_resume(model_dir: str, manifest: checkpoints.Manifest) -> None:
+  """Refuses a MODEL_DIR whose checkpoint is of another kind or network than the model (the
+  activation dtype and remat aside).
+
+  Read only: called before anything in MODEL_DIR is written (config.gin, the lock, the
+  manifest), so a refused run leaves the directory as it was.
+  """
+  try:
+    if not fs.isdir(model_dir) or checkpoints.find_manifest(model_dir) is None:
+      return
+  except ValueError:  # no manifest found past a damaged step: the trainer reports it
+    return
+  try:
+    stored = checkpoints.read_manifest(model_dir)
+  except ValueError as e:  # CheckpointError, a malformed manifest
+    raise ConfigError(f"MODEL_DIR={model_dir!r} holds a checkpoint whose manifest cannot be "
+                      f"read ({' '.join(str(e).split())[:300]}); nothing was written: use "
+                      "another MODEL_DIR") from None
+  diff = []
+  if stored.kind != manifest.kind:
+    diff.append(f"kind: stored {stored.kind}, configured {manifest.kind}")
+  for field in dataclasses.fields(manifest.network):
+    a, b = getattr(stored.network, field.name), getattr(manifest.network, field.name)
+    if a != b and field.name not in _RUNTIME_FIELDS:
+      diff.append(f"{field.name}: stored {a}, configured {b}")
+  if diff:
+    raise ConfigError(f"MODEL_DIR={model_dir!r} holds a checkpoint of another model "
+                      f"({'; '.join(diff)}); nothing was written: resume with the stored "
+                      "settings or use another MODEL_DIR")
+
+
+def _run_dirs(stages: Sequence[Any]) -> list:
+  """The RUN_DIRs of the pipeline stages a main job runs first (their `run_dir`)."""
+  return sorted({fs.abspath(d) for d in (getattr(s, "run_dir", None) for s in stages) if d})
 
 
 def _check_initial_checkpoint(path: str, manifest: checkpoints.Manifest) -> None:
@@ -276,8 +322,10 @@ def train(*, model, model_dir: str, train_steps: int, batch_size: int,
   evaluation). Returns the last train metrics (and `eval/...` if evaluated).
 
   The arguments, the task, the mesh and the initial checkpoint are checked before MODEL_DIR is
-  created (ConfigError); a MODEL_DIR this call created is removed again if the run fails
-  before its first checkpoint. SIGTERM / SIGINT checkpoint at the next step boundary and raise
+  created (ConfigError), and so is a MODEL_DIR holding a checkpoint of another kind or network
+  (refused with nothing in it changed); a MODEL_DIR this call created is removed again if the
+  run fails before its first checkpoint. One writer per directory (`run_lock`): MODEL_DIR is
+  locked while training, and a main job (prerequisites with a `run_dir`) locks its RUN_DIR. SIGTERM / SIGINT checkpoint at the next step boundary and raise
   `trainer.Preempted` (the CLI's exit status 143): rerunning resumes bit for bit.
   """
   model_dir = _model_dir_arg(model_dir)
@@ -292,26 +340,36 @@ def train(*, model, model_dir: str, train_steps: int, batch_size: int,
                                      grad_clip=grad_clip)
   except ValueError as e:
     raise ConfigError(str(e)) from None
-  for fn in prerequisites:
-    fn()
-  partitioning.initialize_distributed()
-  mesh = partitioning.create_mesh(mesh_shape)
-  rules = tuple(logical_rules) if logical_rules else partitioning.LOGICAL_RULES
-  try:
-    tr = trainer_lib.Trainer(model, opt, mesh, batch_size=batch_size,
-                             feature_lengths=task_feature_lengths,
-                             num_microbatches=num_microbatches, rules=rules, seed=random_seed,
-                             learning_rate_fn=schedule)
-  except ValueError as e:
-    raise ConfigError(str(e)) from None
-  _check_task(mixture_or_task_name)
-  manifest = model_manifest(model, mixture_or_task_name, task_feature_lengths)
-  if initial_checkpoint_path and checkpoints.latest_step(model_dir) is None:
-    _check_initial_checkpoint(initial_checkpoint_path, manifest)
+  with contextlib.ExitStack() as stack:
+    for run_dir in _run_dirs(prerequisites):  # the main job: one writer per RUN_DIR
+      stack.enter_context(removed_on_failure(run_dir, keep=lambda d: bool(fs.listdir(d))))
+      stack.enter_context(run_lock.hold(run_dir, "RUN_DIR", print_fn=print_fn))
+    for fn in prerequisites:
+      fn()
+    partitioning.initialize_distributed()
+    mesh = partitioning.create_mesh(mesh_shape)
+    rules = tuple(logical_rules) if logical_rules else partitioning.LOGICAL_RULES
+    try:
+      tr = trainer_lib.Trainer(model, opt, mesh, batch_size=batch_size,
+                               feature_lengths=task_feature_lengths,
+                               num_microbatches=num_microbatches, rules=rules, seed=random_seed,
+                               learning_rate_fn=schedule)
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
+    _check_task(mixture_or_task_name)
+    manifest = model_manifest(model, mixture_or_task_name, task_feature_lengths)
+    _check_resume(model_dir, manifest)
+    if initial_checkpoint_path and checkpoints.latest_step(model_dir) is None:
+      fs.check_disjoint(model_dir, {"INITIAL_CHECKPOINT_PATH": initial_checkpoint_path},
+                        out_name="MODEL_DIR")
+      _check_initial_checkpoint(initial_checkpoint_path, manifest)
 
-  with removed_on_failure(model_dir, keep=_run_resumable):
+    stack.enter_context(removed_on_failure(model_dir, keep=_run_resumable))
+    model_dir = _prepare_model_dir(model_dir)
+    stack.enter_context(run_lock.hold(model_dir, "MODEL_DIR", print_fn=print_fn,
+                                      all_processes=True))
     return _train_loop(
-        tr, model, manifest, _prepare_model_dir(model_dir), train_steps=train_steps,
+        tr, model, manifest, model_dir, train_steps=train_steps,
         batch_size=batch_size, mixture_or_task_name=mixture_or_task_name,
         task_feature_lengths=task_feature_lengths, mesh=mesh, random_seed=random_seed,
         eval_period=eval_period, eval_steps=eval_steps, eval_split=eval_split,
@@ -330,7 +388,7 @@ def _train_loop(tr, model, manifest, model_dir: str, *, train_steps, batch_size,
     fs.atomic_write_text(fs.join(model_dir, "config.gin"), gin.config_str())
   ckpt = trainer_lib.CheckpointManager(model_dir, keep=keep_checkpoints,
                                        async_save=async_checkpoint)
-  start = ckpt.latest_step()
+  start = ckpt.latest_intact_step(print_fn)
   if start is not None:
     state, meta = ckpt.restore(tr, start)
     batches_done = int(meta.get("batches", start))
@@ -380,6 +438,10 @@ def _train_loop(tr, model, manifest, model_dir: str, *, train_steps, batch_size,
         step += 1
         batches_done += 1
         pending.append(metrics)
+        if step == 1 and hasattr(model, "first_step_note"):  # a fresh run: π_θ is its start
+          note = model.first_step_note(jax.device_get(metrics))
+          if note:
+            print_fn(note)
         if step % log_period == 0 or step == train_steps:
           last = logger.write(step, _mean_metrics(jax.device_get(pending)))
           pending = []

@@ -10,6 +10,8 @@ on a TRL-format file. hh.gin: its tasks (prompt = shared prefix, a validation sp
 import glob
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -27,10 +29,9 @@ TINY_RUN = [  # every stage of the experiment at a few steps; the network is the
     "--gin.sample.sample_configured.num_samples=4",
     "--gin.sample.sample_configured.batch_prompts=8",
     "--gin.sample.sample_configured.prompts_per_shard=16",
-    # A random T5 rarely emits EOS: keep unfinished candidates, 16 tokens long so the reward
-    # model (24 target tokens, EOS included) reads them whole.
+    # A random T5 rarely emits EOS: keep unfinished candidates (24 tokens, read whole by the
+    # reward model, whose response length is the policy's plus EOS).
     "--gin.sample.sample_configured.keep_unfinished=True",
-    "--gin.sample.sample_configured.max_decode_length=16",
     f"--gin.TASK_FEATURE_LENGTHS={LENGTHS!r}"]
 
 
@@ -87,7 +88,7 @@ def test_tldr_experiment_runs_every_stage_on_its_own_configuration(data, tmp_pat
   # SFT, reward model, policy: the experiment's tasks, lengths, vocabulary and network.
   t5 = checkpoints.read_manifest(data["t5"])
   expected = {"sft": ("seq2seq", "tldr_sft", LENGTHS),
-              "reward_bt": ("bt_rm", "tldr_comparisons", LENGTHS),
+              "reward_bt": ("bt_rm", "tldr_comparisons", dict(LENGTHS, targets=25)),
               "rso_hinge": ("policy", "rso_pairs", LENGTHS)}
   for d, (kind, task, lengths) in expected.items():
     m = checkpoints.read_manifest(str(run / d))
@@ -106,7 +107,7 @@ def test_tldr_experiment_runs_every_stage_on_its_own_configuration(data, tmp_pat
   n_comparisons = sum(1 for _ in open(data["tldr"]["comparisons_train"]))
   assert len(posts) == 20 < n_comparisons  # the comparisons repeat posts
   assert manifest["prompts_task"] == "tldr_posts" and manifest["num_prompts"] == len(posts)
-  assert (manifest["input_length"], manifest["max_decode_length"]) == (256, 16)
+  assert (manifest["input_length"], manifest["max_decode_length"]) == (256, 24)
   assert manifest["vocabulary"]["type"] == "sentencepiece"
   too_long = sum(len(vocab.encode(p)) + 1 > LENGTHS["inputs"] for p in posts)
   assert 0 < too_long < len(posts)
@@ -140,6 +141,17 @@ def test_tldr_experiment_runs_every_stage_on_its_own_configuration(data, tmp_pat
   assert report["num_prompts"] == 6 and report["prompts_in_split"] == 6
   assert (report["input_length"], report["max_decode_length"]) == (256, 24)
   assert report["has_proxy"] and not report["has_golden"]
+  for decoding in ("greedy", "sample"):  # every response read whole by the reward model
+    assert report["results"][decoding]["vs_sft/proxy_unscorable"] == 0, decoding
+  assert report["reward_model/responses_too_long"] == 0
+  assert report["results"]["sample"]["unfinished/policy"] > 0  # full-length responses among them
+
+  # The policy starts at π_sft: the converted T5's dropout 0.1 stays out of the preference
+  # loss, so hinge-norm is 1 and the implicit rewards 0 (two steps at a warm-up learning rate).
+  first = json.loads((run / "rso_hinge" / "metrics.jsonl").read_text().splitlines()[0])
+  assert checkpoints.read_manifest(str(run / "rso_hinge")).network.dropout_rate == 0.1
+  assert abs(first["loss"] - 1.0) < 0.02 and abs(first["rewards/chosen"]) < 0.02, first
+  assert "starts away from the reference" not in out
 
 
 def test_a_reused_stage_must_match_the_experiment(data, tmp_path, capsys):
@@ -188,9 +200,10 @@ def test_jsonl_experiment_runs_on_a_trl_file(data, tmp_path, capsys):
   assert stats["prompts"] == len(dict.fromkeys(prompts)) - len(val)  # train prompts, once
   report = json.loads((run / "eval_rso_hinge.json").read_text())
   assert report["prompts_task"] == "jsonl_eval_prompts" and report["prompts_in_split"] == len(val)
-  for d, task in (("sft", "jsonl_sft"), ("reward_bt", "jsonl_pairs")):
+  # The reward model reads the policy's longest response and its EOS: one more target token.
+  for d, task, lt in (("sft", "jsonl_sft", 24), ("reward_bt", "jsonl_pairs", 25)):
     m = checkpoints.read_manifest(str(run / d))
-    assert m.task == task and dict(m.feature_lengths) == {"inputs": 96, "targets": 24}
+    assert m.task == task and dict(m.feature_lengths) == {"inputs": 96, "targets": lt}
 
 
 def test_hh_experiment_tasks(data, tmp_path):
@@ -210,4 +223,96 @@ def test_hh_experiment_tasks(data, tmp_path):
   assert set(inputs("hh_pairs", "validation")) == set(val_p)
   args = pipeline.stage_bindings(train.train, "reward")
   assert args["mixture_or_task_name"] == "hh_pairs"
-  assert dict(args["task_feature_lengths"]) == {"inputs": 1024, "targets": 256}
+  assert dict(args["task_feature_lengths"]) == {"inputs": 1024, "targets": 257}
+
+
+def _bad_trl_files(src, directory):
+  """{kind: (file, the reason its line names, extra flags)}: the TRL file with one bad line."""
+  lines = open(src, "rb").read().splitlines()
+  row = json.loads(lines[2])
+  def write(name, third, extra=()):
+    path = directory / f"{name}.jsonl"
+    path.write_bytes(b"\n".join(lines[:2] + ([third] if third is not None else [])
+                                + lines[3:]) + b"\n" if third is not False else b"")
+    return str(path)
+  no_chosen = json.dumps({k: v for k, v in row.items() if k != "chosen"}).encode()
+  same = json.dumps(dict(row, rejected=row["chosen"])).encode()
+  blank = json.dumps(dict(row, chosen=" ")).encode()
+  skip = ["--gin.tasks.register_preference_file_task.bad_records='skip'"]
+  return {
+      "empty": (write("empty", False), ":1: no records: the file is empty", []),
+      "missing_field": (write("missing", no_chosen), ":3: missing field 'chosen'", []),
+      "identical": (write("identical", same), ":3: chosen and rejected responses are identical",
+                    []),
+      "non_utf8": (write("non_utf8", lines[2].replace(b'"prompt": "', b'"prompt": "\xff', 1)),
+                   ":3: invalid UTF-8 at byte 13 (0xff)", []),
+      "invalid_json": (write("invalid_json", lines[2][:-1]), ":3: invalid JSON", []),
+      "prompt_only": (write("prompt_only", json.dumps({"prompt": row["prompt"]}).encode()),
+                      ":3: missing field 'response'", []),
+      "skip_budget": (write("skip_budget", blank), ":3: the chosen response is empty", skip),
+  }
+
+
+def _jsonl_argv(data, run, path, *extra):
+  return ["--gin_file=experiments/jsonl.gin", f'--gin.RUN_DIR="{run}"',
+          f'--gin.DATA_TRAIN="{path}"', f'--gin.SPM_PATH="{data["spm"]}"',
+          f'--gin.PRETRAINED_CHECKPOINT="{data["t5"]}"', *TINY_RUN[:-1],
+          "--gin.TASK_FEATURE_LENGTHS={'inputs': 96, 'targets': 24}", *extra]
+
+
+BAD_KINDS = ["empty", "missing_field", "identical", "non_utf8", "invalid_json", "prompt_only",
+             "skip_budget"]
+
+
+@pytest.mark.parametrize("kind", BAD_KINDS)
+def test_a_bad_data_file_fails_the_stage_in_one_line_before_any_model(data, tmp_path, capsys,
+                                                                       monkeypatch, kind):
+  """Each kind of bad file through the main job, its first stage run in this process
+  (`--stage=sft`, what the stage's own process runs): the stage exits 2 with one line
+  `<file>:<line>: <reason>` before it builds a model; the main job exits 3 with one line that
+  carries it; nothing is written. The pairs task is checked by the SFT stage too, so identical
+  responses fail it."""
+  path, reason, extra = _bad_trl_files(data["trl"], tmp_path)[kind]
+  run = tmp_path / "run"
+  argv = _jsonl_argv(data, run, path, *extra)
+  rc = train.main([*argv, "--stage=sft"])
+  out, err = capsys.readouterr()
+  assert rc == 2, err
+  lines = [l for l in err.strip().splitlines() if not pipeline._noise(l)]  # pylint: disable=protected-access
+  assert len(lines) == 1 and lines[0].startswith("rso_jax.train: error: "), err
+  assert f"{path}{reason}" in lines[0], lines[0]
+  if kind == "skip_budget":
+    assert "1 of 40 records (2.50%) are bad, more than max_bad_fraction=0.01" in lines[0]
+  assert "initialized params" not in out and not run.exists()
+
+  stage_line = lines[0].split(": error: ", 1)[1]
+  def stage_in_process(name, module, extra_bindings=(), flags=None):
+    assert (name, module, tuple(extra_bindings), flags) == ("sft", "rso_jax.train", (), None)
+    assert train.main([*cli.invocation_flags(), f"--stage={name}"]) == 2
+    raise pipeline.StageFailed(name, 2, capsys.readouterr().err.split(": error: ", 1)[1].strip())
+  monkeypatch.setattr(pipeline, "_run", stage_in_process)
+  assert train.main(argv) == 3
+  err = capsys.readouterr().err
+  assert err.strip() == ("rso_jax.train: error: stage 'sft' failed with exit code 2: "
+                         f"{stage_line} (its output is above, prefixed [sft]; fix it and rerun "
+                         "the same command: finished stages are reused)"), err
+  assert not run.exists()
+
+
+def test_the_main_job_reports_a_bad_record_as_its_first_stage_failing(data, tmp_path):
+  """`python -m rso_jax.train --gin_file=experiments/jsonl.gin` on a file with a bad line:
+  the SFT stage checks the files before it builds a model and exits 2; the main job exits 3
+  with one line that carries the stage's `<file>:<line>: <reason>`."""
+  path, reason, _ = _bad_trl_files(data["trl"], tmp_path)["missing_field"]
+  run = tmp_path / "run"
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  proc = subprocess.run([sys.executable, "-m", "rso_jax.train", *_jsonl_argv(data, run, path)],
+                        cwd=repo, capture_output=True, text=True, timeout=300,
+                        env=dict(os.environ, PYTHONPATH=repo))
+  assert proc.returncode == 3, proc.stderr
+  lines = [l for l in proc.stderr.strip().splitlines() if l.startswith("rso_jax.")]
+  assert len(lines) == 1, proc.stderr
+  assert lines[0].startswith("rso_jax.train: error: stage 'sft' failed with exit code 2: "
+                             f"{path}{reason} (format 'jsonl'"), lines[0]
+  assert f"[sft] rso_jax.train: error: {path}{reason}" in proc.stdout
+  assert "initialized params" not in proc.stdout and not (run / "sft").exists()
