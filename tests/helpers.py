@@ -5,7 +5,7 @@ import os
 import jax
 import numpy as np
 
-from rso_jax import checkpoints, network, partitioning, trainer
+from rso_jax import checkpoints, network, partitioning, pipeline, trainer
 
 CFG = network.T5Config(vocab_size=384, emb_dim=32, num_heads=2, head_dim=16, mlp_dim=64,
                        num_encoder_layers=1, num_decoder_layers=1)
@@ -154,3 +154,12 @@ def snapshot(root):
       with open(p, "rb") as fh:
         out[os.path.relpath(p, str(root))] = (fh.read(), os.stat(p).st_mtime_ns)
   return out
+
+
+def one_line(err, *needles):
+  """The one error line of a CLI's stderr (library noise dropped), holding every needle."""
+  lines = [l for l in err.strip().splitlines() if not pipeline._noise(l)]  # pylint: disable=protected-access
+  assert len(lines) == 1, err
+  for n in needles:
+    assert n in lines[0], lines[0]
+  return lines[0]

@@ -10,17 +10,9 @@ import numpy as np
 import helpers
 import pytest
 
-from rso_jax import checkpoints, export, models, pipeline, trainer
+from rso_jax import checkpoints, export, models, trainer
 
 LENGTHS = {"inputs": 8, "targets": 8}
-
-
-def _one_line(err, *needles):
-  lines = [l for l in err.strip().splitlines() if not pipeline._noise(l)]  # pylint: disable=protected-access
-  assert len(lines) == 1, err
-  for n in needles:
-    assert n in lines[0], lines[0]
-  return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +119,7 @@ def test_damaged_step_is_one_line_naming_path_and_intact_steps(tmp_path, params,
     assert n in msg, msg
   _equal(checkpoints.load_params(checkpoints.step_path(run, 2)), _state(params, 2).params)
   assert export.main(["--checkpoint", run, "--out", str(tmp_path / "hf")]) == 2
-  _one_line(capsys.readouterr().err, "rso_jax.export: error:", step4, "is damaged",
+  helpers.one_line(capsys.readouterr().err, "rso_jax.export: error:", step4, "is damaged",
             checkpoints.step_path(run, 2))
   assert os.path.isdir(step4) and not os.path.exists(tmp_path / "hf")
 
@@ -149,7 +141,7 @@ def test_malformed_manifest_is_its_own_message(tmp_path, params, capsys):
   with pytest.raises(checkpoints.CheckpointError, match=f"^{want} column 21$"):
     checkpoints.read_manifest(lone)
   assert checkpoints.main(["describe", lone]) == 2
-  _one_line(capsys.readouterr().err, "rso_jax.checkpoints: error:", want)
+  helpers.one_line(capsys.readouterr().err, "rso_jax.checkpoints: error:", want)
   with open(path, "wb") as f:
     f.write(b'{"kind": "\xff"}')
   with pytest.raises(checkpoints.CheckpointError, match="invalid UTF-8 at byte 10"):
@@ -167,7 +159,7 @@ def test_directory_without_params_is_its_own_message(tmp_path, capsys):
   with pytest.raises(checkpoints.CheckpointError, match=f"^{want}"):
     checkpoints.read_manifest(str(empty))
   assert checkpoints.main(["describe", str(empty)]) == 2
-  err = _one_line(capsys.readouterr().err, "rso_jax.checkpoints: error:", want)
+  err = helpers.one_line(capsys.readouterr().err, "rso_jax.checkpoints: error:", want)
   assert "add-manifest" not in err
   checkpoints.write_manifest(str(empty), helpers.manifest("seq2seq", LENGTHS))
   with pytest.raises(FileNotFoundError, match=want):

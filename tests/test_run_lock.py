@@ -11,8 +11,8 @@ import sys
 
 import pytest
 
-from helpers import snapshot
-from rso_jax import checkpoints, fs, pipeline, run_lock, sample, train
+from helpers import one_line, snapshot
+from rso_jax import checkpoints, fs, run_lock, sample, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL_NET = ["network.T5Config.emb_dim=32", "network.T5Config.mlp_dim=64",
@@ -21,14 +21,6 @@ SMALL_NET = ["network.T5Config.emb_dim=32", "network.T5Config.mlp_dim=64",
 # The child compiles faster on one device.
 ONE_DEVICE = dict(PYTHONUNBUFFERED="1", JAX_PLATFORMS="cpu",
                   XLA_FLAGS="--xla_force_host_platform_device_count=1")
-
-
-def _one_line(err, *needles):
-  lines = [l for l in err.strip().splitlines() if not pipeline._noise(l)]  # pylint: disable=protected-access
-  assert len(lines) == 1, err
-  for n in needles:
-    assert n in lines[0], lines[0]
-  return lines[0]
 
 
 def _sft_flags(model_dir, *extra, gin_file="sft.gin"):
@@ -124,7 +116,7 @@ def test_two_training_runs_on_one_model_dir(tmp_path, capsys):
     config = (run / "config.gin").read_bytes(), os.stat(run / "config.gin").st_mtime_ns
     # The second run is refused in one line naming the directory, the lock and the holder.
     assert train.main(flags + ["--gin.TRAIN_STEPS=2"]) == 2
-    _one_line(capsys.readouterr().err, "rso_jax.train: error: MODEL_DIR", str(run),
+    one_line(capsys.readouterr().err, "rso_jax.train: error: MODEL_DIR", str(run),
               str(lock), f"pid {proc.pid} on {socket.gethostname()}", "started")
     assert lock.read_bytes() == held
     assert ((run / "config.gin").read_bytes(), os.stat(run / "config.gin").st_mtime_ns) == config
@@ -152,7 +144,7 @@ def test_a_second_main_job_and_sampler_are_refused(tmp_path, capsys, holder):
   rc = train.main(["--gin_file=rso_hinge.gin", f'--gin.RUN_DIR="{run_dir}"',
                    *[f"--gin.{b}" for b in SMALL_NET]])
   assert rc == 2
-  _one_line(capsys.readouterr().err, "rso_jax.train: error: RUN_DIR", str(run_dir),
+  one_line(capsys.readouterr().err, "rso_jax.train: error: RUN_DIR", str(run_dir),
             f"pid {proc.pid}")
   assert snapshot(run_dir) == before
   samples = tmp_path / "samples"
@@ -162,7 +154,7 @@ def test_a_second_main_job_and_sampler_are_refused(tmp_path, capsys, holder):
                     f'--gin.SFT_CHECKPOINT="{sft}"', f'--gin.REWARD_CHECKPOINT="{bt}"',
                     "--gin.PROMPTS_TASK='synthetic_prompts'", "--gin.NUM_PROMPTS=4"])
   assert rc == 2
-  _one_line(capsys.readouterr().err, "rso_jax.sample: error: SAMPLES_DIR", str(samples),
+  one_line(capsys.readouterr().err, "rso_jax.sample: error: SAMPLES_DIR", str(samples),
             f"pid {proc.pid}")
   assert snapshot(samples) == before
 
@@ -175,14 +167,14 @@ def test_a_resume_into_another_network_or_kind_changes_nothing(tmp_path, capsys)
   before = snapshot(run)
   assert train.main(_sft_flags(run, "--gin.TRAIN_STEPS=2",
                                "--gin.network.T5Config.emb_dim=64")) == 2
-  _one_line(capsys.readouterr().err, "rso_jax.train: error: MODEL_DIR", str(run),
+  one_line(capsys.readouterr().err, "rso_jax.train: error: MODEL_DIR", str(run),
             "emb_dim: stored 32, configured 64", "nothing was written")
   assert snapshot(run) == before  # config.gin, the manifest, the checkpoint: byte-identical
   # Another kind (a reward model into an SFT run's directory).
   rc = train.main(_sft_flags(run, "--gin.TRAIN_STEPS=2", gin_file="reward_bt.gin"))
   err = capsys.readouterr().err
   assert rc == 2, err
-  _one_line(err, "kind: stored seq2seq, configured bt_rm")
+  one_line(err, "kind: stored seq2seq, configured bt_rm")
   assert snapshot(run) == before
   # The dtype and remat are how the run computes, not what it holds: a resume may change them.
   stored = checkpoints.read_manifest(str(run))

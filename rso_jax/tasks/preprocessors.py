@@ -70,6 +70,7 @@ class _Counters:
       self.truncated = tf.Variable(tf.zeros([len(features)], tf.int64), trainable=False)
       self.max_length = tf.Variable(tf.zeros([len(features)], tf.int64), trainable=False)
       self.dropped = tf.Variable(0, dtype=tf.int64, trainable=False)
+      self.critical = tf.CriticalSection()
 
   def as_dict(self) -> dict[str, Any]:
     truncated = self.truncated.numpy().tolist()
@@ -110,22 +111,28 @@ class _Counters:
     kept = tf.cast(tf.logical_not(dropped), tf.int64)
     over = tf.cast(lengths > limits, tf.int64) * kept
     any_over = tf.reduce_max(over) > 0
-    ops = [
-        self.examples.assign_add(1),
-        self.truncated.assign_add(over),
-        self.max_length.scatter_max(tf.IndexedSlices(lengths, tf.range(len(self.features)))),
-    ]
-    with tf.control_dependencies(ops):
-      t = self.truncated_examples.assign_add(tf.cast(any_over, tf.int64))
-      d = self.dropped.assign_add(tf.cast(dropped, tf.int64))
-      pow2 = lambda c: tf.equal(tf.bitwise.bitwise_and(c, c - 1), 0)
-      loud = tf.logical_or(tf.logical_and(any_over, pow2(t)), tf.logical_and(dropped, pow2(d)))
 
-      def warn():
-        tf.py_function(lambda: logging.warning("%s", self.message()), [], [])
-        return tf.constant(0)
+    def add():
+      ops = [
+          self.examples.assign_add(1),
+          self.truncated.assign_add(over),
+          self.max_length.assign(tf.maximum(self.max_length, lengths)),
+      ]
+      with tf.control_dependencies(ops):
+        return (self.truncated_examples.assign_add(tf.cast(any_over, tf.int64)),
+                self.dropped.assign_add(tf.cast(dropped, tf.int64)))
 
-      return tf.cond(loud, warn, lambda: tf.constant(0))
+    # The map runs examples in parallel: one at a time in here, or a scatter_max (run under a
+    # shared lock) can lose one example's length to another's read-modify-write.
+    t, d = self.critical.execute(add)
+    pow2 = lambda c: tf.equal(tf.bitwise.bitwise_and(c, c - 1), 0)
+    loud = tf.logical_or(tf.logical_and(any_over, pow2(t)), tf.logical_and(dropped, pow2(d)))
+
+    def warn():
+      tf.py_function(lambda: logging.warning("%s", self.message()), [], [])
+      return tf.constant(0)
+
+    return tf.cond(loud, warn, lambda: tf.constant(0))
 
 
 _COUNTERS: dict[str, _Counters] = {}
