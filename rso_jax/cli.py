@@ -145,13 +145,10 @@ def parse_flags(argv: Sequence[str], doc: Optional[str] = None) -> Flags:
     i += 1
   if not files:
     raise ConfigError("no --gin_file given")
-  global _PARSED
-  _PARSED = Flags(tuple(files), tuple(bindings), tuple(search), stage)
-  return _PARSED
+  return Flags(files, bindings, search, stage)
 
 
 _INVOCATION: Optional[Flags] = None  # what configure_gin parsed last
-_PARSED: Optional[Flags] = None  # what parse_flags parsed last
 
 
 def invocation_flags() -> list:
@@ -245,8 +242,8 @@ def configure_gin(files: Sequence[str], bindings: Sequence[str], search: Sequenc
   binds it) run, so every process of a run -- the main job and each stage -- sees the same
   seqio tasks; a registration that fails (a missing data file) is a ConfigError.
 
-  In a stage's process (`stage`; by default the `--stage` of the command line `parse_flags`
-  read these flags from) the registered file-backed tasks are then read once in Python
+  In a stage's process (`stage`: its `--stage` flag) the registered file-backed tasks are then
+  read once in Python
   (`preference_files.validate_task`), before the stage builds a model: a bad record is a
   one-line DataError (`<file>:<line>: <reason>`) within seconds of the stage's start.
   """
@@ -276,10 +273,6 @@ def configure_gin(files: Sequence[str], bindings: Sequence[str], search: Sequenc
     msg = str(e).strip().splitlines()
     raise ConfigError("gin: " + " | ".join(m.strip() for m in msg if m.strip())[:600]) from None
   registered = _register_experiment_tasks()
-  parsed = _PARSED
-  if stage is None and parsed is not None and (parsed.files, parsed.bindings, parsed.search) == (
-      tuple(files), tuple(bindings), tuple(search)):
-    stage = parsed.stage
   if stage:
     validate_tasks(registered)
 

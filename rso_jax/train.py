@@ -522,7 +522,7 @@ def main(argv: Optional[Sequence[str]] = None, entry: Callable = None) -> int:
   def run():
     doc = sys.modules[entry.__module__].__doc__ if entry else __doc__
     flags = parse_flags(argv, doc)
-    configure_gin(flags.files, flags.bindings, flags.search)
+    configure_gin(flags.files, flags.bindings, flags.search, stage=flags.stage)
     run_configured(entry, flags.stage)
   return cli_main(prog, run)
 
