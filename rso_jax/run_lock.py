@@ -29,6 +29,7 @@ directory twice (nested). With several JAX processes only process 0 takes the lo
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import socket
@@ -36,7 +37,11 @@ import sys
 import time
 from typing import Any, Dict, Iterator, Optional
 
+import jax
+import numpy as np
+
 from rso_jax import fs
+from rso_jax import partitioning
 
 LOCK_FILE = ".rso_lock"
 ENV_HOLDERS = "RSO_JAX_LOCK_HOLDERS"  # "host:pid" of the processes above this one holding locks
@@ -87,7 +92,6 @@ def _pid_alive(pid: Any) -> bool:
 def _is_leader() -> bool:
   """Process 0 of a multi-process JAX run (JAX_PROCESS_ID before jax.distributed starts; with
   RSO_JAX_DISTRIBUTED=1 alone the index is not known before then, and no process locks)."""
-  import jax  # pylint: disable=g-import-not-at-top
   if jax.distributed.is_initialized():
     return jax.process_index() == 0
   if "JAX_PROCESS_ID" in os.environ:
@@ -118,7 +122,6 @@ def _stale(holder: Dict[str, Any]) -> bool:
 
 def _acquire_local(directory: str, name: str, path: str, print_fn) -> Optional[int]:
   """The fd (flock'd) of our lock file; None when a parent's lock covers this process."""
-  import fcntl  # pylint: disable=g-import-not-at-top
   for _ in range(50):  # the file removed or replaced between two steps: look again
     created = True
     try:
@@ -268,8 +271,6 @@ def hold(directory: str, name: str = "MODEL_DIR", print_fn=print,
   except DirectoryLocked as e:
     took, error = False, e
   if all_processes:
-    import numpy as np  # pylint: disable=g-import-not-at-top
-    from rso_jax import partitioning  # pylint: disable=g-import-not-at-top
     if int(partitioning.broadcast_from_first(np.int32(error is not None))) and error is None:
       error = DirectoryLocked(f"{name} {fs.abspath(directory)!r} is in use by another run "
                               "(process 0 was refused its lock)")

@@ -16,6 +16,8 @@ from __future__ import annotations
 import re
 from typing import Iterator, Optional
 
+from rso_jax import fs
+
 BOM = b"\xef\xbb\xbf"
 
 
@@ -45,7 +47,6 @@ def decode_line(raw: bytes, path: str, lineno: int) -> str:
 def read_lines(path: str) -> Iterator[tuple[int, str]]:
   """(line number from 1, text with its newline) for each line of `path` (any `rso_jax.fs`
   path); the first line that is not UTF-8 raises DataError."""
-  from rso_jax import fs  # pylint: disable=g-import-not-at-top
   with fs.open(path, "rb") as f:
     for lineno, raw in enumerate(f, start=1):
       yield lineno, decode_line(raw, path, lineno)
