@@ -280,18 +280,6 @@ _ORBAX_JSON = ("_CHECKPOINT_METADATA", "_METADATA", "metadata")
 _READ_DAMAGE = re.compile(r"\b(DATA_LOSS|OUT_OF_RANGE|FAILED_PRECONDITION): Error reading .*")
 
 
-def _file_size(path: str) -> Optional[int]:
-  """The size of the file at `path` in bytes (None when there is none)."""
-  if not fs.is_url(path):
-    try:
-      return os.stat(path).st_size
-    except FileNotFoundError:
-      return None
-  if not fs.exists(path):
-    return None
-  return int(fs._gfile().stat(path).length)  # pylint: disable=protected-access
-
-
 def _rel(directory: str, path: str) -> str:
   rel = path[len(directory):].lstrip("/\\")
   return rel.replace(os.sep, "/")
@@ -308,7 +296,7 @@ def record_files(directory: str, items: Sequence[str]) -> str:
       for n in names:
         if n not in _UNSIZED:
           f = fs.join(top, n)
-          files[_rel(directory, f)] = _file_size(f)
+          files[_rel(directory, f)] = fs.size(f)
   path = fs.join(directory, FILES_FILE)
   fs.atomic_write_text(path, json.dumps({"format_version": FORMAT_VERSION,
                                          "files": dict(sorted(files.items()))}, indent=0))
@@ -346,7 +334,7 @@ def verify(directory: str, items: Sequence[str]) -> Optional[str]:
   for rel, size in files["files"].items():
     if rel.split("/")[0] not in items:
       continue
-    actual = _file_size(fs.join(directory, *rel.split("/")))
+    actual = fs.size(fs.join(directory, *rel.split("/")))
     if actual is None:
       problems.append(f"{rel} is missing")
     elif actual != size:

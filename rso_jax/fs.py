@@ -156,6 +156,20 @@ def isfile(path: str) -> bool:
   return exists(path) and not isdir(path)
 
 
+def size(path: str) -> Optional[int]:
+  """The size of the file at `path` in bytes, or None when there is none (one stat)."""
+  if not is_url(path):
+    try:
+      return os.stat(path).st_size
+    except FileNotFoundError:
+      return None
+  try:
+    with _builtin_errors(path):
+      return int(_gfile().stat(str(path)).length)
+  except FileNotFoundError:
+    return None
+
+
 def listdir(path: str) -> List[str]:
   """Sorted entry names (object stores' `name/` directory markers without the slash)."""
   with _builtin_errors(path):

@@ -194,6 +194,13 @@ def _run_resumable(model_dir: str) -> bool:
           or fs.exists(fs.join(model_dir, pipeline.COMPLETED)) or run_lock.is_locked(model_dir))
 
 
+def _network_diff(stored, configured) -> dict:
+  """{field: (stored, configured)} of the T5Config fields in which two networks differ."""
+  return {f.name: (getattr(stored, f.name), getattr(configured, f.name))
+          for f in dataclasses.fields(configured)
+          if getattr(stored, f.name) != getattr(configured, f.name)}
+
+
 # T5Config fields a resumed run may change (how it computes, not what it holds).
 _RUNTIME_FIELDS = ("dtype", "remat")
 
@@ -216,13 +223,10 @@ def _check_resume(model_dir: str, manifest: checkpoints.Manifest) -> None:
     raise ConfigError(f"MODEL_DIR={model_dir!r} holds a checkpoint whose manifest cannot be "
                       f"read ({' '.join(str(e).split())[:300]}); nothing was written: use "
                       "another MODEL_DIR") from None
-  diff = []
-  if stored.kind != manifest.kind:
-    diff.append(f"kind: stored {stored.kind}, configured {manifest.kind}")
-  for field in dataclasses.fields(manifest.network):
-    a, b = getattr(stored.network, field.name), getattr(manifest.network, field.name)
-    if a != b and field.name not in _RUNTIME_FIELDS:
-      diff.append(f"{field.name}: stored {a}, configured {b}")
+  diff = [f"kind: stored {stored.kind}, configured {manifest.kind}"] * (
+      stored.kind != manifest.kind)
+  diff += [f"{k}: stored {a}, configured {b}" for k, (a, b) in _network_diff(
+      stored.network, manifest.network).items() if k not in _RUNTIME_FIELDS]
   if diff:
     raise ConfigError(f"MODEL_DIR={model_dir!r} holds a checkpoint of another model "
                       f"({'; '.join(diff)}); nothing was written: resume with the stored "
@@ -245,9 +249,7 @@ def _check_initial_checkpoint(path: str, manifest: checkpoints.Manifest) -> None
     return
   init = checkpoints.read_manifest(path)
   if init.network != manifest.network:
-    diff = {k: (getattr(init.network, k), getattr(manifest.network, k))
-            for k in dataclasses.asdict(manifest.network)
-            if getattr(init.network, k) != getattr(manifest.network, k)}
+    diff = _network_diff(init.network, manifest.network)
     raise ConfigError(f"INITIAL_CHECKPOINT_PATH={path!r} has another network than the model "
                       f"(checkpoint vs model: {diff}); set the model's size to the "
                       "checkpoint's (e.g. MODEL_CONFIG = @checkpoints.read_config())")
