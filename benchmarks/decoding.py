@@ -29,28 +29,8 @@ process (so the peak resident memory of one framework does not hide the other's)
 As a cross-check of the weights and of `model_logps`, HF scores the sequences rso_jax sampled
 (teacher-forced) and the largest |log π_jax − log π_hf| per sequence is printed.
 
-Changes and what the compiled sampler showed (T5 v1.1 small, B = 2, N = 64):
-  * 2026-11-30, KV cache `[B, L, H, D]` -> `[B, H, D, L]` and the decoder's relative position
-    bias computed for the step's own row (it was the `[H, L, L]` matrix, then sliced). In the
-    optimized HLO of the while body the only ops the size of a cache are the 16 in-place
-    dynamic-update-slice fusions that write one column (no transpose / copy of a cache is
-    left); what still grows with L is the attention reading the cache itself (keys and values
-    of 8 layers, 128 rows: 0.8 GB per step at L = 256, memory-bound on CPU). `--step_lengths
-    32,256`, 1 thread: 222.8 -> 572.3 ms/step (2.57x) before, 192.6 -> 291.7 ms/step (1.51x)
-    after; prompt 256 / response 64 vs HF generate: 2.27x before, 3.07x after.
-  * 2026-11-30, self-attention caches grown with the decode (`decoding.decode_windows`: 32, 64,
-    ..., L columns; one while loop per window, the caches zero-padded between loops): a step
-    attends over at most twice the decoded length, not over max_decode_length. In the HLO of
-    the loops no op the size of a cache is left but the in-place column writes (and one pad per
-    window change). A first try that kept the full cache and attended over a static slice of it
-    made XLA fuse the column write into the slice and copy all 16 caches at every step (96
-    cache-sized copies in the loop bodies at L = 256): the slice is gone.
-  * 2026-12-01, top-k in two stages on CPU (`decoding.top_k`: the k chunks of 32 ids with the
-    largest maxima, then the k largest of their 1,280 ids; the same values, ids and order as
-    `lax.top_k`). Per-op profile of the while body (`jax.profiler` trace, AMD EPYC Zen 5, one
-    core, L = 32): the TopK custom call took 5.9 of 70 ms per step (the dots 57 ms, 54 of them
-    in YNNPACK fusions: the logits projection alone 21 ms), after it the two stages 2.2 ms.
-    Sampling stage decode: 1,087 -> 1,037 ms per prompt (-4.6 %).
+What the compiled sampler showed, layout by layout: benchmarks/README.md ("The sampler's
+KV caches").
 """
 
 from __future__ import annotations

@@ -29,7 +29,56 @@ import jax.numpy as jnp
 import numpy as np
 
 from algorithm1 import reference  # pylint: disable=g-import-not-at-top
+from rso_jax import kernels
 from rso_jax import rejection
+
+
+def _jitted_samplers(key, rewards, k: int, beta: float) -> dict:
+  """{mode: (a call of the public sampler, its first call's seconds, its result)}."""
+  samplers = {}
+  for mode in ("paper", "single_pass"):
+
+    def run(mode=mode):
+      return jax.block_until_ready(rejection.statistical_rejection_sampling(
+          key, rewards, k, beta, mode=mode))
+
+    t0 = time.perf_counter()
+    res = run()
+    samplers[mode] = (run, time.perf_counter() - t0, res)
+  return samplers
+
+
+def _time_interleaved(samplers: dict, run_reference, repeats: int, ref_repeats: int):
+  """Wall and process CPU seconds per call of each sampler and of the reference, interleaved
+  so that noise hits both alike: (times, cpu, ref_times, ref_cpu)."""
+  times = {mode: [] for mode in samplers}
+  cpu = {mode: [] for mode in samplers}
+  ref_times, ref_cpu = [], []
+  for i in range(repeats):
+    if i < ref_repeats:
+      c0 = time.process_time()
+      ref_times.append(run_reference())
+      ref_cpu.append(time.process_time() - c0)
+    for mode, (run, _, _) in samplers.items():
+      t0, c0 = time.perf_counter(), time.process_time()
+      run()
+      times[mode].append(time.perf_counter() - t0)
+      cpu[mode].append(time.process_time() - c0)
+  return times, cpu, ref_times, ref_cpu
+
+
+def _uniforms_drawn(rounds: np.ndarray, b: int, n: int) -> int:
+  """Uniforms the jitted sampler drew: replay the step schedule (all prompts stay
+  round-synchronous, so step t processes the prompts needing round t)."""
+  n_pad = -(-n // 64) * 64
+  need = [int(np.sum(rounds > t)) for t in range(int(rounds.max()))]
+  caps = kernels.step_capacities(b)
+  drawn, t = 0, 0
+  for level, cap in enumerate(caps):
+    limit = caps[level + 1] if level + 1 < len(caps) else 0
+    while t < len(need) and need[t] > limit:
+      drawn, t = drawn + cap * n_pad, t + 1
+  return drawn
 
 
 def main():
@@ -50,18 +99,7 @@ def main():
   rewards_np = np.random.default_rng(0).normal(size=(b, n)).astype(np.float32)
   rewards = jax.device_put(jnp.asarray(rewards_np))
   rows = rewards_np.tolist()
-  key = jax.random.key(0)
-
-  samplers = {}
-  for mode in ("paper", "single_pass"):
-
-    def run(mode=mode):
-      return jax.block_until_ready(rejection.statistical_rejection_sampling(
-          key, rewards, k, beta, mode=mode))
-
-    t0 = time.perf_counter()
-    res = run()
-    samplers[mode] = (run, time.perf_counter() - t0, res)
+  samplers = _jitted_samplers(jax.random.key(0), rewards, k, beta)
 
   def run_reference():
     rng = random.Random(0)
@@ -70,24 +108,11 @@ def main():
       reference(row, k, beta, rng)
     return time.perf_counter() - t0
 
-  times = {mode: [] for mode in samplers}
-  cpu = {mode: [] for mode in samplers}
-  ref_times, ref_cpu = [], []
-  for i in range(args.repeats):  # Interleaved: noise hits both alike.
-    if i < args.ref_repeats:
-      c0 = time.process_time()
-      ref_times.append(run_reference())
-      ref_cpu.append(time.process_time() - c0)
-    for mode, (run, _, _) in samplers.items():
-      t0, c0 = time.perf_counter(), time.process_time()
-      run()
-      times[mode].append(time.perf_counter() - t0)
-      cpu[mode].append(time.process_time() - c0)
-
+  times, cpu, ref_times, ref_cpu = _time_interleaved(samplers, run_reference, args.repeats,
+                                                     args.ref_repeats)
   ref_med = statistics.median(ref_times)
   print(f"reference (plain Python, paper mode): median {ref_med * 1e3:8.2f} ms"
         f"  {b / ref_med:12,.0f} prompts/s  {b * n / ref_med:14,.0f} cand/s")
-  n_pad = -(-n // 64) * 64
   for mode, (_, first, res) in samplers.items():
     med, best = statistics.median(times[mode]), min(times[mode])
     compile_ms = (first - med) * 1e3
@@ -103,16 +128,8 @@ def main():
             f"{min(ref_times) / best:.1f}x best wall, "
             f"{statistics.median(ref_cpu) / statistics.median(cpu[mode]):.1f}"
             f"x median CPU time")
-    # Uniforms drawn: replay the step schedule (all prompts stay
-    # round-synchronous, so step t processes the prompts needing round t).
     rounds = np.asarray(res.rounds)
-    need = [int(np.sum(rounds > t)) for t in range(int(rounds.max()))]
-    caps = rejection._step_capacities(b)  # pylint: disable=protected-access
-    drawn, t = 0, 0
-    for level, cap in enumerate(caps):
-      limit = caps[level + 1] if level + 1 < len(caps) else 0
-      while t < len(need) and need[t] > limit:
-        drawn, t = drawn + cap * n_pad, t + 1
+    drawn = _uniforms_drawn(rounds, b, n)
     visits = int(np.sum(res.num_visited))
     print(f"  rounds mean {rounds.mean():.2f} max {rounds.max()}; visits "
           f"(one uniform each: the floor) {visits / b:.1f}/prompt; uniforms "

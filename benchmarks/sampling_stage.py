@@ -135,10 +135,32 @@ def _strip(row):
   return [t for t in ids if t > 0]
 
 
+def _now():
+  """(wall, process CPU) seconds: a phase boundary."""
+  return time.perf_counter(), time.process_time()
+
+
 def _splits(t):
   """[(wall, cpu)] at the phase boundaries -> ([wall s per phase], [process CPU s per phase])."""
   return ([t[i + 1][0] - t[i][0] for i in range(len(PHASES))],
           [t[i + 1][1] - t[i][1] for i in range(len(PHASES))])
+
+
+def _time_stage(stage, arg, repeats: int):
+  """A warm-up call `stage(arg(0))`, then `repeats` timed calls `stage(arg(r + 1))`, each
+  returning (its split, its result): (first call s, the fastest call's split, [process CPU s
+  per timed call], the last call's result)."""
+  t0 = time.perf_counter()
+  stage(arg(0))
+  first = time.perf_counter() - t0
+  best, cpu, res = None, [], None
+  for r in range(repeats):
+    c0 = time.process_time()
+    split, res = stage(arg(r + 1))
+    cpu.append(time.process_time() - c0)
+    if best is None or sum(split[0]) < sum(best[0]):
+      best = split
+  return first, best, cpu, res
 
 
 def _records(enc, tokens, rewards, ref_c, ref_r, chosen, rejected, valid):
@@ -157,29 +179,19 @@ def _records(enc, tokens, rewards, ref_c, ref_r, chosen, rejected, valid):
 
 
 # ----------------------------------------------------------------------------------- rso_jax
-def run_jax(a) -> dict:
+def _jax_reward_model(config, params, head, rm_arch: str, li: int, length: int):
+  """The BT reward model on the policy's weights, (BTRewardNetwork, its params): the encoder
+  (and for "encoder_decoder" the decoder without its logits projection) plus `head`."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from rso_jax import convert, decoding, inference, network, partitioning  # pylint: disable=g-import-not-at-top
-  from rso_jax import pairs as pairs_lib  # pylint: disable=g-import-not-at-top
-  from rso_jax import rejection, reward_models  # pylint: disable=g-import-not-at-top
-  assert reward_models.BT_SEPARATOR == SEPARATOR, reward_models.BT_SEPARATOR
-  config, params = convert.from_hf(a["hf_dir"])
-  head = np.load(a["head"])
-  if a["dtype"] != "float32":  # weights and activations in bfloat16 (accelerators)
-    config = dataclasses.replace(config, dtype=a["dtype"], param_dtype=a["dtype"])
-    params = jax.tree.map(lambda x: x.astype(a["dtype"]), params)
-    head = head.astype(a["dtype"])
-  module = network.Transformer(config)
-  seq2seq_rm = a["rm_arch"] == "encoder_decoder"
-  rm_module = reward_models.BTRewardNetwork(config, "last" if seq2seq_rm else "mean",
-                                            a["rm_arch"])
+  from rso_jax import reward_models  # pylint: disable=g-import-not-at-top
+  seq2seq_rm = rm_arch == "encoder_decoder"
+  rm_module = reward_models.BTRewardNetwork(config, "last" if seq2seq_rm else "mean", rm_arch)
   rm_params = {"token_embedder": params["token_embedder"], "encoder": params["encoder"],
                "reward_head": {"kernel": head}}
   if seq2seq_rm:  # the policy's decoder without its logits projection
     rm_params["decoder"] = {k: v for k, v in params["decoder"].items() if k != "logits_dense"}
-  b, n, k, li, length = a["prompts"], a["num_decodes"], a["num_samples"], a["li"], a["length"]
   sep_len = len(_separator_ids())
   if seq2seq_rm:
     shapes = jax.eval_shape(lambda: rm_module.init(
@@ -190,67 +202,110 @@ def run_jax(a) -> dict:
         (1, li + sep_len + length), jnp.int32)))["params"]
   shapes = jax.tree.map(lambda x: x.shape, nn_unbox(shapes))
   assert jax.tree.map(np.shape, rm_params) == shapes, "RM params do not fit BTRewardNetwork"
-  mesh = partitioning.create_mesh((-1, 1, 1))
-  with partitioning.MeshRules(mesh):
-    params = jax.device_put(params)
-    rm_params = jax.device_put(rm_params)
-  sep = tuple(_separator_ids())
-  enc_np = _prompts(b, li, config.vocab_size)
-  rows = a["rm_rows"]
-  rm_fn = lambda p, x, y: reward_models.bt_rewards_jit(rm_module, p, x, y, separator=sep,
-                                                       eos_id=EOS)
+  return rm_module, rm_params
 
-  def stage(key):
-    t = [(time.perf_counter(), time.process_time())]
-    k_sample, k_select, k_pair = jax.random.split(key, 3)
-    with partitioning.MeshRules(mesh):
-      enc = partitioning.shard_batch({"x": enc_np}, mesh)["x"]
-      out = partitioning.to_host(decoding.sample(
-          module, params, enc, k_sample, num_decodes=n, max_decode_length=length,
-          temperature=0.7, top_k=40, top_p=None, eos_id=None))
-    t.append((time.perf_counter(), time.process_time()))
-    if seq2seq_rm:  # each prompt encoded once, its N responses as decoder rows
-      rewards = inference.map_prompts(rm_fn, rm_params, enc_np, out.tokens, max(rows // n, 1),
-                                      mesh)
-    else:
-      x_rows = np.repeat(enc_np, n, axis=0)  # prompt-major, as RewardModel.reward flattens
-      rewards = inference.map_rows(rm_fn, rm_params,
-                                   [x_rows, out.tokens.reshape(b * n, length)],
-                                   rows, mesh).reshape(b, n)
-    t.append((time.perf_counter(), time.process_time()))
-    valid = np.ones((b, n), bool)  # EOS off: every candidate full-length, none invalid
+
+class _JaxStage:
+  """rso_jax's side: one stage call with the functions `process_batch` calls, at token level;
+  called with a PRNG key, it returns (its split, (samples, rewards, selection, pairs, records))."""
+
+  def __init__(self, a: dict):
+    import jax  # pylint: disable=g-import-not-at-top
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    from rso_jax import convert, network, partitioning, reward_models  # pylint: disable=g-import-not-at-top
+    assert reward_models.BT_SEPARATOR == SEPARATOR, reward_models.BT_SEPARATOR
+    config, params = convert.from_hf(a["hf_dir"])
+    head = np.load(a["head"])
+    if a["dtype"] != "float32":  # weights and activations in bfloat16 (accelerators)
+      config = dataclasses.replace(config, dtype=a["dtype"], param_dtype=a["dtype"])
+      params = jax.tree.map(lambda x: x.astype(a["dtype"]), params)
+      head = head.astype(a["dtype"])
+    self.module = network.Transformer(config)
+    rm_module, rm_params = _jax_reward_model(config, params, head, a["rm_arch"], a["li"],
+                                             a["length"])
+    self.mesh = partitioning.create_mesh((-1, 1, 1))
+    with partitioning.MeshRules(self.mesh):
+      self.params = jax.device_put(params)
+      self.rm_params = jax.device_put(rm_params)
+    sep = tuple(_separator_ids())
+    self.rm_fn = lambda p, x, y: reward_models.bt_rewards_jit(rm_module, p, x, y, separator=sep,
+                                                              eos_id=EOS)
+    self.a = a
+    self.enc_np = _prompts(a["prompts"], a["li"], config.vocab_size)
+
+  def _decode(self, key):
+    """N samples per prompt on the sharded prompt batch, fetched to the host."""
+    from rso_jax import decoding, partitioning  # pylint: disable=g-import-not-at-top
+    with partitioning.MeshRules(self.mesh):
+      enc = partitioning.shard_batch({"x": self.enc_np}, self.mesh)["x"]
+      return partitioning.to_host(decoding.sample(
+          self.module, self.params, enc, key, num_decodes=self.a["num_decodes"],
+          max_decode_length=self.a["length"], temperature=0.7, top_k=40, top_p=None,
+          eos_id=None))
+
+  def _score(self, tokens):
+    """`[B, N]` rewards of the candidates, in chunks of `rm_rows` rows as `RewardModel` runs."""
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    from rso_jax import inference  # pylint: disable=g-import-not-at-top
+    b, n, rows = self.a["prompts"], self.a["num_decodes"], self.a["rm_rows"]
+    if self.a["rm_arch"] == "encoder_decoder":  # each prompt once, its N responses as decoder rows
+      return inference.map_prompts(self.rm_fn, self.rm_params, self.enc_np, tokens,
+                                   max(rows // n, 1), self.mesh)
+    x_rows = np.repeat(self.enc_np, n, axis=0)  # prompt-major, as RewardModel.reward flattens
+    return inference.map_rows(self.rm_fn, self.rm_params,
+                              [x_rows, tokens.reshape(b * n, self.a["length"])],
+                              rows, self.mesh).reshape(b, n)
+
+  def _reject_and_pair(self, rewards, k_select, k_pair):
+    """Algorithm 1 (mode "paper") and first-round pairs, both fetched to the host."""
+    import jax  # pylint: disable=g-import-not-at-top
+    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    from rso_jax import pairs as pairs_lib  # pylint: disable=g-import-not-at-top
+    from rso_jax import rejection  # pylint: disable=g-import-not-at-top
+    # EOS off: every candidate full-length, none invalid.
+    valid = np.ones((self.a["prompts"], self.a["num_decodes"]), bool)
     masked = jnp.asarray(np.where(valid, rewards, 0.0))
-    sel = jax.device_get(rejection.select("rso", k_select, masked, k, a["beta"],
-                                          mask=jnp.asarray(valid), mode="paper"))
+    sel = jax.device_get(rejection.select("rso", k_select, masked, self.a["num_samples"],
+                                          self.a["beta"], mask=jnp.asarray(valid), mode="paper"))
     pairs = jax.device_get(pairs_lib.make_pairs(
         "first_round", jnp.asarray(sel.indices), jnp.asarray(sel.valid), rewards=masked,
         key=k_pair))
-    t.append((time.perf_counter(), time.process_time()))
+    return sel, pairs
+
+  def __call__(self, key):
+    import jax  # pylint: disable=g-import-not-at-top
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    t = [_now()]
+    k_sample, k_select, k_pair = jax.random.split(key, 3)
+    out = self._decode(k_sample)
+    t.append(_now())
+    rewards = self._score(out.tokens)
+    t.append(_now())
+    sel, pairs = self._reject_and_pair(rewards, k_select, k_pair)
+    t.append(_now())
     chosen, rejected = np.asarray(pairs.chosen), np.asarray(pairs.rejected)
     ref_c = np.take_along_axis(out.model_logps, chosen, 1)
     ref_r = np.take_along_axis(out.model_logps, rejected, 1)
-    t.append((time.perf_counter(), time.process_time()))
-    recs = _records(enc_np, out.tokens, rewards, ref_c, ref_r, chosen, rejected, pairs.valid)
-    t.append((time.perf_counter(), time.process_time()))
+    t.append(_now())
+    recs = _records(self.enc_np, out.tokens, rewards, ref_c, ref_r, chosen, rejected,
+                    pairs.valid)
+    t.append(_now())
     return _splits(t), (out, rewards, sel, pairs, recs)
 
-  t0 = time.perf_counter()
-  stage(jax.random.key(0))
-  first = time.perf_counter() - t0
-  best, cpu = None, []
-  for r in range(a["repeats"]):
-    c0 = time.process_time()
-    split, res = stage(jax.random.key(r + 1))
-    cpu.append(time.process_time() - c0)
-    if best is None or sum(split[0]) < sum(best[0]):
-      best = split
+
+def run_jax(a) -> dict:
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  stage = _JaxStage(a)
+  first, best, cpu, res = _time_stage(stage, jax.random.key, a["repeats"])
   out, rewards, sel, pairs, recs = res
   np.savez(a["jax_out"], tokens=out.tokens, rewards=rewards, model_logps=out.model_logps,
            chosen=np.asarray(pairs.chosen), rejected=np.asarray(pairs.rejected),
            valid=np.asarray(pairs.valid))
   return dict(split=best[0], cpu_split=best[1], cpu_s=min(cpu), first_call_s=first,
               pairs=len(recs), accepted=int(np.sum(sel.valid)), rounds=float(np.mean(sel.rounds)),
-              rm_rows=rows)
+              rm_rows=a["rm_rows"])
 
 
 def nn_unbox(tree):
@@ -259,128 +314,145 @@ def nn_unbox(tree):
 
 
 # --------------------------------------------------------------------------------- HF / TRL
-def run_hf(a) -> dict:
+def _python_pairs(rewards, k: int, beta: float, rng: random.Random):
+  """Algorithm 1 in plain Python per prompt, a shuffle of the kept indices and first-round pairs
+  labeled by reward: (chosen `[B, P]`, rejected `[B, P]`) candidate indices."""
   import numpy as np  # pylint: disable=g-import-not-at-top
-  import torch  # pylint: disable=g-import-not-at-top
-  import transformers  # pylint: disable=g-import-not-at-top
-  gpu = a["platform"] == "gpu"
-  device, dtype = torch.device("cuda" if gpu else "cpu"), getattr(torch, a["dtype"])
-  if not gpu:
-    torch.set_num_threads(a["threads"])
-  load = lambda cls: cls.from_pretrained(a["hf_dir"]).eval().to(device, dtype)
-  policy = load(transformers.T5ForConditionalGeneration)
-  seq2seq_rm = a["rm_arch"] == "encoder_decoder"
-  if seq2seq_rm:
-    rm_t5 = load(transformers.T5Model)
-  else:
-    rm_encoder = load(transformers.T5EncoderModel)
-  head = torch.as_tensor(np.load(a["head"])).to(device, dtype)  # [E, 1]
-  host = lambda x: x.float().cpu().numpy()  # syncs the device
-  b, n, k, li, length = a["prompts"], a["num_decodes"], a["num_samples"], a["li"], a["length"]
-  beta = a["beta"]
-  enc_np = _prompts(b, li, policy.config.vocab_size)
-  enc = torch.as_tensor(enc_np, dtype=torch.long, device=device)
-  mask = (enc > 0).long()
-  sep = _separator_ids()
-  prompt_ids = [[int(t) for t in row if t > 0] for row in enc_np]
-  prompt_ids = [p[:-1] if p and p[-1] == EOS else p for p in prompt_ids]  # without EOS
-  gen = dict(do_sample=True, num_return_sequences=n, top_k=40, temperature=0.7, top_p=1.0,
-             max_new_tokens=length, min_new_tokens=length)
+  chosen, rejected = [], []
+  for row in rewards:
+    kept = algorithm1(row.tolist(), k, beta, rng)
+    rng.shuffle(kept)
+    pc, pr = [], []
+    for j in range(0, len(kept) - 1, 2):
+      x, y = kept[j], kept[j + 1]
+      better = row[x] > row[y]
+      pc.append(x if better else y)
+      pr.append(y if better else x)
+    chosen.append(pc)
+    rejected.append(pr)
+  return np.array(chosen), np.array(rejected)
 
-  def rewards_of(responses):  # [B * N, L] response tokens -> [B, N] rewards
-    if seq2seq_rm:  # one (x, y) row each: the prompt encoded again for every response
+
+class _HFStage:
+  """The peer: the stage as a HuggingFace TRL user writes it, on the same weights; called with
+  a seed, it returns (its split, its records)."""
+
+  def __init__(self, a: dict):
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    import torch  # pylint: disable=g-import-not-at-top
+    import transformers  # pylint: disable=g-import-not-at-top
+    self.np, self.torch, self.a = np, torch, a
+    self.gpu = a["platform"] == "gpu"
+    self.device = torch.device("cuda" if self.gpu else "cpu")
+    self.dtype = getattr(torch, a["dtype"])
+    if not self.gpu:
+      torch.set_num_threads(a["threads"])
+    load = lambda cls: cls.from_pretrained(a["hf_dir"]).eval().to(self.device, self.dtype)
+    self.policy = load(transformers.T5ForConditionalGeneration)
+    self.seq2seq_rm = a["rm_arch"] == "encoder_decoder"
+    self.rm = load(transformers.T5Model if self.seq2seq_rm else transformers.T5EncoderModel)
+    self.head = torch.as_tensor(np.load(a["head"])).to(self.device, self.dtype)  # [E, 1]
+    self.b, self.n, self.length = a["prompts"], a["num_decodes"], a["length"]
+    self.enc_np = _prompts(self.b, a["li"], self.policy.config.vocab_size)
+    self.enc = torch.as_tensor(self.enc_np, dtype=torch.long, device=self.device)
+    self.mask = (self.enc > 0).long()
+    prompt_ids = [[int(t) for t in row if t > 0] for row in self.enc_np]
+    self.prompt_ids = [p[:-1] if p and p[-1] == EOS else p for p in prompt_ids]  # without EOS
+    self.sep = _separator_ids()
+    self.gen = dict(do_sample=True, num_return_sequences=self.n, top_k=40, temperature=0.7,
+                    top_p=1.0, max_new_tokens=self.length, min_new_tokens=self.length)
+
+  def _host(self, x):
+    return x.float().cpu().numpy()  # syncs the device
+
+  def _index(self, x):
+    return self.torch.as_tensor(x.reshape(-1), device=self.device)
+
+  def rewards(self, responses):
+    """`[B * N, L]` response tokens -> `[B, N]` rewards (on the device)."""
+    torch, b, n, device = self.torch, self.b, self.n, self.device
+    if self.seq2seq_rm:  # one (x, y) row each: the prompt encoded again for every response
       rows = torch.arange(b, device=device).repeat_interleave(n)
       start = torch.zeros((b * n, 1), dtype=torch.long, device=device)
       dec = torch.cat([start, responses[:, :-1]], 1)
-      h = rm_t5(input_ids=enc[rows], attention_mask=mask[rows],
-                decoder_input_ids=dec).last_hidden_state
+      h = self.rm(input_ids=self.enc[rows], attention_mask=self.mask[rows],
+                  decoder_input_ids=dec).last_hidden_state
       last = (responses > 0).sum(1).clamp(min=1) - 1
-      return (h[torch.arange(b * n, device=device), last] @ head)[:, 0].reshape(b, n)
-    rows = [prompt_ids[i // n] + sep + [t for t in y if t > 0]
+      return (h[torch.arange(b * n, device=device), last] @ self.head)[:, 0].reshape(b, n)
+    rows = [self.prompt_ids[i // n] + self.sep + [t for t in y if t > 0]
             for i, y in enumerate(responses.tolist())]
     width = max(len(r) for r in rows)
     packed = torch.tensor([r + [0] * (width - len(r)) for r in rows], dtype=torch.long,
                           device=device)
-    m = (packed > 0).to(dtype)
-    h = rm_encoder(input_ids=packed, attention_mask=m.long()).last_hidden_state
+    m = (packed > 0).to(self.dtype)
+    h = self.rm(input_ids=packed, attention_mask=m.long()).last_hidden_state
     pooled = (h * m[..., None]).sum(1) / m.sum(1, keepdim=True).clamp(min=1.0)
-    return (pooled @ head)[:, 0].reshape(b, n)
+    return (pooled @ self.head)[:, 0].reshape(b, n)
 
-  index = lambda x: torch.as_tensor(x.reshape(-1), device=device)
-
-  def ref_logps(rows, labels):  # teacher-forced log pi of labels [M, L] for prompt rows [M]
-    logits = policy(input_ids=enc[rows], attention_mask=mask[rows], labels=labels).logits
+  def pair_logps(self, tokens, chosen, rejected):
+    """Teacher-forced log pi of the paired responses (`tokens` `[B, N, L]`, `chosen` /
+    `rejected` `[B, P]` indices): `[2 * B * P]`, every chosen one, then every rejected one."""
+    torch = self.torch
+    rows = torch.arange(self.b, device=self.device).repeat_interleave(chosen.shape[1])
+    labels = torch.cat([tokens[rows, self._index(chosen)], tokens[rows, self._index(rejected)]])
+    rows = torch.cat([rows, rows])
+    logits = self.policy(input_ids=self.enc[rows], attention_mask=self.mask[rows],
+                         labels=labels).logits
     logp = torch.log_softmax(logits.float(), -1).gather(-1, labels[..., None])[..., 0]
-    return (logp * (labels > 0)).sum(-1)
+    return self._host((logp * (labels > 0)).sum(-1))
 
-  def stage(seed):
+  def __call__(self, seed):
+    np, torch, b = self.np, self.torch, self.b
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    t = [(time.perf_counter(), time.process_time())]
-    out = policy.generate(input_ids=enc, attention_mask=mask, **gen)
+    t = [_now()]
+    out = self.policy.generate(input_ids=self.enc, attention_mask=self.mask, **self.gen)
     responses = out[:, 1:]  # drop the decoder start token
-    if gpu:
+    if self.gpu:
       torch.cuda.synchronize()
-    t.append((time.perf_counter(), time.process_time()))
-    rewards = host(rewards_of(responses))
-    t.append((time.perf_counter(), time.process_time()))
-    chosen, rejected = [], []
-    for i in range(b):
-      kept = algorithm1(rewards[i].tolist(), k, beta, rng)
-      rng.shuffle(kept)
-      pc, pr = [], []
-      for j in range(0, len(kept) - 1, 2):
-        x, y = kept[j], kept[j + 1]
-        better = rewards[i, x] > rewards[i, y]
-        pc.append(x if better else y)
-        pr.append(y if better else x)
-      chosen.append(pc)
-      rejected.append(pr)
-    chosen, rejected = np.array(chosen), np.array(rejected)
-    t.append((time.perf_counter(), time.process_time()))
+    t.append(_now())
+    rewards = self._host(self.rewards(responses))
+    t.append(_now())
+    chosen, rejected = _python_pairs(rewards, self.a["num_samples"], self.a["beta"], rng)
+    t.append(_now())
     p = chosen.shape[1]
-    rows = torch.arange(b, device=device).repeat_interleave(p)
-    resp = responses.reshape(b, n, -1)
-    labels = torch.cat([resp[rows, index(chosen)], resp[rows, index(rejected)]])
-    lp = host(ref_logps(torch.cat([rows, rows]), labels))
+    resp = responses.reshape(b, self.n, -1)
+    lp = self.pair_logps(resp, chosen, rejected)
     ref_c, ref_r = lp[:b * p].reshape(b, p), lp[b * p:].reshape(b, p)
-    t.append((time.perf_counter(), time.process_time()))
-    recs = _records(enc_np, resp.cpu().numpy(), rewards, ref_c, ref_r, chosen, rejected,
+    t.append(_now())
+    recs = _records(self.enc_np, resp.cpu().numpy(), rewards, ref_c, ref_r, chosen, rejected,
                     np.ones_like(chosen, bool))
-    t.append((time.perf_counter(), time.process_time()))
+    t.append(_now())
     return _splits(t), recs
 
-  with torch.no_grad():
-    t0 = time.perf_counter()
-    stage(0)
-    first = time.perf_counter() - t0
-    best, cpu = None, []
-    for r in range(a["repeats"]):
-      c0 = time.process_time()
-      split, recs = stage(r + 1)
-      cpu.append(time.process_time() - c0)
-      if best is None or sum(split[0]) < sum(best[0]):
-        best = split
-    # Cross-checks on what rso_jax sampled: rewards, and log pi of its paired responses.
-    saved = np.load(a["jax_out"])
-    jax_tokens = torch.as_tensor(saved["tokens"].reshape(b * n, length), dtype=torch.long,
-                                 device=device)
-    r_hf = host(rewards_of(jax_tokens))
-    reward_diff = float(np.max(np.abs(r_hf - saved["rewards"])))
+  def cross_check(self, saved) -> dict:
+    """This side's rewards and log pi on what rso_jax sampled (`saved`), against rso_jax's."""
+    np = self.np
+    jax_tokens = self.torch.as_tensor(saved["tokens"].reshape(self.b * self.n, self.length),
+                                      dtype=self.torch.long, device=self.device)
+    r_hf = self._host(self.rewards(jax_tokens))
     ch, rj = saved["chosen"], saved["rejected"]
-    p = ch.shape[1]
-    rows = torch.arange(b, device=device).repeat_interleave(p)
-    toks = jax_tokens.reshape(b, n, length)
-    labels = torch.cat([toks[rows, index(ch)], toks[rows, index(rj)]])
-    lp_hf = host(ref_logps(torch.cat([rows, rows]), labels))
+    lp_hf = self.pair_logps(jax_tokens.reshape(self.b, self.n, self.length), ch, rj)
     lp_jax = np.concatenate([np.take_along_axis(saved["model_logps"], ch, 1).reshape(-1),
                              np.take_along_axis(saved["model_logps"], rj, 1).reshape(-1)])
+    return dict(max_abs_reward_diff=float(np.max(np.abs(r_hf - saved["rewards"]))),
+                max_abs_ref_logp_diff=float(np.max(np.abs(lp_hf - lp_jax))),
+                reward_std=float(np.std(saved["rewards"])))
+
+
+def run_hf(a) -> dict:
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  stage = _HFStage(a)
+  with torch.no_grad():
+    first, best, cpu, recs = _time_stage(stage, lambda seed: seed, a["repeats"])
+    # Cross-checks on what rso_jax sampled: rewards, and log pi of its paired responses.
+    checks = stage.cross_check(np.load(a["jax_out"]))
+  reward_diff = checks["max_abs_reward_diff"]
   if a["dtype"] == "float32":
     assert reward_diff <= 1e-3, f"rewards differ: max |r_jax - r_hf| = {reward_diff}"
   return dict(split=best[0], cpu_split=best[1], cpu_s=min(cpu), first_call_s=first,
-              pairs=len(recs), max_abs_reward_diff=reward_diff,
-              max_abs_ref_logp_diff=float(np.max(np.abs(lp_hf - lp_jax))),
-              reward_std=float(np.std(saved["rewards"])))
+              pairs=len(recs), **checks)
 
 
 # ----------------------------------------------------------------------------------- driver

@@ -1,4 +1,4 @@
-"""rso_jax's trainer against upstream T5X's, on the same RSO policy job (issue 16).
+"""rso_jax's trainer against upstream T5X's, on the same RSO policy job.
 
     python benchmarks/t5x_trainer.py [--workdir=/tmp/rso_t5x_bench] [--steps=110]
 
@@ -7,7 +7,7 @@ one sampling stage (rso-sample-rank pairs with log π_sft, labeled by the embedd
 reward, so no reward model is trained here), then the hinge-norm policy from π_sft on those
 pairs, trained by
 
-  rso_jax   python -m rso_jax.train --gin_file=gin/policy.gin
+  rso_jax   python -m rso_jax.train --gin_file=gin/stages/policy.gin
   T5X       python -m t5x.train --gin_file=gin/t5x/rso_hinge.gin   (π_sft via `to-t5x`)
 
 with the same network, batch, AdamW learning rate (constant, no clipping, no warmup) and one
@@ -64,26 +64,17 @@ class _Golden:
     return synthetic.golden_rewards(prompts, responses).astype(np.float32)
 
 
-def main():
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--workdir", default="/tmp/rso_t5x_bench")
-  p.add_argument("--sft_steps", type=int, default=400)
-  p.add_argument("--num_prompts", type=int, default=256)
-  p.add_argument("--steps", type=int, default=110)
-  p.add_argument("--batch_size", type=int, default=32)
-  p.add_argument("--learning_rate", type=float, default=1e-4)
-  p.add_argument("--eval_prompts", type=int, default=128)
-  args = p.parse_args()
-  from rso_jax import checkpoints, evaluate, sample  # pylint: disable=g-import-not-at-top
-  w = os.path.abspath(args.workdir)
-  os.makedirs(w, exist_ok=True)
+def _prepare(args, w: str):
+  """π_sft, its pairs and π_sft as a T5X checkpoint, in `w` (finished ones reused):
+  (sft dir, pairs dir, T5X init dir)."""
+  from rso_jax import checkpoints, runs, sample  # pylint: disable=g-import-not-at-top
   sft, pairs = os.path.join(w, "sft"), os.path.join(w, "pairs")
   if checkpoints.latest_step(sft) is None:
-    secs = _run([sys.executable, "-m", "rso_jax.train", "--gin_file=gin/sft.gin",
+    secs = _run([sys.executable, "-m", "rso_jax.train", "--gin_file=gin/stages/sft.gin",
                  f"--gin.MODEL_DIR='{sft}'", f"--gin.TRAIN_STEPS={args.sft_steps}",
                  "--gin.EVAL_PERIOD=0"], os.path.join(w, "sft.log"))
     print(f"π_sft: {args.sft_steps} SFT steps in {secs:.0f} s")
-  if not sample.is_complete(pairs):
+  if not runs.is_complete(pairs):
     stats = sample.run(policy_checkpoint=sft, reward_checkpoint=None, output_dir=pairs,
                        scorer=_Golden(), prompts_task="synthetic_prompts", split="train",
                        max_prompts=args.num_prompts, num_candidates=16, num_samples=8,
@@ -93,13 +84,13 @@ def main():
   if not os.path.isdir(os.path.join(init, "checkpoint_0")):
     m, params = checkpoints.load(sft)
     checkpoints.save_t5x(init, params, m)
+  return sft, pairs, init
 
-  common = [f"--gin.PAIRS_DIR='{pairs}'", f"--gin.BATCH_SIZE={args.batch_size}",
-            f"--gin.LEARNING_RATE={args.learning_rate}"]
-  n = args.steps
-  common = [*common, f"--gin.TRAIN_STEPS={n}"]
-  trainers = {
-      "rso_jax": (["-m", "rso_jax.train", "--gin_file=gin/policy.gin",
+
+def _trainers(sft: str, init: str, n: int) -> dict:
+  """{trainer: (its command after the interpreter, its steps/s metric)}."""
+  return {
+      "rso_jax": (["-m", "rso_jax.train", "--gin_file=gin/stages/policy.gin",
                    f"--gin.INITIAL_CHECKPOINT_PATH='{sft}'", "--gin.train_lib.train.warmup_steps=0",
                    "--gin.train_lib.train.grad_clip=None", "--gin.train_lib.train.log_period=10",
                    f"--gin.train_lib.train.checkpoint_period={n}"], "perf/steps_per_sec"),
@@ -107,37 +98,34 @@ def main():
                f"--gin.INITIAL_CHECKPOINT_PATH='{init}/checkpoint_0'", "--gin.STATS_PERIOD=10",
                f"--gin.CHECKPOINT_PERIOD={n}"], "timing/steps_per_second"),
   }
-  results = {}
-  for name, (cmd, meter) in trainers.items():
-    d = os.path.join(w, name)
-    if os.path.isdir(d):
-      subprocess.run(["rm", "-rf", d], check=True)
-    wall = _run([sys.executable, *cmd, f"--gin.MODEL_DIR='{d}'", *common],
-                os.path.join(w, f"{name}.log"))
-    ev = _events(d)
-    results[name] = {
-        "wall_s": wall, "ms_per_step": 1000 / float(np.median(ev[meter][1:])),
-        "loss_last": ev["loss"][-1], "accuracy_last": ev["rewards/accuracies"][-1],
-        "margin_last": ev["rewards/margins"][-1],
-    }
-    report = evaluate.evaluate_policy(d, sft,
-                                      prompts_task="synthetic_prompts",
-                                      num_prompts=args.eval_prompts, decoding=("greedy",),
-                                      kl_samples_per_prompt=4, num_examples=0)
-    res = report["results"]["greedy"]
-    results[name].update(golden_win_vs_sft=res["vs_sft/golden"],
-                         golden_win_stderr=res["vs_sft/golden_stderr"],
-                         kl=report["kl/mean"], kl_stderr=report["kl/stderr"])
-  import jax  # pylint: disable=g-import-not-at-top
-  final = {t: checkpoints.load_params(os.path.join(w, t)) for t in trainers}
-  sft_params = checkpoints.load_params(sft)
-  gap = lambda a, b: max(float(np.abs(np.asarray(x) - np.asarray(y)).max())
-                         for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
-  results["final_params_max_abs_diff"] = gap(final["rso_jax"], final["t5x"])
-  results["moved_from_sft_max_abs"] = gap(final["rso_jax"], sft_params)
-  print(json.dumps(results, indent=2))
+
+
+def _train_and_evaluate(cmd, meter: str, d: str, log: str, sft: str, common, args) -> dict:
+  """One trainer from scratch in `d`: its times, last training metrics and evaluation."""
+  from rso_jax import evaluate  # pylint: disable=g-import-not-at-top
+  if os.path.isdir(d):
+    subprocess.run(["rm", "-rf", d], check=True)
+  wall = _run([sys.executable, *cmd, f"--gin.MODEL_DIR='{d}'", *common], log)
+  ev = _events(d)
+  result = {
+      "wall_s": wall, "ms_per_step": 1000 / float(np.median(ev[meter][1:])),
+      "loss_last": ev["loss"][-1], "accuracy_last": ev["rewards/accuracies"][-1],
+      "margin_last": ev["rewards/margins"][-1],
+  }
+  report = evaluate.evaluate_policy(d, sft,
+                                    prompts_task="synthetic_prompts",
+                                    num_prompts=args.eval_prompts, decoding=("greedy",),
+                                    kl_samples_per_prompt=4, num_examples=0)
+  res = report["results"]["greedy"]
+  result.update(golden_win_vs_sft=res["vs_sft/golden"],
+                golden_win_stderr=res["vs_sft/golden_stderr"],
+                kl=report["kl/mean"], kl_stderr=report["kl/stderr"])
+  return result
+
+
+def _print_summary(results: dict, trainers, n: int, batch_size: int) -> None:
   r, t = results["rso_jax"], results["t5x"]
-  print(f"\n{n} policy steps (batch {args.batch_size}, tiny T5, 1 CPU device):")
+  print(f"\n{n} policy steps (batch {batch_size}, tiny T5, 1 CPU device):")
   print(f"{'':10s} {'ms/step':>8s} {'wall s':>7s} {'loss':>7s} {'acc':>6s} {'golden win':>12s} "
         f"{'KL':>12s}")
   for name in trainers:
@@ -149,6 +137,38 @@ def main():
   print(f"step time T5X / rso_jax: {t['ms_per_step'] / r['ms_per_step']:.2f}x; final params "
         f"max |rso_jax − T5X| = {results['final_params_max_abs_diff']:.3g} (moved from π_sft by "
         f"up to {results['moved_from_sft_max_abs']:.3g})")
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--workdir", default="/tmp/rso_t5x_bench")
+  p.add_argument("--sft_steps", type=int, default=400)
+  p.add_argument("--num_prompts", type=int, default=256)
+  p.add_argument("--steps", type=int, default=110)
+  p.add_argument("--batch_size", type=int, default=32)
+  p.add_argument("--learning_rate", type=float, default=1e-4)
+  p.add_argument("--eval_prompts", type=int, default=128)
+  args = p.parse_args()
+  from rso_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  w = os.path.abspath(args.workdir)
+  os.makedirs(w, exist_ok=True)
+  sft, pairs, init = _prepare(args, w)
+  n = args.steps
+  common = [f"--gin.PAIRS_DIR='{pairs}'", f"--gin.BATCH_SIZE={args.batch_size}",
+            f"--gin.LEARNING_RATE={args.learning_rate}", f"--gin.TRAIN_STEPS={n}"]
+  trainers = _trainers(sft, init, n)
+  results = {name: _train_and_evaluate(cmd, meter, os.path.join(w, name),
+                                       os.path.join(w, f"{name}.log"), sft, common, args)
+             for name, (cmd, meter) in trainers.items()}
+  import jax  # pylint: disable=g-import-not-at-top
+  final = {t: checkpoints.load_params(os.path.join(w, t)) for t in trainers}
+  sft_params = checkpoints.load_params(sft)
+  gap = lambda a, b: max(float(np.abs(np.asarray(x) - np.asarray(y)).max())
+                         for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+  results["final_params_max_abs_diff"] = gap(final["rso_jax"], final["t5x"])
+  results["moved_from_sft_max_abs"] = gap(final["rso_jax"], sft_params)
+  print(json.dumps(results, indent=2))
+  _print_summary(results, trainers, n, args.batch_size)
 
 
 if __name__ == "__main__":

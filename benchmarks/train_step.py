@@ -7,7 +7,7 @@
 One step = the hinge-norm loss (RSO paper Eq. 10, γ = 0.05)
 `max(0, 1 − γ·[(log π(y_w|x) − log π_ref(y_w|x)) − (log π(y_l|x) − log π_ref(y_l|x))])`,
 mean over a batch of (prompt, chosen, rejected), its gradient w.r.t. every parameter, global-norm
-clipping (`--grad_clip`, 1.0 as in gin/policy.gin and HF Trainer's default) and an AdamW update
+clipping (`--grad_clip`, 1.0 as in gin/stages/policy.gin and HF Trainer's default) and an AdamW update
 (lr 1e-4, `--weight_decay`). The reference log-probs are inputs (cached, as the sampling stage
 stores them): the initial policy's own log-probs plus N(0, 2²) noise, so every pair starts on
 the hinge's active side with a loss near 1 and a non-zero gradient.
@@ -57,6 +57,7 @@ import statistics
 import sys
 import tempfile
 import time
+from typing import Dict, List, Mapping
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -263,10 +264,9 @@ def _fmt_bytes(n) -> str:
   return "n/a" if n is None else f"{n / 2**30:.2f} GiB"
 
 
-def bench(size: str, args) -> None:
+def _torch_device(size: str, args, peers: List[str]):
+  """(torch device, the torch peers to run): on a GPU without CUDA in torch, none."""
   import torch  # pylint: disable=g-import-not-at-top
-  b, lp, lr = args.batch, args.prompt_length, args.response_length
-  peers = [p for p in args.peers.split(",") if p]
   device = torch.device("cpu")
   if args.platform == "gpu":
     if torch.cuda.is_available():
@@ -274,7 +274,13 @@ def bench(size: str, args) -> None:
     elif peers:
       print(f"[{size}] torch sees no CUDA device: skipping the torch peers {peers}", flush=True)
       peers = []
+  return device, peers
 
+
+def _weights_and_batch(size: str, args):
+  """(config, params, HF state dict, batch with the reference log-probs, (ref chosen, ref
+  rejected)): one random HF model, converted for rso_jax."""
+  b, lp, lr = args.batch, args.prompt_length, args.response_length
   hf = make_hf_model(size)
   with tempfile.TemporaryDirectory() as d:
     hf.save_pretrained(d, safe_serialization=True)
@@ -282,25 +288,18 @@ def bench(size: str, args) -> None:
     state_dict = {k: v.clone() for k, v in hf.state_dict().items()}
   del hf
   batch = make_batch(config.vocab_size, b, lp, lr)
-
   # Reference log-probs: the initial policy's own (teacher-forced, float32) + N(0, 2^2) noise.
   scorer = models.PolicyModel(config, loss="hinge_norm", gamma=args.gamma)
   pc, pr = jax.jit(scorer.pair_logps)(params, {k: jnp.asarray(v) for k, v in batch.items()})
   noise = np.random.RandomState(2).normal(0.0, 2.0, (2, b)).astype(np.float32)
   ref = (np.asarray(pc) + noise[0], np.asarray(pr) + noise[1])
   batch["ref_chosen_logps"], batch["ref_rejected_logps"] = ref
+  return config, params, state_dict, batch, ref
 
-  sides = [JaxSide(config, params, batch, args)]
-  print(f"[{size}] rso_jax: trainer step compiled in {sides[0].compile_s:.1f}s", flush=True)
-  for name in peers:
-    if name not in ("eager", "compile"):
-      raise ValueError(f"--peers: unknown peer {name!r} (eager, compile)")
-    model = make_hf_model(size)
-    model.load_state_dict(state_dict)
-    model.to(device)
-    sides.append(TorchSide(name, model, batch, ref, args, device))
 
-  # First step (compiles torch.compile's graphs), then warm-up.
+def _first_steps(size: str, sides: list) -> Dict[str, float]:
+  """Each side's first step (torch.compile compiles in it): {side: its loss}. A side whose
+  torch.compile fails is reported and removed from `sides`."""
   first = {}
   for side in list(sides):
     t0 = time.perf_counter()
@@ -317,10 +316,12 @@ def bench(size: str, args) -> None:
     if side.name == "compile":
       side.compile_s = time.perf_counter() - t0
       print(f"[{size}] torch.compile: first step (compilation) {side.compile_s:.1f}s", flush=True)
-  for _ in range(args.warmup):
-    for side in sides:
-      side.step()
+  return first
 
+
+def _timed_steps(sides: list, args):
+  """Steps the sides in turn until each has `--iters` steps and `--min_seconds` have passed
+  (at most 500): ({side: [wall s]}, {side: [process CPU s]}, {side: last loss})."""
   times = {s.name: [] for s in sides}
   cpu = {s.name: [] for s in sides}  # process CPU time (all threads): robust to descheduling
   last = {}
@@ -334,7 +335,14 @@ def bench(size: str, args) -> None:
     n = len(times["rso_jax"])
     if n >= args.iters and (time.perf_counter() - t_start >= args.min_seconds or n >= 500):
       break
+  return times, cpu, last
 
+
+def _report(size: str, args, sides: list, params, first: Mapping[str, float],
+            last: Mapping[str, float], times: Mapping[str, List[float]],
+            cpu: Mapping[str, List[float]]) -> None:
+  b, lp, lr = args.batch, args.prompt_length, args.response_length
+  n = len(times["rso_jax"])
   tokens = b * (lp + 2 * lr)
   flops = model_flops(size, b, lp, lr)
   peak = args.peak_tflops
@@ -366,6 +374,27 @@ def bench(size: str, args) -> None:
     print(f"  rso_jax / {side.name}: {med[side.name] / med['rso_jax']:.2f}x{cpu_ratio}  "
           f"(first-step loss rel. diff {rel:.2e}: {'OK' if rel <= tol else 'MISMATCH'} "
           f"at {tol:g})", flush=True)
+
+
+def bench(size: str, args) -> None:
+  """One size: rso_jax and the torch peers from the same weights, stepped in turn; printed."""
+  device, peers = _torch_device(size, args, [p for p in args.peers.split(",") if p])
+  config, params, state_dict, batch, ref = _weights_and_batch(size, args)
+  sides = [JaxSide(config, params, batch, args)]
+  print(f"[{size}] rso_jax: trainer step compiled in {sides[0].compile_s:.1f}s", flush=True)
+  for name in peers:
+    if name not in ("eager", "compile"):
+      raise ValueError(f"--peers: unknown peer {name!r} (eager, compile)")
+    model = make_hf_model(size)
+    model.load_state_dict(state_dict)
+    model.to(device)
+    sides.append(TorchSide(name, model, batch, ref, args, device))
+  first = _first_steps(size, sides)
+  for _ in range(args.warmup):
+    for side in sides:
+      side.step()
+  times, cpu, last = _timed_steps(sides, args)
+  _report(size, args, sides, params, first, last, times, cpu)
 
 
 def main() -> None:

@@ -35,9 +35,7 @@ what is wrong and the intact steps beside it; training skips a damaged latest st
 from __future__ import annotations
 
 import dataclasses
-import gc
 import json
-import os
 import re
 import sys
 from typing import Any, List, Mapping, Optional, Sequence, Tuple
@@ -45,14 +43,17 @@ from typing import Any, List, Mapping, Optional, Sequence, Tuple
 import jax
 import orbax.checkpoint as ocp
 
+from rso_jax import errors
+from rso_jax import checkpoint_files
 from rso_jax import fs
 from rso_jax import network
+from rso_jax.errors import CheckpointError
+from rso_jax.tasks import vocab as vocab_lib
 
 CHECKPOINT_SUBDIR = "checkpoints"
 MANIFEST_FILE = "rso_manifest.json"
 LEGACY_CONFIG_FILE = "t5_config.json"  # what runs wrote before manifests (read by add-manifest)
 SPM_FILE = "spiece.model"
-FILES_FILE = "rso_files.json"  # the checkpoint's files and their sizes (see `verify`)
 T5X_STEP_PATTERN = r"checkpoint_(\d+)"  # upstream T5X's MODEL_DIR/checkpoint_<step>/state (orbax)
 T5X_STATE_SUBDIR = "state"
 FORMAT_VERSION = 1
@@ -63,10 +64,6 @@ KINDS = GENERATIVE_KINDS + REWARD_KINDS
 KIND_NAMES = {"seq2seq": "a seq2seq (SFT) policy", "policy": "a preference-trained policy",
               "pairwise_rm": "a pairwise ranking reward model ρ",
               "bt_rm": "a Bradley-Terry reward model"}
-
-
-class CheckpointError(ValueError):
-  """A checkpoint that is missing, undescribed, or not of the kind the caller needs."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,7 +135,6 @@ def same_vocabulary(a: Any, b: Any) -> bool:
 
 def vocabulary_from_spec(spec: Optional[Mapping[str, Any]], directory: Optional[str] = None):
   """The seqio vocabulary of a manifest's `vocabulary` entry (the copied file first)."""
-  from rso_jax.tasks import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
   if spec is None:
     raise CheckpointError(
         f"checkpoint {directory!r} has no vocabulary in its manifest: re-run `python -m "
@@ -199,18 +195,6 @@ def find_manifest(path: str) -> Optional[str]:
   return None
 
 
-def _json_error(path: str, text: bytes) -> Optional[str]:
-  """Why `text` (the bytes of `path`) is not JSON, or None."""
-  try:
-    json.loads(text.decode("utf-8"))
-  except UnicodeDecodeError as e:
-    return f"{path} is not valid JSON: invalid UTF-8 at byte {e.start}"
-  except json.JSONDecodeError as e:
-    reason = e.msg[:-len(" at")] if e.msg.endswith(" at") else e.msg  # "...starting at"
-    return f"{path} is not valid JSON: {reason} at line {e.lineno} column {e.colno}"
-  return None
-
-
 def read_manifest(path: str) -> Manifest:
   """The manifest of the checkpoint at `path` (a run, step, params or converted directory)."""
   p = fs.abspath(path)
@@ -228,7 +212,7 @@ def read_manifest(path: str) -> Manifest:
         f"{{{','.join(KINDS)}}} [--spm_path=...] [--inputs_length=N --targets_length=N]`")
   mpath = fs.join(d, MANIFEST_FILE)
   text = fs.read_bytes(mpath)
-  problem = _json_error(mpath, text)
+  problem = checkpoint_files.json_error(mpath, text)
   if problem:
     raise CheckpointError(problem)
   raw = json.loads(text.decode("utf-8"))
@@ -265,109 +249,12 @@ def save_params(path: str, params: Any, manifest: Optional[Manifest] = None) -> 
     ckptr.save(fs.join(path, "params"), params, force=True)
     ckptr.wait_until_finished()
   if jax.process_index() == 0:
-    record_files(path, ("params",))
+    checkpoint_files.record_files(path, ("params",))
   if manifest is not None:
     write_manifest(path, manifest)
 
 
 # ------------------------------------------------------------------------------ verification
-
-# Files orbax may rewrite after its items commit (checked as JSON, not by size).
-_UNSIZED = ("_CHECKPOINT_METADATA", "commit_success.txt")
-# orbax's JSON metadata: the step's, and each item's (tree, JSON item, nested step metadata).
-_ORBAX_JSON = ("_CHECKPOINT_METADATA", "_METADATA", "metadata")
-# tensorstore's status codes for bytes that are not what the checkpoint's metadata promised.
-_READ_DAMAGE = re.compile(r"\b(DATA_LOSS|OUT_OF_RANGE|FAILED_PRECONDITION): Error reading .*")
-
-
-def _rel(directory: str, path: str) -> str:
-  rel = path[len(directory):].lstrip("/\\")
-  return rel.replace(os.sep, "/")
-
-
-def record_files(directory: str, items: Sequence[str]) -> str:
-  """Writes `directory/rso_files.json`: the size of every file of the orbax `items` in it.
-
-  Called once the items are committed; the file is written atomically, after all of them.
-  """
-  files = {}
-  for item in items:
-    for top, _, names in fs.walk(fs.join(directory, item)):
-      for n in names:
-        if n not in _UNSIZED:
-          f = fs.join(top, n)
-          files[_rel(directory, f)] = fs.size(f)
-  path = fs.join(directory, FILES_FILE)
-  fs.atomic_write_text(path, json.dumps({"format_version": FORMAT_VERSION,
-                                         "files": dict(sorted(files.items()))}, indent=0))
-  return path
-
-
-def verify(directory: str, items: Sequence[str]) -> Optional[str]:
-  """What is wrong with the checkpoint at `directory` (orbax `items` in it), or None if intact.
-
-  Checked: each item directory is there; orbax's JSON metadata files (the step's and each
-  item's) parse; and, where `rso_files.json` lists the files, each one is there with its listed
-  size. Costs one stat per file and reading the small metadata files, never the arrays.
-  """
-  for item in ("", *items):
-    d = fs.join(directory, item) if item else directory
-    if item and not fs.isdir(d):
-      return f"{item}/ is missing"
-    for name in _ORBAX_JSON:
-      f = fs.join(d, name)
-      if fs.exists(f) and not fs.isdir(f):
-        problem = _json_error(_rel(directory, f), fs.read_bytes(f))
-        if problem:
-          return problem
-  listing = fs.join(directory, FILES_FILE)
-  if not fs.exists(listing):
-    return None
-  text = fs.read_bytes(listing)
-  problem = _json_error(FILES_FILE, text)
-  if problem:
-    return problem
-  files = json.loads(text.decode("utf-8"))
-  if not isinstance(files, dict) or not isinstance(files.get("files"), dict):
-    return f"{FILES_FILE} lists no files"
-  problems = []
-  for rel, size in files["files"].items():
-    if rel.split("/")[0] not in items:
-      continue
-    actual = fs.size(fs.join(directory, *rel.split("/")))
-    if actual is None:
-      problems.append(f"{rel} is missing")
-    elif actual != size:
-      problems.append(f"{rel} is {actual} bytes, {FILES_FILE} says {size}")
-  if problems:
-    more = f" (and {len(problems) - 1} more files)" if len(problems) > 1 else ""
-    return problems[0] + more
-  return None
-
-
-def read_damage(error: BaseException) -> Optional[str]:
-  """The storage error behind a failed orbax restore, when it says the bytes are damaged."""
-  seen = set()
-  while error is not None and id(error) not in seen:
-    seen.add(id(error))
-    m = _READ_DAMAGE.search(str(error).splitlines()[0] if str(error) else "")
-    if m:
-      return m.group(0)
-    error = error.__cause__ or error.__context__
-  return None
-
-
-def drop_pending_reads() -> None:
-  """Collects the reads a failed orbax restore left pending, without the "Event loop is
-  closed" each of them would print on stderr when collected later."""
-  hook = sys.unraisablehook
-  sys.unraisablehook = lambda *_: None
-  try:
-    gc.collect()
-  finally:
-    sys.unraisablehook = hook
-
-
 def _items_of(params_dir: str) -> Tuple[str, ...]:
   return (T5X_STATE_SUBDIR,) if is_t5x_step(params_dir) else ("params",)
 
@@ -387,7 +274,7 @@ def intact_steps(model_dir: str) -> List[str]:
   dirs = [step_path(model_dir, s) for s in saved_steps(model_dir)]
   dirs += [fs.join(model_dir, f"checkpoint_{s}") for s in _t5x_steps(model_dir)]
   dirs.sort(key=lambda d: int(re.findall(r"\d+", fs.basename(d))[-1]), reverse=True)
-  return [d for d in dirs if verify(d, _items_of(d)) is None]
+  return [d for d in dirs if checkpoint_files.verify(d, _items_of(d)) is None]
 
 
 def damaged_error(params_dir: str, reason: str) -> CheckpointError:
@@ -403,7 +290,7 @@ def damaged_error(params_dir: str, reason: str) -> CheckpointError:
 
 def verified(params_dir: str) -> str:
   """`params_dir` once its params verify (else the one-line `damaged_error`)."""
-  reason = verify(params_dir, _items_of(params_dir))
+  reason = checkpoint_files.verify(params_dir, _items_of(params_dir))
   if reason:
     raise damaged_error(params_dir, reason)
   return params_dir
@@ -441,7 +328,7 @@ def _finalized(step_dir: str) -> bool:
   if not fs.is_url(step_dir):
     return True
   return (fs.exists(fs.join(step_dir, "commit_success.txt"))
-          or fs.exists(fs.join(step_dir, FILES_FILE)))
+          or fs.exists(fs.join(step_dir, checkpoint_files.FILES_FILE)))
 
 
 def step_path(model_dir: str, step: int) -> str:
@@ -491,10 +378,10 @@ def load_params(path: str, abstract_params: Any = None) -> Any:
             ckptr.metadata(ppath).item_metadata.tree)
       return ckptr.restore(ppath, abstract_params)
   except Exception as e:  # pylint: disable=broad-except
-    damage = read_damage(e)
+    damage = checkpoint_files.read_damage(e)
     if damage is None:
       raise
-  drop_pending_reads()
+  checkpoint_files.drop_pending_reads()
   raise damaged_error(resolved, damage)
 
 
@@ -576,7 +463,7 @@ def save_t5x(model_dir: str, params: Any, manifest: Manifest, *, joined_heads: b
         {"target": params, "state": {"step": np.asarray(step, np.int32)}})}))
     mgr.wait_until_finished()
   if jax.process_index() == 0:
-    record_files(fs.join(model_dir, f"checkpoint_{step}"), (T5X_STATE_SUBDIR,))
+    checkpoint_files.record_files(fs.join(model_dir, f"checkpoint_{step}"), (T5X_STATE_SUBDIR,))
   write_manifest(model_dir, dataclasses.replace(manifest, source="t5x"))
   return fs.join(model_dir, f"checkpoint_{step}")
 
@@ -629,8 +516,7 @@ def _add_manifest(args) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   """Exit status 0 done, 2 a user error (one line; RSO_JAX_TRACEBACK=1 for the traceback)."""
-  from rso_jax import cli  # pylint: disable=g-import-not-at-top
-  parser = cli.ArgumentParser(prog="python -m rso_jax.checkpoints",
+  parser = errors.ArgumentParser(prog="python -m rso_jax.checkpoints",
                                     error_prefix="rso_jax.checkpoints",
                                     description="Describe a checkpoint, add a manifest to one, or write one "
                                     "for upstream T5X.")
@@ -667,8 +553,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       print(f"wrote {_add_manifest(args)}")
 
   # ValueError: CheckpointError, a malformed --model_settings JSON.
-  return cli.cli_main("rso_jax.checkpoints", run,
-                            user_errors=(*cli.USER_ERRORS, ValueError))
+  return errors.report("rso_jax.checkpoints", run,
+                            user_errors=(*errors.USER_ERRORS, ValueError))
 
 
 if __name__ == "__main__":

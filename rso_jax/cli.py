@@ -1,4 +1,4 @@
-"""What every rso_jax command line shares: T5X-style gin flags, one-line errors, exit statuses.
+"""The gin command line every rso_jax stage shares (T5X's flags), and its generic runner.
 
   parse_flags / configure_gin   `--gin_file`, `--gin.NAME=VALUE`, `--gin_bindings`,
                                 `--gin_search_paths`, `--stage`; a macro no binding reads is an
@@ -7,20 +7,15 @@
   invocation_flags              this process's gin flags (what a pipeline stage receives)
   checked_call                  a gin entry taking **kwargs (sample, infer): unknown or missing
                                 bindings named, with the closest argument
-  ArgumentParser, cli_main      argparse / any body -> the exit status of every rso_jax CLI
-  removed_on_failure            nothing half-made is left behind by a failed command
+  run_configured, main          a gin-configured entry function, under its stage's scope, as a
+                                command (`python -m rso_jax.train|sample|infer`)
 
-Exit statuses: 0 done; 2 a user error (one line `<prog>: error: ...` on stderr;
-RSO_JAX_TRACEBACK=1 for the traceback), a bad data file included (`<file>:<line>: <reason>`,
-also when TensorFlow raised it wrapped); 3 a pipeline stage failed (the line carries the
-stage's own error line); 143 preempted (SIGTERM: the checkpoint is saved, rerun the same
-command to continue).
+Exit statuses and one-line errors: `rso_jax.errors` (0 done; 2 a user error; 3 a pipeline
+stage failed; 143 preempted).
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import dataclasses
 import difflib
 import inspect
@@ -30,66 +25,12 @@ import sys
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import gin
-import jax
 
-from rso_jax import checkpoints
-from rso_jax import fs
-from rso_jax import partitioning
-from rso_jax import pipeline
-from rso_jax import textfiles
-from rso_jax import trainer as trainer_lib
+from rso_jax import errors
+from rso_jax.errors import ConfigError
+from rso_jax.tasks import preference_files
 
 REPO_GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin")
-
-
-class ConfigError(ValueError):
-  """A configuration or input problem, reported as one line by the CLI."""
-
-
-# Exit statuses of every rso_jax CLI.
-EXIT_OK = 0
-EXIT_USER_ERROR = 2        # one line on stderr; RSO_JAX_TRACEBACK=1 for the traceback
-EXIT_STAGE_FAILED = 3      # a pipeline stage (subprocess) failed
-EXIT_PREEMPTED = trainer_lib.EXIT_PREEMPTED  # 143: checkpoint saved, rerun to continue
-
-# Errors a CLI reports as one line with exit status 2 (the input or the configuration is wrong).
-USER_ERRORS = (ConfigError, checkpoints.CheckpointError, textfiles.DataError,
-               partitioning.MeshError, FileNotFoundError, FileExistsError, PermissionError,
-               NotADirectoryError, IsADirectoryError)
-
-
-@contextlib.contextmanager
-def removed_on_failure(path: str, keep: Callable[[str], bool] = lambda path: False):
-  """Removes `path` if the body fails, when this command created it and `keep(path)` is false.
-
-  A directory that existed before is never touched; the empty parents this command created
-  along with `path` are removed too. `keep` says whether the directory holds something worth
-  keeping (a checkpoint, a finished shard: what a rerun resumes from).
-  """
-  path = fs.abspath(path)
-  created = []
-  d = path
-  while d and not fs.exists(d) and d != fs.dirname(d) and not d.endswith("://"):
-    created.append(d)
-    d = fs.dirname(d)
-  try:
-    yield path
-  except BaseException:
-    if created and jax.process_index() == 0:
-      if fs.isdir(path) and not keep(path):
-        try:
-          fs.rmtree(path)
-        except OSError:
-          pass
-      if not fs.exists(path):
-        for parent in created[1:]:
-          try:
-            if fs.listdir(parent):
-              break
-            fs.rmtree(parent)  # only when empty
-          except OSError:
-            break
-    raise
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,6 +106,25 @@ def invocation_flags() -> list:
   out += [f"--gin_file={f}" for f in inv.files]
   out += [f"--gin_bindings={b}" for b in inv.bindings]
   return out
+
+
+def _tolerant_gin_file_readers() -> None:
+  """gin's package-path reader takes an include's first folder for a Python package, and a
+  folder of that name in the working directory (a namespace package without a file) makes it
+  raise: `include 'models/tiny.gin'` run where a `models/` folder exists. Its existence check
+  answers "no" there instead, so the search goes on to the next path."""
+  readers = gin.config._FILE_READERS  # pylint: disable=protected-access
+  for i, (reader, exists) in enumerate(readers):
+    if getattr(exists, "tolerant", False):
+      continue
+
+    def tolerant(path, exists=exists):
+      try:
+        return exists(path)
+      except (TypeError, ValueError, ImportError):
+        return False
+    tolerant.tolerant = True
+    readers[i] = (reader, tolerant)
 
 
 def _quiet_gin_search(record: logging.LogRecord) -> bool:
@@ -253,6 +213,7 @@ def configure_gin(files: Sequence[str], bindings: Sequence[str], search: Sequenc
     gin.clear_config(clear_constants=False)
   gin.config._set_config_is_locked(False)  # pylint: disable=protected-access  (a re-run)
   logging.getLogger().addFilter(_quiet_gin_search)
+  _tolerant_gin_file_readers()
   for p in [REPO_GIN_DIR, *search]:
     gin.add_config_file_search_path(p)
   for f in files:
@@ -291,13 +252,12 @@ def _register_experiment_tasks() -> list:
   except (ValueError, KeyError, TypeError) as e:
     if isinstance(e, ConfigError):
       raise
-    raise ConfigError("task registration: " + one_line(e)) from None
+    raise ConfigError("task registration: " + errors.one_line(e)) from None
 
 
 def validate_tasks(tasks: Iterable[Any]) -> list:
   """Reads the files of every file-backed task among `tasks` (seqio tasks or names) once,
   in Python; the first bad one raises `textfiles.DataError`. Returns the names checked."""
-  from rso_jax.tasks import preference_files  # pylint: disable=g-import-not-at-top
   checked = []
   for t in tasks:
     name = t if isinstance(t, str) else getattr(t, "name", None)
@@ -331,58 +291,50 @@ def checked_call(fn: Callable, kwargs: Mapping[str, Any], name: str,
     raise ConfigError(f"{name} needs {', '.join(missing)}: bind {name}.{missing[0]} = ...")
   try:
     return fn(**kwargs)
-  except checkpoints.CheckpointError as e:
+  except errors.CheckpointError as e:
     raise ConfigError(" ".join(str(e).split())) from None
 
 
-def one_line(e: BaseException) -> str:
-  """The first line of an error (gin appends the configurable's call context below it)."""
-  return (str(e).strip().splitlines() or [type(e).__name__])[0].strip()
+def _scopes_of(entry: Callable) -> set:
+  """The gin scopes that bind `entry` (the stages a config defines for it)."""
+  selector = gin.config._INVERSE_REGISTRY[entry].selector  # pylint: disable=protected-access
+  return {scope for (scope, sel) in gin.config._CONFIG if sel == selector and scope}  # pylint: disable=protected-access
 
 
-class ArgumentParser(argparse.ArgumentParser):
-  """argparse for the rso_jax CLIs: a usage error is one line `<prog>: error: ...`, exit 2."""
-
-  def __init__(self, *args, error_prefix: Optional[str] = None, **kwargs):
-    super().__init__(*args, **kwargs)
-    self.error_prefix = error_prefix or self.prog
-
-  def error(self, message: str):
-    if os.environ.get("RSO_JAX_TRACEBACK"):
-      self.print_usage(sys.stderr)
-    print(f"{self.error_prefix}: error: {' '.join(message.split())} (--help for usage)",
-          file=sys.stderr)
-    sys.exit(EXIT_USER_ERROR)
-
-
-def cli_main(prog: str, fn: Callable[[], Any],
-             user_errors: Sequence[type] = USER_ERRORS) -> int:
-  """Runs a CLI's body `fn` and maps its outcome to the exit status of every rso_jax CLI.
-
-  0: done. 2: a user error (`user_errors`, or a `textfiles.DataError` that TensorFlow
-  re-raised as its own error): one line `<prog>: error: ...` on stderr, or the traceback with
-  RSO_JAX_TRACEBACK=1. 3: a pipeline stage failed (one line naming the stage, its exit status
-  and its error line). 143: preempted; the checkpoint is saved and rerunning resumes.
-  """
+def run_configured(entry: Callable, stage: Optional[str] = None,
+                   stage_kwargs: Optional[Mapping[str, Any]] = None) -> Any:
+  """Calls the gin-configured `entry`, under gin scope `stage` if given (then with
+  `stage_kwargs`: a stage run builds that stage's artifact only, e.g. a training entry
+  without its prerequisites)."""
+  fn = gin.get_configurable(entry)
+  if stage:
+    scopes = _scopes_of(entry)
+    if stage not in scopes:
+      raise ConfigError(f"--stage={stage}: the configuration binds no stage {stage!r} for "
+                        f"{entry.__module__}.{entry.__name__} (its stages: "
+                        f"{', '.join(sorted(scopes)) or 'none'})")
   try:
-    fn()
-  except trainer_lib.Preempted as e:
-    print(f"{prog}: {one_line(e)}", file=sys.stderr)
-    return EXIT_PREEMPTED
-  except pipeline.StageFailed as e:
-    if os.environ.get("RSO_JAX_TRACEBACK"):
-      raise
-    print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
-    return EXIT_STAGE_FAILED
-  except tuple(user_errors) as e:  # pylint: disable=catching-non-exception
-    if os.environ.get("RSO_JAX_TRACEBACK"):
-      raise
-    print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
-    return EXIT_USER_ERROR
-  except Exception as e:  # pylint: disable=broad-except
-    line = textfiles.data_error_in(e)  # a reader's DataError, wrapped by tf.data
-    if line is None or os.environ.get("RSO_JAX_TRACEBACK"):
-      raise
-    print(f"{prog}: error: {line}", file=sys.stderr)
-    return EXIT_USER_ERROR
-  return EXIT_OK
+    if stage:
+      with gin.config_scope(stage):
+        return fn(**dict(stage_kwargs or {}))
+    return fn()
+  except (ValueError, KeyError) as e:
+    if "Required bindings" in str(e) or "gin" in type(e).__module__:
+      raise ConfigError("gin: " + " ".join(str(e).split())[:600]) from None
+    raise
+
+
+def main(argv: Optional[Sequence[str]], entry: Callable,
+         stage_kwargs: Optional[Mapping[str, Any]] = None) -> int:
+  """`python -m <entry's module> --gin_file=... [--stage=NAME]`: parses the flags, configures
+  gin, runs `entry`; returns the exit status (`errors.report`)."""
+  logging.basicConfig(level=logging.WARNING)
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  argv = sys.argv[1:] if argv is None else argv
+  module = sys.modules[entry.__module__]
+
+  def run():
+    flags = parse_flags(argv, module.__doc__)
+    configure_gin(flags.files, flags.bindings, flags.search, stage=flags.stage)
+    run_configured(entry, flags.stage, stage_kwargs)
+  return errors.report("rso_jax." + entry.__module__.split(".")[-1], run)

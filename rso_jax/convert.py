@@ -56,9 +56,12 @@ import ml_dtypes
 import numpy as np
 from safetensors import safe_open
 
+from rso_jax import runs
+from rso_jax import errors
 from rso_jax import checkpoints
 from rso_jax import fs
 from rso_jax import network
+from rso_jax.tasks import vocab as vocab_lib
 
 Params = Dict[str, Any]
 
@@ -397,7 +400,6 @@ def vocabulary_spec(hf_dir: str, vocab_size: int, spm_path: Optional[str] = None
   if vocabulary == "bytes":
     if extra_ids:
       raise UsageError("--extra_ids applies to a SentencePiece vocabulary, not to bytes")
-    from rso_jax.tasks import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
     if vocab_size < vocab_lib.BYTE_VOCAB_SIZE:
       raise UsageError(f"--vocabulary=bytes needs {vocab_lib.BYTE_VOCAB_SIZE} ids but the "
                        f"checkpoint's embedding has vocab_size={vocab_size}")
@@ -464,8 +466,7 @@ def _read_vocab_size(hf_dir: str) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   """Exit status 0 done, 2 a user error (one line; RSO_JAX_TRACEBACK=1 for the traceback)."""
-  from rso_jax import cli  # pylint: disable=g-import-not-at-top
-  parser = cli.ArgumentParser(prog="python -m rso_jax.convert",
+  parser = errors.ArgumentParser(prog="python -m rso_jax.convert",
                                     error_prefix="rso_jax.convert",
                                     description=__doc__.split("\n")[0])
   parser.add_argument("--hf_dir", required=True, help="HF checkpoint dir (config.json + "
@@ -487,7 +488,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     vocab = vocabulary_spec(args.hf_dir, _read_vocab_size(args.hf_dir), args.spm_path,
                             args.extra_ids, args.vocabulary)
     config, params = from_hf(args.hf_dir)
-    with cli.removed_on_failure(args.out):
+    with runs.removed_on_failure(args.out):
       save_converted(args.out, config, params, vocab)
     n = sum(int(np.prod(np.shape(x))) for x in jax.tree.leaves(params))
     print(f"wrote {n:,} parameters of {config} to {fs.abspath(args.out)}")
@@ -502,8 +503,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       print("vocabulary: bytes")
 
   # ValueError: UsageError, CheckpointError, refused configs.
-  return cli.cli_main("rso_jax.convert", run,
-                            user_errors=(*cli.USER_ERRORS, ValueError))
+  return errors.report("rso_jax.convert", run,
+                            user_errors=(*errors.USER_ERRORS, ValueError))
 
 
 if __name__ == "__main__":

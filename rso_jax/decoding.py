@@ -35,10 +35,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import PartitionSpec as P
 
+from rso_jax import kernels
 from rso_jax import network
-from rso_jax import partitioning
+from rso_jax import recipe
 
 Array = jax.Array
 
@@ -129,56 +129,6 @@ def _check_sampling_args(num_decodes: int, max_decode_length: int, temperature: 
 # One sampling step.
 
 
-TOP_K_CHUNK = 32
-
-
-def top_k(x: Array, k: int, chunk: int = TOP_K_CHUNK) -> Tuple[Array, Array]:
-  """`jax.lax.top_k(x, k)` over the last dim of `[R, V]`: the same values and ids, same order.
-
-  On CPU, for a vocabulary much larger than k, in two stages: every one of the k largest
-  values lies in a chunk of `chunk` consecutive ids whose maximum is >= the k-th largest
-  value, and at most k chunks have one, so the k chunks with the largest maxima hold them all.
-  Those chunks, taken in id order, are searched for the k largest (`[R, k * chunk]` instead of
-  `[R, V]`). Ties keep `lax.top_k`'s order (lower id first): chunks with equal maxima are taken
-  lower id first, and the tied values `lax.top_k` keeps lie in a prefix of them. XLA:CPU's TopK
-  is a per-row partial sort; the two stages cost a max-reduce over the row and two small sorts
-  (T5's 32,128 ids, k = 40, 128 rows: 2.7 ms against 5.7 ms on one core). Elsewhere (GPU /
-  TPU TopK kernels) and for small vocabularies it is `lax.top_k` itself.
-  """
-  r, v = x.shape
-  n_chunks = -(-v // chunk)
-  if jax.default_backend() != "cpu" or n_chunks < 4 * k:
-    return tuple(jax.lax.top_k(x, k))
-  if n_chunks * chunk != v:  # -inf at the end: after every real id in lax.top_k's order
-    x = jnp.pad(x, ((0, 0), (0, n_chunks * chunk - v)), constant_values=-jnp.inf)
-  blocks = x.reshape(r, n_chunks, chunk)  # [R, V] -> [R, C, chunk]
-  _, top_chunks = jax.lax.top_k(jnp.max(blocks, axis=-1), k)  # [R, C] -> [R, k]
-  top_chunks = jnp.sort(top_chunks, axis=-1)  # id order, for lax.top_k's order of ties
-  # [R, k, chunk] -> [R, k * chunk] candidates, in id order
-  cand = jnp.take_along_axis(blocks, top_chunks[:, :, None], axis=1).reshape(r, k * chunk)
-  vals, j = jax.lax.top_k(cand, k)  # [R, k]
-  ids = jnp.take_along_axis(top_chunks, j // chunk, axis=-1) * chunk + j % chunk
-  return vals, ids.astype(jnp.int32)
-
-
-def _batch_local_top_k(x: Array, k: int) -> Tuple[Array, Array]:
-  """`top_k` over the last dim of `[R, V]`, computed shard-locally along the batch.
-
-  XLA's SPMD partitioner replicates the TopK custom call (it would all-gather the `[R, V]`
-  logits onto every device), so under a mesh context (`jax.set_mesh`) with data / fsdp axes
-  the rows are split with `shard_map` instead.
-  """
-  mesh = jax.sharding.get_abstract_mesh()
-  axes = () if mesh.empty else tuple(
-      a for a in partitioning.BATCH_AXES if a in mesh.axis_names and mesh.shape[a] > 1)
-  size = int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
-  if size == 1 or x.shape[0] % size:
-    return top_k(x, k)
-  spec = P(axes if len(axes) > 1 else axes[0], None)
-  return jax.shard_map(lambda y: top_k(y, k), mesh=mesh, in_specs=spec,
-                       out_specs=(spec, spec))(x)
-
-
 def _allowed(logits: Array, vocab_size: Optional[int]) -> Array:
   """float32 logits with the pad token, and ids >= `vocab_size` (the rows a network pads its
   embedding table with, which no vocabulary can decode), set to -inf."""
@@ -212,7 +162,7 @@ def sampling_logits(logits: Array, temperature: Any, top_k: Optional[int],
     return x / temperature, ids
   k = v if top_k is None else min(int(top_k), v)
   # A positive temperature keeps the order, so it is applied to the K survivors only.
-  vals, ids = _batch_local_top_k(x, k)  # sorted descending: [R, K]
+  vals, ids = kernels.batch_local_top_k(x, k)  # sorted descending: [R, K]
   vals = vals / temperature
   if top_p is not None:
     probs = jax.nn.softmax(vals, axis=-1)
@@ -368,8 +318,9 @@ def _run_sampler(module, params, encoder_input_tokens, key, *, num_decodes, max_
 
 
 def sample(module: nn.Module, params: Any, encoder_input_tokens: Array, key: Array, *,
-           num_decodes: int = 1, max_decode_length: int, temperature: float = 0.7,
-           top_k: Optional[int] = 40, top_p: Optional[float] = None,
+           num_decodes: int = 1, max_decode_length: int,
+           temperature: float = recipe.PAPER.temperature,
+           top_k: Optional[int] = recipe.PAPER.top_k, top_p: Optional[float] = recipe.PAPER.top_p,
            eos_id: Optional[int] = EOS_ID, vocab_size: Optional[int] = None) -> SampleOutput:
   """Samples `num_decodes` responses per prompt with a KV cache (jitted, batch-shardable).
 

@@ -56,6 +56,8 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 import jax
 import numpy as np
 
+from rso_jax import runs
+from rso_jax import errors
 from rso_jax import checkpoints
 from rso_jax import fs
 from rso_jax import convert
@@ -204,18 +206,18 @@ def _tokenizer_files(manifest: checkpoints.Manifest, directory: str) -> None:
       if fs.exists(copied):
         src = copied
     if not src:
-      raise checkpoints.CheckpointError(
+      raise errors.CheckpointError(
           f"manifest in {manifest.directory!r} names a SentencePiece vocabulary without a file")
     dst = fs.join(directory, checkpoints.SPM_FILE)
     if fs.exists(src):
       fs.copy(src, dst, overwrite=True)
     else:
-      raise checkpoints.CheckpointError(
+      raise errors.CheckpointError(
           f"the checkpoint's SentencePiece model {src!r} is missing (manifest in "
           f"{manifest.directory!r})")
     tok = dict(special, tokenizer_class="T5Tokenizer", extra_ids=int(spec.get("extra_ids", 0)))
   else:
-    raise checkpoints.CheckpointError(f"manifest vocabulary {dict(spec)!r}: type must be bytes "
+    raise errors.CheckpointError(f"manifest vocabulary {dict(spec)!r}: type must be bytes "
                                       "or sentencepiece")
   with fs.open(fs.join(directory, "tokenizer_config.json"), "w") as f:
     json.dump(tok, f, indent=2, sort_keys=True)
@@ -259,7 +261,7 @@ def _inputs(checkpoint_path: str, manifest: checkpoints.Manifest) -> Dict[str, O
 def export(checkpoint_path: str, out_dir: str, force: bool = False) -> str:
   """Writes the HF T5 directory of a generative checkpoint to `out_dir`; returns its path.
 
-  Raises `checkpoints.CheckpointError` for a missing/undescribed checkpoint or a reward model,
+  Raises `errors.CheckpointError` for a missing/undescribed checkpoint or a reward model,
   ValueError for a network with no HF counterpart, FileExistsError when `out_dir` is a
   non-empty directory and not `force`, `fs.OverlappingPaths` (before anything is written, with
   or without `force`) when `out_dir` is, holds or lies inside the checkpoint, its run directory
@@ -313,8 +315,7 @@ def _rmtree_quietly(path: str) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   """Exit status 0 done, 2 a user error (one line; RSO_JAX_TRACEBACK=1 for the traceback)."""
-  from rso_jax import cli  # pylint: disable=g-import-not-at-top
-  parser = cli.ArgumentParser(prog="python -m rso_jax.export", error_prefix="rso_jax.export",
+  parser = errors.ArgumentParser(prog="python -m rso_jax.export", error_prefix="rso_jax.export",
                                     description=__doc__.split("\n")[0])
   parser.add_argument("--checkpoint", required=True,
                       help="seq2seq or policy checkpoint (run, step or converted directory)")
@@ -324,7 +325,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   args = parser.parse_args(argv)
 
   def run():
-    with cli.removed_on_failure(args.out):  # and the parents export created for it
+    with runs.removed_on_failure(args.out):  # and the parents export created for it
       out = export(args.checkpoint, args.out, force=args.force)
     vocab_size = json.loads(fs.read_text(fs.join(out, "config.json")))["vocab_size"]
     files = fs.listdir(out)
@@ -333,8 +334,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           f"{', '.join(files)}")
 
   # ValueError: CheckpointError, a network with no HF counterpart.
-  return cli.cli_main("rso_jax.export", run,
-                            user_errors=(*cli.USER_ERRORS, ValueError))
+  return errors.report("rso_jax.export", run,
+                            user_errors=(*errors.USER_ERRORS, ValueError))
 
 
 if __name__ == "__main__":

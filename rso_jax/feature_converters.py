@@ -33,6 +33,9 @@ from typing import Any, Mapping
 
 import seqio
 import tensorflow as tf
+from rso_jax.tasks import preprocessors
+from rso_jax.tasks import preprocessors as prep
+from rso_jax.tasks import text_formats
 
 FeatureSpec = seqio.FeatureConverter.FeatureSpec
 REF_LOGP_FEATURES = ("ref_chosen_logps", "ref_rejected_logps")
@@ -133,9 +136,8 @@ class PairwiseFeatureConverter(seqio.FeatureConverter):
 
 
 def _ranking_text_tf(prompt, response_a, response_b, response_label: str):
-  """TF twin of `ranking_input_text` (string tensors in, string tensor out)."""
-  from rso_jax.tasks import preprocessors  # pylint: disable=g-import-not-at-top
-  return tf.strings.join([preprocessors.CONTEXT_TAG, prompt, f"[{response_label} A]", response_a,
+  """TF twin of `text_formats.ranking_input_text` (string tensors in and out)."""
+  return tf.strings.join([text_formats.CONTEXT_TAG, prompt, f"[{response_label} A]", response_a,
                           f"[{response_label} B]", response_b], separator=" ")
 
 
@@ -155,14 +157,13 @@ class BothOrdersRankingConverter(seqio.EncDecFeatureConverter):
   dropped are counted in `preprocessors.truncation_stats(stats_name)`. A batch of 2n rows
   therefore holds n pairs in both orders: the gradients of order-blind features cancel within
   the batch, which is what lets a small model find the A/B segments quickly (see
-  gin/reward.gin).
+  gin/stages/reward.gin).
   """
 
   STATS_NAME = "BothOrdersRankingConverter"
 
   def __init__(self, vocabulary: Any, response_label: str = "RESPONSE", *,
                keep_context: str = "start", stats_name: str | None = None, **kwargs):
-    from rso_jax.tasks import preprocessors  # pylint: disable=g-import-not-at-top
     super().__init__(pack=False, **kwargs)
     if keep_context not in preprocessors.KEEP_CONTEXT:
       raise ValueError(f"keep_context={keep_context!r}: use one of {preprocessors.KEEP_CONTEXT}")
@@ -172,7 +173,6 @@ class BothOrdersRankingConverter(seqio.EncDecFeatureConverter):
     self._stats_name = stats_name or self.STATS_NAME
 
   def __call__(self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]):
-    from rso_jax.tasks import preprocessors as prep  # pylint: disable=g-import-not-at-top
     missing = [f for f in RAW_PAIR_FEATURES if f not in ds.element_spec]
     if missing:
       raise ValueError(f"both_orders=True needs the raw pair texts {missing} in the task "

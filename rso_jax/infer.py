@@ -1,10 +1,10 @@
 r"""Inference CLI (like t5x.infer): a checkpoint's responses to prompts, written as JSONL.
 
-  python -m rso_jax.infer --gin_file=gin/infer.gin \
+  python -m rso_jax.infer --gin_file=gin/stages/infer.gin \
       --gin.CHECKPOINT=\"runs/embedded/rso_hinge\" --gin.PROMPTS_FILE=\"prompts.jsonl\" \
       --gin.OUTPUT=\"out.jsonl\" --gin.NUM_DECODES=4 \
       [--gin.REWARD_CHECKPOINT=\"runs/embedded/reward_bt\"] [--gin.GREEDY=True]
-  python -m rso_jax.infer --gin_file=gin/infer.gin --gin.CHECKPOINT=\"runs/embedded/sft\" \
+  python -m rso_jax.infer --gin_file=gin/stages/infer.gin --gin.CHECKPOINT=\"runs/embedded/sft\" \
       --gin.TASK=\"'synthetic_prompts'\" --gin.NUM_PROMPTS=64 --gin.OUTPUT=\"out.jsonl\"
 
 Prompts come from exactly one of
@@ -46,15 +46,19 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import jax
 import numpy as np
 
+import seqio
+
 from rso_jax import checkpoints
+from rso_jax import cli
+from rso_jax import datasets
+from rso_jax import errors
 from rso_jax import fs
 from rso_jax import inference
 from rso_jax import partitioning
-from rso_jax import cli
+from rso_jax import recipe
 from rso_jax import textfiles
-from rso_jax import train as train_lib
+from rso_jax.errors import ConfigError
 
-ConfigError = cli.ConfigError
 # Keys `infer` writes: a prompts-file field of the same name would be overwritten.
 OUTPUT_KEYS = ("responses", "logp", "logq", "finished", "prompt_truncated", "rewards")
 
@@ -62,7 +66,7 @@ OUTPUT_KEYS = ("responses", "logp", "logq", "finished", "prompt_truncated", "rew
 # ------------------------------------------------------------------------------ prompts
 def read_prompts_file(path: str) -> Tuple[List[str], List[Dict[str, Any]]]:
   """(prompts, carried fields) of a JSONL prompts file; a bad line is a ConfigError naming
-  `path:line` (invalid UTF-8: `textfiles.DataError`, "invalid UTF-8 at byte N")."""
+  `path:line` (invalid UTF-8: `errors.DataError`, "invalid UTF-8 at byte N")."""
   if not fs.isfile(path):
     raise ConfigError(f"PROMPTS_FILE {path!r} not found")
   prompts, extras = [], []
@@ -91,16 +95,13 @@ def read_prompts_file(path: str) -> Tuple[List[str], List[Dict[str, Any]]]:
 
 def read_task_prompts(task: str, split: str, num_prompts: Optional[int]) -> List[str]:
   """The `inputs_pretokenized` texts of a seqio task / mixture split, in order."""
-  import seqio  # pylint: disable=g-import-not-at-top
-  import rso_jax.tasks  # pylint: disable=g-import-not-at-top,unused-import  (registers tasks)
-  from rso_jax import sample  # pylint: disable=g-import-not-at-top
   known = set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names())
   if task not in known:
     raise ConfigError(f"TASK={task!r} is not a registered seqio task or mixture (registered: "
                       f"{', '.join(sorted(known)) or 'none'})")
   try:
-    return sample.read_prompts(task, split, num_prompts)
-  except textfiles.DataError:
+    return datasets.read_prompts(task, split, num_prompts)
+  except errors.DataError:
     raise  # already `<file>:<line>: <reason>`
   except ValueError as e:  # no such split, no inputs_pretokenized, no prompts
     raise ConfigError(f"TASK={task!r}: {' '.join(str(e).split())[:400]}") from None
@@ -138,23 +139,10 @@ def _write_jsonl_atomically(path: str, rows: Sequence[Dict[str, Any]]) -> None:
 
 
 # ------------------------------------------------------------------------------ inference
-def infer(*, checkpoint: str, output: str, prompts_file: Optional[str] = None,
-          task: Optional[str] = None, split: str = "validation",
-          num_prompts: Optional[int] = None, num_decodes: int = 1, temperature: float = 0.7,
-          top_k: Optional[int] = 40, top_p: Optional[float] = None, greedy: bool = False,
-          max_decode_length: Optional[int] = None, input_length: Optional[int] = None,
-          keep_context: str = "start", reward_checkpoint: Optional[str] = None,
-          batch_size: int = 16, seed: int = 0, mesh_shape: Sequence[int] = (-1, 1, 1),
-          print_fn=print) -> Dict[str, Any]:
-  """Decodes `num_decodes` responses per prompt, optionally rewards them; writes `output`.
-
-  See the module docstring for the inputs and the output format. `greedy` (or temperature 0)
-  decodes once per prompt (num_decodes must be 1) and writes no `logq`. Input problems raise
-  `train.ConfigError`, checkpoints of the wrong kind `checkpoints.CheckpointError` (both
-  ValueErrors, one line). Returns the summary.
-  """
-  t0 = time.time()
-  # --- the arguments (before anything is loaded) ---
+def _check_args(*, checkpoint, output, prompts_file, task, num_prompts, num_decodes,
+                temperature, top_k, top_p, greedy, max_decode_length, input_length,
+                keep_context, reward_checkpoint, batch_size) -> str:
+  """Refuses values that cannot run, before anything is loaded; returns OUTPUT's path."""
   if (prompts_file is None) == (task is None):
     raise ConfigError("set exactly one of PROMPTS_FILE and TASK (got "
                       f"{'both' if prompts_file is not None else 'neither'})")
@@ -164,68 +152,37 @@ def infer(*, checkpoint: str, output: str, prompts_file: Optional[str] = None,
   fs.check_disjoint(output, {"PROMPTS_FILE": prompts_file, "CHECKPOINT": checkpoint,
                              "REWARD_CHECKPOINT": reward_checkpoint}, out_name="OUTPUT",
                     new_inside_ok=True)
-  if num_prompts is not None and (int(num_prompts) != num_prompts or num_prompts < 1):
-    raise ConfigError(f"NUM_PROMPTS={num_prompts!r} must be a positive int or None")
-  if int(num_decodes) != num_decodes or num_decodes < 1:
-    raise ConfigError(f"NUM_DECODES={num_decodes!r} must be a positive int")
-  greedy = bool(greedy) or temperature == 0
+  errors.check_int("NUM_PROMPTS", num_prompts, optional=True)
+  errors.check_int("NUM_DECODES", num_decodes)
   if greedy and num_decodes != 1:
     raise ConfigError(f"greedy decoding (GREEDY=True or temperature=0) gives one response per "
                       f"prompt, but NUM_DECODES={num_decodes}")
-  if temperature < 0:
-    raise ConfigError(f"temperature={temperature} must be >= 0")
-  if top_p is not None and not 0.0 < top_p <= 1.0:
-    raise ConfigError(f"top_p={top_p} must be in (0, 1]")
-  if top_k is not None and (int(top_k) != top_k or top_k < 1):
-    raise ConfigError(f"top_k={top_k!r} must be a positive int or None")
+  recipe.SamplingRecipe(num_decodes, num_decodes, temperature, top_k, top_p)
   if keep_context not in inference.KEEP_CONTEXT:
     raise ConfigError(f"KEEP_CONTEXT={keep_context!r}: use one of {inference.KEEP_CONTEXT}")
-  if int(batch_size) != batch_size or batch_size < 1:
-    raise ConfigError(f"BATCH_SIZE={batch_size!r} must be a positive int")
-  for name, v in (("INPUT_LENGTH", input_length), ("MAX_DECODE_LENGTH", max_decode_length)):
-    if v is not None and (int(v) != v or v < 1):
-      raise ConfigError(f"{name}={v!r} must be a positive int or None")
+  errors.check_int("BATCH_SIZE", batch_size)
+  errors.check_int("INPUT_LENGTH", input_length, optional=True)
+  errors.check_int("MAX_DECODE_LENGTH", max_decode_length, optional=True)
+  return output
 
-  # --- prompts ---
-  if prompts_file is not None:
-    prompts, extras = read_prompts_file(prompts_file)
-    if num_prompts is not None:
-      prompts, extras = prompts[:num_prompts], extras[:num_prompts]
-    if not prompts:
-      raise ConfigError(f"PROMPTS_FILE {prompts_file!r} holds no prompts")
-  else:
+
+def _read_prompts(prompts_file: Optional[str], task: Optional[str], split: str,
+                  num_prompts: Optional[int]) -> Tuple[List[str], List[Dict[str, Any]]]:
+  """(prompts, each prompt's other fields) from PROMPTS_FILE or a task's split."""
+  if prompts_file is None:
     prompts = read_task_prompts(task, split, num_prompts)
-    extras = [{} for _ in prompts]
+    return prompts, [{} for _ in prompts]
+  prompts, extras = read_prompts_file(prompts_file)
+  if num_prompts is not None:
+    prompts, extras = prompts[:num_prompts], extras[:num_prompts]
+  if not prompts:
+    raise ConfigError(f"PROMPTS_FILE {prompts_file!r} holds no prompts")
+  return prompts, extras
 
-  # --- checkpoints (kinds checked from the manifests first) ---
-  mesh = partitioning.create_mesh(mesh_shape)
-  policy = inference.load(checkpoint, mesh=mesh, expect=checkpoints.GENERATIVE_KINDS,
-                          role="policy", batch_size=batch_size, keep_context=keep_context,
-                          feature_lengths={"inputs": input_length,
-                                           "targets": max_decode_length})
-  scorer = None
-  if reward_checkpoint:
-    # One reward batch holds about one decode batch's responses (at most 256 rows).
-    scorer = inference.load(reward_checkpoint, mesh=mesh, expect=checkpoints.REWARD_KINDS,
-                            role="reward model",
-                            batch_size=max(batch_size, min(batch_size * num_decodes, 256)),
-                            keep_context=keep_context,
-                            response_length=policy.feature_lengths["targets"])
 
-  # --- decode, score ---
-  t_dec = time.time()
-  if greedy:
-    out = policy.greedy(prompts, top_k=top_k)
-  else:
-    out = policy.generate(prompts, key=jax.random.key(seed), num_decodes=num_decodes,
-                          temperature=temperature, top_k=top_k, top_p=top_p)
-  decode_seconds = time.time() - t_dec
-  finished = np.asarray(out.finished, bool)
-  rewards = None
-  if scorer is not None:
-    rewards = np.asarray(scorer.reward(prompts, out.texts, valid=finished), np.float32)
-
-  # --- write ---
+def _rows(prompts, extras, out: inference.Generation, finished: np.ndarray,
+          rewards: Optional[np.ndarray], greedy: bool) -> List[Dict[str, Any]]:
+  """One output row per prompt (see the module docstring)."""
   rows = []
   for i, prompt in enumerate(prompts):
     row = {"prompt": prompt}
@@ -239,8 +196,63 @@ def infer(*, checkpoint: str, output: str, prompts_file: Optional[str] = None,
     if rewards is not None:
       row["rewards"] = _floats(rewards[i])
     rows.append(row)
-  _write_jsonl_atomically(output, rows)
+  return rows
 
+
+def infer(*, checkpoint: str, output: str, prompts_file: Optional[str] = None,
+          task: Optional[str] = None, split: str = "validation",
+          num_prompts: Optional[int] = None, num_decodes: int = 1,
+          temperature: float = recipe.PAPER.temperature,
+          top_k: Optional[int] = recipe.PAPER.top_k, top_p: Optional[float] = recipe.PAPER.top_p,
+          greedy: bool = False, max_decode_length: Optional[int] = None,
+          input_length: Optional[int] = None, keep_context: str = "start",
+          reward_checkpoint: Optional[str] = None, batch_size: int = 16, seed: int = 0,
+          mesh_shape: Sequence[int] = (-1, 1, 1),
+          logical_rules: Optional[Sequence[Tuple[str, Any]]] = None,
+          print_fn=print) -> Dict[str, Any]:
+  """Decodes `num_decodes` responses per prompt, optionally rewards them; writes `output`.
+
+  See the module docstring for the inputs and the output format. `greedy` (or temperature 0)
+  decodes once per prompt (num_decodes must be 1) and writes no `logq`. Input problems raise
+  `errors.ConfigError`, checkpoints of the wrong kind `errors.CheckpointError` (both
+  ValueErrors, one line). Returns the summary.
+  """
+  t0 = time.time()
+  greedy = bool(greedy) or temperature == 0
+  output = _check_args(
+      checkpoint=checkpoint, output=output, prompts_file=prompts_file, task=task,
+      num_prompts=num_prompts, num_decodes=num_decodes, temperature=temperature, top_k=top_k,
+      top_p=top_p, greedy=greedy, max_decode_length=max_decode_length,
+      input_length=input_length, keep_context=keep_context,
+      reward_checkpoint=reward_checkpoint, batch_size=batch_size)
+  prompts, extras = _read_prompts(prompts_file, task, split, num_prompts)
+  # --- checkpoints (kinds checked from the manifests first) ---
+  mesh = partitioning.create_mesh(mesh_shape)
+  policy = inference.load(checkpoint, mesh=mesh, expect=checkpoints.GENERATIVE_KINDS,
+                          role="policy", batch_size=batch_size, keep_context=keep_context,
+                          feature_lengths={"inputs": input_length,
+                                           "targets": max_decode_length}, rules=logical_rules)
+  scorer = None
+  if reward_checkpoint:
+    # One reward batch holds about one decode batch's responses (at most 256 rows).
+    scorer = inference.load(reward_checkpoint, mesh=mesh, expect=checkpoints.REWARD_KINDS,
+                            role="reward model",
+                            batch_size=max(batch_size, min(batch_size * num_decodes, 256)),
+                            keep_context=keep_context, rules=logical_rules,
+                            response_length=policy.feature_lengths["targets"])
+  # --- decode, score, write ---
+  t_dec = time.time()
+  if greedy:
+    out = policy.greedy(prompts, top_k=top_k)
+  else:
+    out = policy.generate(prompts, key=jax.random.key(seed), num_decodes=num_decodes,
+                          temperature=temperature, top_k=top_k, top_p=top_p)
+  decode_seconds = time.time() - t_dec
+  finished = np.asarray(out.finished, bool)
+  rewards = None
+  if scorer is not None:
+    rewards = np.asarray(scorer.reward(prompts, out.texts, valid=finished), np.float32)
+  _write_jsonl_atomically(output, _rows(prompts, extras, out, finished, rewards, greedy))
   tokens = int(np.asarray(out.lengths).sum())
   summary = {"prompts": len(prompts), "responses": int(finished.size),
              "wall_seconds": time.time() - t0, "decode_seconds": decode_seconds,
@@ -276,7 +288,8 @@ def infer_configured(**kwargs):
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  return train_lib.main(argv, entry=infer_configured)
+  """`python -m rso_jax.infer`: the exit status of every rso_jax command."""
+  return cli.main(argv, infer_configured)
 
 
 if __name__ == "__main__":

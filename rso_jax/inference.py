@@ -44,11 +44,15 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from rso_jax import errors
 from rso_jax import checkpoints
 from rso_jax import decoding
 from rso_jax import models
 from rso_jax import network
 from rso_jax import partitioning
+from rso_jax import recipe
+from rso_jax import reward_models
+from rso_jax.tasks import text_formats
 
 KEEP_CONTEXT = ("start", "end")
 Texts = Sequence[str]
@@ -113,7 +117,6 @@ def _as_rows(prompts: Texts, responses: Any) -> Tuple[List[str], List[List[str]]
 
 def build_model(manifest: checkpoints.Manifest, vocabulary: Any = None) -> models.BaseModel:
   """The model class a checkpoint of `manifest.kind` was trained as (loss-independent)."""
-  from rso_jax import reward_models  # pylint: disable=g-import-not-at-top
   vocab = vocabulary if vocabulary is not None else manifest.get_vocabulary()
   settings = dict(manifest.model_settings)
   if manifest.kind in checkpoints.GENERATIVE_KINDS:
@@ -121,10 +124,10 @@ def build_model(manifest: checkpoints.Manifest, vocabulary: Any = None) -> model
   if manifest.kind == "pairwise_rm":
     return reward_models.PairwiseRankingModel(
         manifest.network, vocabulary=vocab,
-        response_label=settings.get("response_label", reward_models.RESPONSE_LABEL))
+        response_label=settings.get("response_label", text_formats.RESPONSE_LABEL))
   return reward_models.BradleyTerryRewardModel(
       manifest.network, vocabulary=vocab, pooling=settings.get("pooling", "mean"),
-      separator=settings.get("separator", reward_models.BT_SEPARATOR),
+      separator=settings.get("separator", text_formats.BT_SEPARATOR),
       architecture=settings.get("architecture", "encoder"))
 
 
@@ -134,7 +137,7 @@ class _Loaded:
   def __init__(self, manifest: checkpoints.Manifest, mesh, *, path: Optional[str] = None,
                params: Any = None, batch_size: int = 64,
                feature_lengths: Optional[Mapping[str, int]] = None,
-               keep_context: str = "start"):
+               keep_context: str = "start", rules: Optional[Sequence[Tuple[str, Any]]] = None):
     if keep_context not in KEEP_CONTEXT:
       raise ValueError(f"keep_context={keep_context!r}: use one of {KEEP_CONTEXT}")
     if int(batch_size) != batch_size or batch_size < 1:
@@ -147,12 +150,13 @@ class _Loaded:
     lengths.update({k: int(v) for k, v in (feature_lengths or {}).items() if v})
     for k in ("inputs", "targets"):
       if not lengths.get(k):
-        raise checkpoints.CheckpointError(
+        raise errors.CheckpointError(
             f"checkpoint {path!r} records no '{k}' feature length (a converted checkpoint?): "
             f"pass feature_lengths={{'{k}': N}}")
     self.feature_lengths = lengths
     self.keep_context = keep_context
     self.mesh = mesh
+    self.rules = tuple(rules) if rules else partitioning.LOGICAL_RULES
     self.dp = partitioning.data_parallel_size(mesh)
     self.batch_size = int(math.ceil(batch_size / self.dp)) * self.dp
     self.stats: Dict[str, int] = {"contexts_truncated": 0, "responses_too_long": 0}
@@ -162,13 +166,13 @@ class _Loaded:
     with self._ctx():
       boxed = jax.eval_shape(lambda: self.model.get_initial_variables(jax.random.key(0),
                                                                       shapes))["params"]
-    shardings = partitioning.logical_shardings(boxed, mesh)
+    shardings = partitioning.logical_shardings(boxed, mesh, self.rules)
     if params is None:
       target = checkpoints.abstract_with_shardings(nn.unbox(boxed), shardings)
       try:
         params = checkpoints.load_params(path, target)
       except (ValueError, KeyError) as e:
-        raise checkpoints.CheckpointError(
+        raise errors.CheckpointError(
             f"checkpoint {path!r}: its params do not match its manifest ({manifest.kind}, "
             f"{manifest.network}): {str(e).splitlines()[0][:300]}") from None
       self.params = params
@@ -176,7 +180,7 @@ class _Loaded:
       self.params = jax.device_put(nn.unbox(params), shardings)
 
   def _ctx(self):
-    return partitioning.MeshRules(self.mesh)
+    return partitioning.MeshRules(self.mesh, self.rules)
 
   # --- text <-> tokens -------------------------------------------------------------------
   def encode(self, text: str) -> List[int]:
@@ -231,10 +235,11 @@ class _Loaded:
     return [partitioning.shard_batch({"x": a}, self.mesh)["x"] for a in arrays]
 
   def _map_rows(self, fn, arrays: Sequence[np.ndarray], rows: Optional[int] = None) -> np.ndarray:
-    return map_rows(fn, self.params, arrays, rows or self.batch_size, self.mesh)
+    return map_rows(fn, self.params, arrays, rows or self.batch_size, self.mesh, self.rules)
 
 
-def map_rows(fn, params: Any, arrays: Sequence[np.ndarray], rows: int, mesh) -> np.ndarray:
+def map_rows(fn, params: Any, arrays: Sequence[np.ndarray], rows: int, mesh,
+             rules: Sequence[Tuple[str, Any]] = partitioning.LOGICAL_RULES) -> np.ndarray:
   """`fn(params, *[rows, ...]) -> [rows]` over all M rows of `arrays` (each `[M, ...]`): chunks
   of `rows` sharded over `mesh`'s data axes, the last chunk zero-padded; float32 `[M]`."""
   m = arrays[0].shape[0]
@@ -243,14 +248,15 @@ def map_rows(fn, params: Any, arrays: Sequence[np.ndarray], rows: int, mesh) -> 
     chunk = [a[start:start + rows] for a in arrays]
     n = chunk[0].shape[0]
     chunk = [np.concatenate([c, np.zeros((rows - n,) + c.shape[1:], c.dtype)]) for c in chunk]
-    with partitioning.MeshRules(mesh):
+    with partitioning.MeshRules(mesh, rules):
       res = fn(params, *[partitioning.shard_batch({"x": c}, mesh)["x"] for c in chunk])
     out[start:start + n] = np.asarray(partitioning.to_host(res), np.float32)[:n]
   return out
 
 
 def map_prompts(fn, params: Any, prompt_tokens: np.ndarray, responses: np.ndarray,
-                prompts_per_call: int, mesh) -> np.ndarray:
+                prompts_per_call: int, mesh,
+                rules: Sequence[Tuple[str, Any]] = partitioning.LOGICAL_RULES) -> np.ndarray:
   """`fn(params, [R, Li], [R * N, Lt]) -> [R * N]` over P prompts with N responses each:
   `prompt_tokens` `[P, Li]`, `responses` `[P, N, Lt]`, R = `prompts_per_call` prompts per call
   (a multiple of the mesh's data-parallel size) sharded over `mesh`'s data axes, the last call
@@ -259,7 +265,7 @@ def map_prompts(fn, params: Any, prompt_tokens: np.ndarray, responses: np.ndarra
   p, n, length = responses.shape
   out = np.zeros((p, n), np.float32)
   for start, idx, m in _prompt_chunks(p, prompts_per_call):
-    with partitioning.MeshRules(mesh):
+    with partitioning.MeshRules(mesh, rules):
       enc = partitioning.shard_batch({"x": prompt_tokens[idx]}, mesh)["x"]
       tgt = partitioning.shard_batch(
           {"x": responses[idx].reshape(prompts_per_call * n, length)}, mesh)["x"]
@@ -280,7 +286,8 @@ class Generator(_Loaded):
   """A seq2seq / policy checkpoint: generate, greedy, score (see the module docstring)."""
 
   def generate(self, prompts: Texts, *, key: jax.Array, num_decodes: int = 1,
-               temperature: float = 0.7, top_k: Optional[int] = 40,
+               temperature: float = recipe.PAPER.temperature,
+               top_k: Optional[int] = recipe.PAPER.top_k,
                top_p: Optional[float] = None, max_decode_length: Optional[int] = None,
                batch_size: Optional[int] = None, canonical: bool = False) -> Generation:
     """`num_decodes` samples for each prompt (temperature 0 = greedy).
@@ -385,7 +392,7 @@ class Generator(_Loaded):
     rows = int(math.ceil((batch_size or self.batch_size) / self.dp)) * self.dp
     module = self.model.module
     return map_prompts(lambda p, e, t: decoding.score(module, p, e, t), self.params, tokens,
-                       resp, rows, self.mesh)
+                       resp, rows, self.mesh, self.rules)
 
 
 class RewardModel(_Loaded):
@@ -407,15 +414,15 @@ class RewardModel(_Loaded):
     self.symmetrize = bool(symmetrize)
     self.reads_whole_responses = response_length is not None and self.kind == "bt_rm"
     if self.reads_whole_responses:
-      need = _reward_models().response_feature_lengths(
+      need = reward_models.response_feature_lengths(
           {"inputs": self.feature_lengths["inputs"], "targets": response_length})["targets"]
       self.feature_lengths["targets"] = max(self.feature_lengths["targets"], need)
     m = self.model
     if self.kind == "pairwise_rm":
-      self._fn = lambda p, t: _reward_models().preference_logits_jit(
+      self._fn = lambda p, t: reward_models.preference_logits_jit(
           m.module, p, t, token_a=m.token_a, token_b=m.token_b)
     else:
-      self._fn = lambda p, x, y: _reward_models().bt_rewards_jit(
+      self._fn = lambda p, x, y: reward_models.bt_rewards_jit(
           m.module, p, x, y, separator=m.separator_ids, eos_id=m.eos_id)
 
   # --- pairwise ρ ---------------------------------------------------------------------------
@@ -427,18 +434,16 @@ class RewardModel(_Loaded):
     that does not has its context cut (counted), the tags and both responses kept whole; when
     even the responses do not fit, the row is left empty and marked.
     """
-    from rso_jax.tasks import preprocessors  # pylint: disable=g-import-not-at-top
-    rm = _reward_models()
     length = self.feature_lengths["inputs"]
     label = self.model.response_label
-    tag = self.encode(preprocessors.CONTEXT_TAG)
+    tag = self.encode(text_formats.CONTEXT_TAG)
     out = np.zeros((len(prompts), length), np.int32)
     fits = np.ones((len(prompts),), bool)
     for i, (x, a, b) in enumerate(zip(prompts, y_a, y_b)):
-      ids = self.encode(rm.ranking_input_text(x, a, b, label))
+      ids = self.encode(text_formats.ranking_input_text(x, a, b, label))
       if len(ids) + 1 > length:
         tail = self.encode(f" [{label} A] {a} [{label} B] {b}")
-        context = self.encode(f"{preprocessors.CONTEXT_TAG} {x}")[len(tag):]
+        context = self.encode(f"{text_formats.CONTEXT_TAG} {x}")[len(tag):]
         budget = length - 1 - len(tag) - len(tail)
         if budget < 0:
           fits[i] = False
@@ -490,7 +495,7 @@ class RewardModel(_Loaded):
     self.stats["responses_too_long"] += int((~fits).sum())
     per_call = int(math.ceil(max(self.batch_size // n, 1) / self.dp)) * self.dp
     r = map_prompts(self._fn, self.params, x_tok, y_tok.reshape(len(prompts), n, -1), per_call,
-                    self.mesh)
+                    self.mesh, self.rules)
     return np.where(fits.reshape(len(prompts), n), r, np.nan).astype(np.float32)
 
   # --- the interface ------------------------------------------------------------------------
@@ -562,11 +567,6 @@ def baseline_texts(rows: List[List[str]], valid: Optional[np.ndarray] = None) ->
   return out
 
 
-def _reward_models():
-  from rso_jax import reward_models  # pylint: disable=g-import-not-at-top
-  return reward_models
-
-
 def load(path: str, *, mesh=None, mesh_shape: Sequence[int] = (-1, 1, 1),
          expect: Optional[Sequence[str]] = None, role: str = "checkpoint",
          params: Any = None, manifest: Optional[checkpoints.Manifest] = None,
@@ -577,10 +577,11 @@ def load(path: str, *, mesh=None, mesh_shape: Sequence[int] = (-1, 1, 1),
     path: the checkpoint.
     mesh: a mesh (default: `partitioning.create_mesh(mesh_shape)`).
     expect: the kinds the caller can use (e.g. `checkpoints.REWARD_KINDS`); another kind is a
-      one-line `checkpoints.CheckpointError` naming `role`.
+      one-line `errors.CheckpointError` naming `role`.
     params / manifest: already-loaded pieces (tests; `path` then only names them).
-    **kwargs: `batch_size`, `feature_lengths` (override the manifest's), `keep_context`, and
-      for reward models `symmetrize`.
+    **kwargs: `batch_size`, `feature_lengths` (override the manifest's), `keep_context`,
+      `rules` (logical-axis rules, default `partitioning.LOGICAL_RULES`: a run's LOGICAL_RULES
+      shard its sampling and evaluation as its training), and for reward models `symmetrize`.
   """
   manifest = manifest or checkpoints.read_manifest(path)
   if expect is not None:

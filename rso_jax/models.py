@@ -24,6 +24,9 @@ import jax.numpy as jnp
 
 from rso_jax import losses
 from rso_jax import network
+from rso_jax import checkpoints
+from rso_jax import decoding
+from rso_jax import feature_converters
 
 Array = jax.Array
 Batch = Mapping[str, Array]
@@ -154,7 +157,6 @@ class Seq2SeqModel(BaseModel):
   def predict_batch(self, params, batch: Batch, rng: Optional[Array] = None, *,
                     max_decode_length: Optional[int] = None, **decode_kwargs) -> Array:
     """Greedy decode (rng None) or a temperature sample: tokens `[B, L]` (or `[B, N, L]`)."""
-    from rso_jax import decoding  # pylint: disable=g-import-not-at-top
     enc = batch["encoder_input_tokens"]
     length = max_decode_length or batch["decoder_target_tokens"].shape[1]
     if rng is None:
@@ -294,7 +296,6 @@ class PolicyModel(BaseModel):
 
   @functools.cached_property
   def feature_converter(self):
-    from rso_jax import feature_converters  # pylint: disable=g-import-not-at-top  (TensorFlow)
     return feature_converters.PairwiseFeatureConverter()
 
   manifest_kind = "policy"
@@ -306,7 +307,6 @@ class PolicyModel(BaseModel):
     if self.use_cached_reference or not self.loss.uses_reference:
       return self._reference_params
     if self._reference_params is None and self.reference_checkpoint:
-      from rso_jax import checkpoints  # pylint: disable=g-import-not-at-top
       self._reference_params = checkpoints.load_params(self.reference_checkpoint)
     return self._reference_params
 

@@ -21,6 +21,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from rso_jax.errors import MeshError
+
 MESH_AXES: Tuple[str, ...] = ("data", "fsdp", "tensor")
 BATCH_AXES: Tuple[str, ...] = ("data", "fsdp")
 
@@ -43,10 +45,6 @@ LOGICAL_RULES: Tuple[Tuple[str, Any], ...] = (
     ("activation_mlp", "tensor"),
     ("activation_vocab", "tensor"),
 )
-
-
-class MeshError(ValueError):
-  """A MESH_SHAPE that cannot be laid over the devices (the CLIs' one-line user error)."""
 
 
 def resolve_mesh_shape(mesh_shape: Sequence[int], num_devices: int) -> Tuple[int, ...]:
@@ -230,7 +228,7 @@ def initialize_distributed() -> None:
   Runs `jax.distributed.initialize()` when a coordinator is configured (JAX_COORDINATOR_ADDRESS,
   JAX_NUM_PROCESSES, JAX_PROCESS_ID), or with RSO_JAX_DISTRIBUTED=1 in the TPU pod / SLURM /
   Open MPI environments JAX detects itself. On CPU the processes' collectives go through gloo.
-  JAX's preemption service then catches SIGTERM and `trainer.PreemptionFlag` synchronizes the
+  JAX's preemption service then catches SIGTERM and `runs.PreemptionFlag` synchronizes the
   stop across processes.
   """
   if jax.distributed.is_initialized():

@@ -1,21 +1,29 @@
 """The stages of one experiment, all configured by the run's own gin files.
 
 One experiment configuration reaches every stage. The run's gin files (an experiment file:
-includes plus macros; `gin/pipeline.gin`: the stages) bind each stage's entry point under a
+includes plus macros; `gin/stages/pipeline.gin`: the stages) bind each stage's entry point under a
 gin scope named after the stage, and `python -m rso_jax.train --gin_file=<experiment>` trains
-the policy (the unscoped `train_lib.train`). Its `prerequisites` build whatever artifact is
-missing, each in a subprocess that receives the SAME gin files, search paths and overrides as
-this process plus `--stage=NAME`, and calls the stage's entry under `gin.config_scope(NAME)`
-(T5X scopes `train/` and `infer_eval/` the same way):
+the policy (the unscoped `train_lib.train`). Its `prerequisites` (`prerequisites()`: the
+stages in the order below, less those a variant skips) build whatever artifact is missing,
+each in a subprocess that receives the SAME gin files, search paths and overrides as this
+process plus `--stage=NAME`, and calls the stage's entry under `gin.config_scope(NAME)` (T5X
+scopes `train/` and `infer_eval/` the same way). What each stage reads and writes:
 
-  TrainStage("sft")     sft/train_lib.train               -> SFT_CHECKPOINT
-  CollectStage          (this process) π_sft's samples rated by the simulated annotator
-                        (embedded task, COLLECT_PROMPTS > 0)  -> RUN_DIR/collect/pairs.jsonl
-  TrainStage("reward")  reward/train_lib.train            -> REWARD_CHECKPOINT
-  RewardQualityStage    (this process) the reward model on π_sft's samples vs r*
-                                                          -> REWARD_CHECKPOINT/reward_quality.json
-  SampleStage("sample") sample/sample.sample_configured   -> RUN_DIR/samples/<setting>-<hash>
-  EvaluateStage         (this process, after training)    <- win rates, KL, report, plot
+  sft             TrainStage("sft"): sft/train_lib.train
+                  SFT_TASK                                 -> SFT_CHECKPOINT
+  collect         CollectStage (this process): the simulated annotator (embedded task,
+                  COLLECT_PROMPTS > 0) on π_sft's samples
+                  SFT_CHECKPOINT                           -> RUN_DIR/collect/pairs.jsonl
+  reward          TrainStage("reward"): reward/train_lib.train
+                  REWARD_PAIRS (the collected pairs, or D_hf) -> REWARD_CHECKPOINT
+  reward_quality  RewardQualityStage (this process): the reward model on π_sft's samples vs r*
+                  SFT_CHECKPOINT, REWARD_CHECKPOINT        -> REWARD_CHECKPOINT/reward_quality.json
+  sample          SampleStage("sample"): sample/sample.sample_configured
+                  SFT_CHECKPOINT, REWARD_CHECKPOINT, PROMPTS_TASK
+                                                           -> RUN_DIR/samples/<setting>-<hash>
+  (the policy)    train_lib.train: MIXTURE_OR_TASK_NAME (the sampled pairs) -> MODEL_DIR
+  EvaluateStage   (this process, after training): MODEL_DIR, SFT_CHECKPOINT,
+                  REWARD_CHECKPOINT, EVAL_TASK             -> RUN_DIR/eval_<POLICY_NAME>.json
 
 So a task, a vocabulary, feature lengths, a mesh or a model size set anywhere in the run's
 configuration is the one every stage uses; a stage binds only what differs (its model, its
@@ -26,7 +34,7 @@ ConfigError naming both) -- and an interrupted stage resumes where it stopped.
 A stage that fails raises `StageFailed` (the CLI prints one line naming the stage, its exit
 status and the stage's own error line, e.g. `<file>:<line>: <reason>`, and exits 3); a stage
 stopped by SIGTERM / SIGINT (exit status 143, or killed by the signal) raises
-`trainer.Preempted` (the CLI exits 143: rerun to continue). SIGTERM / SIGINT sent to this
+`errors.Preempted` (the CLI exits 143: rerun to continue). SIGTERM / SIGINT sent to this
 process while a stage runs are forwarded to the stage, which checkpoints.
 
 Paths go through `rso_jax.fs`: RUN_DIR may be a `gs://` URL.
@@ -44,32 +52,32 @@ import subprocess
 import sys
 from typing import Any, Mapping, Optional, Sequence
 
+import gin
+import jax
+
 from rso_jax import checkpoints
+from rso_jax import cli
+from rso_jax import collect
+from rso_jax import errors
+from rso_jax import evaluate
 from rso_jax import fs
+from rso_jax import recipe
+from rso_jax import reports
+from rso_jax import reward_quality
+from rso_jax import runs
+from rso_jax import sample
+from rso_jax import train as train_lib
+from rso_jax.errors import ConfigError
+from rso_jax.tasks import embedded
+from rso_jax.tasks import generated
+from rso_jax.tasks import synthetic
 
-COMPLETED = "COMPLETED"
 REWARD_QUALITY = "reward_quality.json"  # RewardQualityStage's record, in the reward model's dir
-EXIT_PREEMPTED = 143  # trainer.EXIT_PREEMPTED
-
-
-class StageFailed(RuntimeError):
-  """A stage's subprocess exited with an error (the CLI's exit status 3).
-
-  `error_line`: the stage's own one-line error (what follows `<prog>: error: `), else the last
-  exception line of its traceback; carried in the message.
-  """
-
-  def __init__(self, name: str, returncode: int, error_line: Optional[str] = None):
-    self.name, self.returncode, self.error_line = name, returncode, error_line
-    detail = f": {error_line}" if error_line else ""
-    super().__init__(f"stage {name!r} failed with exit code {returncode}{detail} (its output is "
-                     f"above, prefixed [{name}]; fix it and rerun the same command: finished "
-                     "stages are reused)")
 
 
 def is_complete(path: str) -> bool:
   """True for a finished run/stage directory or a bare params checkpoint (user-provided)."""
-  if fs.exists(fs.join(path, COMPLETED)):
+  if runs.is_complete(path):
     return True
   bare = fs.isdir(fs.join(path, "params"))
   return bare and not fs.isdir(fs.join(path, checkpoints.CHECKPOINT_SUBDIR))
@@ -83,9 +91,30 @@ def run_path(run_dir: str, name: str) -> str:
   return fs.join(fs.abspath(run_dir), name)
 
 
+STAGE_ORDER = ("sft", "collect", "reward", "reward_quality", "sample")
+
+
+def prerequisites(*, sft: Any = None, collect: Any = None, reward: Any = None,
+                  reward_quality: Any = None, sample: Any = None,
+                  skip: Sequence[str] = ()) -> list:
+  """The stages that build what the policy's training reads, in `STAGE_ORDER` (each one's
+  inputs come from those before it or from the configuration), less the `skip`ped ones.
+
+  gin builds each stage (`@sft/pipeline.TrainStage()`, ...); a variant skips stages by name
+  (SKIP_STAGES: `direct` trains on D_hf and samples nothing; iterative RSO's round 2 reuses
+  round 1's π_sft).
+  """
+  stages = dict(sft=sft, collect=collect, reward=reward, reward_quality=reward_quality,
+                sample=sample)
+  unknown = [n for n in skip if n not in stages]
+  if unknown:
+    raise ConfigError(f"SKIP_STAGES={tuple(skip)!r}: no stage {unknown[0]!r} (the stages: "
+                      f"{', '.join(STAGE_ORDER)})")
+  return [stages[n] for n in STAGE_ORDER if stages[n] is not None and n not in skip]
+
+
 def stage_bindings(entry: Any, scope: str) -> dict:
   """The arguments gin passes to `entry` when called under `scope` (references evaluated)."""
-  import gin  # pylint: disable=g-import-not-at-top
   with gin.config_scope(scope):
     return gin.get_bindings(entry)
 
@@ -98,12 +127,10 @@ def _run(name: str, module: str, extra_bindings: Sequence[str] = (),
   the stage reads the whole operative configuration; `extra_bindings` are appended (what the
   pipeline decides for the stage, e.g. its output directory).
 
-  Raises `StageFailed` on a non-zero exit, `trainer.Preempted` when the stage was stopped by
+  Raises `StageFailed` on a non-zero exit, `errors.Preempted` when the stage was stopped by
   SIGTERM / SIGINT (its exit status 143, or killed by the signal, or a signal this process
   received and forwarded to it while it ran).
   """
-  from rso_jax import cli  # pylint: disable=g-import-not-at-top
-  from rso_jax import trainer  # pylint: disable=g-import-not-at-top
   if flags is None:
     flags = cli.invocation_flags()
   cmd = [sys.executable, "-m", module, *flags, f"--stage={name}"]
@@ -124,14 +151,8 @@ def _run(name: str, module: str, extra_bindings: Sequence[str] = (),
     except ProcessLookupError:
       pass
 
-  old = {}
-  for sig in (signal.SIGTERM, signal.SIGINT):
-    try:
-      old[sig] = signal.signal(sig, forward)
-    except ValueError:  # not the main thread: no forwarding
-      pass
   error_line = exception_line = None
-  try:
+  with runs.on_stop_signals(forward, multiprocess=True):
     assert proc.stdout is not None
     for line in proc.stdout:
       if _noise(line):
@@ -142,19 +163,16 @@ def _run(name: str, module: str, extra_bindings: Sequence[str] = (),
         exception_line = line.strip()
       print(f"[{name}] {line}", end="", flush=True)
     rc = proc.wait()
-  finally:
-    for sig, handler in old.items():
-      signal.signal(sig, handler)
-  stopped = rc in (EXIT_PREEMPTED, -signal.SIGTERM, -signal.SIGINT)
+  stopped = rc in (errors.EXIT_PREEMPTED, -signal.SIGTERM, -signal.SIGINT)
   if stopped or (forwarded and rc != 0):
-    raise trainer.Preempted(f"preempted: stage {name!r} stopped (exit code {rc}) with what it "
+    raise errors.Preempted(f"preempted: stage {name!r} stopped (exit code {rc}) with what it "
                             "finished saved; rerun the same command to continue")
   if rc:
     detail = error_line or exception_line
-    raise StageFailed(name, rc, detail if detail is None or len(detail) <= 600
+    raise errors.StageFailed(name, rc, detail if detail is None or len(detail) <= 600
                       else detail[:600] + " ...")
   if forwarded:
-    raise trainer.Preempted(f"preempted after stage {name!r} finished; rerun the same command "
+    raise errors.Preempted(f"preempted after stage {name!r} finished; rerun the same command "
                             "to continue")
 
 
@@ -182,10 +200,9 @@ def check_reusable(name: str, path: str, model: Any, task: str,
   checkpoint the user points the stage at (outside RUN_DIR, or converted) is checked for its
   kind only; what it was trained on is printed.
   """
-  from rso_jax.cli import ConfigError  # pylint: disable=g-import-not-at-top
   try:
     manifest = checkpoints.read_manifest(path)
-  except checkpoints.CheckpointError as e:
+  except errors.CheckpointError as e:
     raise ConfigError(f"stage {name!r}: {e}") from None
   want = getattr(model, "manifest_kind", None)
   problems = []
@@ -230,11 +247,9 @@ class TrainStage:
   run_dir: Optional[str] = None
 
   def __call__(self) -> str:
-    from rso_jax import train as train_lib  # pylint: disable=g-import-not-at-top
     args = stage_bindings(train_lib.train, self.name)
     model_dir = args.get("model_dir")
     if not model_dir:
-      from rso_jax.cli import ConfigError  # pylint: disable=g-import-not-at-top
       raise ConfigError(f"stage {self.name!r}: bind {self.name}/train_lib.train.model_dir")
     if is_complete(model_dir):
       root = fs.abspath(self.run_dir) if self.run_dir else None
@@ -279,17 +294,11 @@ class CollectStage:
   name: str = "collect"
 
   def __call__(self) -> Optional[dict]:
-    from rso_jax.cli import ConfigError  # pylint: disable=g-import-not-at-top
-    if isinstance(self.num_prompts, bool) or not isinstance(self.num_prompts, int) or (
-        self.num_prompts < 0):
+    if not errors.is_int(self.num_prompts) or self.num_prompts < 0:
       raise ConfigError(f"stage {self.name!r}: COLLECT_PROMPTS={self.num_prompts!r} must be an "
                         "int >= 0")
     if not self.num_prompts:
       return None
-    import jax  # pylint: disable=g-import-not-at-top
-    import numpy as np  # pylint: disable=g-import-not-at-top
-    from rso_jax import inference, sample  # pylint: disable=g-import-not-at-top
-    from rso_jax.tasks import embedded, synthetic  # pylint: disable=g-import-not-at-top
     golden = synthetic.golden_reward_of(self.pairs_task)
     if golden is None:
       raise ConfigError(f"stage {self.name!r}: {self.pairs_task!r} has no simulated rater to "
@@ -299,7 +308,8 @@ class CollectStage:
     draw = stage_bindings(sample.sample_configured, "sample")
     setting = dict(policy_checkpoint=fs.abspath(self.policy_checkpoint), split=self.split,
                    num_prompts=self.num_prompts, seed=self.seed,
-                   temperature=draw.get("temperature", 0.7), top_k=draw.get("top_k", 40),
+                   temperature=draw.get("temperature", recipe.PAPER.temperature),
+                   top_k=draw.get("top_k", recipe.PAPER.top_k),
                    bt_temperature=env.bt_temperature, environment_seed=env.seed)
     stats_path = fs.join(fs.dirname(self.output_path), "stats.json")
     if fs.exists(stats_path) and fs.exists(self.output_path):
@@ -315,25 +325,11 @@ class CollectStage:
       raise ConfigError(f"stage {self.name!r}: COLLECT_PROMPTS={self.num_prompts} is more than "
                         f"the {len(prompts)} {self.split} prompts of the environment")
     prompts = prompts[:self.num_prompts]
-    policy = inference.load(self.policy_checkpoint, expect=checkpoints.GENERATIVE_KINDS,
-                            role="policy", batch_size=512)
-    # [P] prompts -> [P][2] responses
-    texts = policy.generate(prompts, key=jax.random.key(self.seed), num_decodes=2,
-                            temperature=setting["temperature"], top_k=setting["top_k"]).texts
-    keep = [i for i, (a, b) in enumerate(texts) if a.strip() and b.strip() and a != b]
-    x = [prompts[i] for i in keep]
-    y1, y2 = [texts[i][0] for i in keep], [texts[i][1] for i in keep]
-    r1, r2 = golden(x, y1), golden(x, y2)
-    first = synthetic.bt_labels(r1, r2, np.random.default_rng([self.seed, 0xC011EC7]),
-                                env.bt_temperature)
-    lines = [json.dumps({"prompt": p, "chosen": a if f else b, "rejected": b if f else a})
-             for p, a, b, f in zip(x, y1, y2, first)]
-    untied = r1 != r2
-    agree = float(np.mean(first[untied] == (r1 > r2)[untied])) if untied.any() else float("nan")
-    equal = sum(a == b for a, b in texts)
-    stats = dict(setting=setting, pairs=len(lines), prompts=len(prompts), identical=equal,
-                 empty=len(prompts) - len(keep) - equal, label_agreement_with_r_star=agree,
-                 golden_mean=float(np.mean(np.concatenate([r1, r2]))) if keep else float("nan"))
+    lines, counts = collect.collect_pairs(
+        self.policy_checkpoint, prompts, golden=golden, bt_temperature=env.bt_temperature,
+        seed=self.seed, temperature=setting["temperature"], top_k=setting["top_k"])
+    stats = dict(setting=setting, **counts)
+    equal, agree = counts["identical"], counts["label_agreement_with_r_star"]
     if jax.process_index() == 0:
       fs.makedirs(fs.dirname(self.output_path))
       fs.atomic_write_text(self.output_path, "".join(line + "\n" for line in lines))
@@ -344,6 +340,10 @@ class CollectStage:
           f"{agree:.3f} of the untied pairs; mean r* {stats['golden_mean']:.3f}; "
           f"{self.output_path}", flush=True)
     return stats
+
+
+# The sampling recipe's fields that name a samples directory even when left at the defaults.
+_HASHED_RECIPE_FIELDS = ("num_candidates", "num_samples", "temperature", "top_k", "beta")
 
 
 @dataclasses.dataclass
@@ -360,9 +360,14 @@ class SampleStage:
   name: str = "sample"
 
   def _args(self) -> dict:
-    from rso_jax import sample  # pylint: disable=g-import-not-at-top
     args = stage_bindings(sample.sample_configured, self.name)
     args.pop("output_dir", None)
+    # The recipe's values count whether a gin file binds them or the stage takes the defaults;
+    # the default logical-axis rules shard alike and do not.
+    for k in _HASHED_RECIPE_FIELDS:
+      args.setdefault(k, getattr(recipe.PAPER, k))
+    if args.get("logical_rules") is None:
+      args.pop("logical_rules", None)
     return args
 
   def output_dir(self) -> str:
@@ -373,9 +378,8 @@ class SampleStage:
     return fs.join(fs.abspath(self.run_dir), "samples", f"{setting}-{digest}")
 
   def __call__(self) -> str:
-    from rso_jax.tasks import generated  # pylint: disable=g-import-not-at-top
     out = self.output_dir()
-    if fs.exists(fs.join(out, COMPLETED)):
+    if runs.is_complete(out):
       print(f"[{self.name}] reusing {out}", flush=True)
     else:
       _run(self.name, "rso_jax.sample",
@@ -401,7 +405,7 @@ class RewardQualityStage:
   prompt (`split` of the synthetic environment, the first `num_prompts`), `num_samples`
   samples of π_sft drawn as the sampling stage draws them (its temperature and top-k), scored by
   the reward model; accuracy against r* on every pair of one prompt's samples with unequal r*,
-  and the rank correlations (`evaluate.evaluate_reward_model`). Printed, and kept with the
+  and the rank correlations (`reward_quality.evaluate_reward_model`). Printed, and kept with the
   reward model as `REWARD_CHECKPOINT/reward_quality.json` (reused on a rerun). Other tasks: a
   one-line note.
   """
@@ -416,9 +420,6 @@ class RewardQualityStage:
   proposal: str = "π_sft"  # what `sft_checkpoint` is, in the printed line
 
   def __call__(self) -> Optional[dict]:
-    import jax  # pylint: disable=g-import-not-at-top
-    from rso_jax import sample  # pylint: disable=g-import-not-at-top
-    from rso_jax.tasks import synthetic  # pylint: disable=g-import-not-at-top
     path = fs.join(self.reward_checkpoint, REWARD_QUALITY)
     if synthetic.golden_reward_of(self.pairs_task) is None:
       print(f"[{self.name}] {self.pairs_task!r} has no golden reward: the reward model's "
@@ -427,11 +428,11 @@ class RewardQualityStage:
     draw = stage_bindings(sample.sample_configured, "sample")
     setting = dict(sft_checkpoint=fs.abspath(self.sft_checkpoint), split=self.split,
                    num_prompts=self.num_prompts, num_samples=self.num_samples, seed=self.seed,
-                   temperature=draw.get("temperature", 0.7), top_k=draw.get("top_k", 40))
+                   temperature=draw.get("temperature", recipe.PAPER.temperature),
+                   top_k=draw.get("top_k", recipe.PAPER.top_k))
     result = json.loads(fs.read_text(path)) if fs.exists(path) else None
     if result is None or result.get("setting") != setting:
-      from rso_jax import evaluate  # pylint: disable=g-import-not-at-top
-      metrics = evaluate.evaluate_reward_model(
+      metrics = reward_quality.evaluate_reward_model(
           self.reward_checkpoint, self.split, policy_checkpoint=self.sft_checkpoint,
           num_policy_samples=self.num_samples, temperature=setting["temperature"],
           top_k=setting["top_k"], num_prompts=self.num_prompts, seed=self.seed)
@@ -482,18 +483,17 @@ class EvaluateStage:
   split: str = "validation"
   keep_context: str = "start"
   mesh_shape: Sequence[int] = (-1, 1, 1)
+  logical_rules: Optional[Sequence[Any]] = None
   every_checkpoint: bool = False
 
   def _evaluate(self, policy_path: str, name: Optional[str]) -> dict:
-    from rso_jax import evaluate  # pylint: disable=g-import-not-at-top
     return evaluate.evaluate_policy(
         policy_path, self.sft_checkpoint, reward_path=self.reward_checkpoint,
         prompts_task=self.prompts_task, split=self.split, keep_context=self.keep_context,
         num_prompts=self.num_prompts, output_dir=name and self.output_dir, name=name,
-        mesh_shape=tuple(self.mesh_shape))
+        mesh_shape=tuple(self.mesh_shape), logical_rules=self.logical_rules)
 
   def __call__(self, model_dir: str) -> dict:
-    from rso_jax import reports  # pylint: disable=g-import-not-at-top
     result = self._evaluate(model_dir, self.name)
     print(reports.format_table(result), flush=True)
     print(f"report: {fs.join(self.output_dir, f'eval_{self.name}.json')}; plot: "
@@ -504,7 +504,6 @@ class EvaluateStage:
 
   def evaluate_checkpoints(self, model_dir: str, last: Mapping[str, Any]) -> dict:
     """Every kept checkpoint's report and the selected step (see the class doc)."""
-    import jax  # pylint: disable=g-import-not-at-top
     path = fs.join(self.output_dir, f"eval_{self.name}_checkpoints.json")
     steps = checkpoints.saved_steps(model_dir)
     if not steps:

@@ -45,6 +45,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rso_jax import kernels
+
 Array = Any  # jax.Array or np.ndarray
 PRNGKey = Any
 
@@ -201,120 +203,11 @@ def _raise_if_nonfinite(num_bad: Array, mask: Optional[Array],
 
 
 # ----------------------------------------------------------------------------
-# Bit helpers: candidate sets are packed 32 per uint32 word, bit l of word w
-# being candidate 32·w + l, so per-prompt bookkeeping costs [B, N/32].
+# Algorithm 1 on candidate sets packed 32 per uint32 word (`kernels.pack_bits`:
+# bit l of word w is candidate 32·w + l), so bookkeeping costs [B, N/32].
 # ----------------------------------------------------------------------------
 
 _U32 = jnp.uint32
-_ALL = 0xFFFFFFFF
-
-
-def _popcount(x: Array) -> Array:
-  return jax.lax.population_count(x).astype(jnp.int32)
-
-
-def _lowmask(n: Array) -> Array:
-  """uint32 with bits [0, n) set, for int32 n in [0, 32]."""
-  n = jnp.asarray(n, jnp.int32)
-  ones = (_U32(1) << jnp.clip(n, 0, 31).astype(_U32)) - _U32(1)
-  return jnp.where(n >= 32, _U32(_ALL), ones)
-
-
-def _pack_bits(bits: Array) -> Array:
-  """bool [..., 32] -> uint32 [...]."""
-  shifts = jnp.arange(32, dtype=_U32)
-  return jnp.sum(jnp.where(bits, _U32(1) << shifts, _U32(0)), axis=-1,
-                 dtype=_U32)
-
-
-def _unpack_bits(words: Array) -> Array:
-  """uint32 [...] -> bool [..., 32]."""
-  return ((words[..., None] >> jnp.arange(32, dtype=_U32)) & _U32(1)) == 1
-
-
-def _select_bit_words(words: Array, r: Array) -> Array:
-  """words [..., W], r [...] -> index (into 32·W) of the r-th set bit.
-
-  The index of the r-th (0-based) set bit is the number of positions whose
-  inclusive prefix popcount is <= r; 32·W when fewer than r + 1 bits are set.
-  """
-  prefix = jnp.zeros(r.shape, jnp.int32)
-  index = jnp.zeros(r.shape, jnp.int32)
-  upto = _lowmask(jnp.arange(1, 33, dtype=jnp.int32))  # [32]
-  for g in range(words.shape[-1]):
-    w = words[..., g, None]
-    inclusive = prefix[..., None] + _popcount(w & upto)  # [..., 32]
-    index = index + jnp.sum(inclusive <= r[..., None], axis=-1,
-                            dtype=jnp.int32)
-    prefix = prefix + _popcount(words[..., g])
-  return index
-
-
-def _through_mask(t: Array, num_words: int) -> Array:
-  """t [B] -> [B, W] words with the bits of candidates 0..t set."""
-  g = jnp.arange(num_words, dtype=jnp.int32)
-  return _lowmask(jnp.clip(t[:, None] - 32 * g + 1, 0, 32))
-
-
-# ----------------------------------------------------------------------------
-# Uniforms.
-# ----------------------------------------------------------------------------
-
-
-def _rotl32(x: Array, d: int) -> Array:
-  return (x << _U32(d)) | (x >> _U32(32 - d))
-
-
-def _threefry2x32(k0: Array, k1: Array, x0: Array,
-                  x1: Array) -> tuple[Array, Array]:
-  """Threefry-2x32 (20 rounds), bit-identical to jax's threefry2x32_p.
-
-  Written unrolled in jnp so XLA fuses it with its consumers; jax lowers its
-  own primitive to a rolled loop on CPU, several times slower here.
-  """
-  ks = (k0, k1, k0 ^ k1 ^ _U32(0x1BD11BDA))
-  rotations = ((13, 15, 26, 6), (17, 29, 16, 24))
-  x0, x1 = x0 + ks[0], x1 + ks[1]
-  for i in range(5):
-    for r in rotations[i % 2]:
-      x0 = x0 + x1
-      x1 = _rotl32(x1, r) ^ x0
-    x0 = x0 + ks[(i + 1) % 3]
-    x1 = x1 + ks[(i + 2) % 3] + _U32(i + 1)
-  return x0, x1
-
-
-def _bits_to_uniform(bits: Array) -> Array:
-  """uint32 -> float32 U[0, 1) exactly as jax.random.uniform (23 bits)."""
-  return jax.lax.bitcast_convert_type((bits >> 9) | _U32(0x3F800000),
-                                      jnp.float32) - 1.0
-
-
-def _round_uniforms(key: PRNGKey, rows: Array, rnd: Array,
-                    h: int) -> tuple[Array, Array]:
-  """float32 U[0, 1) for prompts rows[C] in their rounds rnd[C].
-
-  Returns two [C, h, 32] halves: u0[c, g, l] belongs to candidate 32·g + l
-  and u1[c, g, l] to candidate 32·h + 32·g + l. For threefry keys both are
-  the two output words of one hash of the counter (row, rnd·32·h + 32·g + l);
-  other key types use `jax.random.bits(fold_in(fold_in(key, row), rnd))`.
-  The draws depend only on (key, row, round, candidate), never on which
-  other prompts share the step.
-  """
-  shape = (rows.shape[0], h, 32)
-  if str(jax.random.key_impl(key)) == "threefry2x32":
-    kd = jax.random.key_data(key)
-    x0 = jnp.broadcast_to(rows.astype(_U32)[:, None, None], shape)
-    x1 = (rnd.astype(_U32)[:, None, None] * _U32(32 * h) +
-          jax.lax.broadcasted_iota(_U32, shape, 1) * _U32(32) +
-          jax.lax.broadcasted_iota(_U32, shape, 2))
-    b0, b1 = _threefry2x32(kd[0], kd[1], x0, x1)
-  else:
-    row_bits = jax.vmap(lambda b, t: jax.random.bits(
-        jax.random.fold_in(jax.random.fold_in(key, b), t), (2, h, 32),
-        _U32))(rows, rnd)
-    b0, b1 = row_bits[:, 0], row_bits[:, 1]
-  return _bits_to_uniform(b0), _bits_to_uniform(b1)
 
 
 def _one_round(key, rows, rnd, s, rem, m, need, beta):
@@ -330,9 +223,9 @@ def _one_round(key, rows, rnd, s, rem, m, need, beta):
   num_words = 2 * h
   neg_inf = jnp.array(-jnp.inf, s.dtype)
   active = need > 0
-  u0, u1 = _round_uniforms(key, rows, rnd, h)
+  u0, u1 = kernels.round_uniforms(key, rows, rnd, h)
   mb = m[:, None, None]
-  remb = _unpack_bits(rem)  # [C, 2, h, 32]
+  remb = kernels.unpack_bits(rem)  # [C, 2, h, 32]
 
   def decide(u, sv, rb):
     # u < exp((r - M)/beta); exactly 1 at the max, so beta = 0 is top-k.
@@ -355,35 +248,15 @@ def _one_round(key, rows, rnd, s, rem, m, need, beta):
   acc_words = jnp.concatenate([w0, w1], axis=1)  # [C, W]
   rem = rem.reshape(c, num_words)
   # Stop at the need-th acceptance: later candidates are not visited.
-  n_round = jnp.sum(_popcount(acc_words), axis=1)
+  n_round = jnp.sum(kernels.popcount(acc_words), axis=1)
   stop = active & (n_round >= need)
-  last = _select_bit_words(acc_words, jnp.maximum(need - 1, 0))
-  upto = jnp.where(stop[:, None], _through_mask(last, num_words), _U32(_ALL))
+  last = kernels.nth_set_bit(acc_words, jnp.maximum(need - 1, 0))
+  upto = jnp.where(stop[:, None], kernels.bits_through(last, num_words),
+                   _U32(kernels.ALL_BITS))
   keep = acc_words & upto
   seen = jnp.where(active[:, None], rem & upto, _U32(0))
   return (keep, (rem & ~keep).reshape(c, 2, h), jnp.max(m_word, axis=1),
-          jnp.minimum(n_round, need), jnp.sum(_popcount(seen), axis=1))
-
-
-def _step_capacities(batch: int, sharded: bool = False) -> list[int]:
-  """Rows per while-loop step: all B, then B/4 (if >= 256).
-
-  Few prompts need the late rounds (B=4096, N=64, k=8, beta=0.5, N(0,1)
-  rewards: 100/90/28/2% in rounds 1-4), so once at most a quarter are left a
-  step gathers only the unfinished prompts (results do not change). Each
-  extra size costs one more compiled copy of the round; B/2 and B/8 as well
-  saved another ~5% on the benchmark for ~2x the compile time. Not used for
-  a batch explicitly sharded over devices: the gather would cross devices.
-  """
-  if sharded or batch // 4 < 256:
-    return [batch]
-  return [batch, batch // 4]
-
-
-def _explicitly_sharded(x: Array) -> bool:
-  """True for an array whose type carries an Explicit sharding of an axis."""
-  spec = getattr(getattr(jax.typeof(x), "sharding", None), "spec", ())
-  return any(axis is not None for axis in spec)
+          jnp.minimum(n_round, need), jnp.sum(kernels.popcount(seen), axis=1))
 
 
 @functools.partial(jax.jit, static_argnames=("num_samples",))
@@ -406,16 +279,37 @@ def _rejection_core(
   mask = _valid_or_all(mask, (batch, n))
   num_bad = jnp.sum(mask & ~jnp.isfinite(scores))
   h = -(-n // 64)
-  num_words = 2 * h
   if 64 * h != n:  # Pad to whole words with invalid candidates.
     scores = jnp.pad(scores, ((0, 0), (0, 64 * h - n)))
     mask = jnp.pad(mask, ((0, 0), (0, 64 * h - n)))
   s = scores.reshape(batch, 2, h, 32)
   valid = mask.reshape(batch, 2, h, 32)
-  num_rounds = num_samples  # Static bound: every round accepts >= 1.
-  rem0 = _pack_bits(valid)  # [B, 2, h]
-  target = jnp.minimum(jnp.sum(_popcount(rem0), axis=(1, 2)), num_samples)
+  rem0 = kernels.pack_bits(valid)  # [B, 2, h]
+  target = jnp.minimum(jnp.sum(kernels.popcount(rem0), axis=(1, 2)),
+                       num_samples)
   m0 = jnp.max(jnp.where(valid, s, -jnp.inf), axis=(1, 2, 3))
+  n_acc, rounds, visited, hist = _run_rounds(
+      key, s, rem0, m0, target, beta, max_rounds, num_samples,
+      sharded=kernels.explicitly_sharded(scores))
+  indices, out_valid = _acceptance_order(hist, n_acc, num_samples)
+  rate = jnp.where(visited > 0, n_acc / jnp.maximum(visited, 1), 0.0)
+  return SelectionResult(indices.astype(jnp.int32), out_valid, rounds, n_acc,
+                         visited, rate.astype(jnp.float32)), num_bad
+
+
+def _run_rounds(key, s, rem0, m0, target, beta, max_rounds, num_samples,
+                sharded):
+  """Rounds of Algorithm 1 until every prompt has its target (or max_rounds):
+  s [B, 2, h, 32] scores, rem0 [B, 2, h] packed valid candidates, m0 [B] max
+  valid score, target [B] -> (n_acc, rounds, visited [B], hist [B, k, W]).
+
+  Few prompts need the late rounds (B=4096, N=64, k=8, beta=0.5, N(0,1)
+  rewards: 100/90/28/2% in rounds 1-4), so once at most a quarter are left a
+  step gathers only the unfinished ones (`kernels.step_capacities`).
+  """
+  batch, _, h, _ = s.shape
+  num_words = 2 * h
+  num_rounds = num_samples  # Static bound: every round accepts >= 1.
 
   def need_of(state):
     n_acc, rounds = state[2], state[3]
@@ -453,7 +347,7 @@ def _rejection_core(
   zeros = jnp.zeros((batch,), jnp.int32)
   state = (rem0, m0, zeros, zeros, zeros,
            jnp.zeros((batch, num_rounds, num_words), _U32))
-  capacities = _step_capacities(batch, _explicitly_sharded(scores))
+  capacities = kernels.step_capacities(batch, sharded)
   for level, capacity in enumerate(capacities):
     # Run steps of this size while more prompts are unfinished than the
     # next (smaller) size holds; the last size runs until all are done.
@@ -462,10 +356,16 @@ def _rejection_core(
     state = jax.lax.while_loop(
         lambda st, limit=limit: jnp.sum(need_of(st) > 0) > limit, step, state)
   _, _, n_acc, rounds, visited, hist = state
+  return n_acc, rounds, visited, hist
 
-  # Acceptance order: slot j was filled in round t(j) = #rounds whose
-  # cumulative count is <= j, as the (j - before[t])-th kept bit of that round.
-  count = jnp.sum(_popcount(hist), axis=2)  # [B, R]
+
+def _acceptance_order(hist, n_acc, num_samples):
+  """hist [B, R, W] packed acceptances per round, n_acc [B] -> (indices, valid)
+  [B, k] in acceptance order. Slot j was filled in round t(j) = #rounds whose
+  cumulative count is <= j, as the (j - before[t])-th kept bit of that round.
+  """
+  num_rounds = hist.shape[1]
+  count = jnp.sum(kernels.popcount(hist), axis=2)  # [B, R]
   after = jnp.cumsum(count, axis=1)
   slots = jnp.arange(num_samples, dtype=jnp.int32)
   t = jnp.sum(after[:, None, :] <= slots[None, :, None], axis=2)  # [B, k]
@@ -474,10 +374,8 @@ def _rejection_core(
   words = jnp.sum(jnp.where(onehot[..., None], hist[:, None], _U32(0)),
                   axis=2, dtype=_U32)  # [B, k, W]
   out_valid = slots[None, :] < n_acc[:, None]
-  indices = jnp.where(out_valid, _select_bit_words(words, slots - before), 0)
-  rate = jnp.where(visited > 0, n_acc / jnp.maximum(visited, 1), 0.0)
-  return SelectionResult(indices.astype(jnp.int32), out_valid, rounds, n_acc,
-                         visited, rate.astype(jnp.float32)), num_bad
+  indices = jnp.where(out_valid, kernels.nth_set_bit(words, slots - before), 0)
+  return indices, out_valid
 
 
 def _baseline_stats(indices, valid, mask, rewards):

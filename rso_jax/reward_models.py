@@ -1,14 +1,14 @@
 """Reward models: the paper's pairwise reward-ranking model ρ and a pointwise Bradley–Terry model.
 
 Training (through `train.train`, T5X BaseModel interface):
-  * `PairwiseRankingModel` (the paper's choice, gin/reward.gin): a T5 reads
+  * `PairwiseRankingModel` (the paper's choice, gin/stages/reward.gin): a T5 reads
     `[CONTEXT] x [RESPONSE A] y1 [RESPONSE B] y2` and emits "A" or "B" (seq2seq cross-entropy on
     `synthetic_rm_pairwise`, A/B flipped at random by the task). ρ(x, y1, y2) = P(y1 ≻ y2) =
     σ(logit_A − logit_B): the softmax over the two first-step logits of the "A" and "B" tokens.
     Two optional aids let the tiny model learn this from scratch in a few hundred steps (pairs in
     both orders, adjacent in the batch; a sharper initial relative-position table); see the
-    class docstring and gin/reward.gin.
-  * `BradleyTerryRewardModel` (gin/reward_bt.gin): the T5 encoder over
+    class docstring and gin/stages/reward.gin.
+  * `BradleyTerryRewardModel` (gin/stages/reward_bt.gin): the T5 encoder over
     `x [RESPONSE] y` (see "Input packing"), masked mean-pooled (or first / last token), and a
     scalar head; loss `−log σ(r_w − r_l − margin) + c·(r_w + r_l)²` on pair tasks
     (`PairwiseFeatureConverter`). `architecture="encoder_decoder"`: x through the encoder, y
@@ -17,7 +17,7 @@ Training (through `train.train`, T5X BaseModel interface):
 
 Using a trained reward model (rewards `[B, N]` for the rejection sampler, Eq. 7's
 `logit ρ(x, y, y_b)`, preferences ρ) is `inference.py`'s job; its quality on the embedded task is
-measured by `evaluate.evaluate_reward_model`.
+measured by `reward_quality.evaluate_reward_model`.
 
 Input packing of the BT model: the pair task gives the prompt as encoder tokens `[B, Li]` and
 each response as decoder targets `[B, Lt]`. The model concatenates, per row and inside jit,
@@ -40,15 +40,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from rso_jax import decoding
+from rso_jax import feature_converters
 from rso_jax import losses
 from rso_jax import models
 from rso_jax import network
+from rso_jax.tasks import vocab as vocab_lib
+from rso_jax.tasks.text_formats import BT_SEPARATOR, RESPONSE_LABEL
 
 Array = jax.Array
 Batch = Mapping[str, Array]
 
-RESPONSE_LABEL = "RESPONSE"  # "[RESPONSE A]"/"[RESPONSE B]"; the paper uses SUMMARY for TL;DR.
-BT_SEPARATOR = " [RESPONSE] "
 POOLINGS = ("mean", "first", "last")
 # "encoder": the T5 encoder over packed `x [SEP] y`. "encoder_decoder": the prompt through the
 # encoder once, each response teacher-forced through the decoder, the head on its final states.
@@ -56,7 +57,6 @@ ARCHITECTURES = ("encoder", "encoder_decoder")
 
 
 def _default_vocab():
-  from rso_jax.tasks import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
   return vocab_lib.get_vocabulary()
 
 
@@ -66,18 +66,6 @@ def _single_token(vocab, text: str) -> int:
     raise ValueError(f"target {text!r} is {len(ids)} tokens {ids} in {type(vocab).__name__}; "
                      "the ranking model needs a single-token 'A' and 'B'")
   return int(ids[0])
-
-
-def ranking_input_text(prompt: str, response_a: str, response_b: str,
-                       response_label: str = RESPONSE_LABEL) -> str:
-  """`[CONTEXT] x [RESPONSE A] y_a [RESPONSE B] y_b`, the ranking task's input text.
-
-  The same string `tasks.preprocessors.format_pairwise_ranking` builds in TF (its tag constant is
-  reused here; tests compare the two), so training and inference read one format.
-  """
-  from rso_jax.tasks import preprocessors  # pylint: disable=g-import-not-at-top
-  return " ".join([preprocessors.CONTEXT_TAG, prompt, f"[{response_label} A]", response_a,
-                   f"[{response_label} B]", response_b])
 
 
 # ------------------------------------------------------------------------------------------
@@ -105,7 +93,7 @@ class PairwiseRankingModel(models.Seq2SeqModel):
   `pairwise_accuracy` (the two-way softmax puts > 0.5 on the right letter) and `mean_p_a`
   (mean P(A); with balanced A/B targets, > 0.5 means a bias toward position A).
 
-  Training aids for small models trained from scratch (both off by default; gin/reward.gin turns
+  Training aids for small models trained from scratch (both off by default; gin/stages/reward.gin turns
   them on):
     both_orders: feed every pair in both presentation orders, adjacent in the batch
       (`feature_converters.BothOrdersRankingConverter`; BATCH_SIZE then counts rows = 2 × pairs). The task's
@@ -128,7 +116,6 @@ class PairwiseRankingModel(models.Seq2SeqModel):
     self.both_orders = bool(both_orders)
     self.response_label = response_label
     if self.both_orders:
-      from rso_jax import feature_converters  # pylint: disable=g-import-not-at-top
       self.feature_converter = feature_converters.BothOrdersRankingConverter(
           self.vocabulary, response_label)
 
@@ -349,7 +336,6 @@ class BradleyTerryRewardModel(models.BaseModel):
     self.separator_ids = tuple(int(t) for t in self.vocabulary.encode(separator))
     self.eos_id = int(self.vocabulary.eos_id)
     self.module = BTRewardNetwork(config, pooling, architecture)
-    from rso_jax import feature_converters  # pylint: disable=g-import-not-at-top
     self.feature_converter = feature_converters.PairwiseFeatureConverter()
 
   manifest_kind = "bt_rm"

@@ -45,6 +45,8 @@ from t5x import models as t5x_models
 from t5x.examples.t5 import network as t5x_network
 
 from rso_jax import checkpoints
+from rso_jax import datasets
+from rso_jax import decoding
 from rso_jax import feature_converters
 from rso_jax import losses
 from rso_jax import models
@@ -166,7 +168,6 @@ def _decode_with_rso(module: nn.Module, params: Any, batch: Batch, rng: Optional
                      num_decodes: int, return_all_decodes: bool, decode_kwargs: Mapping[str, Any]
                      ) -> Tuple[Array, Mapping[str, Array]]:
   """Greedy (rng None) or temperature sampling with rso_jax's KV cache: T5X's output shapes."""
-  from rso_jax import decoding  # pylint: disable=g-import-not-at-top
   enc = batch["encoder_input_tokens"]
   length = batch["decoder_input_tokens"].shape[1]
   if rng is None:
@@ -397,10 +398,9 @@ def summarize_config(model_dir: str, summary_writer: Any, step: int, *, model: A
   """
   import dataclasses  # pylint: disable=g-import-not-at-top
   from t5x import gin_utils  # pylint: disable=g-import-not-at-top
-  from rso_jax import train as train_lib  # pylint: disable=g-import-not-at-top
   if model is None:
     raise ValueError("summarize_config.model is unset: bind it to %MODEL in the gin file")
   if jax.process_index() == 0:
-    manifest = train_lib.model_manifest(model, task, feature_lengths)
+    manifest = datasets.model_manifest(model, task, feature_lengths)
     checkpoints.write_manifest(model_dir, dataclasses.replace(manifest, source="t5x"))
   gin_utils.summarize_gin_config(model_dir, summary_writer, step)

@@ -1,28 +1,21 @@
 """How every rso_jax command reads a user's text file (preference data, prompts files).
 
-  DataError     a problem in a data file: one line `<file>:<line>: <reason>` (the CLIs' user
-                error, exit status 2)
+  DataError     (errors.DataError) a problem in a data file: one line `<file>:<line>: <reason>`
   decode_line   one line's bytes -> str; invalid UTF-8 is `<file>:<line>: invalid UTF-8 at
                 byte N (0xXX)`, N counted from 1 within the line
   read_lines    (line number, text) of a whole file, read as bytes and decoded line by line
-  data_error_in the DataError message inside an error TensorFlow wrapped it in (a reader that
-                ran inside tf.data), or None
 
 Lines are split on b"\\n" only, so the line numbers are an editor's; a UTF-8 byte-order mark at
 the start of the file is dropped.
 """
 from __future__ import annotations
 
-import re
 from typing import Iterator, Optional
 
 from rso_jax import fs
+from rso_jax.errors import DataError
 
 BOM = b"\xef\xbb\xbf"
-
-
-class DataError(ValueError):
-  """A bad record or an unusable data file, as one line `<file>:<line>: <reason>`."""
 
 
 def invalid_utf8(raw: bytes, lineno: int) -> Optional[str]:
@@ -50,17 +43,3 @@ def read_lines(path: str) -> Iterator[tuple[int, str]]:
   with fs.open(path, "rb") as f:
     for lineno, raw in enumerate(f, start=1):
       yield lineno, decode_line(raw, path, lineno)
-
-
-_WRAPPED = re.compile(r"\bDataError: (.+)")
-
-
-def data_error_in(e: BaseException) -> Optional[str]:
-  """The one line of a DataError that TensorFlow re-raised as its own error (a reader running
-  in a `tf.py_function` or a generator dataset), else None."""
-  if isinstance(e, DataError):
-    return str(e).strip().splitlines()[0] if str(e).strip() else None
-  if not type(e).__module__.startswith("tensorflow"):
-    return None
-  found = _WRAPPED.findall(str(e))
-  return found[-1].strip() if found else None

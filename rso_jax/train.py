@@ -1,6 +1,6 @@
 r"""T5X-style training CLI.
 
-  python -m rso_jax.train --gin_file=gin/sft.gin --gin.MODEL_DIR=\"runs/sft\" \
+  python -m rso_jax.train --gin_file=gin/stages/sft.gin --gin.MODEL_DIR=\"runs/sft\" \
       [--gin_file=...] [--gin.TRAIN_STEPS=500] [--gin_search_paths=dir1,dir2]
 
 Flags as in T5X: `--gin_file` (repeatable), `--gin.PARAM=VALUE` (a gin binding, e.g.
@@ -8,9 +8,9 @@ Flags as in T5X: `--gin_file` (repeatable), `--gin.PARAM=VALUE` (a gin binding, 
 `--gin_search_paths` (comma separated; the repository's `gin/` folder is always searched),
 and `--stage=NAME`: one stage of an experiment (its entry under the gin scope NAME, without the
 policy's prerequisites; what the pipeline runs in each stage's process).
-Macros used by the gin files (gin/train.gin): MODEL, MODEL_DIR, TRAIN_STEPS, BATCH_SIZE,
+Macros used by the gin files (gin/stages/train.gin): MODEL, MODEL_DIR, TRAIN_STEPS, BATCH_SIZE,
 MIXTURE_OR_TASK_NAME, TASK_FEATURE_LENGTHS, RANDOM_SEED, EVAL_PERIOD, INITIAL_CHECKPOINT_PATH,
-OPTIMIZER, LEARNING_RATE, MESH_SHAPE; experiments (gin/pipeline.gin) add the stages' own.
+OPTIMIZER, LEARNING_RATE, MESH_SHAPE; experiments (gin/stages/pipeline.gin) add the stages' own.
 
 The effective gin config is written to `MODEL_DIR/config.gin`; MODEL_DIR is locked while the
 run writes it (`MODEL_DIR/.rso_lock`: a second run there is refused, see rso_jax/run_lock.py),
@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import math
 import os
 import sys
 from typing import Any, Callable, Mapping, Optional, Sequence
@@ -41,88 +40,15 @@ import jax
 import numpy as np
 
 from rso_jax import checkpoints
+from rso_jax import cli
+from rso_jax import datasets
+from rso_jax import errors
 from rso_jax import fs
 from rso_jax import partitioning
-from rso_jax import pipeline
 from rso_jax import run_lock
+from rso_jax import runs
 from rso_jax import trainer as trainer_lib
-
-# The command-line machinery lives in cli.py; these names stay importable from here.
-from rso_jax.cli import ConfigError  # pylint: disable=g-bad-import-order
-from rso_jax.cli import cli_main, configure_gin, parse_flags, removed_on_failure
-
-
-# --------------------------------------------------------------------------------------------
-# Data
-# --------------------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class DatasetConfig:
-  """Which seqio task/mixture to read and how (T5X's `utils.DatasetConfig`, trimmed)."""
-  mixture_or_task_name: str
-  task_feature_lengths: Mapping[str, int]
-  split: str = "train"
-  batch_size: int = 32
-  shuffle: bool = True
-  seed: Optional[int] = 0
-  use_cached: bool = False
-
-
-def _check_task(name: str) -> None:
-  import seqio  # pylint: disable=g-import-not-at-top
-  import rso_jax.tasks  # pylint: disable=g-import-not-at-top,unused-import
-  if name not in seqio.TaskRegistry.names() and name not in seqio.MixtureRegistry.names():
-    known = sorted(set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names()))
-    raise ConfigError(f"MIXTURE_OR_TASK_NAME={name!r} is not a registered seqio task or mixture "
-                      f"(registered: {', '.join(known) or 'none'})")
-
-
-def get_dataset(cfg: DatasetConfig, feature_converter, *, num_epochs: Optional[int] = None,
-                skip_batches: int = 0):
-  """An iterator of global NumPy batches `{feature: [batch, ...]}`, the same on every process.
-
-  Every process reads the task's one stream (one shuffle seed) and `Trainer.shard` places the
-  rows its devices hold: the batches, and so the run, are the same on any number of hosts,
-  and a run resumed on another number of hosts continues the same stream. `skip_batches`
-  fast-forwards the deterministic pipeline to where a resumed run left off.
-  """
-  import seqio  # pylint: disable=g-import-not-at-top
-  _check_task(cfg.mixture_or_task_name)
-  ds = seqio.get_dataset(
-      cfg.mixture_or_task_name, task_feature_lengths=dict(cfg.task_feature_lengths),
-      feature_converter=feature_converter, dataset_split=cfg.split, use_cached=cfg.use_cached,
-      shuffle=cfg.shuffle, num_epochs=num_epochs, seed=cfg.seed, verbose=False)
-  ds = ds.batch(cfg.batch_size, drop_remainder=True)
-  if skip_batches:
-    ds = ds.skip(skip_batches)
-  return ds.prefetch(2).as_numpy_iterator()
-
-
-def task_vocabulary(mixture_or_task_name: str):
-  """The vocabulary of a task's model inputs (the "inputs" feature, else the first one)."""
-  import seqio  # pylint: disable=g-import-not-at-top
-  _check_task(mixture_or_task_name)
-  feats = seqio.get_mixture_or_task(mixture_or_task_name).output_features
-  return (feats.get("inputs") or next(iter(feats.values()))).vocabulary
-
-
-def model_manifest(model, mixture_or_task_name: str, task_feature_lengths: Mapping[str, int]
-                   ) -> checkpoints.Manifest:
-  """What a checkpoint of `model` trained on the task is (`checkpoints.Manifest`).
-
-  A model that tokenizes on its own (reward models: separator, "A"/"B") must use the task's
-  vocabulary; a mismatch is a ConfigError rather than a reward model that reads other tokens.
-  """
-  vocab = task_vocabulary(mixture_or_task_name)
-  spec = checkpoints.vocabulary_spec(vocab)
-  own = getattr(model, "vocabulary", None)
-  if own is not None and not checkpoints.same_vocabulary(own, vocab):
-    raise ConfigError(f"{type(model).__name__} tokenizes with {checkpoints.vocabulary_spec(own)}"
-                      f" but task {mixture_or_task_name!r} uses {spec}: pass the task's "
-                      "vocabulary to the model")
-  return checkpoints.Manifest(
-      kind=model.manifest_kind, network=model.config, vocabulary=spec,
-      feature_lengths={k: int(v) for k, v in task_feature_lengths.items()},
-      model_settings=model.manifest_settings(), task=mixture_or_task_name)
+from rso_jax.errors import ConfigError
 
 
 def _initial_params(tr, manifest: checkpoints.Manifest, path: str, print_fn) -> Any:
@@ -191,7 +117,7 @@ def _run_resumable(model_dir: str) -> bool:
   """A MODEL_DIR worth keeping after a failure: a saved checkpoint or a finished run (or one
   another run holds the lock of)."""
   return (checkpoints.latest_step(model_dir) is not None
-          or fs.exists(fs.join(model_dir, pipeline.COMPLETED)) or run_lock.is_locked(model_dir))
+          or fs.exists(fs.join(model_dir, runs.COMPLETED)) or run_lock.is_locked(model_dir))
 
 
 def _network_diff(stored, configured) -> dict:
@@ -254,47 +180,28 @@ def _check_initial_checkpoint(path: str, manifest: checkpoints.Manifest) -> None
                       f"(checkpoint vs model: {diff}); set the model's size to the "
                       "checkpoint's (e.g. MODEL_CONFIG = @checkpoints.read_config())")
   if init.vocabulary is not None and manifest.task and not checkpoints.same_vocabulary(
-      init.get_vocabulary(), task_vocabulary(manifest.task)):
+      init.get_vocabulary(), datasets.task_vocabulary(manifest.task)):
     raise ConfigError(f"INITIAL_CHECKPOINT_PATH={path!r} reads vocabulary {init.vocabulary} "
                       f"but task {manifest.task!r} is tokenized with {manifest.vocabulary}")
-
-
-def _is_int(v: Any) -> bool:
-  return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
 
 def _check_train_args(*, train_steps, batch_size, learning_rate, warmup_steps, weight_decay,
                       grad_clip, num_microbatches, eval_period, eval_steps, checkpoint_period,
                       keep_checkpoints, log_period) -> None:
   """Refuses values that cannot run (before anything is built or written)."""
-  def positive_int(name, v, minimum=1):
-    if not _is_int(v) or v < minimum:
-      raise ConfigError(f"{name}={v!r} must be an int >= {minimum}")
-  positive_int("TRAIN_STEPS", train_steps)
-  positive_int("BATCH_SIZE", batch_size)
-  positive_int("num_microbatches", num_microbatches)
-  positive_int("warmup_steps", warmup_steps, 0)
-  positive_int("EVAL_PERIOD", eval_period, 0)
+  errors.check_int("TRAIN_STEPS", train_steps)
+  errors.check_int("BATCH_SIZE", batch_size)
+  errors.check_int("num_microbatches", num_microbatches)
+  errors.check_int("warmup_steps", warmup_steps, 0)
+  errors.check_int("EVAL_PERIOD", eval_period, 0)
   if eval_period:
-    positive_int("eval_steps", eval_steps)
-  positive_int("checkpoint_period", checkpoint_period)
-  positive_int("keep_checkpoints", keep_checkpoints)
-  positive_int("log_period", log_period)
-  try:
-    lr = float(learning_rate)
-  except (TypeError, ValueError):
-    lr = float("nan")
-  if not (math.isfinite(lr) and lr > 0):
-    raise ConfigError(f"LEARNING_RATE={learning_rate!r} must be a finite number > 0")
-  for name, v in (("weight_decay", weight_decay), ("grad_clip", grad_clip)):
-    if v is None and name == "grad_clip":
-      continue
-    try:
-      ok = math.isfinite(float(v)) and float(v) >= 0
-    except (TypeError, ValueError):
-      ok = False
-    if not ok:
-      raise ConfigError(f"{name}={v!r} must be a finite number >= 0")
+    errors.check_int("eval_steps", eval_steps)
+  errors.check_int("checkpoint_period", checkpoint_period)
+  errors.check_int("keep_checkpoints", keep_checkpoints)
+  errors.check_int("log_period", log_period)
+  errors.check_number("LEARNING_RATE", learning_rate, strict=True)
+  errors.check_number("weight_decay", weight_decay)
+  errors.check_number("grad_clip", grad_clip, optional=True)
 
 
 def _mean_metrics(rows: Sequence[Mapping[str, Any]]) -> dict:
@@ -328,7 +235,7 @@ def train(*, model, model_dir: str, train_steps: int, batch_size: int,
   (refused with nothing in it changed); a MODEL_DIR this call created is removed again if the
   run fails before its first checkpoint. One writer per directory (`run_lock`): MODEL_DIR is
   locked while training, and a main job (prerequisites with a `run_dir`) locks its RUN_DIR. SIGTERM / SIGINT checkpoint at the next step boundary and raise
-  `trainer.Preempted` (the CLI's exit status 143): rerunning resumes bit for bit.
+  `errors.Preempted` (the CLI's exit status 143): rerunning resumes bit for bit.
   """
   model_dir = _model_dir_arg(model_dir)
   _check_train_args(train_steps=train_steps, batch_size=batch_size, learning_rate=learning_rate,
@@ -344,7 +251,7 @@ def train(*, model, model_dir: str, train_steps: int, batch_size: int,
     raise ConfigError(str(e)) from None
   with contextlib.ExitStack() as stack:
     for run_dir in _run_dirs(prerequisites):  # the main job: one writer per RUN_DIR
-      stack.enter_context(removed_on_failure(run_dir, keep=lambda d: bool(fs.listdir(d))))
+      stack.enter_context(runs.removed_on_failure(run_dir, keep=lambda d: bool(fs.listdir(d))))
       stack.enter_context(run_lock.hold(run_dir, "RUN_DIR", print_fn=print_fn))
     for fn in prerequisites:
       fn()
@@ -358,83 +265,106 @@ def train(*, model, model_dir: str, train_steps: int, batch_size: int,
                                learning_rate_fn=schedule)
     except ValueError as e:
       raise ConfigError(str(e)) from None
-    _check_task(mixture_or_task_name)
-    manifest = model_manifest(model, mixture_or_task_name, task_feature_lengths)
+    datasets.check_task(mixture_or_task_name)
+    manifest = datasets.model_manifest(model, mixture_or_task_name, task_feature_lengths)
     _check_resume(model_dir, manifest)
     if initial_checkpoint_path and checkpoints.latest_step(model_dir) is None:
       fs.check_disjoint(model_dir, {"INITIAL_CHECKPOINT_PATH": initial_checkpoint_path},
                         out_name="MODEL_DIR")
       _check_initial_checkpoint(initial_checkpoint_path, manifest)
 
-    stack.enter_context(removed_on_failure(model_dir, keep=_run_resumable))
+    stack.enter_context(runs.removed_on_failure(model_dir, keep=_run_resumable))
     model_dir = _prepare_model_dir(model_dir)
     stack.enter_context(run_lock.hold(model_dir, "MODEL_DIR", print_fn=print_fn,
                                       all_processes=True))
-    return _train_loop(
-        tr, model, manifest, model_dir, train_steps=train_steps,
-        batch_size=batch_size, mixture_or_task_name=mixture_or_task_name,
-        task_feature_lengths=task_feature_lengths, mesh=mesh, random_seed=random_seed,
-        eval_period=eval_period, eval_steps=eval_steps, eval_split=eval_split,
-        checkpoint_period=checkpoint_period, keep_checkpoints=keep_checkpoints,
-        log_period=log_period, initial_checkpoint_path=initial_checkpoint_path,
-        use_cached=use_cached, shuffle=shuffle, async_checkpoint=async_checkpoint,
-        after_training=after_training, step_callback=step_callback, print_fn=print_fn)
+    data = datasets.DatasetConfig(mixture_or_task_name, dict(task_feature_lengths), "train",
+                                  batch_size, shuffle, random_seed, use_cached)
+    loop = _Loop(data=data, train_steps=train_steps, eval_period=eval_period,
+                 eval_steps=eval_steps, eval_split=eval_split,
+                 checkpoint_period=checkpoint_period, keep_checkpoints=keep_checkpoints,
+                 log_period=log_period, initial_checkpoint_path=initial_checkpoint_path,
+                 async_checkpoint=async_checkpoint, step_callback=step_callback,
+                 print_fn=print_fn)
+    last = _train_loop(tr, model, manifest, model_dir, mesh, loop)
+    for fn in after_training:
+      fn(model_dir)
+    return last
 
 
-def _train_loop(tr, model, manifest, model_dir: str, *, train_steps, batch_size,
-                mixture_or_task_name, task_feature_lengths, mesh, random_seed, eval_period,
-                eval_steps, eval_split, checkpoint_period, keep_checkpoints, log_period,
-                initial_checkpoint_path, use_cached, shuffle, async_checkpoint, after_training,
-                step_callback, print_fn) -> dict:
-  if (gin.config_is_locked() or gin.config_str()) and jax.process_index() == 0:
-    fs.atomic_write_text(fs.join(model_dir, "config.gin"), gin.config_str())
-  ckpt = trainer_lib.CheckpointManager(model_dir, keep=keep_checkpoints,
-                                       async_save=async_checkpoint)
-  start = ckpt.latest_intact_step(print_fn)
+@dataclasses.dataclass(frozen=True)
+class _Loop:
+  """What the training loop reads besides the trainer, the model and MODEL_DIR."""
+  data: datasets.DatasetConfig
+  train_steps: int
+  eval_period: int
+  eval_steps: int
+  eval_split: str
+  checkpoint_period: int
+  keep_checkpoints: int
+  log_period: int
+  initial_checkpoint_path: Optional[str]
+  async_checkpoint: bool
+  step_callback: Optional[Callable[[int, dict], None]]
+  print_fn: Callable[[str], None]
+
+
+def _start(tr, ckpt, manifest, loop: _Loop):
+  """(state, batches consumed): the latest intact checkpoint's, else a fresh start (from
+  INITIAL_CHECKPOINT_PATH's params when given)."""
+  start = ckpt.latest_intact_step(loop.print_fn)
   if start is not None:
     state, meta = ckpt.restore(tr, start)
     batches_done = int(meta.get("batches", start))
-    print_fn(f"resumed from {ckpt.directory}/{start} (batches consumed: {batches_done})")
-  else:
-    init_params = None
-    if initial_checkpoint_path:
-      init_params = _initial_params(tr, manifest, initial_checkpoint_path, print_fn)
-    state = tr.init_state(init_params)
-    batches_done = 0
+    loop.print_fn(f"resumed from {ckpt.directory}/{start} (batches consumed: {batches_done})")
+    return state, batches_done
+  init_params = None
+  if loop.initial_checkpoint_path:
+    init_params = _initial_params(tr, manifest, loop.initial_checkpoint_path, loop.print_fn)
+  return tr.init_state(init_params), 0
+
+
+def _evaluate(tr, model, params, logger, loop: _Loop, at_step: int) -> dict:
+  """Mean eval metrics over `eval_steps` batches of the eval split (written as `eval/...`)."""
+  eval_cfg = dataclasses.replace(loop.data, split=loop.eval_split, shuffle=False)
+  rows = []
+  for i, b in enumerate(datasets.get_dataset(eval_cfg, model.feature_converter, num_epochs=1)):
+    if i >= loop.eval_steps:
+      break
+    rows.append(jax.device_get(tr.eval_step(params, b)))
+  if not rows:
+    logging.warning("eval split %r has less than one batch of %d; no eval", loop.eval_split,
+                    loop.data.batch_size)
+    return {}
+  return logger.write(at_step, _mean_metrics(rows), prefix="eval/", progress=False)
+
+
+def _train_loop(tr, model, manifest, model_dir: str, mesh, loop: _Loop) -> dict:
+  """Steps from the start state to `train_steps`; checkpoints, logs, evaluates on the way.
+  SIGTERM / SIGINT: a checkpoint at the next step, then `errors.Preempted`."""
+  if (gin.config_is_locked() or gin.config_str()) and jax.process_index() == 0:
+    fs.atomic_write_text(fs.join(model_dir, "config.gin"), gin.config_str())
+  ckpt = trainer_lib.CheckpointManager(model_dir, keep=loop.keep_checkpoints,
+                                       async_save=loop.async_checkpoint)
+  state, batches_done = _start(tr, ckpt, manifest, loop)
   if jax.process_index() == 0:
     checkpoints.write_manifest(model_dir, manifest)
   step = int(jax.device_get(state.step))
-
-  data_cfg = DatasetConfig(mixture_or_task_name, dict(task_feature_lengths), "train",
-                           batch_size, shuffle, random_seed, use_cached)
-  it = get_dataset(data_cfg, model.feature_converter, skip_batches=batches_done)
-  logger = trainer_lib.MetricLogger(model_dir, train_steps, start_step=step, print_fn=print_fn)
+  it = datasets.get_dataset(loop.data, model.feature_converter, skip_batches=batches_done)
+  logger = trainer_lib.MetricLogger(model_dir, loop.train_steps, start_step=step,
+                                    print_fn=loop.print_fn)
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
-  print_fn(f"training {type(model).__name__} ({n_params:,} params) on {mixture_or_task_name} "
-           f"for {train_steps} steps, batch {batch_size}, mesh {dict(mesh.shape)}")
-
-  def run_eval(at_step: int) -> dict:
-    eval_cfg = dataclasses.replace(data_cfg, split=eval_split, shuffle=False)
-    rows = []
-    for i, b in enumerate(get_dataset(eval_cfg, model.feature_converter, num_epochs=1)):
-      if i >= eval_steps:
-        break
-      rows.append(jax.device_get(tr.eval_step(state.params, b)))
-    if not rows:
-      logging.warning("eval split %r has less than one batch of %d; no eval", eval_split,
-                      batch_size)
-      return {}
-    return logger.write(at_step, _mean_metrics(rows), prefix="eval/", progress=False)
-
+  loop.print_fn(f"training {type(model).__name__} ({n_params:,} params) on "
+                f"{loop.data.mixture_or_task_name} for {loop.train_steps} steps, batch "
+                f"{loop.data.batch_size}, mesh {dict(mesh.shape)}")
   last: dict = {}
   pending = []
   try:
-    with trainer_lib.PreemptionFlag() as preempt:
-      while step < train_steps:
+    with runs.PreemptionFlag() as preempt:
+      while step < loop.train_steps:
         try:
           batch = next(it)
         except StopIteration:
-          raise ConfigError(f"task {mixture_or_task_name!r} ran out of data") from None
+          raise ConfigError(f"task {loop.data.mixture_or_task_name!r} ran out of data") from None
         logger.add_tokens(trainer_lib.count_tokens(batch))
         state, metrics = tr.train_step(state, batch)
         step += 1
@@ -443,17 +373,18 @@ def _train_loop(tr, model, manifest, model_dir: str, *, train_steps, batch_size,
         if step == 1 and hasattr(model, "first_step_note"):  # a fresh run: π_θ is its start
           note = model.first_step_note(jax.device_get(metrics))
           if note:
-            print_fn(note)
-        if step % log_period == 0 or step == train_steps:
+            loop.print_fn(note)
+        if step % loop.log_period == 0 or step == loop.train_steps:
           last = logger.write(step, _mean_metrics(jax.device_get(pending)))
           pending = []
-          if step_callback is not None:
-            step_callback(step, last)
-        if eval_period and (step % eval_period == 0 or step == train_steps):
-          last.update(run_eval(step))
+          if loop.step_callback is not None:
+            loop.step_callback(step, last)
+        if loop.eval_period and (step % loop.eval_period == 0 or step == loop.train_steps):
+          last.update(_evaluate(tr, model, state.params, logger, loop, step))
         if preempt.reached(step, ckpt):
-          print_fn(f"signal {preempt.signal}: saving a checkpoint at step {step}")
-        if step % checkpoint_period == 0 or step == train_steps or preempt.requested:
+          loop.print_fn(f"signal {preempt.signal}: saving a checkpoint at step {step}")
+        if (step % loop.checkpoint_period == 0 or step == loop.train_steps
+            or preempt.requested):
           ckpt.save(state, {"batches": batches_done}, force=True)
         if preempt.requested:
           break
@@ -465,68 +396,25 @@ def _train_loop(tr, model, manifest, model_dir: str, *, train_steps, batch_size,
     raise
   ckpt.close()
   logger.flush()
-  if step >= train_steps:
-    if jax.process_index() == 0:
-      checkpoints.write_manifest(checkpoints.resolve_params_path(model_dir), manifest)
-      fs.atomic_write_text(fs.join(model_dir, pipeline.COMPLETED), f"{step}\n")
-  if preempt.requested:
-    raise trainer_lib.Preempted(
-        f"preempted: checkpoint saved at step {step}/{train_steps} in {model_dir}; rerun the "
-        "same command to resume")
-  for fn in after_training:
-    fn(model_dir)
+  _finish(model_dir, manifest, step, loop.train_steps, preempt)
   return last
 
 
-# --------------------------------------------------------------------------------------------
-# CLI
-# --------------------------------------------------------------------------------------------
-def _scopes_of(entry: Callable) -> set:
-  """The gin scopes that bind `entry` (the stages a config defines for it)."""
-  selector = gin.config._INVERSE_REGISTRY[entry].selector  # pylint: disable=protected-access
-  return {scope for (scope, sel) in gin.config._CONFIG if sel == selector and scope}  # pylint: disable=protected-access
+def _finish(model_dir: str, manifest, step: int, train_steps: int, preempt) -> None:
+  """COMPLETED when every step ran (the manifest beside the final params first); Preempted
+  when a signal stopped the run."""
+  if step >= train_steps and jax.process_index() == 0:
+    checkpoints.write_manifest(checkpoints.resolve_params_path(model_dir), manifest)
+    runs.mark_complete(model_dir, f"{step}\n")
+  if preempt.requested:
+    raise errors.Preempted(
+        f"preempted: checkpoint saved at step {step}/{train_steps} in {model_dir}; rerun the "
+        "same command to resume")
 
 
-def run_configured(entry: Callable = None, stage: Optional[str] = None) -> Any:
-  """Calls the gin-configured `entry` (default: `train`), under gin scope `stage` if given.
-
-  A stage run (`--stage=sft`, what the pipeline starts) builds that stage's artifact only: the
-  training entry runs without its prerequisites and after-training steps.
-  """
-  entry = entry or train
-  fn = gin.get_configurable(entry)
-  kwargs = {}
-  if stage:
-    scopes = _scopes_of(entry)
-    if stage not in scopes:
-      raise ConfigError(f"--stage={stage}: the configuration binds no stage {stage!r} for "
-                        f"{entry.__module__}.{entry.__name__} (its stages: "
-                        f"{', '.join(sorted(scopes)) or 'none'})")
-    if entry is train:
-      kwargs = {"prerequisites": (), "after_training": ()}
-  try:
-    if stage:
-      with gin.config_scope(stage):
-        return fn(**kwargs)
-    return fn()
-  except (ValueError, KeyError) as e:
-    if "Required bindings" in str(e) or "gin" in type(e).__module__:
-      raise ConfigError("gin: " + " ".join(str(e).split())[:600]) from None
-    raise
-
-
-def main(argv: Optional[Sequence[str]] = None, entry: Callable = None) -> int:
-  logging.basicConfig(level=logging.WARNING)
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-  argv = sys.argv[1:] if argv is None else argv
-  prog = "rso_jax." + (entry.__module__.split(".")[-1] if entry else "train")
-
-  def run():
-    doc = sys.modules[entry.__module__].__doc__ if entry else __doc__
-    flags = parse_flags(argv, doc)
-    configure_gin(flags.files, flags.bindings, flags.search, stage=flags.stage)
-    run_configured(entry, flags.stage)
-  return cli_main(prog, run)
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  """`python -m rso_jax.train`: the exit status of every rso_jax command (`errors.report`)."""
+  return cli.main(argv, train, stage_kwargs={"prerequisites": (), "after_training": ()})
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ import collections
 import json
 import logging
 import math
-import signal
 import time
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
@@ -31,6 +30,7 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from rso_jax import checkpoint_files
 from rso_jax import checkpoints
 from rso_jax import fs
 from rso_jax import partitioning
@@ -284,7 +284,7 @@ class Trainer:
 class CheckpointManager:
   """orbax CheckpointManager over items params / opt_state / meta (JSON).
 
-  Each step lists its files (`checkpoints.record_files`) once its items are committed: for an
+  Each step lists its files (`checkpoint_files.record_files`) once its items are committed: for an
   asynchronous save from orbax's post-finalization callback, before orbax renames the step into
   place, so no step appears without its list. `latest_intact_step` verifies steps before a
   resume and sets damaged ones aside.
@@ -322,7 +322,7 @@ class CheckpointManager:
     tmp = fs.glob_in(self.directory, f"{step}.orbax-checkpoint-tmp*")
     directory = tmp[-1] if tmp else self.step_dir(step)  # object stores: written in place
     try:
-      checkpoints.record_files(directory, self.ITEMS)
+      checkpoint_files.record_files(directory, self.ITEMS)
     except Exception as e:  # pylint: disable=broad-except  (the step stays usable unlisted)
       logging.warning("could not list the files of checkpoint %s: %s", directory, e)
 
@@ -342,11 +342,11 @@ class CheckpointManager:
     if not saved and self._saving and self._saving[-1] == step:
       self._saving.pop()
     if saved and not self._async and jax.process_index() == 0:
-      checkpoints.record_files(self.step_dir(step), self.ITEMS)
+      checkpoint_files.record_files(self.step_dir(step), self.ITEMS)
     return saved
 
   def latest_intact_step(self, report: Callable[[str], None] = print) -> Optional[int]:
-    """The newest step that verifies (`checkpoints.verify`), or None.
+    """The newest step that verifies (`checkpoint_files.verify`), or None.
 
     Each newer, damaged step is moved to `MODEL_DIR/damaged_checkpoints/` (so a resumed run can
     save that step again) and reported in one line naming it, what is wrong and the step resumed
@@ -355,7 +355,7 @@ class CheckpointManager:
     damaged = []
     intact = None
     for step in sorted(self._mgr.all_steps(), reverse=True):
-      reason = checkpoints.verify(self.step_dir(step), self.ITEMS)
+      reason = checkpoint_files.verify(self.step_dir(step), self.ITEMS)
       if reason is None:
         intact = step
         break
@@ -396,12 +396,12 @@ class CheckpointManager:
           opt_state=ocp.args.StandardRestore(abstract.opt_state),
           meta=ocp.args.JsonRestore()))
     except Exception as e:  # pylint: disable=broad-except
-      damage = checkpoints.read_damage(e)
+      damage = checkpoint_files.read_damage(e)
       if damage is None:
         raise
       restored = None
     if restored is None:
-      checkpoints.drop_pending_reads()
+      checkpoint_files.drop_pending_reads()
       raise checkpoints.damaged_error(self.step_dir(step), damage)
     meta = dict(restored["meta"])
     state = TrainState(step=jax.device_put(jnp.array(meta["step"], jnp.int32),
@@ -491,63 +491,3 @@ def _fmt_secs(s: float) -> str:
 def count_tokens(batch: Mapping[str, np.ndarray]) -> float:
   return float(sum(np.sum(np.asarray(v) > 0) for k, v in batch.items()
                    if k.endswith("input_tokens")))
-
-
-# --------------------------------------------------------------------------------------------
-# Preemption
-# --------------------------------------------------------------------------------------------
-# Exit status of a run stopped by SIGTERM after saving its checkpoint (the scheduler
-# convention 128 + SIGTERM): not done, nothing lost, rerun the same command to continue.
-EXIT_PREEMPTED = 143
-
-
-class Preempted(Exception):
-  """A run stopped by a signal after saving what a rerun resumes from (CLI exit status 143)."""
-
-
-class PreemptionFlag:
-  """Set by SIGTERM (and SIGINT); the loop checkpoints at the next step boundary and stops
-  (`train.train` then raises `Preempted`).
-
-  On several processes a signal reaches one host, not all: JAX's preemption service (started by
-  `jax.distributed.initialize`) catches SIGTERM and `reached(step, ckpt)` -- orbax's
-  synchronized check, called by every process at every step -- turns true on all of them at
-  the same step, so every host saves that step and stops. (No Python handler is installed
-  there: it would replace JAX's. SIGINT is not synchronized and stops a multi-process run
-  without a checkpoint.)
-  """
-
-  def __init__(self):
-    self.requested = False
-    self.signal = None
-    self._old = {}
-
-  def __enter__(self):
-    if partitioning.is_multiprocess():
-      return self
-    for sig in (signal.SIGTERM, signal.SIGINT):
-      try:
-        self._old[sig] = signal.signal(sig, self._handle)
-      except ValueError:  # not the main thread
-        pass
-    return self
-
-  def _handle(self, signum, frame):  # pylint: disable=unused-argument
-    # No I/O here: a handler that prints can interrupt a print (reentrant write error). The
-    # loop reports the signal when it acts on it.
-    self.signal = signum
-    self.requested = True
-
-  def reached(self, step: int, ckpt: Optional["CheckpointManager"] = None) -> bool:
-    """Whether to save at `step` and stop (the same answer on every process)."""
-    if not self.requested and partitioning.is_multiprocess():
-      synced = (ckpt.reached_preemption(step) if ckpt is not None
-                else multihost_utils.reached_preemption_sync_point(step))
-      if synced:
-        self.signal, self.requested = signal.SIGTERM, True
-    return self.requested
-
-  def __exit__(self, *exc):
-    for sig, old in self._old.items():
-      signal.signal(sig, old)
-    return False

@@ -4,8 +4,11 @@ import os
 
 import jax
 import numpy as np
+import seqio
+import tensorflow as tf
 
-from rso_jax import checkpoints, network, partitioning, pipeline, trainer
+from rso_jax import checkpoints, models, network, partitioning, pipeline, train, trainer
+from rso_jax.tasks import synthetic
 
 CFG = network.T5Config(vocab_size=384, emb_dim=32, num_heads=2, head_dim=16, mlp_dim=64,
                        num_encoder_layers=1, num_decoder_layers=1)
@@ -163,3 +166,70 @@ def one_line(err, *needles):
   for n in needles:
     assert n in lines[0], lines[0]
   return lines[0]
+
+
+class GoldenScorer:
+  """Stands in for a proxy reward model: P(y1 ≻ y2) = σ(20·(r*(x, y1) − r*(x, y2)))."""
+
+  def reward(self, prompts, responses, baselines=None):
+    r = synthetic.golden_rewards(prompts, responses)
+    if baselines is not None:
+      r = r - synthetic.golden_rewards(prompts, [[b] for b in baselines])
+    return 20.0 * r
+
+  def prefer(self, prompts, y1, y2):
+    a = synthetic.golden_rewards(prompts, y1).astype(np.float64)
+    b = synthetic.golden_rewards(prompts, y2).astype(np.float64)
+    return 1.0 / (1.0 + np.exp(-20.0 * (a - b)))
+
+
+class LengthScorer:
+  """A hackable proxy: prefers the longer text, P(y1 ≻ y2) = σ(len(y1) − len(y2))."""
+
+  def reward(self, prompts, responses, baselines=None):
+    return np.array([[float(len(y)) for y in row] for row in responses], np.float32)
+
+  def prefer(self, prompts, y1, y2):
+    d = np.array([len(a) - len(b) for a, b in zip(y1, y2)], np.float64)
+    return 1.0 / (1.0 + np.exp(-d))
+
+
+# ------------------------------------------------------------------------------ the reverse task
+REVERSE_TASK = "test_trainer_reverse"
+REVERSE_LENGTHS = {"inputs": 16, "targets": 16}
+REVERSE_CFG = network.T5Config(vocab_size=384, emb_dim=64, num_heads=4, head_dim=16,
+                               mlp_dim=128, num_encoder_layers=1, num_decoder_layers=1)
+
+
+def _reverse_examples(split, shuffle_files, seed=0):
+  del shuffle_files, seed
+  rng = np.random.RandomState(0 if split == "train" else 1)
+  letters = np.array(list("abcdefgh"))
+  words = ["".join(rng.choice(letters, rng.randint(3, 8))) for _ in range(256)]
+  return tf.data.Dataset.from_tensor_slices(
+      {"inputs": ["rev: " + w for w in words], "targets": [w[::-1] for w in words]})
+
+
+def register_reverse_task():
+  """A byte-level seqio task: reverse a word (the trainer tests' task)."""
+  if REVERSE_TASK in seqio.TaskRegistry.names():
+    return
+  vocab = seqio.ByteVocabulary()
+  seqio.TaskRegistry.add(
+      REVERSE_TASK,
+      source=seqio.FunctionDataSource(_reverse_examples, splits=("train", "validation")),
+      preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos],
+      output_features={"inputs": seqio.Feature(vocab, add_eos=True),
+                       "targets": seqio.Feature(vocab, add_eos=True)})
+
+
+def train_reverse(model_dir, steps, **kw):
+  """`train.train` of a tiny Seq2Seq on the reverse task (keyword overrides in `kw`)."""
+  register_reverse_task()
+  args = dict(model=models.Seq2SeqModel(REVERSE_CFG), model_dir=str(model_dir),
+              train_steps=steps, batch_size=16, mixture_or_task_name=REVERSE_TASK,
+              task_feature_lengths=REVERSE_LENGTHS,
+              optimizer="adamw", learning_rate=3e-3, log_period=1, checkpoint_period=1000,
+              mesh_shape=(-1, 1, 1), async_checkpoint=False, print_fn=lambda s: None)
+  args.update(kw)
+  return train.train(**args)

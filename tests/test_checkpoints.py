@@ -10,6 +10,8 @@ import numpy as np
 import helpers
 import pytest
 
+from rso_jax import checkpoint_files
+from rso_jax import errors
 from rso_jax import checkpoints, export, models, trainer
 
 LENGTHS = {"inputs": 8, "targets": 8}
@@ -52,16 +54,16 @@ def _equal(a, b):
 
 def test_intact_checkpoints_load_bit_for_bit(tmp_path, params):
   lone = helpers.save(tmp_path / "lone", models.Seq2SeqModel(helpers.CFG), LENGTHS, params)
-  assert os.path.exists(os.path.join(lone, checkpoints.FILES_FILE))
-  assert checkpoints.verify(lone, ("params",)) is None
+  assert os.path.exists(os.path.join(lone, checkpoint_files.FILES_FILE))
+  assert checkpoint_files.verify(lone, ("params",)) is None
   _equal(checkpoints.load_params(lone), params)
   for async_save in (True, False):
     run = _run(tmp_path / f"run_{async_save}", params, async_save=async_save)
     for s in (2, 4):
       step = checkpoints.step_path(run, s)
-      listed = json.loads(open(os.path.join(step, checkpoints.FILES_FILE)).read())["files"]
+      listed = json.loads(open(os.path.join(step, checkpoint_files.FILES_FILE)).read())["files"]
       assert {f.split("/")[0] for f in listed} == {"params", "opt_state", "meta"}
-      assert checkpoints.verify(step, trainer.CheckpointManager.ITEMS) is None
+      assert checkpoint_files.verify(step, trainer.CheckpointManager.ITEMS) is None
     _equal(checkpoints.load_params(run), _state(params, 4).params)
 
 
@@ -70,14 +72,14 @@ def test_step_being_written_is_not_read(tmp_path, params, monkeypatch):
   previous one, and the new one once orbax has renamed it into place."""
   run = _run(tmp_path / "run", params, steps=(2,))
   listing, release = threading.Event(), threading.Event()
-  record = checkpoints.record_files
+  record = checkpoint_files.record_files
 
   def slow_record(directory, items):
     listing.set()
     assert release.wait(60)
     return record(directory, items)
 
-  monkeypatch.setattr(checkpoints, "record_files", slow_record)
+  monkeypatch.setattr(checkpoint_files, "record_files", slow_record)
   ckpt = trainer.CheckpointManager(run)
   ckpt.save(_state(params, 4), {"batches": 4}, force=True)
   assert listing.wait(60)  # step 4's items are committed, its directory not yet renamed
@@ -86,7 +88,7 @@ def test_step_being_written_is_not_read(tmp_path, params, monkeypatch):
   release.set()
   ckpt.close()
   assert checkpoints.latest_step(run) == 4
-  assert checkpoints.verify(checkpoints.step_path(run, 4), ckpt.ITEMS) is None
+  assert checkpoint_files.verify(checkpoints.step_path(run, 4), ckpt.ITEMS) is None
   _equal(checkpoints.load_params(run), _state(params, 4).params)
 
 
@@ -108,9 +110,9 @@ def test_damaged_step_is_one_line_naming_path_and_intact_steps(tmp_path, params,
   elif damage == "truncate_metadata":
     _truncate(os.path.join(step4, "params", "_METADATA"))
   else:
-    os.remove(os.path.join(step4, checkpoints.FILES_FILE))
+    os.remove(os.path.join(step4, checkpoint_files.FILES_FILE))
     os.truncate(data, 0)
-  with pytest.raises(checkpoints.CheckpointError) as e:
+  with pytest.raises(errors.CheckpointError) as e:
     checkpoints.load_params(run)
   msg = str(e.value)
   assert "\n" not in msg
@@ -127,7 +129,7 @@ def test_damaged_step_is_one_line_naming_path_and_intact_steps(tmp_path, params,
 def test_damaged_lone_checkpoint_says_so(tmp_path, params):
   lone = helpers.save(tmp_path / "lone", models.Seq2SeqModel(helpers.CFG), LENGTHS, params)
   _truncate(_largest_file(os.path.join(lone, "params")))
-  with pytest.raises(checkpoints.CheckpointError,
+  with pytest.raises(errors.CheckpointError,
                      match=f"^checkpoint {lone} is damaged: params/.* is \\d+ bytes"):
     checkpoints.load(lone)
 
@@ -138,17 +140,17 @@ def test_malformed_manifest_is_its_own_message(tmp_path, params, capsys):
   with open(path, "w") as f:
     f.write('{\n  "kind": "seq2seq",,\n}')
   want = f"{path} is not valid JSON: Expecting property name enclosed in double quotes at line 2"
-  with pytest.raises(checkpoints.CheckpointError, match=f"^{want} column 21$"):
+  with pytest.raises(errors.CheckpointError, match=f"^{want} column 21$"):
     checkpoints.read_manifest(lone)
   assert checkpoints.main(["describe", lone]) == 2
   helpers.one_line(capsys.readouterr().err, "rso_jax.checkpoints: error:", want)
   with open(path, "wb") as f:
     f.write(b'{"kind": "\xff"}')
-  with pytest.raises(checkpoints.CheckpointError, match="invalid UTF-8 at byte 10"):
+  with pytest.raises(errors.CheckpointError, match="invalid UTF-8 at byte 10"):
     checkpoints.read_manifest(lone)
   with open(path, "w") as f:
     f.write('{"kind": "seq2seq"}')
-  with pytest.raises(checkpoints.CheckpointError, match=f"^{path} is malformed: lacks 'network'"):
+  with pytest.raises(errors.CheckpointError, match=f"^{path} is malformed: lacks 'network'"):
     checkpoints.read_manifest(lone)
 
 
@@ -156,7 +158,7 @@ def test_directory_without_params_is_its_own_message(tmp_path, capsys):
   empty = tmp_path / "empty"
   (empty / "checkpoints" / "notastep").mkdir(parents=True)
   want = f"no params checkpoint under {empty}: no params/ and no checkpoint steps"
-  with pytest.raises(checkpoints.CheckpointError, match=f"^{want}"):
+  with pytest.raises(errors.CheckpointError, match=f"^{want}"):
     checkpoints.read_manifest(str(empty))
   assert checkpoints.main(["describe", str(empty)]) == 2
   err = helpers.one_line(capsys.readouterr().err, "rso_jax.checkpoints: error:", want)

@@ -11,6 +11,9 @@ import sys
 import pytest
 
 from helpers import CFG, save
+from rso_jax import sample_batch
+from rso_jax import runs
+from rso_jax import errors
 from rso_jax import (checkpoints, cli, convert, evaluate, export, infer, models, pipeline,
                      reward_models, sample, train)
 
@@ -43,7 +46,7 @@ def ckpts(tmp_path_factory):
                                                   ("NO_SUCH_THING=4", "NO_SUCH_THING", None)])
 def test_a_macro_no_binding_reads_is_an_error(tmp_path, capsys, flag, named, suggested):
   run = tmp_path / "runs" / "sft"
-  rc = train.main(["--gin_file=sft.gin", f'--gin.MODEL_DIR="{run}"', f"--gin.{flag}"])
+  rc = train.main(["--gin_file=stages/sft.gin", f'--gin.MODEL_DIR="{run}"', f"--gin.{flag}"])
   assert rc == 2
   line = _one_line(capsys.readouterr().err, f"--gin.{named}:", f"macro {named}")
   assert (f"did you mean {suggested}?" in line) if suggested else ("did you mean" not in line)
@@ -53,21 +56,21 @@ def test_a_macro_no_binding_reads_is_an_error(tmp_path, capsys, flag, named, sug
 def test_a_macro_set_in_a_gin_file_and_read_by_nobody(tmp_path, capsys):
   f = tmp_path / "extra.gin"
   f.write_text("EVAL_PERIODS = 5\n")
-  rc = train.main(["--gin_file=sft.gin", f"--gin_file={f}", f'--gin.MODEL_DIR="{tmp_path}/r"'])
+  rc = train.main(["--gin_file=stages/sft.gin", f"--gin_file={f}", f'--gin.MODEL_DIR="{tmp_path}/r"'])
   assert rc == 2
   _one_line(capsys.readouterr().err, "macro EVAL_PERIODS (set in a gin file)",
             "did you mean EVAL_PERIOD?")
 
 
-REQUIRED = {"sft.gin": ["MODEL_DIR='r'"], "reward.gin": ["MODEL_DIR='r'"],
-            "reward_bt.gin": ["MODEL_DIR='r'"],
-            "sample_rso.gin": ["SAMPLES_DIR='s'", "SFT_CHECKPOINT='a'", "REWARD_CHECKPOINT='b'",
+REQUIRED = {"stages/sft.gin": ["MODEL_DIR='r'"], "stages/reward.gin": ["MODEL_DIR='r'"],
+            "stages/reward_bt.gin": ["MODEL_DIR='r'"],
+            "stages/sample.gin": ["SAMPLES_DIR='s'", "SFT_CHECKPOINT='a'", "REWARD_CHECKPOINT='b'",
                                "PROMPTS_TASK='synthetic_prompts'"],
-            "infer.gin": ["CHECKPOINT='c'", "OUTPUT='o.jsonl'"],
-            "policy.gin": ["MODEL_DIR='r'", "PAIRS_DIR='p'"],
-            "iterative.gin": ["ROUND1_DIR='r1'"]}
+            "stages/infer.gin": ["CHECKPOINT='c'", "OUTPUT='o.jsonl'"],
+            "stages/policy.gin": ["MODEL_DIR='r'", "PAIRS_DIR='p'"],
+            "variants/iterative.gin": ["ROUND1_DIR='r1'"]}
 # Files that set %gin.REQUIRED macros for an including file to set: checked through one.
-INCLUDED = {"train.gin": ["sft.gin"], "pipeline.gin": ["rso_hinge.gin"]}
+INCLUDED = {"stages/train.gin": ["stages/sft.gin"], "stages/pipeline.gin": ["rso_hinge.gin"]}
 GIN_FILES = sorted(os.path.relpath(f, os.path.join(REPO, "gin"))
                    for f in glob.glob(os.path.join(REPO, "gin", "**", "*.gin"), recursive=True))
 
@@ -79,21 +82,21 @@ GIN_FILES = sorted(os.path.relpath(f, os.path.join(REPO, "gin"))
 def test_every_shipped_gin_file_reads_every_macro_it_sets(gin_file):
   files = [gin_file]
   if gin_file.startswith("models/"):  # a size is included by a run file
-    files = ["sft.gin", gin_file]
+    files = ["stages/sft.gin", gin_file]
   elif gin_file in INCLUDED:
     files = INCLUDED[gin_file]
   elif gin_file.startswith(("reward_models/", "recipes/", "meshes/")) or gin_file in (
-      "direct.gin", "raft.gin", "rest.gin", "iterative.gin"):
+      "variants/direct.gin", "variants/raft.gin", "variants/rest.gin", "variants/iterative.gin"):
     # read after an experiment
     files = ["rso_hinge.gin", gin_file]
-  train.configure_gin(files, REQUIRED.get(files[0], []) + (
+  cli.configure_gin(files, REQUIRED.get(files[0], []) + (
       REQUIRED.get(gin_file, []) if gin_file != files[0] else []), [])
   assert not cli.unread_macros()
 
 
 def test_every_stage_receives_the_runs_whole_configuration():
   """What a stage's process parses is the main job's gin files and overrides plus --stage."""
-  train.configure_gin(["rso_hinge.gin", "reward_models/pairwise.gin"],
+  cli.configure_gin(["rso_hinge.gin", "reward_models/pairwise.gin"],
                       ["RUN_DIR = '/tmp/x'", "BATCH_SIZE = 8"], ["/tmp/search"])
   assert cli.invocation_flags() == [
       "--gin_search_paths=/tmp/search", "--gin_file=rso_hinge.gin",
@@ -102,7 +105,7 @@ def test_every_stage_receives_the_runs_whole_configuration():
   flags = cli.parse_flags(cli.invocation_flags() + ["--stage=reward"])
   assert flags.stage == "reward" and list(flags.files) == ["rso_hinge.gin",
                                                            "reward_models/pairwise.gin"]
-  train.configure_gin(flags.files, flags.bindings, flags.search)
+  cli.configure_gin(flags.files, flags.bindings, flags.search)
   args = pipeline.stage_bindings(train.train, "reward")
   assert type(args["model"]).__name__ == "PairwiseRankingModel"
   assert args["batch_size"] == 8 and args["model_dir"] == "/tmp/x/reward_pairwise"
@@ -135,7 +138,7 @@ def test_an_unknown_stage_is_a_one_line_error(tmp_path, capsys):
 ])
 def test_train_refuses_bad_values_before_creating_model_dir(tmp_path, capsys, flags, needle):
   run = tmp_path / "runs" / "sft"
-  rc = train.main(["--gin_file=sft.gin", f'--gin.MODEL_DIR="{run}"', *flags])
+  rc = train.main(["--gin_file=stages/sft.gin", f'--gin.MODEL_DIR="{run}"', *flags])
   assert rc == 2
   _one_line(capsys.readouterr().err, needle)
   assert not os.path.exists(tmp_path / "runs")
@@ -143,8 +146,8 @@ def test_train_refuses_bad_values_before_creating_model_dir(tmp_path, capsys, fl
 
 def test_traceback_on_request(tmp_path, monkeypatch):
   monkeypatch.setenv("RSO_JAX_TRACEBACK", "1")
-  with pytest.raises(train.ConfigError, match="TRAIN_STEPS=0"):
-    train.main(["--gin_file=sft.gin", f'--gin.MODEL_DIR="{tmp_path}/r"', "--gin.TRAIN_STEPS=0"])
+  with pytest.raises(errors.ConfigError, match="TRAIN_STEPS=0"):
+    train.main(["--gin_file=stages/sft.gin", f'--gin.MODEL_DIR="{tmp_path}/r"', "--gin.TRAIN_STEPS=0"])
 
 
 def test_removed_on_failure_removes_only_what_it_created(tmp_path):
@@ -152,19 +155,19 @@ def test_removed_on_failure_removes_only_what_it_created(tmp_path):
   old.mkdir()
   (old / "keep.txt").write_text("x")
   with pytest.raises(RuntimeError):
-    with train.removed_on_failure(str(old)):
+    with runs.removed_on_failure(str(old)):
       (old / "new.txt").write_text("y")
       raise RuntimeError
   assert sorted(os.listdir(old)) == ["keep.txt", "new.txt"]  # existed before: untouched
   new = tmp_path / "a" / "b" / "c"
   with pytest.raises(RuntimeError):
-    with train.removed_on_failure(str(new)):
+    with runs.removed_on_failure(str(new)):
       new.mkdir(parents=True)
       (new / "config.gin").write_text("x")
       raise RuntimeError
   assert sorted(os.listdir(tmp_path)) == ["old"]  # c and the parents it needed are gone
   with pytest.raises(RuntimeError):
-    with train.removed_on_failure(str(new), keep=lambda d: True):  # e.g. a checkpoint
+    with runs.removed_on_failure(str(new), keep=lambda d: True):  # e.g. a checkpoint
       new.mkdir(parents=True)
       raise RuntimeError
   assert new.is_dir()
@@ -200,7 +203,7 @@ def fake_stage(tmp_path, monkeypatch):
     (1, 3, "stage 'fake' failed with exit code 1"), (143, 143, "preempted: stage 'fake'"),
     (-15, 143, "preempted: stage 'fake' stopped (exit code -15)")])
 def test_stage_exit_codes_propagate(fake_stage, capsys, rc, status, needle):
-  assert train.cli_main("rso_jax.train", lambda: fake_stage(rc)) == status
+  assert errors.report("rso_jax.train", lambda: fake_stage(rc)) == status
   err = capsys.readouterr().err
   if needle is None:
     assert err == ""
@@ -217,20 +220,20 @@ def test_a_stage_traceback_is_carried_by_its_exception_line(tmp_path, monkeypatc
       "except KeyError:\n  raise ValueError('/d/x.jsonl:3: reason')\n")
   monkeypatch.setenv("PYTHONPATH", str(tmp_path))
   run = lambda: pipeline._run("crash", "crash_stage", flags=[])  # pylint: disable=protected-access
-  assert train.cli_main("rso_jax.train", run) == 3
+  assert errors.report("rso_jax.train", run) == 3
   out, err = capsys.readouterr()
   _one_line(err, "stage 'crash' failed with exit code 1: ValueError: /d/x.jsonl:3: reason (")
   assert "[crash] step 1/2 | loss 1.0" in out and "[crash] KeyError: 'inner'" in out
 
 
 def test_a_data_error_raised_inside_tf_data_is_one_line(capsys):
-  """A reader that raises `textfiles.DataError` inside tf.data (a py_function, a generator)
+  """A reader that raises `errors.DataError` inside tf.data (a py_function, a generator)
   reaches the CLI as TensorFlow's own error; the CLI reports the reader's line, exit 2."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from rso_jax import textfiles  # pylint: disable=g-import-not-at-top
 
   def bad(x):
-    raise textfiles.DataError(f"/d/x.jsonl:{int(x) + 1}: missing field 'chosen'")
+    raise errors.DataError(f"/d/x.jsonl:{int(x) + 1}: missing field 'chosen'")
 
   def in_map():
     ds = tf.data.Dataset.range(3).map(lambda x: tf.py_function(bad, [x], tf.int64))
@@ -239,17 +242,17 @@ def test_a_data_error_raised_inside_tf_data_is_one_line(capsys):
   def in_generator():
     def gen():
       yield 1
-      raise textfiles.DataError("/d/y.jsonl:2: invalid UTF-8 at byte 7 (0xff)")
+      raise errors.DataError("/d/y.jsonl:2: invalid UTF-8 at byte 7 (0xff)")
     ds = tf.data.Dataset.from_generator(gen, output_signature=tf.TensorSpec((), tf.int64))
     list(ds.as_numpy_iterator())
 
-  assert cli.cli_main("rso_jax.x", in_map) == 2
+  assert errors.report("rso_jax.x", in_map) == 2
   assert capsys.readouterr().err == "rso_jax.x: error: /d/x.jsonl:1: missing field 'chosen'\n"
-  assert cli.cli_main("rso_jax.x", in_generator) == 2
+  assert errors.report("rso_jax.x", in_generator) == 2
   assert capsys.readouterr().err == ("rso_jax.x: error: /d/y.jsonl:2: invalid UTF-8 at byte 7 "
                                      "(0xff)\n")
   with pytest.raises(tf.errors.InvalidArgumentError):  # another tf error is not a user error
-    cli.cli_main("rso_jax.x", lambda: tf.debugging.assert_equal(1, 2))
+    errors.report("rso_jax.x", lambda: tf.debugging.assert_equal(1, 2))
 
 
 def test_every_reader_decodes_text_the_same_way(tmp_path):
@@ -260,18 +263,18 @@ def test_every_reader_decodes_text_the_same_way(tmp_path):
   path.write_bytes(b"\xef\xbb\xbfab\n\nok \xc3\xa9\n")
   assert list(textfiles.read_lines(str(path))) == [(1, "ab\n"), (2, "\n"), (3, "ok \u00e9\n")]
   path.write_bytes(b"\xef\xbb\xbfa\xff\n")
-  with pytest.raises(textfiles.DataError, match=r"p\.jsonl:1: invalid UTF-8 at byte 5 \(0xff\)$"):
+  with pytest.raises(errors.DataError, match=r"p\.jsonl:1: invalid UTF-8 at byte 5 \(0xff\)$"):
     list(textfiles.read_lines(str(path)))
   path.write_bytes(b"ok\ncaf\xc3\n")  # a sequence cut short
-  with pytest.raises(textfiles.DataError, match=r"p\.jsonl:2: invalid UTF-8 at byte 4 \(0xc3\)$"):
+  with pytest.raises(errors.DataError, match=r"p\.jsonl:2: invalid UTF-8 at byte 4 \(0xc3\)$"):
     list(textfiles.read_lines(str(path)))
-  assert issubclass(textfiles.DataError, ValueError)
-  assert textfiles.DataError in cli.USER_ERRORS
+  assert issubclass(errors.DataError, ValueError)
+  assert errors.DataError in errors.USER_ERRORS
 
 
 def test_sigterm_checkpoints_and_exits_143_then_a_rerun_resumes(tmp_path, capsys):
   run = tmp_path / "sft"
-  flags = ["--gin_file=sft.gin", f'--gin.MODEL_DIR="{run}"', "--gin.BATCH_SIZE=8",
+  flags = ["--gin_file=stages/sft.gin", f'--gin.MODEL_DIR="{run}"', "--gin.BATCH_SIZE=8",
            "--gin.EVAL_PERIOD=0", "--gin.train_lib.train.log_period=1",
            *[f"--gin.{b}" for b in SMALL_NET]]
   # One device: the child compiles faster (the sharded paths are tested elsewhere).
@@ -302,13 +305,13 @@ def test_sigterm_checkpoints_and_exits_143_then_a_rerun_resumes(tmp_path, capsys
 
 # ------------------------------------------------------------------------------ sample
 def _sample_flags(ckpts, samples_dir, *extra):
-  return ["--gin_file=sample_rso.gin", f'--gin.SAMPLES_DIR="{samples_dir}"',
+  return ["--gin_file=stages/sample.gin", f'--gin.SAMPLES_DIR="{samples_dir}"',
           f'--gin.SFT_CHECKPOINT="{ckpts["sft"]}"', f'--gin.REWARD_CHECKPOINT="{ckpts["bt"]}"',
           "--gin.PROMPTS_TASK='synthetic_prompts'", "--gin.NUM_PROMPTS=4", *extra]
 
 
 @pytest.mark.parametrize("flag,needles", [
-    ("--gin.sample.sample_configured.beta=-1.0", ["beta=-1.0 must be finite and >= 0"]),
+    ("--gin.sample.sample_configured.beta=-1.0", ["beta=-1.0 must be a finite number >= 0"]),
     ("--gin.DATA_SETTING='rso_sample_rnak'", ["DATA_SETTING='rso_sample_rnak'",
                                               "did you mean 'rso_sample_rank'?"]),
     ("--gin.sample.sample_configured.bta=0.5", ["sample.sample_configured.bta",
@@ -339,7 +342,7 @@ def test_sample_refuses_a_samples_dir_of_another_configuration(ckpts, tmp_path, 
 def test_a_sample_run_that_fails_midway_leaves_no_directory(ckpts, tmp_path, monkeypatch):
   def broken(*args, **kwargs):
     raise RuntimeError("a bug deep in the sampler")
-  monkeypatch.setattr(sample, "process_batch", broken)
+  monkeypatch.setattr(sample_batch, "process_batch", broken)
   samples = tmp_path / "runs" / "samples"
   with pytest.raises(RuntimeError, match="a bug"):  # not a user error: the traceback
     sample.main(_sample_flags(ckpts, samples))
@@ -353,8 +356,8 @@ def test_a_preempted_sample_run_keeps_its_finished_shards(ckpts, tmp_path, monke
     calls.append(1)
     if len(calls) > 1:  # SIGTERM while the second shard is computed
       signal.raise_signal(signal.SIGTERM)
-    return [], sample._Accum(prompts=n_real)  # pylint: disable=protected-access
-  monkeypatch.setattr(sample, "process_batch", fake)
+    return [], sample_batch.Accum(prompts=n_real)
+  monkeypatch.setattr(sample_batch, "process_batch", fake)
   samples = tmp_path / "samples"
   rc = sample.main(_sample_flags(ckpts, samples,
                                  "--gin.sample.sample_configured.prompts_per_shard=2"))
@@ -367,7 +370,7 @@ def test_a_preempted_sample_run_keeps_its_finished_shards(ckpts, tmp_path, monke
 
 # ------------------------------------------------------------------------------ other CLIs
 def test_infer_unknown_binding(ckpts, tmp_path, capsys):
-  rc = infer.main(["--gin_file=infer.gin", f'--gin.CHECKPOINT="{ckpts["sft"]}"',
+  rc = infer.main(["--gin_file=stages/infer.gin", f'--gin.CHECKPOINT="{ckpts["sft"]}"',
                    f'--gin.OUTPUT="{tmp_path}/o/out.jsonl"', "--gin.TASK='synthetic_prompts'",
                    "--gin.infer.infer_configured.num_decode=2"])
   assert rc == 2
@@ -414,10 +417,10 @@ def test_export_convert_checkpoints_errors_are_one_line(ckpts, tmp_path, capsys)
 
 
 def test_iterative_round_two_reads_round_one():
-  """gin/iterative.gin: the round-1 policy is the proposal, reference and starting point; the
+  """gin/variants/iterative.gin: the round-1 policy is the proposal, reference and starting point; the
   reward model starts from the original π_sft and trains on both rounds' rated pairs; the
   evaluation stays against the original π_sft; no SFT stage."""
-  train.configure_gin(["rso_hinge.gin", "iterative.gin"],
+  cli.configure_gin(["rso_hinge.gin", "variants/iterative.gin"],
                       ["ROUND1_DIR = '/tmp/r1'", "RUN_DIR = '/tmp/r2'"], [])
   policy = pipeline.stage_bindings(train.train, "")
   assert policy["initial_checkpoint_path"] == "/tmp/r1/rso_hinge"
@@ -454,13 +457,28 @@ def test_no_command_writes_over_its_input(ckpts, tmp_path, capsys):
   assert checkpoints.main(["to-t5x", ckpts["sft"], ckpts["sft"]]) == 2
   _one_line(capsys.readouterr().err, "rso_jax.checkpoints: error: model_dir",
             "is the same path as the checkpoint")
-  rc = infer.main(["--gin_file=infer.gin", f'--gin.CHECKPOINT="{ckpts["sft"]}"',
+  rc = infer.main(["--gin_file=stages/infer.gin", f'--gin.CHECKPOINT="{ckpts["sft"]}"',
                    f'--gin.PROMPTS_FILE="{prompts}"', f'--gin.OUTPUT="{prompts}"'])
   assert rc == 2
   _one_line(capsys.readouterr().err, "OUTPUT", "is the same path as PROMPTS_FILE")
-  rc = infer.main(["--gin_file=infer.gin", f'--gin.CHECKPOINT="{ckpts["sft"]}"',
+  rc = infer.main(["--gin_file=stages/infer.gin", f'--gin.CHECKPOINT="{ckpts["sft"]}"',
                    f'--gin.PROMPTS_FILE="{prompts}"',
                    f'--gin.OUTPUT="{ckpts["sft"]}/rso_manifest.json"'])
   assert rc == 2
   _one_line(capsys.readouterr().err, "OUTPUT", "lies inside CHECKPOINT")
   assert snapshot(tmp_path) == before and snapshot(ckpts["sft"]) == ckpt_before
+
+
+def test_gin_includes_resolve_where_folders_share_their_names(tmp_path, monkeypatch):
+  """`python -m` puts the working directory on sys.path; folders there named like the includes'
+  (`experiments/`, `stages/`: the main job writes `runs/`) are namespace packages to gin's
+  package-path reader, and the includes must still resolve in the repository's gin/."""
+  import importlib  # pylint: disable=import-outside-toplevel
+  import gin.resource_reader  # pylint: disable=import-outside-toplevel,unused-import
+  for d in ("experiments", "stages", "models", "variants", "runs"):
+    (tmp_path / d).mkdir()
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.syspath_prepend(str(tmp_path))
+  importlib.invalidate_caches()
+  cli.configure_gin(["rso_hinge.gin"], [], [])
+  assert gin.query_parameter("RUN_DIR/macro.value") == "runs/embedded"

@@ -17,6 +17,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from rso_jax import errors
 from rso_jax import checkpoints  # pylint: disable=g-import-not-at-top
 from rso_jax import convert
 from rso_jax import network
@@ -163,7 +164,7 @@ def test_cli_orbax_round_trip(hf_checkpoints, tmp_path, capsys):
   assert "no vocabulary recorded" in err and "--spm_path" in err
   manifest = checkpoints.read_manifest(out)
   assert manifest.vocabulary is None
-  with pytest.raises(checkpoints.CheckpointError, match="--spm_path"):
+  with pytest.raises(errors.CheckpointError, match="--spm_path"):
     manifest.get_vocabulary()
   config, params = convert.from_hf(path)
   assert manifest.network == config

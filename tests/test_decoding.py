@@ -213,40 +213,6 @@ def test_first_token_distribution(tiny, prompts, temperature, top_k, top_p):
   np.testing.assert_allclose(out.model_logps[0], _np_log_softmax(logits)[first], atol=1e-4)
 
 
-@pytest.mark.parametrize("case", ["normal", "ties", "few_finite"])
-def test_top_k_equals_lax_top_k(case):
-  """The two-stage top-k (large vocabularies on CPU) keeps lax.top_k's values, ids and order.
-
-  Vocabularies of T5's size and of a size that is no multiple of the chunk; ties (integer
-  logits, lax.top_k keeps the lower id first) and rows with fewer finite logits than k.
-  """
-  rng = np.random.RandomState(0)
-  for v, k in ((32128, 40), (10007, 7)):
-    x = rng.randn(12, v).astype(np.float32) * 3
-    if case == "ties":
-      x = np.round(x)
-    elif case == "few_finite":
-      x[:, :] = -np.inf
-      x[np.arange(12), rng.randint(0, v, 12)] = 1.0  # one finite id per row ...
-      x[:6, v - 1] = 0.5  # ... and the last id (a padded chunk's at V = 10,007) in half
-    assert -(-v // decoding.TOP_K_CHUNK) >= 4 * k  # the two-stage path runs
-    vals, ids = jax.jit(decoding.top_k, static_argnums=1)(jnp.asarray(x), k)
-    ref_vals, ref_ids = jax.lax.top_k(jnp.asarray(x), k)
-    np.testing.assert_array_equal(np.asarray(vals), np.asarray(ref_vals))
-    np.testing.assert_array_equal(np.asarray(ids), np.asarray(ref_ids))
-    # ... and an independent oracle: a stable sort by value, descending, lower id first.
-    order = np.argsort(-x, axis=-1, kind="stable")[:, :k]
-    np.testing.assert_array_equal(np.asarray(ids), order)
-  # Shard-local along the batch (the sampler's path under a mesh): the rows split over 4
-  # devices, each searched in two stages.
-  mesh = partitioning.create_mesh((2, 2, 2))
-  xs = jax.device_put(jnp.asarray(x), partitioning.batch_sharding(mesh))
-  with jax.set_mesh(mesh):
-    vals, ids = jax.jit(decoding._batch_local_top_k, static_argnums=1)(xs, k)
-  np.testing.assert_array_equal(np.asarray(vals), np.asarray(ref_vals))
-  np.testing.assert_array_equal(np.asarray(ids), np.asarray(ref_ids))
-
-
 def test_decode_windows():
   assert decoding.decode_windows(1) == (1,)
   assert decoding.decode_windows(8) == (8,)

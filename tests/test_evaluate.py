@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 
 import helpers
+from helpers import GoldenScorer, LengthScorer
+from rso_jax import errors
 from rso_jax import checkpoints, decoding, evaluate, models, network, reports, reward_models
 from rso_jax.tasks import embedded, synthetic
 from rso_jax.tasks import vocab as vocab_lib
@@ -18,32 +20,6 @@ TASK = f"{TASK_PREFIX}_prompts"
 NUM_VALIDATION = 16
 KW = dict(prompts_task=TASK, split="validation", batch_size=8, max_decode_length=12,
           kl_samples_per_prompt=8)
-
-
-class GoldenScorer:
-  """Stands in for a proxy reward model: P(y1 ≻ y2) = σ(20·(r*(x, y1) − r*(x, y2)))."""
-
-  def reward(self, prompts, responses, baselines=None):
-    r = synthetic.golden_rewards(prompts, responses)
-    if baselines is not None:
-      r = r - synthetic.golden_rewards(prompts, [[b] for b in baselines])
-    return 20.0 * r
-
-  def prefer(self, prompts, y1, y2):
-    a = synthetic.golden_rewards(prompts, y1).astype(np.float64)
-    b = synthetic.golden_rewards(prompts, y2).astype(np.float64)
-    return 1.0 / (1.0 + np.exp(-20.0 * (a - b)))
-
-
-class LengthScorer:
-  """A hackable proxy: prefers the longer text, P(y1 ≻ y2) = σ(len(y1) − len(y2))."""
-
-  def reward(self, prompts, responses, baselines=None):
-    return np.array([[float(len(y)) for y in row] for row in responses], np.float32)
-
-  def prefer(self, prompts, y1, y2):
-    d = np.array([len(a) - len(b) for a, b in zip(y1, y2)], np.float64)
-    return 1.0 / (1.0 + np.exp(-d))
 
 
 def _save(path, seed):
@@ -199,7 +175,7 @@ def test_writes_report_summary_and_plot(runs):
 
 def test_missing_checkpoint_names_the_path(runs, tmp_path):
   missing = str(tmp_path / "no_such_policy")
-  with pytest.raises(checkpoints.CheckpointError, match="not found.*no_such_policy"):
+  with pytest.raises(errors.CheckpointError, match="not found.*no_such_policy"):
     evaluate.evaluate_policy(missing, runs["sft"], scorer=GoldenScorer(), **KW)
   with pytest.raises(ValueError, match="decoding='beam'"):
     evaluate.evaluate_policy(runs["sft"], runs["sft"], decoding=("beam",), **KW)
@@ -227,68 +203,3 @@ def test_cli_refuses_checkpoints_of_the_wrong_kind(runs, tmp_path, capsys):
     assert evaluate.main(bad + args) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "checkpoint" in err and "needs" in err, err
-
-
-def test_reward_model_evaluation_against_an_oracle_and_a_real_checkpoint(tmp_path):
-  """A judge that IS the golden reward scores perfectly; a random BT checkpoint loads by its
-  manifest and gives finite statistics."""
-  perfect = evaluate.evaluate_reward_model(scorer=GoldenScorer())
-  assert perfect["accuracy_golden"] == 1.0 and perfect["accuracy_golden_symmetrized"] == 1.0
-  assert perfect["pearson_relative"] == pytest.approx(1.0, abs=1e-3)  # float32 rewards
-  assert perfect["spearman_relative"] == pytest.approx(1.0, abs=1e-3)  # float32 ties
-  assert perfect["within_prompt_spearman"] == pytest.approx(1.0)
-  assert perfect["reward_slope"] == pytest.approx(20.0, rel=1e-3)
-  assert perfect["position_bias"] == pytest.approx(0.0, abs=1e-9)
-  bt = helpers.save(tmp_path / "bt", reward_models.BradleyTerryRewardModel(CFG),
-                    {"inputs": 32, "targets": 32})
-  out = evaluate.evaluate_reward_model(bt)
-  assert 0.0 <= out["accuracy_golden"] <= 1.0 and np.isfinite(out["pearson_r_star"])
-
-
-class OrderScorer(LengthScorer):
-  """A pairwise judge with a position preference: ρ(x, A, B) = σ(len(A) − len(B) + 0.5)."""
-  kind = "pairwise_rm"
-
-  def prefer(self, prompts, y1, y2):
-    d = np.array([len(a) - len(b) + 0.5 for a, b in zip(y1, y2)], np.float64)
-    return 1.0 / (1.0 + np.exp(-d))
-
-
-def test_accuracy_on_sample_pairs_matches_a_plain_python_count():
-  """Every pair of one prompt's samples with distinct texts and unequal r*, counted by hand."""
-  prompts = ["owl cat ram", "ant bee"]
-  samples = [["owl cat ram", "owl cat", "owl cat", "cat owl ram dog", "owl cat ram ram"],
-             ["ant bee", "bee", "ant bee cow", "bee ant", "ant"]]
-  golden = synthetic.golden_rewards(prompts, samples)
-  b, hi, lo = evaluate.sample_pairs(samples, golden)
-  want = [(i, j, k) for i, row in enumerate(samples) for j in range(5) for k in range(5)
-          if row[j] != row[k] and golden[i, j] > golden[i, k] + 1e-6]
-  assert sorted(zip(b.tolist(), hi.tolist(), lo.tolist())) == sorted(want)
-  for scorer, sym in ((GoldenScorer(), False), (LengthScorer(), False), (OrderScorer(), True)):
-    out = evaluate._sample_pair_accuracy(scorer, prompts, samples, golden, prefix="s/")
-    points = []
-    for i, j, k in want:
-      x, hi_y, lo_y = prompts[i], samples[i][j], samples[i][k]
-      orders = ((hi_y, lo_y, 1), (lo_y, hi_y, 0)) if sym else ((hi_y, lo_y, 1),)
-      got = []
-      for a, c, a_is_better in orders:
-        p = float(scorer.prefer([x], [a], [c])[0])
-        p_better = p if a_is_better else 1.0 - p
-        got.append(1.0 if p_better > 0.5 else 0.5 if p_better == 0.5 else 0.0)
-      points.append(sum(got) / len(got))
-    assert out["s/pairs_untied"] == len(want)
-    assert out["s/accuracy_golden"] == pytest.approx(sum(points) / len(points)), scorer
-  assert evaluate._sample_pair_accuracy(GoldenScorer(), prompts, samples,
-                                        golden)["accuracy_golden"] == 1.0
-
-  class BTLengthScorer(LengthScorer):
-    """A BT model whose pairs must be read from the rewards it already gave."""
-    kind = "bt_rm"
-
-    def prefer(self, prompts, y1, y2):
-      raise AssertionError("the pairs were scored again")
-
-  shifted = LengthScorer().reward(prompts, samples) - np.array([[7.0], [-3.0]], np.float32)
-  assert evaluate._sample_pair_accuracy(BTLengthScorer(), prompts, samples, golden, prefix="s/",
-                                        rewards=shifted) == evaluate._sample_pair_accuracy(
-                                            LengthScorer(), prompts, samples, golden, prefix="s/")

@@ -18,6 +18,8 @@ import pytest
 import tensorflow as tf
 
 import realdata
+from rso_jax import runs
+from rso_jax import errors
 from rso_jax import checkpoints, cli, pipeline, train
 from rso_jax.tasks import generated, preference_files, vocab as vocab_lib
 
@@ -166,7 +168,7 @@ def test_a_reused_stage_must_match_the_experiment(data, tmp_path, capsys):
                                task="tldr_sft", directory=None)
   os.makedirs(sft["model_dir"])
   checkpoints.write_manifest(sft["model_dir"], other)
-  open(os.path.join(sft["model_dir"], pipeline.COMPLETED), "w").write("4\n")
+  open(os.path.join(sft["model_dir"], runs.COMPLETED), "w").write("4\n")
   rc = train.main(argv)
   err = capsys.readouterr().err
   assert rc == 2, err
@@ -289,7 +291,7 @@ def test_a_bad_data_file_fails_the_stage_in_one_line_before_any_model(data, tmp_
   def stage_in_process(name, module, extra_bindings=(), flags=None):
     assert (name, module, tuple(extra_bindings), flags) == ("sft", "rso_jax.train", (), None)
     assert train.main([*cli.invocation_flags(), f"--stage={name}"]) == 2
-    raise pipeline.StageFailed(name, 2, capsys.readouterr().err.split(": error: ", 1)[1].strip())
+    raise errors.StageFailed(name, 2, capsys.readouterr().err.split(": error: ", 1)[1].strip())
   monkeypatch.setattr(pipeline, "_run", stage_in_process)
   assert train.main(argv) == 3
   err = capsys.readouterr().err

@@ -17,6 +17,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from rso_jax import errors
 from rso_jax import checkpoints  # pylint: disable=g-import-not-at-top
 from rso_jax import convert
 from rso_jax import export
@@ -204,7 +205,7 @@ def test_reward_model_is_refused(exported, tmp_path, capsys, kind):
   err = _one_line_error(capsys)
   assert repr(kind) in err
   assert not os.path.exists(out)
-  with pytest.raises(checkpoints.CheckpointError, match=kind):
+  with pytest.raises(errors.CheckpointError, match=kind):
     export.export(rm, out)
 
 

@@ -8,7 +8,9 @@ import sys
 
 import pytest
 
+import helpers
 from gcs_emulator import gcs  # noqa: F401  pylint: disable=unused-import  (a fixture)
+from rso_jax import runs
 from rso_jax import fs
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -129,7 +131,7 @@ def test_gcs_is_shared_with_subprocesses(gcs):
 def test_run_dir_on_gcs_completes_resumes_and_loads(gcs):
   """train -> manifest + checkpoints on gs://; a longer second call resumes from them; the
   checkpoint loads (checkpoints.load, inference.load); the sampling stage writes there."""
-  from test_trainer import _train  # pylint: disable=import-outside-toplevel
+  _train = helpers.train_reverse
   from rso_jax import checkpoints, inference, sample  # pylint: disable=import-outside-toplevel
 
   model_dir = fs.join(gcs, "runs", "sft")
@@ -162,7 +164,7 @@ def test_run_dir_on_gcs_completes_resumes_and_loads(gcs):
   assert {"pairs-00000-of-00002.tfrecord", "pairs-00001-of-00002.tfrecord", "manifest.json",
           "stats.json", "COMPLETED", "stats-00000.json", "stats-00001.json"} <= set(names), names
   assert not [n for n in names if ".tmp." in n]
-  assert sample.is_complete(samples)
+  assert runs.is_complete(samples)
   assert json.loads(fs.read_text(fs.join(samples, "manifest.json")))["policy_checkpoint"] \
       == model_dir
   assert not os.path.exists("gs:")

@@ -54,7 +54,7 @@ def prompts_file(tmp_path_factory):
 
 
 def _flags(**macros):
-  out = ["--gin_file=infer.gin"]
+  out = ["--gin_file=stages/infer.gin"]
   for k, v in macros.items():
     out.append(f"--gin.{k}={json.dumps(v) if isinstance(v, str) else v}")
   return out

@@ -12,6 +12,7 @@ import seqio
 
 from helpers import (CFG, fit, init_params, manifest, one_device_mesh, save, seq2seq_batch,
                      tokens, train_spm, word_texts)
+from rso_jax import errors
 from rso_jax import checkpoints, decoding, inference, models, partitioning
 from rso_jax import reward_models as rm
 from rso_jax.tasks import synthetic
@@ -73,7 +74,7 @@ def test_loader_opens_every_kind_without_a_kind_argument(tmp_path, seq_params):
   # A converted checkpoint records no lengths: they must be given.
   conv = tmp_path / "conv"
   checkpoints.save_params(str(conv), seq_params, manifest("seq2seq", None, source="convert"))
-  with pytest.raises(checkpoints.CheckpointError, match="no 'inputs' feature length"):
+  with pytest.raises(errors.CheckpointError, match="no 'inputs' feature length"):
     inference.load(str(conv), mesh=one_device_mesh())
   g = inference.load(str(conv), mesh=one_device_mesh(), feature_lengths=SEQ_LENGTHS)
   assert g.feature_lengths == SEQ_LENGTHS
@@ -82,22 +83,22 @@ def test_loader_opens_every_kind_without_a_kind_argument(tmp_path, seq_params):
 def test_wrong_kind_and_missing_manifest_are_one_line_errors(tmp_path, seq_params):
   sft = save(tmp_path / "sft", models.Seq2SeqModel(CFG), SEQ_LENGTHS, seq_params)
   bt = save(tmp_path / "bt", rm.BradleyTerryRewardModel(CFG), BT_LENGTHS)
-  with pytest.raises(checkpoints.CheckpointError) as e:
+  with pytest.raises(errors.CheckpointError) as e:
     inference.load(sft, expect=checkpoints.REWARD_KINDS, role="reward model")
   assert "is a seq2seq (SFT) policy" in str(e.value) and "\n" not in str(e.value)
-  with pytest.raises(checkpoints.CheckpointError, match="policy needs a seq2seq"):
+  with pytest.raises(errors.CheckpointError, match="policy needs a seq2seq"):
     inference.load(bt, expect=checkpoints.GENERATIVE_KINDS, role="policy")
   # A checkpoint from before manifests: the error names the command that adds one.
   old = tmp_path / "old"
   checkpoints.save_params(str(old), seq_params)
-  with pytest.raises(checkpoints.CheckpointError, match="add-manifest"):
+  with pytest.raises(errors.CheckpointError, match="add-manifest"):
     inference.load(str(old))
   with open(old / checkpoints.LEGACY_CONFIG_FILE, "w") as f:
     json.dump(dict(CFG.__dict__, mlp_activations=list(CFG.mlp_activations)), f)
   assert checkpoints.main(["add-manifest", str(old), "--kind=seq2seq", "--inputs_length=32",
                            "--targets_length=16"]) == 0
   assert inference.load(str(old), mesh=one_device_mesh()).kind == "seq2seq"
-  with pytest.raises(checkpoints.CheckpointError, match="not found"):
+  with pytest.raises(errors.CheckpointError, match="not found"):
     inference.load(str(tmp_path / "nope"))
 
 
@@ -105,7 +106,7 @@ def test_params_that_do_not_match_the_manifest_are_refused(tmp_path):
   path = save(tmp_path / "bt", rm.BradleyTerryRewardModel(CFG), BT_LENGTHS)
   wrong = manifest("seq2seq", SEQ_LENGTHS)  # a BT tree read as a seq2seq network
   checkpoints.write_manifest(path, wrong)
-  with pytest.raises(checkpoints.CheckpointError, match="do not match its manifest"):
+  with pytest.raises(errors.CheckpointError, match="do not match its manifest"):
     inference.load(path, mesh=one_device_mesh())
 
 
@@ -149,6 +150,23 @@ def test_generate_is_invariant_to_the_mesh(seq_params):
   for o in outs[1:]:
     np.testing.assert_array_equal(o.tokens, outs[0].tokens)
     np.testing.assert_allclose(o.model_logps, outs[0].model_logps, atol=1e-4)
+
+
+def test_the_runs_logical_rules_shard_the_loaded_checkpoint(seq_params):
+  """`rules` (a run's LOGICAL_RULES) place the params as training does; the default rules
+  shard them over fsdp, rules mapping every axis to None replicate them; decodes agree."""
+  mesh = partitioning.create_mesh((1, -1, 1))
+  replicated = [(name, None) for name, _ in partitioning.LOGICAL_RULES]
+  load = lambda rules: inference.load(None, manifest=manifest("seq2seq", SEQ_LENGTHS),
+                                      params=seq_params, mesh=mesh, batch_size=8, rules=rules)
+  default, custom = load(None), load(replicated)
+  specs = lambda g: [x.sharding.spec for x in jax.tree.leaves(g.params)]
+  assert any(any(axis is not None for axis in spec) for spec in specs(default))
+  assert all(all(axis is None for axis in spec) for spec in specs(custom))
+  prompts = word_texts(4, seed=2)
+  a = default.generate(prompts, key=jax.random.key(3), num_decodes=2)
+  b = custom.generate(prompts, key=jax.random.key(3), num_decodes=2)
+  np.testing.assert_array_equal(a.tokens, b.tokens)
 
 
 def test_long_prompts_keep_their_start_or_end_and_are_counted(seq_params):

@@ -1,6 +1,7 @@
 """launch/: the sweep (grid of gin overrides -> runs) and the launch scripts' DRY_RUN."""
 
 import importlib.util
+import inspect
 import json
 import os
 import shlex
@@ -343,14 +344,14 @@ def test_paper_table_dry_run_prints_the_cells_and_writes_nothing(tmp_path, capsy
   # The table (9), the baselines (2), the frontier's gamma sweep (3 settings x 3 gammas), then
   # round 2 from the rso hinge_norm cells at gamma 0.05 and 0.5.
   assert len(lines) == 22 and lines[0].startswith("[1/22] direct-sigmoid_norm seed 4: ")
-  assert lines[10].startswith("[11/22] rest seed 4: ") and "gin/rest.gin" in lines[10]
-  assert "gin/direct.gin" in lines[0] and not out.exists()
+  assert lines[10].startswith("[11/22] rest seed 4: ") and "gin/variants/rest.gin" in lines[10]
+  assert "gin/variants/direct.gin" in lines[0] and not out.exists()
   assert [line.split()[1] for line in lines[11:20]] == [
       f"{st}-hinge_norm-gamma{g}" for st in paper_table.SETTINGS for g in ("0.005", "0.5", "5")]
   assert lines[19].endswith(" --gin.GAMMA=5.0")
   assert [line.split()[1] for line in lines[20:]] == [
       "round2-rso_sample_rank-hinge_norm", "round2-rso_sample_rank-hinge_norm-gamma0.5"]
-  assert all("gin/iterative.gin" in line for line in lines[20:])
+  assert all("gin/variants/iterative.gin" in line for line in lines[20:])
 
 
 def test_paper_table_trajectory_is_kl_and_mean_golden_reward_per_step():
@@ -358,6 +359,14 @@ def test_paper_table_trajectory_is_kl_and_mean_golden_reward_per_step():
                                                             "golden/sft": 0.4}}}
   by_step = {"steps": {"300": ev(2.0, 0.3), "100": ev(0.5, 0.45), "200": {"kl/mean": 1.0}}}
   assert paper_table.trajectory(by_step) == [(100, 0.5, 0.45, 0.4), (300, 2.0, 0.3, 0.4)]
+
+
+def _sampling_arguments(scope):
+  """What the sampling stage runs with under `scope`: gin's bindings over `sample.run`'s
+  defaults (the paper's recipe where the gin files leave it)."""
+  defaults = {k: p.default for k, p in inspect.signature(sample.run).parameters.items()
+              if p.default is not inspect.Parameter.empty}
+  return {**defaults, **pipeline.stage_bindings(sample.sample_configured, scope)}
 
 
 @pytest.mark.parametrize("name", sorted(paper_table.ABLATIONS))
@@ -371,7 +380,7 @@ def test_paper_table_ablations_change_one_knob_of_the_rso_hinge_norm_cell(name):
   flags = cli.parse_flags(cells[1].argv("/tmp/study", "rso_hinge.gin")[3:])
   cli.configure_gin(flags.files, flags.bindings, [os.path.join(REPO, "gin")])
   assert not cli.unread_macros()
-  draw = pipeline.stage_bindings(sample.sample_configured, "sample")
+  draw = _sampling_arguments("sample")
   policy = pipeline.stage_bindings(train_lib.train, "")
   got = dict(beta=draw["beta"], pair_method=draw["pair_method"],
              rejection_mode=draw["rejection_mode"],
@@ -499,7 +508,7 @@ def test_paper_table_resumes_from_another_clone_of_the_repository(tmp_path, monk
   assert paper_table.run_study(cells, root, experiment, [], out, "greedy", "CMD",
                                runner=_fake_cell_runner(calls)) == 0
   record = json.load(open(cells[0].record_path(root)))
-  assert record["argv"][2:4] == ["--gin_file=gin/rso_hinge.gin", "--gin_file=gin/direct.gin"]
+  assert record["argv"][2:4] == ["--gin_file=gin/rso_hinge.gin", "--gin_file=gin/variants/direct.gin"]
   clone = str(tmp_path / "clone")
   monkeypatch.setattr(paper_table, "REPO", clone)
   calls.clear()
@@ -509,7 +518,7 @@ def test_paper_table_resumes_from_another_clone_of_the_repository(tmp_path, monk
 
 
 def test_paper_table_round_two_starts_from_its_round_one_cell(tmp_path, capsys):
-  """--round2: iterative RSO's second round (gin/iterative.gin) from a round-1 cell of the same
+  """--round2: iterative RSO's second round (gin/variants/iterative.gin) from a round-1 cell of the same
   seed, in its own run directory, after the seed's other cells; its own table beside round 1,
   with the refreshed reward model's accuracy on the round-1 policy's samples."""
   cells = paper_table.cells([0, 1], settings=["rso_sample_rank"], losses=["hinge_norm"],

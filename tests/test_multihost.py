@@ -25,7 +25,7 @@ DISTRIBUTED_ENV = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_
 # SFT of the tiny network on a (2, 2, 2) mesh: batch over data x fsdp, params over fsdp and
 # tensor, so every kind of collective crosses the two processes. A constant learning rate
 # makes a run's first steps independent of TRAIN_STEPS (the preemption test stops early).
-TRAIN = ["rso_jax.train", "--gin_file=gin/sft.gin", "--gin.BATCH_SIZE=16", "--gin.EVAL_PERIOD=0",
+TRAIN = ["rso_jax.train", "--gin_file=gin/stages/sft.gin", "--gin.BATCH_SIZE=16", "--gin.EVAL_PERIOD=0",
          "--gin.MESH_SHAPE=(2, 2, 2)", "--gin.train_lib.train.log_period=1",
          "--gin.train_lib.train.warmup_steps=0", "--gin.train_lib.train.lr_decay='constant'",
          "--gin.train_lib.train.checkpoint_period=1000",
@@ -161,7 +161,7 @@ def reward(tmp_path_factory):
 
 
 def test_two_processes_sample_the_same_pairs(sft_runs, reward, tmp_path):
-  args = ["rso_jax.sample", "--gin_file=gin/sample_rso.gin",
+  args = ["rso_jax.sample", "--gin_file=gin/stages/sample.gin",
           f"--gin.SFT_CHECKPOINT='{sft_runs[0]}'", f"--gin.REWARD_CHECKPOINT='{reward}'",
           "--gin.PROMPTS_TASK='synthetic_prompts'", "--gin.NUM_PROMPTS=16",
           "--gin.sample.sample_configured.num_candidates=8",

@@ -1,7 +1,6 @@
 """network.py: cached decoding vs. full forward, shared encoder, padding, dropout, config, gin."""
 
 import dataclasses
-import functools
 import os
 
 import flax.linen as nn
@@ -11,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from rso_jax import kernels
 from rso_jax import network
 
 CFG = network.T5Config()  # tiny
@@ -282,91 +282,6 @@ def test_relative_position_bias_row_of_a_decode_step_equals_the_full_matrix_row(
     rel.apply(params, 2, length, query_position=jnp.int32(0))
 
 
-@pytest.mark.parametrize("x_shape,k_shape,n", [((3, 5, 8), (8, 2, 4), 1),   # q/k/v projection
-                                               ((3, 5, 2, 4), (2, 4, 8), 2),  # attention out
-                                               ((7, 8), (8, 6), 1)])
-def test_cpu_dense_gradient_equals_autodiff(x_shape, k_shape, n):
-  """The CPU dense's hand-written backward (materialized x^T) = autodiff of the plain contraction."""
-  rng = np.random.RandomState(0)
-  x = jnp.asarray(rng.randn(*x_shape), jnp.float32)
-  k = jnp.asarray(rng.randn(*k_shape), jnp.float32)
-  out_shape = x_shape[:len(x_shape) - n] + k_shape[n:]
-  probe = jnp.asarray(rng.randn(*out_shape), jnp.float32)
-  loss = lambda f: lambda x, k: jnp.sum(jnp.tanh(f(x, k, n)) * probe)
-  want = jax.grad(loss(network._contract), argnums=(0, 1))(x, k)  # pylint: disable=protected-access
-  got = jax.jit(jax.grad(loss(network._dense_cpu), argnums=(0, 1)))(x, k)  # pylint: disable=protected-access
-  np.testing.assert_allclose(network._dense_cpu(x, k, n), network._contract(x, k, n), rtol=1e-6)  # pylint: disable=protected-access
-  for w, g in zip(want, got):
-    assert w.shape == g.shape
-    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
-
-
-def _numpy_attention(q, k, v, bias, mask):
-  """Plain NumPy T5 attention, one (row, head) at a time: softmax(q k^T + bias, masked) v."""
-  q, k, v = (np.asarray(a, np.float64) for a in (q, k, v))
-  b, lq, h, _ = q.shape
-  out = np.zeros(q.shape)
-  for r in range(b):
-    for j in range(h):
-      logits = q[r, :, j] @ k[r, :, j].T  # [Lq, Lk]
-      if bias is not None:
-        logits = logits + np.asarray(bias, np.float64)[0, j]
-      if mask is not None:
-        m = np.broadcast_to(np.asarray(mask)[min(r, mask.shape[0] - 1), 0], logits.shape)
-        logits = np.where(m, logits, -1e10)
-      w = np.exp(logits - logits.max(-1, keepdims=True))
-      out[r, :, j] = (w / w.sum(-1, keepdims=True)) @ v[r, :, j]
-  return out
-
-
-@pytest.mark.parametrize("b,lq,lk,mask_kind,budget", [
-    (6, 5, 5, "keys", 1),          # encoder self-attention, blocks of 2 rows (3 steps)
-    (6, 5, 5, "keys", 1 << 20),    # one block
-    (5, 4, 4, "causal_keys", 1),   # decoder self-attention; 5 rows: blocks of 1
-    (4, 3, 7, "keys", 1),          # cross attention (no bias)
-    (4, 3, 3, "shared_causal", 1),  # one mask for every row
-    (4, 3, 3, None, 1),
-])
-def test_cpu_blocked_attention_equals_numpy_oracle(b, lq, lk, mask_kind, budget):
-  """`_attend_blocked` (XLA:CPU's attention) = a NumPy oracle, values and gradients = autodiff
-  of the batched einsum form (the path of other backends)."""
-  rng = np.random.RandomState(b * 100 + lk)
-  h, d = 3, 4
-  q = jnp.asarray(rng.randn(b, lq, h, d), jnp.float32)
-  k = jnp.asarray(rng.randn(b, lk, h, d), jnp.float32)
-  v = jnp.asarray(rng.randn(b, lk, h, d), jnp.float32)
-  bias = None if lq != lk else jnp.asarray(rng.randn(1, h, lq, lk), jnp.float32)
-  lengths = rng.randint(1, lk + 1, b)
-  keys = np.arange(lk)[None, :] < lengths[:, None]  # [B, Lk]
-  causal = np.tril(np.ones((lq, lk), bool))
-  mask = {"keys": keys[:, None, None, :], "causal_keys": causal[None, None] & keys[:, None, None],
-          "shared_causal": causal[None, None], None: None}[mask_kind]
-  mask = None if mask is None else jnp.asarray(mask)
-  blocked = lambda q, k, v: network._attend_blocked(q, k, v, bias, mask, jnp.float32, budget)  # pylint: disable=protected-access
-
-  def einsum_form(q, k, v):  # the batched form MultiHeadAttention runs off CPU
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k)
-    logits = logits if bias is None else logits + bias
-    logits = logits if mask is None else jnp.where(mask, logits, -1e10)
-    return jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(logits, -1), v)
-
-  np.testing.assert_allclose(jax.jit(blocked)(q, k, v), _numpy_attention(q, k, v, bias, mask),
-                             rtol=1e-5, atol=1e-5)
-  probe = jnp.asarray(rng.randn(b, lq, h, d), jnp.float32)
-  grad = lambda f: jax.jit(jax.grad(lambda *a: jnp.sum(jnp.tanh(f(*a)) * probe), (0, 1, 2)))
-  for got, want in zip(grad(blocked)(q, k, v), grad(einsum_form)(q, k, v)):
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-
-
-def test_rows_per_block():
-  rows = functools.partial(network._rows_per_block, budget=1 << 20)  # pylint: disable=protected-access
-  assert rows(128, 6 * 332 * 332 * 4) == 2  # 2.6 MB of logits a row: the floor of 2 rows
-  assert rows(128, 6 * 76 * 76 * 4) == 4    # 139 kB a row: 7 fit in 1 MB, 4 divides 128
-  assert rows(16, 6 * 32 * 32 * 4) == 16    # every row in one block
-  assert rows(7, 10 ** 7) == 1              # no divisor of 7 between 2 and 6
-  assert rows(8, 100, budget=300) == 2
-
-
 @pytest.mark.parametrize("mesh_shape", [(2, 2, 2), (1, 1, 8)])
 def test_blocked_attention_under_a_mesh_equals_the_einsum_path(tiny, monkeypatch, mesh_shape):
   """The tiny Transformer's logits (encoder padding, causal + target padding, cross attention
@@ -378,12 +293,12 @@ def test_blocked_attention_under_a_mesh_equals_the_einsum_path(tiny, monkeypatch
   enc = _tokens(rng, (16, 9), rng.randint(1, 10, 16))
   dec = _tokens(rng, (32, 6), rng.randint(1, 7, 32))
   fwd = lambda p, e, y: model.apply({"params": p}, e, y, y, enable_dropout=False)
-  monkeypatch.setattr(network, "_blocked_attention", lambda logit_bytes: False)
+  monkeypatch.setattr(kernels, "use_blocked_attention", lambda logit_bytes: False)
   want = jax.jit(fwd, compiler_options=FAST_COMPILE)(params, enc, dec)
   monkeypatch.undo()
   # Blocks of 2 rows (the floor): several steps per shard (4 rows of the encoder a shard on
   # (2, 2, 2), 16 on (1, 1, 8)).
-  monkeypatch.setattr(network, "_BLOCK_BYTES", 1)
+  monkeypatch.setattr(kernels, "BLOCK_BYTES", 1)
   mesh = partitioning.create_mesh(mesh_shape)
   with partitioning.MeshRules(mesh):
     sharded = jax.device_put((enc, dec), partitioning.batch_sharding(mesh, 2))

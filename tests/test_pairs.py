@@ -180,7 +180,7 @@ def test_bad_input_raises():
 
 
 # ---------------------------------------------------------------------------
-# Random slot order before pairing (issue 13): the pairs are a uniformly random
+# Random slot order before pairing: the pairs are a uniformly random
 # matching / bracket of the selected valid set, not the selector's order.
 # ---------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from rso_jax import errors
 from rso_jax import network
 from rso_jax import partitioning
 
@@ -208,17 +209,17 @@ def test_a_mesh_that_does_not_fit_is_one_line_in_every_cli(tmp_path, capsys, sha
   """An impossible MESH_SHAPE: a MeshError (ValueError) naming MESH_SHAPE, the value and the
   device count; every CLI reports it as one line, exit 2, with nothing created."""
   from rso_jax import infer, train  # pylint: disable=g-import-not-at-top
-  with pytest.raises(partitioning.MeshError, match=re.escape(needle)):
+  with pytest.raises(errors.MeshError, match=re.escape(needle)):
     partitioning.create_mesh(eval(shape))  # pylint: disable=eval-used
   model_dir = tmp_path / "sft"
-  assert train.main(["--gin_file=sft.gin", f'--gin.MODEL_DIR="{model_dir}"',
+  assert train.main(["--gin_file=stages/sft.gin", f'--gin.MODEL_DIR="{model_dir}"',
                      f"--gin.MESH_SHAPE={shape}"]) == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and err[0].startswith(f"rso_jax.train: error: {needle}"), err
   assert not model_dir.exists()
   prompts = tmp_path / "p.jsonl"
   prompts.write_text('{"prompt": "owl"}\n')
-  assert infer.main(["--gin_file=infer.gin", f'--gin.CHECKPOINT="{tmp_path / "ckpt"}"',
+  assert infer.main(["--gin_file=stages/infer.gin", f'--gin.CHECKPOINT="{tmp_path / "ckpt"}"',
                      f'--gin.PROMPTS_FILE="{prompts}"', f'--gin.OUTPUT="{tmp_path / "o.jsonl"}"',
                      f"--gin.infer.infer_configured.mesh_shape={shape}"]) == 2
   err = capsys.readouterr().err.strip().splitlines()

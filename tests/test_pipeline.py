@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from gcs_emulator import gcs  # noqa: F401  pylint: disable=unused-import  (a fixture)
-from rso_jax import evaluate, fs, pipeline, train
+from rso_jax import errors
+from rso_jax import fs, pipeline, reward_quality, train
 from rso_jax.tasks import embedded, synthetic
 
 SMALL_NET = ["network.T5Config.emb_dim=32", "network.T5Config.mlp_dim=64",
@@ -75,7 +76,7 @@ def test_main_job_on_gcs_runs_every_stage_then_reuses_and_resumes(gcs, tmp_path,
 
   # Second run, two more policy steps: every stage is reused, the policy resumes from its
   # last checkpoint on gs:// and finishes; the reward model's quality record is read back.
-  monkeypatch.setattr(evaluate, "evaluate_reward_model",
+  monkeypatch.setattr(reward_quality, "evaluate_reward_model",
                       lambda *a, **k: pytest.fail("reward_quality.json recomputed"))
   assert train.main(_argv(run, "--gin.TRAIN_STEPS=5")) == 0, capsys.readouterr().err
   out2 = capsys.readouterr().out
@@ -103,7 +104,7 @@ def test_a_finished_model_with_other_settings_is_not_reused(tmp_path):
   checkpoints.write_manifest(path, manifest("bt_rm", lengths, settings=old.manifest_settings(),
                                             task="synthetic_dhf"))
   new = reward_models.BradleyTerryRewardModel(CFG, architecture="encoder_decoder")
-  with pytest.raises(cli.ConfigError, match="architecture='encoder' vs 'encoder_decoder'"):
+  with pytest.raises(errors.ConfigError, match="architecture='encoder' vs 'encoder_decoder'"):
     pipeline.check_reusable("reward", path, new, "synthetic_dhf", lengths)
   pipeline.check_reusable("reward", path, old, "synthetic_dhf", lengths)
   checkpoints.write_manifest(path, manifest("bt_rm", lengths, settings={"pooling": "mean"},
@@ -160,7 +161,7 @@ def test_collect_stage_refusals(tmp_path, kwargs, needle):
   from rso_jax import cli  # pylint: disable=g-import-not-at-top
   stage = pipeline.CollectStage(policy_checkpoint=str(tmp_path / "sft"),
                                 output_path=str(tmp_path / "collect" / "pairs.jsonl"), **kwargs)
-  with pytest.raises(cli.ConfigError, match=needle):
+  with pytest.raises(errors.ConfigError, match=needle):
     stage()
   assert not os.path.exists(tmp_path / "collect")
   off = pipeline.CollectStage(policy_checkpoint=str(tmp_path / "sft"), num_prompts=0,

@@ -4,11 +4,11 @@ import math
 import random
 
 import jax
-from jax.extend.random import threefry2x32_p
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from rso_jax import kernels
 from rso_jax import rejection
 
 NUM_DRAWS = 20_000  # Per side: 20k jax rows (one batch) and 20k oracle runs.
@@ -225,9 +225,9 @@ def test_non_threefry_key():
 def test_compacted_steps_match_full_batch_rows():
   """Draws depend on (key, row, round, candidate) only, so the first rows of
   a big batch, whose late rounds run compacted (see
-  rejection._step_capacities), equal the same rows run alone (no
+  kernels.step_capacities), equal the same rows run alone (no
   compaction). The big batch has the statistical tests' shape and k."""
-  capacities = rejection._step_capacities  # pylint: disable=protected-access
+  capacities = kernels.step_capacities
   assert len(capacities(NUM_DRAWS)) > 1 and len(capacities(EB)) == 1
   rng = np.random.default_rng(5)
   r = rng.normal(size=(NUM_DRAWS, 8)).astype(np.float32)
@@ -258,17 +258,6 @@ def test_sharded_batch_gives_the_same_result(axis_type):
   assert np.asarray(a.rounds).max() >= 2
   for x, y in zip(a, b):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-
-
-def test_threefry_matches_jax():
-  kd = jax.random.key_data(jax.random.key(123))
-  x0 = jnp.arange(40, dtype=jnp.uint32).reshape(5, 8)
-  x1 = x0 * jnp.uint32(2654435761)
-  threefry = rejection._threefry2x32  # pylint: disable=protected-access
-  mine = threefry(kd[0], kd[1], x0, x1)
-  ref = threefry2x32_p.bind(kd[0], kd[1], x0, x1)
-  for a, b in zip(mine, ref):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 # ---------------------------------------------------------------- limits ----

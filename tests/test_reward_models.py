@@ -9,8 +9,10 @@ import seqio
 import tensorflow as tf
 
 from helpers import CFG, fit, manifest, one_device_mesh, train_spm, word_texts
+from rso_jax import cli
+from rso_jax import errors
 from rso_jax import checkpoints, inference, models, reward_models as rm, train, trainer
-from rso_jax.tasks import preprocessors, synthetic
+from rso_jax.tasks import preprocessors, synthetic, text_formats
 
 VOCAB = seqio.ByteVocabulary()
 RANK_LEN = 96  # ranking inputs of the short examples below fit in 96 bytes
@@ -32,7 +34,7 @@ def _tok(texts, length):
 
 def _short_pairs(n, split="validation", length=RANK_LEN):
   pairs = [p for p in synthetic.build_environment().dhf[split]
-           if len(rm.ranking_input_text(p.prompt, p.chosen, p.rejected)) < length - 1]
+           if len(text_formats.ranking_input_text(p.prompt, p.chosen, p.rejected)) < length - 1]
   return pairs[:n]
 
 
@@ -53,7 +55,7 @@ def test_ranking_text_is_the_task_format():
   rows = list(preprocessors.format_pairwise_ranking(ds, seed=3).as_numpy_iterator())
   for x, c, r, row in zip(xs, cs, rs, rows):
     a, b = (r, c) if row["flipped"] else (c, r)
-    assert rm.ranking_input_text(x, a, b) == row["inputs"].decode()
+    assert text_formats.ranking_input_text(x, a, b) == row["inputs"].decode()
 
 
 def test_pack_prompt_response_matches_numpy():
@@ -78,7 +80,7 @@ def test_pack_prompt_response_matches_numpy():
 def _rank_batch(pairs, flip, length=RANK_LEN):
   texts, targets = [], []
   for p, f in zip(pairs, flip):
-    texts.append(rm.ranking_input_text(p.prompt, *((p.rejected, p.chosen) if f
+    texts.append(text_formats.ranking_input_text(p.prompt, *((p.rejected, p.chosen) if f
                                                    else (p.chosen, p.rejected))))
     targets.append("B" if f else "A")
   tgt = _tok(targets, 8)
@@ -115,7 +117,7 @@ def test_both_orders_converter_emits_each_pair_twice():
   for k, p in enumerate(pairs):
     for row, (a, b, letter) in zip(rows[2 * k:2 * k + 2], [(p.chosen, p.rejected, "A"),
                                                           (p.rejected, p.chosen, "B")]):
-      want = _tok([rm.ranking_input_text(p.prompt, a, b)], 128)[0]
+      want = _tok([text_formats.ranking_input_text(p.prompt, a, b)], 128)[0]
       np.testing.assert_array_equal(row["encoder_input_tokens"], want)
       np.testing.assert_array_equal(row["decoder_target_tokens"][:2], [ord(letter) + 3, 1])
       np.testing.assert_array_equal(row["decoder_input_tokens"][:2], [0, ord(letter) + 3])
@@ -267,10 +269,10 @@ def test_encoder_decoder_bt_starts_from_a_policy_checkpoint(tmp_path):
 # ------------------------------------------------------------------------------ trainer + manifest
 @pytest.mark.parametrize("make,task,lengths,kind,settings", [
     (lambda: rm.BradleyTerryRewardModel(CFG, pooling="last"), "synthetic_dhf", BT_LENGTHS,
-     "bt_rm", {"pooling": "last", "separator": rm.BT_SEPARATOR, "architecture": "encoder"}),
+     "bt_rm", {"pooling": "last", "separator": text_formats.BT_SEPARATOR, "architecture": "encoder"}),
     (lambda: rm.BradleyTerryRewardModel(CFG, pooling="mean", architecture="encoder_decoder"),
      "synthetic_dhf", BT_LENGTHS, "bt_rm",
-     {"pooling": "mean", "separator": rm.BT_SEPARATOR, "architecture": "encoder_decoder"}),
+     {"pooling": "mean", "separator": text_formats.BT_SEPARATOR, "architecture": "encoder_decoder"}),
     (lambda: rm.PairwiseRankingModel(CFG, both_orders=True), "synthetic_rm_pairwise",
      {"inputs": 128, "targets": 8}, "pairwise_rm", {"response_label": "RESPONSE"})])
 def test_trained_reward_model_describes_itself(tmp_path, make, task, lengths, kind, settings):
@@ -293,18 +295,18 @@ def test_trained_reward_model_describes_itself(tmp_path, make, task, lengths, ki
 def test_model_vocabulary_must_be_the_task_vocabulary(tmp_path):
   spm_path = train_spm(tmp_path, word_texts(200), vocab_size=40)
   model = rm.BradleyTerryRewardModel(CFG, vocabulary=seqio.SentencePieceVocabulary(spm_path))
-  with pytest.raises(train.ConfigError, match="uses {'type': 'bytes'}"):
+  with pytest.raises(errors.ConfigError, match="uses {'type': 'bytes'}"):
     train.train(model=model, model_dir=str(tmp_path / "x"), train_steps=1, batch_size=8,
                 mixture_or_task_name="synthetic_dhf", task_feature_lengths=BT_LENGTHS,
                 async_checkpoint=False, print_fn=lambda s: None)
 
 
 @pytest.mark.parametrize("gin_file,task,lengths", [
-    ("reward.gin", "synthetic_dhf_ranking", {"inputs": 32 + 2 * 32 + 40, "targets": 2}),
-    ("reward_bt.gin", "synthetic_dhf", {"inputs": 32, "targets": 33})])  # responses + EOS
+    ("stages/reward.gin", "synthetic_dhf_ranking", {"inputs": 32 + 2 * 32 + 40, "targets": 2}),
+    ("stages/reward_bt.gin", "synthetic_dhf", {"inputs": 32, "targets": 33})])  # responses + EOS
 def test_gin_configs(gin_file, task, lengths):
   import gin  # pylint: disable=g-import-not-at-top
-  train.configure_gin([gin_file], ["MODEL_DIR = '/tmp/unused'"], [])
+  cli.configure_gin([gin_file], ["MODEL_DIR = '/tmp/unused'"], [])
   try:
     args = gin.get_bindings(train.train)  # what train() receives, references evaluated
     assert args["mixture_or_task_name"] == task

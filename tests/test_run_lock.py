@@ -23,7 +23,7 @@ ONE_DEVICE = dict(PYTHONUNBUFFERED="1", JAX_PLATFORMS="cpu",
                   XLA_FLAGS="--xla_force_host_platform_device_count=1")
 
 
-def _sft_flags(model_dir, *extra, gin_file="sft.gin"):
+def _sft_flags(model_dir, *extra, gin_file="stages/sft.gin"):
   return [f"--gin_file={gin_file}", f'--gin.MODEL_DIR="{model_dir}"', "--gin.BATCH_SIZE=8",
           "--gin.EVAL_PERIOD=0", "--gin.train_lib.train.log_period=1",
           *[f"--gin.{b}" for b in SMALL_NET], *extra]
@@ -150,7 +150,7 @@ def test_a_second_main_job_and_sampler_are_refused(tmp_path, capsys, holder):
   samples = tmp_path / "samples"
   proc = holder(samples, "SAMPLES_DIR")
   before = snapshot(samples)
-  rc = sample.main(["--gin_file=sample_rso.gin", f'--gin.SAMPLES_DIR="{samples}"',
+  rc = sample.main(["--gin_file=stages/sample.gin", f'--gin.SAMPLES_DIR="{samples}"',
                     f'--gin.SFT_CHECKPOINT="{sft}"', f'--gin.REWARD_CHECKPOINT="{bt}"',
                     "--gin.PROMPTS_TASK='synthetic_prompts'", "--gin.NUM_PROMPTS=4"])
   assert rc == 2
@@ -171,7 +171,7 @@ def test_a_resume_into_another_network_or_kind_changes_nothing(tmp_path, capsys)
             "emb_dim: stored 32, configured 64", "nothing was written")
   assert snapshot(run) == before  # config.gin, the manifest, the checkpoint: byte-identical
   # Another kind (a reward model into an SFT run's directory).
-  rc = train.main(_sft_flags(run, "--gin.TRAIN_STEPS=2", gin_file="reward_bt.gin"))
+  rc = train.main(_sft_flags(run, "--gin.TRAIN_STEPS=2", gin_file="stages/reward_bt.gin"))
   err = capsys.readouterr().err
   assert rc == 2, err
   one_line(err, "kind: stored seq2seq, configured bt_rm")

@@ -9,6 +9,9 @@ import pytest
 import seqio
 
 from helpers import CFG, save
+from rso_jax import sample_batch
+from rso_jax import runs
+from rso_jax import errors
 from rso_jax import checkpoints, models, reward_models, sample
 from rso_jax.tasks import generated, synthetic
 
@@ -58,15 +61,15 @@ def _records(out):
 def test_killed_stage_resumes_without_recompute_or_duplicates(policy_dir, tmp_path):
   full, part = tmp_path / "full", tmp_path / "part"
   s_full = _run(policy_dir, full)
-  assert sample.is_complete(str(full))
+  assert runs.is_complete(str(full))
   assert s_full["prompts"] == 12 and s_full["pairs"] > 0
   _run(policy_dir, part, stop_after_shards=1)  # "killed" after one shard
   shards = sorted(glob.glob(str(part / "pairs-*.tfrecord")))
-  assert len(shards) == 1 and not sample.is_complete(str(part))
+  assert len(shards) == 1 and not runs.is_complete(str(part))
   mtime = os.stat(shards[0]).st_mtime_ns
   s_part = _run(policy_dir, part)
   assert os.stat(shards[0]).st_mtime_ns == mtime  # finished shard not recomputed
-  assert sample.is_complete(str(part))
+  assert runs.is_complete(str(part))
   a, b = _records(str(full)), _records(str(part))
   assert a == b  # same pairs, bit for bit, no duplicates
   assert len(set(b)) == len(b)
@@ -111,9 +114,9 @@ def test_bad_settings(policy_dir, tmp_path):
 def test_checkpoint_kinds_are_checked(policy_dir, tmp_path):
   rm_dir = save(tmp_path / "rm", reward_models.BradleyTerryRewardModel(CFG),
                 {"inputs": 32, "targets": 32})
-  with pytest.raises(checkpoints.CheckpointError, match="policy needs"):
+  with pytest.raises(errors.CheckpointError, match="policy needs"):
     _run(rm_dir, tmp_path / "a")
-  with pytest.raises(checkpoints.CheckpointError, match="reward model needs"):
+  with pytest.raises(errors.CheckpointError, match="reward model needs"):
     _run(policy_dir, tmp_path / "b", scorer=None, reward_checkpoint=policy_dir)
 
 
@@ -148,7 +151,7 @@ def tf_example(raw):
 
 # ---------------------------------------------------------------------------
 # process_batch: pairs are a uniformly random matching of the selected set
-# (issue 13), whatever the selector's order; only valid candidates are paired.
+# whatever the selector's order; only valid candidates are paired.
 # ---------------------------------------------------------------------------
 
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -203,7 +206,7 @@ class FixedScorer:
 
 
 def _process(key, strategy, pair_method="first_round", rows=64):
-  return sample.process_batch(
+  return sample_batch.process_batch(
       FixedPolicy(), FixedScorer(), [f"p{i}" for i in range(rows)], key,
       num_candidates=6, max_decode_length=None, temperature=0.7, top_k=None, top_p=None,
       strategy=strategy, num_samples=6, beta=0.01, rejection_mode="paper",
@@ -306,7 +309,7 @@ def _selected(records, rows):
 ])
 def test_process_batch_writes_the_selected_responses(strategy, num_samples, threshold, want):
   """Invalid candidates (unfinished, empty) are never written, whatever their reward."""
-  records, acc = sample.process_batch(
+  records, acc = sample_batch.process_batch(
       FixedPolicy(), FixedScorer(), [f"p{i}" for i in range(3)], jax.random.key(0),
       num_candidates=6, max_decode_length=None, temperature=0.7, top_k=None, top_p=None,
       strategy=strategy, num_samples=num_samples, beta=0.01, rejection_mode="paper",

@@ -18,6 +18,8 @@ pytest.importorskip("t5x", reason="upstream T5X is not installed: run launch/ins
                     "(or ../shared/t5x/install.sh offline)")
 
 from helpers import CFG, init_params, save  # pylint: disable=g-import-not-at-top
+from rso_jax import datasets
+from rso_jax import errors
 from rso_jax import checkpoints, evaluate, export, models, network, reward_models  # noqa: E402
 from rso_jax import reports, sample, t5x_models, train  # noqa: E402
 from rso_jax.tasks import synthetic  # noqa: E402
@@ -137,7 +139,7 @@ def test_t5x_checkpoint_round_trip(tmp_path, joined):
     assert m2.kind == "seq2seq" and m2.network == TINY and m2.source == "t5x"
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(back)):
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  with pytest.raises(checkpoints.CheckpointError, match="exists"):
+  with pytest.raises(errors.CheckpointError, match="exists"):
     checkpoints.save_t5x(str(tmp_path / "t5x"), params, m)
 
 
@@ -160,7 +162,7 @@ def test_bt_reward_model_under_t5x_is_rso_jax_s():
   shapes = models.pair_input_shapes(2, LENGTHS)
   variables = jax.eval_shape(lambda: model.get_initial_variables(jax.random.key(0), shapes))
   assert set(variables) == {"params", "params_axes"}
-  m = train.model_manifest(model, "synthetic_dhf", LENGTHS)  # what summarize_config writes
+  m = datasets.model_manifest(model, "synthetic_dhf", LENGTHS)  # what summarize_config writes
   assert m.kind == "bt_rm" and m.model_settings == ours.manifest_settings()
 
 

@@ -14,6 +14,7 @@ from rso_jax import reward_models as rm
 import rso_jax.tasks as tasks
 from rso_jax.tasks import preprocessors as prep
 from rso_jax.tasks import synthetic as syn
+from rso_jax.tasks import text_formats
 
 SMALL = dict(num_train_prompts=500, num_validation_prompts=20, num_test_prompts=20)
 LENGTHS = {"inputs": 32, "targets": 32}
@@ -359,11 +360,11 @@ def test_rm_pairwise_long_prompt_cuts_the_context_never_the_responses(tmp_path, 
   assert _text(long["targets_pretokenized"]) == label
   assert long["targets"].tolist() == [ord(label) + 3, 1]
   assert (a if label == "A" else b) == "the cat sat"
-  assert short["inputs"].tolist() == v.encode(rm.ranking_input_text("owl", *_order(short))) + [1]
+  assert short["inputs"].tolist() == v.encode(text_formats.ranking_input_text("owl", *_order(short))) + [1]
   stats = tasks.truncation_stats("t_rm_long")
   assert stats["examples"] == 3 and stats["truncated_examples"] == 1 and stats["dropped"] == 1
   assert stats["truncated"] == {"inputs": 1, "targets": 0}
-  assert stats["max_length"]["inputs"] == len(rm.ranking_input_text(prompt, a, b)) + 1
+  assert stats["max_length"]["inputs"] == len(text_formats.ranking_input_text(prompt, a, b)) + 1
   assert "were DROPPED: their responses alone" in caplog.text
   # truncate="error" still refuses any over-long input.
   tasks.register_preference_file_task("t_rm_long_err", path, "jsonl", kind="rm_pairwise",

@@ -8,47 +8,15 @@ import signal
 import jax
 import numpy as np
 import pytest
-import seqio
-import tensorflow as tf
 
-from rso_jax import checkpoints, models, network, partitioning, train, trainer
+import helpers
+from rso_jax import datasets
+from rso_jax import errors
+from rso_jax import checkpoints, models, partitioning, train, trainer
 
-TASK = "test_trainer_reverse"
-LENGTHS = {"inputs": 16, "targets": 16}
-CFG = network.T5Config(vocab_size=384, emb_dim=64, num_heads=4, head_dim=16, mlp_dim=128,
-                       num_encoder_layers=1, num_decoder_layers=1)
-
-
-def _reverse_examples(split, shuffle_files, seed=0):
-  del shuffle_files, seed
-  rng = np.random.RandomState(0 if split == "train" else 1)
-  letters = np.array(list("abcdefgh"))
-  words = ["".join(rng.choice(letters, rng.randint(3, 8))) for _ in range(256)]
-  return tf.data.Dataset.from_tensor_slices(
-      {"inputs": ["rev: " + w for w in words], "targets": [w[::-1] for w in words]})
-
-
-def _register():
-  if TASK in seqio.TaskRegistry.names():
-    return
-  vocab = seqio.ByteVocabulary()
-  seqio.TaskRegistry.add(
-      TASK, source=seqio.FunctionDataSource(_reverse_examples, splits=("train", "validation")),
-      preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos],
-      output_features={"inputs": seqio.Feature(vocab, add_eos=True),
-                       "targets": seqio.Feature(vocab, add_eos=True)})
-
-
-_register()
-
-
-def _train(model_dir, steps, **kw):
-  args = dict(model=models.Seq2SeqModel(CFG), model_dir=str(model_dir), train_steps=steps,
-              batch_size=16, mixture_or_task_name=TASK, task_feature_lengths=LENGTHS,
-              optimizer="adamw", learning_rate=3e-3, log_period=1, checkpoint_period=1000,
-              mesh_shape=(-1, 1, 1), async_checkpoint=False, print_fn=lambda s: None)
-  args.update(kw)
-  return train.train(**args)
+TASK, LENGTHS, CFG = helpers.REVERSE_TASK, helpers.REVERSE_LENGTHS, helpers.REVERSE_CFG
+_train = helpers.train_reverse
+helpers.register_reverse_task()
 
 
 def _history(model_dir):
@@ -74,7 +42,7 @@ def test_resume_is_bit_exact(tmp_path):
     if step == 4:
       os.kill(os.getpid(), signal.SIGTERM)  # handled: checkpoint at this step, then stop
 
-  with pytest.raises(trainer.Preempted, match="checkpoint saved at step 4/8"):  # CLI: exit 143
+  with pytest.raises(errors.Preempted, match="checkpoint saved at step 4/8"):  # CLI: exit 143
     _train(part, 8, checkpoint_period=100, step_callback=preempt)
   assert checkpoints.latest_step(str(part)) == 4
   _train(part, 8, checkpoint_period=100)
@@ -119,7 +87,7 @@ def test_damaged_latest_step_is_skipped_on_resume(tmp_path):
 def test_mesh_invariance():
   model = models.Seq2SeqModel(CFG)
   opt = trainer.make_optimizer("adamw", 1e-3)
-  ds = train.get_dataset(train.DatasetConfig(TASK, LENGTHS, batch_size=16, seed=3),
+  ds = datasets.get_dataset(datasets.DatasetConfig(TASK, LENGTHS, batch_size=16, seed=3),
                          model.feature_converter)
   batches = [next(ds) for _ in range(3)]
   losses = {}
@@ -139,7 +107,7 @@ def test_microbatching_matches_full_batch():
   model = models.Seq2SeqModel(CFG)
   opt = trainer.make_optimizer("sgd", 0.1, grad_clip=None)
   mesh = partitioning.create_mesh((2, 1, 1), devices=jax.devices()[:2])
-  ds = train.get_dataset(train.DatasetConfig(TASK, LENGTHS, batch_size=16, seed=5),
+  ds = datasets.get_dataset(datasets.DatasetConfig(TASK, LENGTHS, batch_size=16, seed=5),
                          model.feature_converter)
   batch = next(ds)
   # Equal token counts per microbatch make the mean of microbatch means the full mean.

@@ -4,7 +4,7 @@ import itertools
 
 import sentencepiece as spm
 
-from rso_jax import reward_models
+from rso_jax.tasks import text_formats
 from rso_jax.tasks import synthetic as syn
 from rso_jax.tasks import vocab
 
@@ -22,8 +22,8 @@ def test_words_model_holds_every_synthetic_text_in_few_pieces():
     ids = v.encode(t)
     assert v.decode(ids) == t and len(ids) + 1 <= 8, (t, ids)
   for q in data.dhf["validation"][:200]:
-    for t in (reward_models.ranking_input_text(q.prompt, q.chosen, q.rejected),
-              q.prompt + reward_models.BT_SEPARATOR + q.chosen):
+    for t in (text_formats.ranking_input_text(q.prompt, q.chosen, q.rejected),
+              q.prompt + text_formats.BT_SEPARATOR + q.chosen):
       ids = v.encode(t)
       assert v.decode(ids) == t and 2 not in ids, t  # no unknown piece
 

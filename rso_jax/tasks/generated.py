@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from rso_jax import fs
 from rso_jax.tasks import vocab as vocab_lib
+from rso_jax import checkpoints
 
 SHARD_PATTERN = "pairs-*.tfrecord"
 TOKEN_FEATURES = ("inputs", "chosen", "rejected")
@@ -84,7 +85,6 @@ def register_pair_task(name: str, data_dir: str, vocabulary: Optional[seqio.Voca
   if vocabulary is None:
     spec = manifest.get("vocabulary")
     if spec:
-      from rso_jax import checkpoints  # pylint: disable=g-import-not-at-top
       vocabulary = checkpoints.vocabulary_from_spec(spec)
     else:
       vocabulary = vocab_lib.get_vocabulary()
@@ -104,7 +104,7 @@ def pair_task(samples_dir: str, name: str = "rso_pairs") -> str:
   """Registers the sampling stage's pairs in `samples_dir` as task `name`; returns `name`.
 
   For gin: `MIXTURE_OR_TASK_NAME = @generated.pair_task()` with `pair_task.samples_dir`
-  (gin/policy.gin, gin/t5x/rso_hinge.gin).
+  (gin/stages/policy.gin, gin/t5x/rso_hinge.gin).
   """
   register_pair_task(name, samples_dir)
   return name

@@ -28,11 +28,12 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from rso_jax.tasks.text_formats import CONTEXT_TAG
+
 TRUNCATE_POLICIES = ("count", "error")
 # Preference tasks have no "chosen"/"rejected" feature lengths: both use the "targets" length.
 DEFAULT_LENGTH_KEYS: Mapping[str, str] = {"chosen": "targets", "rejected": "targets"}
 
-CONTEXT_TAG = "[CONTEXT]"
 KEEP_CONTEXT = ("start", "end")  # Which end of a cut reward-ranking context is kept.
 # Helper feature: format_pairwise_ranking -> append_eos_and_check_length (removed there).
 RANKING_TAIL = "_ranking_tail"
@@ -224,6 +225,50 @@ def ranking_input_ids(vocabulary: seqio.Vocabulary, whole: tf.Tensor, prompt: tf
   return tf.cond(tf.size(whole) + 1 <= length, fits, cut)
 
 
+def _checked_lengths(output_features: Mapping[str, seqio.Feature],
+                     sequence_length: Mapping[str, int] | None, length_keys: Mapping[str, str],
+                     stats_name: str) -> dict[str, int]:
+  """{feature: its length limit, EOS included} of the EOS features that have a length."""
+  checked: dict[str, int] = {}
+  for f, feat in output_features.items():
+    if not feat.add_eos:
+      continue
+    key = _length_key(f, sequence_length or {}, length_keys)
+    if key is not None and sequence_length[key] is not None:
+      checked[f] = int(sequence_length[key])
+  for f, limit in checked.items():
+    if limit < 1:
+      raise ValueError(f"Task {stats_name!r}: feature length for {f!r} must be >= 1, got {limit}")
+  return checked
+
+
+def _is_ranking(dataset: tf.data.Dataset, stats_name: str) -> bool:
+  """Whether `dataset` holds reward-ranking examples (built by `format_pairwise_ranking`)."""
+  ranking = RANKING_TAIL in dataset.element_spec
+  if ranking and "prompt_pretokenized" not in dataset.element_spec:
+    raise ValueError(f"Task {stats_name!r}: reward-ranking examples need 'prompt_pretokenized' "
+                     f"(format_pairwise_ranking keeps it); got {list(dataset.element_spec)}")
+  return ranking
+
+
+def _assert_fits(tokens: tf.Tensor, length: tf.Tensor, limit: int, feature: str,
+                 stats_name: str) -> tf.Tensor:
+  """`tokens`, after an in-graph check that `length` (EOS included) is within `limit`."""
+  assert_op = tf.debugging.assert_less_equal(
+      length, limit,
+      message=(f"Task {stats_name}: feature {feature} is longer than its feature length "
+               f"{limit} (x = its tokens incl. EOS, y = the limit) and truncate=error"))
+  with tf.control_dependencies([assert_op]):
+    return tf.identity(tokens)
+
+
+def _without_external_state(ds: tf.data.Dataset) -> tf.data.Dataset:
+  """The counters are diagnostic state: tf.data iterators are checkpointed without them."""
+  options = tf.data.Options()
+  options.experimental_external_state_policy = tf.data.experimental.ExternalStatePolicy.IGNORE
+  return ds.with_options(options)
+
+
 def append_eos_and_check_length(
     dataset: tf.data.Dataset,
     output_features: Mapping[str, seqio.Feature],
@@ -258,21 +303,9 @@ def append_eos_and_check_length(
     raise ValueError(f"truncate must be one of {TRUNCATE_POLICIES}, got {truncate!r}")
   if keep_context not in KEEP_CONTEXT:
     raise ValueError(f"keep_context={keep_context!r}: use one of {KEEP_CONTEXT}")
-  checked: dict[str, int] = {}
-  for f, feat in output_features.items():
-    if not feat.add_eos:
-      continue
-    key = _length_key(f, sequence_length or {}, length_keys)
-    if key is not None and sequence_length[key] is not None:
-      checked[f] = int(sequence_length[key])
-  for f, limit in checked.items():
-    if limit < 1:
-      raise ValueError(f"Task {stats_name!r}: feature length for {f!r} must be >= 1, got {limit}")
-  ranking = RANKING_TAIL in dataset.element_spec
-  if ranking and "prompt_pretokenized" not in dataset.element_spec:
-    raise ValueError(f"Task {stats_name!r}: reward-ranking examples need 'prompt_pretokenized' "
-                     f"(format_pairwise_ranking keeps it); got {list(dataset.element_spec)}")
-  fit_ranking = ranking and truncate == "count" and "inputs" in checked
+  checked = _checked_lengths(output_features, sequence_length, length_keys, stats_name)
+  fit_ranking = (_is_ranking(dataset, stats_name) and truncate == "count"
+                 and "inputs" in checked)
   names = tuple(sorted(checked))
   counters = None
   if truncate == "count" and names:
@@ -290,22 +323,15 @@ def append_eos_and_check_length(
         continue
       v = ex[f]
       lengths[f] = tf.size(v, out_type=tf.int32) + 1
-      if f in checked:
-        limit = checked[f]
-        if truncate == "error":
-          assert_op = tf.debugging.assert_less_equal(
-              lengths[f], limit,
-              message=(f"Task {stats_name}: feature {f} is longer than its feature length "
-                       f"{limit} (x = its tokens incl. EOS, y = the limit) and truncate=error"))
-          with tf.control_dependencies([assert_op]):
-            v = tf.identity(v)
-        elif f == "inputs" and fit_ranking:
-          ids, status = ranking_input_ids(feat.vocabulary, v, ex["prompt_pretokenized"], tail,
-                                          limit, keep_context)
-          dropped = tf.equal(status, RANKING_DROPPED)
-          v = tf.cast(ids, v.dtype)[:limit - 1]  # A no-op unless dropped.
-        else:
-          v = v[:limit - 1]
+      if f in checked and truncate == "error":
+        v = _assert_fits(v, lengths[f], checked[f], f, stats_name)
+      elif f == "inputs" and fit_ranking:
+        ids, status = ranking_input_ids(feat.vocabulary, v, ex["prompt_pretokenized"], tail,
+                                        checked[f], keep_context)
+        dropped = tf.equal(status, RANKING_DROPPED)
+        v = tf.cast(ids, v.dtype)[:checked[f] - 1]  # A no-op unless dropped.
+      elif f in checked:
+        v = v[:checked[f] - 1]
       ex[f] = tf.concat([v, tf.constant([feat.vocabulary.eos_id], v.dtype)], axis=0)
     if counters is not None:
       token = counters.update(tf.cast(tf.stack([lengths[f] for f in names]), tf.int64),
@@ -318,12 +344,7 @@ def append_eos_and_check_length(
   if fit_ranking:
     ds = ds.filter(lambda ex, keep: keep)
   ds = ds.map(lambda ex, keep: ex)
-  if counters is not None:
-    # The counter is diagnostic state: let tf.data iterators be checkpointed without it.
-    options = tf.data.Options()
-    options.experimental_external_state_policy = tf.data.experimental.ExternalStatePolicy.IGNORE
-    ds = ds.with_options(options)
-  return ds
+  return _without_external_state(ds) if counters is not None else ds
 
 
 def count_truncated(dataset: tf.data.Dataset, feature_lengths: Mapping[str, int], *,

@@ -47,6 +47,8 @@ from typing import Mapping, NamedTuple, Sequence
 
 import numpy as np
 
+from rso_jax.tasks import text_formats
+
 LEXICON: tuple[str, ...] = (
     "ant", "ape", "asp", "bat", "bee", "boa", "cat", "cod", "cow", "cub", "doe", "dog", "eel",
     "elk", "emu", "ewe", "fox", "gar", "gnu", "hen", "hog", "jay", "kid", "koi", "owl", "pig",
@@ -429,12 +431,11 @@ def vocabulary_corpus(data: SyntheticData) -> list[str]:
   """The texts the word-level vocabulary is trained on (`vocab.train_synthetic_words_model`):
   train prompts and SFT demos, the Bradley-Terry model's packed `x [RESPONSE] y`, the pairwise
   model's ranking inputs of the first 2,000 D_hf pairs and its answers "A" / "B"."""
-  from rso_jax import reward_models  # pylint: disable=g-import-not-at-top
   texts = []
   for p, y in zip(data.prompts["train"], data.sft["train"]):
-    texts += [p, y, p + reward_models.BT_SEPARATOR + y]
+    texts += [p, y, p + text_formats.BT_SEPARATOR + y]
   for q in data.dhf["train"][:2000]:
-    texts += [reward_models.ranking_input_text(q.prompt, q.chosen, q.rejected), "A", "B"]
+    texts += [text_formats.ranking_input_text(q.prompt, q.chosen, q.rejected), "A", "B"]
   return texts
 
 
