@@ -117,7 +117,7 @@ def _run_resumable(model_dir: str) -> bool:
   """A MODEL_DIR worth keeping after a failure: a saved checkpoint or a finished run (or one
   another run holds the lock of)."""
   return (checkpoints.latest_step(model_dir) is not None
-          or fs.exists(fs.join(model_dir, runs.COMPLETED)) or run_lock.is_locked(model_dir))
+          or runs.is_complete(model_dir) or run_lock.is_locked(model_dir))
 
 
 def _network_diff(stored, configured) -> dict:
