@@ -43,8 +43,8 @@ from typing import Any, List, Mapping, Optional, Sequence, Tuple
 import jax
 import orbax.checkpoint as ocp
 
-from rso_jax import errors
 from rso_jax import checkpoint_files
+from rso_jax import errors
 from rso_jax import fs
 from rso_jax import network
 from rso_jax.errors import CheckpointError
@@ -554,7 +554,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
   # ValueError: CheckpointError, a malformed --model_settings JSON.
   return errors.report("rso_jax.checkpoints", run,
-                            user_errors=(*errors.USER_ERRORS, ValueError))
+                       user_errors=(*errors.USER_ERRORS, ValueError))
 
 
 if __name__ == "__main__":

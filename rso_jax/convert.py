@@ -56,11 +56,11 @@ import ml_dtypes
 import numpy as np
 from safetensors import safe_open
 
-from rso_jax import runs
-from rso_jax import errors
 from rso_jax import checkpoints
+from rso_jax import errors
 from rso_jax import fs
 from rso_jax import network
+from rso_jax import runs
 from rso_jax.tasks import vocab as vocab_lib
 
 Params = Dict[str, Any]
@@ -504,7 +504,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
   # ValueError: UsageError, CheckpointError, refused configs.
   return errors.report("rso_jax.convert", run,
-                            user_errors=(*errors.USER_ERRORS, ValueError))
+                       user_errors=(*errors.USER_ERRORS, ValueError))
 
 
 if __name__ == "__main__":

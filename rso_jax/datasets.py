@@ -12,6 +12,7 @@ Importing this module registers the embedded tasks (`rso_jax.tasks`).
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from typing import List, Mapping, Optional
 
 import seqio
@@ -33,11 +34,14 @@ class DatasetConfig:
   use_cached: bool = False
 
 
-def check_task(name: str) -> None:
-  if name not in seqio.TaskRegistry.names() and name not in seqio.MixtureRegistry.names():
-    known = sorted(set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names()))
-    raise ConfigError(f"MIXTURE_OR_TASK_NAME={name!r} is not a registered seqio task or mixture "
-                      f"(registered: {', '.join(known) or 'none'})")
+def check_task(name: str, setting: str = "MIXTURE_OR_TASK_NAME") -> None:
+  """ConfigError naming `setting` unless `name` is a registered seqio task or mixture."""
+  known = sorted(set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names()))
+  if name not in known:
+    close = difflib.get_close_matches(str(name), known, n=1)
+    raise ConfigError(f"{setting}={name!r} is not a registered seqio task or mixture"
+                      + (f" (did you mean {close[0]!r}?)" if close else "")
+                      + f" (registered: {', '.join(known) or 'none'})")
 
 
 def get_dataset(cfg: DatasetConfig, feature_converter, *, num_epochs: Optional[int] = None,

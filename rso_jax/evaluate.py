@@ -43,17 +43,17 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import jax
 import numpy as np
 
-from rso_jax import runs
-from rso_jax import errors
 from rso_jax import checkpoints
+from rso_jax import errors
 from rso_jax import fs
 from rso_jax import inference
 from rso_jax import partitioning
 from rso_jax import recipe
 from rso_jax import reports
 from rso_jax import reward_quality
-from rso_jax.tasks import synthetic
+from rso_jax import runs
 from rso_jax import tasks  # pylint: disable=unused-import  (registers the embedded tasks)
+from rso_jax.tasks import synthetic
 
 DECODINGS = ("greedy", "sample")
 AUTO = "auto"
@@ -482,7 +482,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
   # ValueError: the evaluation's own refusals (bad decoding, no prompts, unknown task, ...).
   return errors.report("rso_jax.evaluate", run,
-                            user_errors=(*errors.USER_ERRORS, ValueError))
+                       user_errors=(*errors.USER_ERRORS, ValueError))
 
 
 if __name__ == "__main__":

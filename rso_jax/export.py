@@ -56,12 +56,12 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 import jax
 import numpy as np
 
-from rso_jax import runs
-from rso_jax import errors
 from rso_jax import checkpoints
-from rso_jax import fs
 from rso_jax import convert
+from rso_jax import errors
+from rso_jax import fs
 from rso_jax import network
+from rso_jax import runs
 
 Params = Dict[str, Any]
 
@@ -335,7 +335,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
   # ValueError: CheckpointError, a network with no HF counterpart.
   return errors.report("rso_jax.export", run,
-                            user_errors=(*errors.USER_ERRORS, ValueError))
+                       user_errors=(*errors.USER_ERRORS, ValueError))
 
 
 if __name__ == "__main__":

@@ -46,7 +46,6 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import jax
 import numpy as np
 
-import seqio
 
 from rso_jax import checkpoints
 from rso_jax import cli
@@ -95,10 +94,7 @@ def read_prompts_file(path: str) -> Tuple[List[str], List[Dict[str, Any]]]:
 
 def read_task_prompts(task: str, split: str, num_prompts: Optional[int]) -> List[str]:
   """The `inputs_pretokenized` texts of a seqio task / mixture split, in order."""
-  known = set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names())
-  if task not in known:
-    raise ConfigError(f"TASK={task!r} is not a registered seqio task or mixture (registered: "
-                      f"{', '.join(sorted(known)) or 'none'})")
+  datasets.check_task(task, "TASK")
   try:
     return datasets.read_prompts(task, split, num_prompts)
   except errors.DataError:

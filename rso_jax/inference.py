@@ -44,9 +44,9 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from rso_jax import errors
 from rso_jax import checkpoints
 from rso_jax import decoding
+from rso_jax import errors
 from rso_jax import models
 from rso_jax import network
 from rso_jax import partitioning

@@ -22,11 +22,11 @@ from typing import Any, Mapping, Optional, Tuple, Union
 import jax
 import jax.numpy as jnp
 
-from rso_jax import losses
-from rso_jax import network
 from rso_jax import checkpoints
 from rso_jax import decoding
 from rso_jax import feature_converters
+from rso_jax import losses
+from rso_jax import network
 
 Array = jax.Array
 Batch = Mapping[str, Array]

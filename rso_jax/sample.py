@@ -35,7 +35,6 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import jax
 import numpy as np
-import seqio
 import tensorflow as tf
 import tqdm
 
@@ -99,11 +98,7 @@ def _check_args(*, output_dir, policy_checkpoint, prompts_task, data_setting, nu
   errors.check_int("input_length", input_length, optional=True)
   errors.check_int("max_decode_length", max_decode_length, optional=True)
   recipe.SamplingRecipe(num_candidates, num_samples, temperature, top_k, top_p, beta)
-  known = set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names())
-  if prompts_task not in known:
-    close = difflib.get_close_matches(prompts_task, sorted(known), n=1)
-    raise ConfigError(f"PROMPTS_TASK={prompts_task!r} is not a registered seqio task or mixture"
-                      + (f" (did you mean {close[0]!r}?)" if close else ""))
+  datasets.check_task(prompts_task, "PROMPTS_TASK")
 
 
 def _open_models(policy_checkpoint: str, reward_checkpoint: Optional[str],

@@ -134,14 +134,14 @@ def _score_candidates(policy: inference.Generator, scorer: inference.RewardModel
   return _Candidates(out, rewards, valid, nonempty, inconsistent, unscorable)
 
 
-def _select(c: _Candidates, key, *, strategy: str, num_samples: int, beta: float,
-            rejection_mode: str, proposal_correction: bool, rest_threshold: float):
-  """`rejection.Selection` of up to `num_samples` valid candidates per prompt (host arrays)."""
+def _select(c: _Candidates, masked: jax.Array, key, *, strategy: str, num_samples: int,
+            beta: float, rejection_mode: str, proposal_correction: bool, rest_threshold: float):
+  """`rejection.Selection` of up to `num_samples` valid candidates per prompt (host arrays);
+  `masked`: the rewards `[B, N]`, 0 where a candidate is invalid."""
   correction = None
   if proposal_correction:
     correction = rejection.ProposalCorrection(jnp.asarray(c.out.model_logps),
                                               jnp.asarray(c.out.proposal_logps))
-  masked = jnp.asarray(np.where(c.valid, c.rewards, 0.0))
   if strategy == "rso":
     sel = rejection.select("rso", key, masked, num_samples, beta, mask=jnp.asarray(c.valid),
                            log_prob_correction=correction, mode=rejection_mode)
@@ -283,14 +283,14 @@ def process_batch(policy: inference.Generator, scorer: inference.RewardModel,
   c = _score_candidates(policy, scorer, prompts, k_sample, num_candidates=num_candidates,
                         max_decode_length=max_decode_length, temperature=temperature,
                         top_k=top_k, top_p=top_p, keep_unfinished=keep_unfinished)
-  sel = _select(c, k_select, strategy=strategy, num_samples=num_samples, beta=beta,
+  masked = jnp.asarray(np.where(c.valid, c.rewards, 0.0))
+  sel = _select(c, masked, k_select, strategy=strategy, num_samples=num_samples, beta=beta,
                 rejection_mode=rejection_mode, proposal_correction=proposal_correction,
                 rest_threshold=rest_threshold)
   no_label: set = set()
   pairs = None
   if not responses_only:
     pref_fn = _label_fn(scorer, label_with, prompts, c.out.texts, no_label)
-    masked = jnp.asarray(np.where(c.valid, c.rewards, 0.0))
     pairs = jax.device_get(pairs_lib.make_pairs(
         pair_method, jnp.asarray(sel.indices), jnp.asarray(sel.valid),
         rewards=None if pref_fn else masked, preference_fn=pref_fn, key=k_pair))

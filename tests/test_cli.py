@@ -11,9 +11,9 @@ import sys
 import pytest
 
 from helpers import CFG, save
-from rso_jax import sample_batch
-from rso_jax import runs
 from rso_jax import errors
+from rso_jax import runs
+from rso_jax import sample_batch
 from rso_jax import (checkpoints, cli, convert, evaluate, export, infer, models, pipeline,
                      reward_models, sample, train)
 

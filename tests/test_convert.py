@@ -17,9 +17,9 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from rso_jax import errors
 from rso_jax import checkpoints  # pylint: disable=g-import-not-at-top
 from rso_jax import convert
+from rso_jax import errors
 from rso_jax import network
 
 VOCAB = 128

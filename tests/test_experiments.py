@@ -18,8 +18,8 @@ import pytest
 import tensorflow as tf
 
 import realdata
-from rso_jax import runs
 from rso_jax import errors
+from rso_jax import runs
 from rso_jax import checkpoints, cli, pipeline, train
 from rso_jax.tasks import generated, preference_files, vocab as vocab_lib
 

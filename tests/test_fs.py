@@ -10,8 +10,8 @@ import pytest
 
 import helpers
 from gcs_emulator import gcs  # noqa: F401  pylint: disable=unused-import  (a fixture)
-from rso_jax import runs
 from rso_jax import fs
+from rso_jax import runs
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -9,9 +9,9 @@ import pytest
 import seqio
 
 from helpers import CFG, save
-from rso_jax import sample_batch
-from rso_jax import runs
 from rso_jax import errors
+from rso_jax import runs
+from rso_jax import sample_batch
 from rso_jax import checkpoints, models, reward_models, sample
 from rso_jax.tasks import generated, synthetic
 

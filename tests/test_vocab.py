@@ -4,8 +4,8 @@ import itertools
 
 import sentencepiece as spm
 
-from rso_jax.tasks import text_formats
 from rso_jax.tasks import synthetic as syn
+from rso_jax.tasks import text_formats
 from rso_jax.tasks import vocab
 
 

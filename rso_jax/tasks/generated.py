@@ -16,9 +16,9 @@ from typing import Optional
 import seqio
 import tensorflow as tf
 
+from rso_jax import checkpoints
 from rso_jax import fs
 from rso_jax.tasks import vocab as vocab_lib
-from rso_jax import checkpoints
 
 SHARD_PATTERN = "pairs-*.tfrecord"
 TOKEN_FEATURES = ("inputs", "chosen", "rejected")
