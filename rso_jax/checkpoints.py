@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import re
 import sys
 from typing import Any, List, Mapping, Optional, Sequence, Tuple
@@ -76,6 +77,9 @@ class Manifest:
   model_settings: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   task: Optional[str] = None
   source: str = "train"
+  # Which prompts of `task` it was trained on when the task is one side of the judge's held-out
+  # split (`tasks.prompt_split.split_spec`): {source, side, fraction, salt, by}; None = all.
+  data_split: Optional[Mapping[str, Any]] = None
   # The directory the manifest was read from (resolves the vocabulary's copied file).
   directory: Optional[str] = dataclasses.field(default=None, compare=False)
 
@@ -90,7 +94,8 @@ class Manifest:
             "vocabulary": None if self.vocabulary is None else dict(self.vocabulary),
             "feature_lengths": (None if self.feature_lengths is None
                                 else {k: int(v) for k, v in self.feature_lengths.items()}),
-            "task": self.task, "source": self.source}
+            "task": self.task, "source": self.source,
+            **({} if self.data_split is None else {"data_split": dict(self.data_split)})}
 
   @classmethod
   def from_json(cls, d: Mapping[str, Any], directory: Optional[str] = None) -> "Manifest":
@@ -99,7 +104,8 @@ class Manifest:
     return cls(kind=d["kind"], network=network.T5Config(**net), vocabulary=d.get("vocabulary"),
                feature_lengths=d.get("feature_lengths"),
                model_settings=d.get("model_settings") or {}, task=d.get("task"),
-               source=d.get("source", "train"), directory=directory)
+               source=d.get("source", "train"), data_split=d.get("data_split"),
+               directory=directory)
 
   def get_vocabulary(self):
     """The seqio vocabulary this checkpoint reads and writes text with."""
@@ -358,6 +364,17 @@ def resolve_params_path(path: str) -> str:
       f"{path}/checkpoint_<step>/state)")
 
 
+class _NoStepMetadataWarning(logging.Filter):
+  """orbax warns that a params item has no step metadata file of its own: it lives in the step
+  directory, as the trainer's CheckpointManager writes it. A normal load says nothing."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not str(record.getMessage()).startswith("Metadata file does not exist")
+
+
+_QUIET = _NoStepMetadataWarning()
+
+
 def load_params(path: str, abstract_params: Any = None) -> Any:
   """Restores params from `path` (see `resolve_params_path`), verified first (`verify`).
 
@@ -366,6 +383,8 @@ def load_params(path: str, abstract_params: Any = None) -> Any:
   first device, whatever mesh (or number of hosts) saved them.
   """
   resolved = verified(resolve_params_path(path))
+  absl_logger = logging.getLogger("absl")
+  absl_logger.addFilter(_QUIET)
   try:
     if is_t5x_step(resolved):
       return _load_t5x_params(resolved, abstract_params)
@@ -381,6 +400,8 @@ def load_params(path: str, abstract_params: Any = None) -> Any:
     damage = checkpoint_files.read_damage(e)
     if damage is None:
       raise
+  finally:
+    absl_logger.removeFilter(_QUIET)
   checkpoint_files.drop_pending_reads()
   raise damaged_error(resolved, damage)
 

@@ -9,6 +9,9 @@
                                 bindings named, with the closest argument
   run_configured, main          a gin-configured entry function, under its stage's scope, as a
                                 command (`python -m rso_jax.train|sample|infer`)
+  run_stage                     a pipeline stage as its own process with this process's gin
+                                flags: its output prefixed, its failure one line, signals
+                                forwarded
 
 Exit statuses and one-line errors: `rso_jax.errors` (0 done; 2 a user error; 3 a pipeline
 stage failed; 143 preempted).
@@ -21,16 +24,33 @@ import difflib
 import inspect
 import logging
 import os
+import re
+import signal
+import subprocess
 import sys
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import gin
 
 from rso_jax import errors
+from rso_jax import runs
 from rso_jax.errors import ConfigError
 from rso_jax.tasks import preference_files
 
-REPO_GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin")
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+# The gin files: inside the installed package (rso_jax/gin), else the repository's gin/.
+GIN_DIR = (os.path.join(_PACKAGE_DIR, "gin") if os.path.isdir(os.path.join(_PACKAGE_DIR, "gin"))
+           else os.path.join(os.path.dirname(_PACKAGE_DIR), "gin"))
+
+
+def find_gin_file(name: str, search: Sequence[str] = ()) -> Optional[str]:
+  """The path of gin file `name`: as given (from the working directory), else under the search
+  paths (`GIN_DIR` first); `gin/...`, the repository's spelling, also resolves under `GIN_DIR`,
+  so the README's commands run from any directory. None when there is none."""
+  candidates = [name] + [os.path.join(p, name) for p in (GIN_DIR, *search)]
+  if name.startswith("gin/"):
+    candidates.append(os.path.join(GIN_DIR, name[len("gin/"):]))
+  return next((c for c in candidates if os.path.isfile(c)), None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,16 +234,16 @@ def configure_gin(files: Sequence[str], bindings: Sequence[str], search: Sequenc
   gin.config._set_config_is_locked(False)  # pylint: disable=protected-access  (a re-run)
   logging.getLogger().addFilter(_quiet_gin_search)
   _tolerant_gin_file_readers()
-  for p in [REPO_GIN_DIR, *search]:
+  for p in [GIN_DIR, *search]:
     gin.add_config_file_search_path(p)
+  paths = []
   for f in files:
-    found = os.path.exists(f) or any(os.path.exists(os.path.join(p, f))
-                                     for p in [REPO_GIN_DIR, *search])
-    if not found:
-      raise ConfigError(f"gin file {f!r} not found (searched ., {REPO_GIN_DIR}, "
+    paths.append(find_gin_file(f, search))
+    if paths[-1] is None:
+      raise ConfigError(f"gin file {f!r} not found (searched ., {GIN_DIR}, "
                         f"{', '.join(search) or 'no extra paths'})")
   try:
-    gin.parse_config_files_and_bindings(list(files), None, finalize_config=False)
+    gin.parse_config_files_and_bindings(paths, None, finalize_config=False)
     unread_in_files = unread_macros()
     gin.parse_config(list(bindings))
     _check_macros_read(bindings, unread_in_files)
@@ -338,3 +358,71 @@ def main(argv: Optional[Sequence[str]], entry: Callable,
     configure_gin(flags.files, flags.bindings, flags.search, stage=flags.stage)
     run_configured(entry, flags.stage, stage_kwargs)
   return errors.report("rso_jax." + entry.__module__.split(".")[-1], run)
+
+
+# ------------------------------------------------------------------------------ stage processes
+def run_stage(name: str, module: str, extra_bindings: Sequence[str] = (),
+         flags: Optional[Sequence[str]] = None) -> None:
+  """Runs `python -m module <this run's gin flags> --stage=name`, its output prefixed `[name]`.
+
+  `flags` default to the gin flags this process was configured with (`cli.invocation()`), so
+  the stage reads the whole operative configuration; `extra_bindings` are appended (what the
+  pipeline decides for the stage, e.g. its output directory).
+
+  Raises `StageFailed` on a non-zero exit, `errors.Preempted` when the stage was stopped by
+  SIGTERM / SIGINT (its exit status 143, or killed by the signal, or a signal this process
+  received and forwarded to it while it ran).
+  """
+  if flags is None:
+    flags = invocation_flags()
+  cmd = [sys.executable, "-m", module, *flags, f"--stage={name}"]
+  cmd += [f"--gin_bindings={b}" for b in extra_bindings]
+  print(f"[{name}] {' '.join(cmd[1:])}", flush=True)
+  # The stage imports this very rso_jax, whatever the working directory.
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+      [root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+  proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          bufsize=1, env=env)
+  forwarded = []
+
+  def forward(signum, frame):  # pylint: disable=unused-argument
+    forwarded.append(signum)
+    try:
+      proc.send_signal(signum)
+    except ProcessLookupError:
+      pass
+
+  error_line = exception_line = None
+  with runs.on_stop_signals(forward, multiprocess=True):
+    assert proc.stdout is not None
+    for line in proc.stdout:
+      if is_noise(line):
+        continue
+      if line.startswith("rso_jax.") and ": error: " in line:
+        error_line = line.split(": error: ", 1)[1].strip()
+      elif _EXCEPTION_LINE.match(line):
+        exception_line = line.strip()
+      print(f"[{name}] {line}", end="", flush=True)
+    rc = proc.wait()
+  stopped = rc in (errors.EXIT_PREEMPTED, -signal.SIGTERM, -signal.SIGINT)
+  if stopped or (forwarded and rc != 0):
+    raise errors.Preempted(f"preempted: stage {name!r} stopped (exit code {rc}) with what it "
+                            "finished saved; rerun the same command to continue")
+  if rc:
+    detail = error_line or exception_line
+    raise errors.StageFailed(name, rc, detail if detail is None or len(detail) <= 600
+                      else detail[:600] + " ...")
+  if forwarded:
+    raise errors.Preempted(f"preempted after stage {name!r} finished; rerun the same command "
+                            "to continue")
+
+
+# The last line of a Python traceback: `ValueError: ...`, `jax.errors.JaxRuntimeError: ...`.
+_EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*(?:Error|Exception|Exit)(?::\s|$)")
+
+
+def is_noise(line: str) -> bool:
+  """A line of TensorFlow / XLA start-up chatter (not shown in a stage's output)."""
+  return any(s in line for s in ("cuda", "oneDNN", "absl::InitializeLog", "TF_ENABLE_ONEDNN",
+                                 "FunctionDataset", "computation placer"))

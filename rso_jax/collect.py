@@ -18,6 +18,7 @@ import numpy as np
 
 from rso_jax import checkpoints
 from rso_jax import inference
+from rso_jax import progress
 from rso_jax.tasks import synthetic
 
 # The annotator's draws: a stream of their own, apart from the sampling key.
@@ -35,9 +36,10 @@ def collect_pairs(policy_checkpoint: str, prompts: Sequence[str], *,
   """
   policy = inference.load(policy_checkpoint, expect=checkpoints.GENERATIVE_KINDS,
                           role="policy", batch_size=512)
+  bar = progress.Progress("[collect] sampled", len(prompts))
   # [P] prompts -> [P][2] responses
   texts = policy.generate(list(prompts), key=jax.random.key(seed), num_decodes=2,
-                          temperature=temperature, top_k=top_k).texts
+                          temperature=temperature, top_k=top_k, progress=bar.update).texts
   keep = [i for i, (a, b) in enumerate(texts) if a.strip() and b.strip() and a != b]
   x = [prompts[i] for i in keep]
   y1, y2 = [texts[i][0] for i in keep], [texts[i][1] for i in keep]

@@ -20,6 +20,7 @@ import seqio
 from rso_jax import checkpoints
 from rso_jax import tasks  # pylint: disable=unused-import  (registers the embedded tasks)
 from rso_jax.errors import ConfigError
+from rso_jax.tasks import prompt_split
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,7 +89,8 @@ def model_manifest(model, mixture_or_task_name: str, task_feature_lengths: Mappi
   return checkpoints.Manifest(
       kind=model.manifest_kind, network=model.config, vocabulary=spec,
       feature_lengths={k: int(v) for k, v in task_feature_lengths.items()},
-      model_settings=model.manifest_settings(), task=mixture_or_task_name)
+      model_settings=model.manifest_settings(), task=mixture_or_task_name,
+      data_split=prompt_split.split_spec(mixture_or_task_name))
 
 
 def read_prompts(task_name: str, split: str, max_prompts: Optional[int] = None) -> List[str]:

@@ -1,6 +1,14 @@
-"""Export a seq2seq / policy checkpoint to a HuggingFace T5 directory (the inverse of convert.py).
+"""Export what rso_jax made for other tools: a checkpoint as a HuggingFace T5 directory (the
+inverse of convert.py), the sampled pairs as TRL-format JSONL.
 
     python -m rso_jax.export --checkpoint=/path/to/run_or_step --out=/path/to/hf_dir [--force]
+    python -m rso_jax.export --samples=RUN_DIR/samples/rso_sample_rank-<hash> --out=pairs.jsonl
+
+`--samples`: the sampling stage's pairs as TRL's preference format with the reference
+log-probs its DPO trainer reads precomputed (`ref_chosen_logps`, `ref_rejected_logps`, log
+π_sft of each response under this run's model and vocabulary), a RAFT / ReST run's selected
+responses as TRL's prompt-completion format (`tasks.generated.export_jsonl`), written
+atomically.
 
 reads any generative checkpoint through its manifest (`checkpoints.load`: a run directory, a
 step directory, or a converted checkpoint; kind "seq2seq" or "policy" — a reward model is refused
@@ -62,6 +70,7 @@ from rso_jax import errors
 from rso_jax import fs
 from rso_jax import network
 from rso_jax import runs
+from rso_jax.tasks import generated
 
 Params = Dict[str, Any]
 
@@ -317,14 +326,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   """Exit status 0 done, 2 a user error (one line; RSO_JAX_TRACEBACK=1 for the traceback)."""
   parser = errors.ArgumentParser(prog="python -m rso_jax.export", error_prefix="rso_jax.export",
                                     description=__doc__.split("\n")[0])
-  parser.add_argument("--checkpoint", required=True,
-                      help="seq2seq or policy checkpoint (run, step or converted directory)")
-  parser.add_argument("--out", required=True, help="HF T5 directory to write")
+  what = parser.add_mutually_exclusive_group(required=True)
+  what.add_argument("--checkpoint",
+                    help="seq2seq or policy checkpoint (run, step or converted directory)")
+  what.add_argument("--samples", help="a sampling stage's output directory: its pairs as "
+                    "TRL-format JSONL")
+  parser.add_argument("--out", required=True,
+                      help="HF T5 directory to write (--checkpoint), JSONL file (--samples)")
   parser.add_argument("--force", action="store_true", help="replace a non-empty --out (never one that is, holds or lies inside "
                       "the checkpoint)")
   args = parser.parse_args(argv)
 
   def run():
+    if args.samples:
+      counts = generated.export_jsonl(args.samples, args.out)
+      print(f"wrote {counts['records']:,} records of {fs.abspath(args.samples)} to "
+            f"{counts['out']} (TRL {counts['format']} format)")
+      return
     with runs.removed_on_failure(args.out):  # and the parents export created for it
       out = export(args.checkpoint, args.out, force=args.force)
     vocab_size = json.loads(fs.read_text(fs.join(out, "config.json")))["vocab_size"]

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import flax.linen as nn
 import jax
@@ -289,7 +289,8 @@ class Generator(_Loaded):
                temperature: float = recipe.PAPER.temperature,
                top_k: Optional[int] = recipe.PAPER.top_k,
                top_p: Optional[float] = None, max_decode_length: Optional[int] = None,
-               batch_size: Optional[int] = None, canonical: bool = False) -> Generation:
+               batch_size: Optional[int] = None, canonical: bool = False,
+               progress: Optional[Callable[[int, int], None]] = None) -> Generation:
     """`num_decodes` samples for each prompt (temperature 0 = greedy).
 
     Prompts run in chunks of `batch_size` rows (default: the loader's; padded by repeating
@@ -304,6 +305,8 @@ class Generator(_Loaded):
     model reads is what the policy is trained on. `proposal_logps` stay the sampled path's.
     Marked in `retokenized`; a text whose own tokenization is longer than the decode length
     is left as sampled and marked not `consistent` (callers drop it).
+
+    `progress(done, total)`: called after each chunk with the prompts decoded so far.
     """
     prompts = _as_texts("prompts", prompts)
     if not prompts:
@@ -320,6 +323,8 @@ class Generator(_Loaded):
             num_decodes=num_decodes, max_decode_length=length, temperature=temperature,
             top_k=top_k, top_p=top_p, vocab_size=self.vocab.vocab_size))
       parts.append(jax.tree.map(lambda x, n=n: np.asarray(x)[:n], out))
+      if progress is not None:
+        progress(start + n, len(prompts))
     cat = lambda f: np.concatenate([getattr(p, f) for p in parts])
     toks = cat("tokens")
     gen = Generation(texts=[self.detokenize(row) for row in toks], tokens=toks,

@@ -45,11 +45,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import re
-import signal
-import subprocess
-import sys
 from typing import Any, Mapping, Optional, Sequence
 
 import gin
@@ -70,6 +65,7 @@ from rso_jax import train as train_lib
 from rso_jax.errors import ConfigError
 from rso_jax.tasks import embedded
 from rso_jax.tasks import generated
+from rso_jax.tasks import prompt_split
 from rso_jax.tasks import synthetic
 
 REWARD_QUALITY = "reward_quality.json"  # RewardQualityStage's record, in the reward model's dir
@@ -91,11 +87,17 @@ def run_path(run_dir: str, name: str) -> str:
   return fs.join(fs.abspath(run_dir), name)
 
 
-STAGE_ORDER = ("sft", "collect", "reward", "reward_quality", "sample")
+STAGE_ORDER = ("sft", "collect", "reward", "judge", "reward_quality", "sample")
+
+
+def judge_checkpoint(run_dir: str, fraction: float, name: str = "judge") -> Optional[str]:
+  """`run_dir/name` where the run trains its own judge (JUDGE_PROMPT_FRACTION > 0), else None
+  (gin: the default of JUDGE_CHECKPOINT)."""
+  return run_path(run_dir, name) if prompt_split.check_fraction(fraction) else None
 
 
 def prerequisites(*, sft: Any = None, collect: Any = None, reward: Any = None,
-                  reward_quality: Any = None, sample: Any = None,
+                  judge: Any = None, reward_quality: Any = None, sample: Any = None,
                   skip: Sequence[str] = ()) -> list:
   """The stages that build what the policy's training reads, in `STAGE_ORDER` (each one's
   inputs come from those before it or from the configuration), less the `skip`ped ones.
@@ -104,8 +106,8 @@ def prerequisites(*, sft: Any = None, collect: Any = None, reward: Any = None,
   (SKIP_STAGES: `direct` trains on D_hf and samples nothing; iterative RSO's round 2 reuses
   round 1's π_sft).
   """
-  stages = dict(sft=sft, collect=collect, reward=reward, reward_quality=reward_quality,
-                sample=sample)
+  stages = dict(sft=sft, collect=collect, reward=reward, judge=judge,
+                reward_quality=reward_quality, sample=sample)
   unknown = [n for n in skip if n not in stages]
   if unknown:
     raise ConfigError(f"SKIP_STAGES={tuple(skip)!r}: no stage {unknown[0]!r} (the stages: "
@@ -117,72 +119,6 @@ def stage_bindings(entry: Any, scope: str) -> dict:
   """The arguments gin passes to `entry` when called under `scope` (references evaluated)."""
   with gin.config_scope(scope):
     return gin.get_bindings(entry)
-
-
-def _run(name: str, module: str, extra_bindings: Sequence[str] = (),
-         flags: Optional[Sequence[str]] = None) -> None:
-  """Runs `python -m module <this run's gin flags> --stage=name`, its output prefixed `[name]`.
-
-  `flags` default to the gin flags this process was configured with (`cli.invocation()`), so
-  the stage reads the whole operative configuration; `extra_bindings` are appended (what the
-  pipeline decides for the stage, e.g. its output directory).
-
-  Raises `StageFailed` on a non-zero exit, `errors.Preempted` when the stage was stopped by
-  SIGTERM / SIGINT (its exit status 143, or killed by the signal, or a signal this process
-  received and forwarded to it while it ran).
-  """
-  if flags is None:
-    flags = cli.invocation_flags()
-  cmd = [sys.executable, "-m", module, *flags, f"--stage={name}"]
-  cmd += [f"--gin_bindings={b}" for b in extra_bindings]
-  print(f"[{name}] {' '.join(cmd[1:])}", flush=True)
-  # The stage imports this very rso_jax, whatever the working directory.
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-      [root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
-  proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          bufsize=1, env=env)
-  forwarded = []
-
-  def forward(signum, frame):  # pylint: disable=unused-argument
-    forwarded.append(signum)
-    try:
-      proc.send_signal(signum)
-    except ProcessLookupError:
-      pass
-
-  error_line = exception_line = None
-  with runs.on_stop_signals(forward, multiprocess=True):
-    assert proc.stdout is not None
-    for line in proc.stdout:
-      if _noise(line):
-        continue
-      if line.startswith("rso_jax.") and ": error: " in line:
-        error_line = line.split(": error: ", 1)[1].strip()
-      elif _EXCEPTION_LINE.match(line):
-        exception_line = line.strip()
-      print(f"[{name}] {line}", end="", flush=True)
-    rc = proc.wait()
-  stopped = rc in (errors.EXIT_PREEMPTED, -signal.SIGTERM, -signal.SIGINT)
-  if stopped or (forwarded and rc != 0):
-    raise errors.Preempted(f"preempted: stage {name!r} stopped (exit code {rc}) with what it "
-                            "finished saved; rerun the same command to continue")
-  if rc:
-    detail = error_line or exception_line
-    raise errors.StageFailed(name, rc, detail if detail is None or len(detail) <= 600
-                      else detail[:600] + " ...")
-  if forwarded:
-    raise errors.Preempted(f"preempted after stage {name!r} finished; rerun the same command "
-                            "to continue")
-
-
-# The last line of a Python traceback: `ValueError: ...`, `jax.errors.JaxRuntimeError: ...`.
-_EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*(?:Error|Exception|Exit)(?::\s|$)")
-
-
-def _noise(line: str) -> bool:
-  return any(s in line for s in ("cuda", "oneDNN", "absl::InitializeLog", "TF_ENABLE_ONEDNN",
-                                 "FunctionDataset", "computation placer"))
 
 
 def _lengths(v: Optional[Mapping[str, Any]]) -> Optional[dict]:
@@ -258,8 +194,44 @@ class TrainStage:
                      args.get("task_feature_lengths"), own=own)
       print(f"[{self.name}] reusing {model_dir}", flush=True)
       return model_dir
-    _run(self.name, "rso_jax.train")
+    cli.run_stage(self.name, "rso_jax.train")
     return model_dir
+
+
+@dataclasses.dataclass
+class JudgeStage:
+  """The judge of the evaluation: a reward model the policy never optimized.
+
+  `checkpoint` None: no judge. A finished checkpoint outside `run_dir` (JUDGE_CHECKPOINT set
+  to any reward model, pairwise ρ or Bradley-Terry, of any size): used as it is. Otherwise the
+  `judge/` training stage trains one (the experiment's reward model) on the judge's side of
+  the held-out prompt split (`tasks.prompt_split`: the prompts no other stage reads).
+  """
+  checkpoint: Optional[str]
+  run_dir: Optional[str] = None
+  name: str = "judge"
+
+  def __call__(self) -> Optional[str]:
+    if not self.checkpoint:
+      return None
+    root = fs.abspath(self.run_dir).rstrip("/") + "/" if self.run_dir else None
+    if is_complete(self.checkpoint) and not (root and fs.abspath(self.checkpoint).startswith(
+        root)):
+      kind = _manifest_of(self.name, self.checkpoint).kind
+      if kind not in checkpoints.REWARD_KINDS:
+        raise ConfigError(f"JUDGE_CHECKPOINT={self.checkpoint!r} is "
+                          f"{checkpoints.KIND_NAMES[kind]} (kind={kind!r}), not a reward model")
+      print(f"[{self.name}] using {self.checkpoint} ({checkpoints.KIND_NAMES[kind]})",
+            flush=True)
+      return self.checkpoint
+    return TrainStage(self.name, self.run_dir)()
+
+
+def _manifest_of(stage: str, path: str) -> checkpoints.Manifest:
+  try:
+    return checkpoints.read_manifest(path)
+  except errors.CheckpointError as e:
+    raise ConfigError(f"stage {stage!r}: {e}") from None
 
 
 def _hash_value(v: Any) -> Any:
@@ -382,7 +354,7 @@ class SampleStage:
     if runs.is_complete(out):
       print(f"[{self.name}] reusing {out}", flush=True)
     else:
-      _run(self.name, "rso_jax.sample",
+      cli.run_stage(self.name, "rso_jax.sample",
            [f"{self.name}/sample.sample_configured.output_dir = {json.dumps(out)}"])
     generated.register_pair_task(self.task_name, out)
     stats = json.loads(fs.read_text(fs.join(out, "stats.json")))
@@ -432,6 +404,8 @@ class RewardQualityStage:
                    top_k=draw.get("top_k", recipe.PAPER.top_k))
     result = json.loads(fs.read_text(path)) if fs.exists(path) else None
     if result is None or result.get("setting") != setting:
+      print(f"[{self.name}] measuring the reward model on {self.proposal}'s samples "
+            f"({self.num_samples} per {self.split} prompt) against r*", flush=True)
       metrics = reward_quality.evaluate_reward_model(
           self.reward_checkpoint, self.split, policy_checkpoint=self.sft_checkpoint,
           num_policy_samples=self.num_samples, temperature=setting["temperature"],
@@ -466,6 +440,13 @@ def select_checkpoint(by_step: Mapping[int, Mapping[str, Any]],
 class EvaluateStage:
   """After training: win rates and KL of the policy against π_sft; prints the table.
 
+  With a judge (`judge_checkpoint`, gin: JUDGE_CHECKPOINT): its win rates beside the proxy's,
+  its length-controlled rate, and its accuracy on its held-out comparisons (`judge_pairs`'
+  validation split). A judge this run trained (its manifest records the prompt split) is
+  checked first: the prompts of its training pairs are read and compared with those of the
+  proxy's training pairs, the sampled prompts and the policy's pairs (`policy_task`); one
+  shared prompt is a ConfigError. The record (`judge/split`) goes into the report.
+
   `every_checkpoint` (gin: EVAL_EVERY_CHECKPOINT): also evaluates every other checkpoint the
   training kept, the same way, and selects one as the paper does -- the best proxy win rate
   against the SFT targets (greedy) on this split. Kept beside the last-step report as
@@ -485,18 +466,62 @@ class EvaluateStage:
   mesh_shape: Sequence[int] = (-1, 1, 1)
   logical_rules: Optional[Sequence[Any]] = None
   every_checkpoint: bool = False
+  judge_checkpoint: Optional[str] = None
+  judge_pairs: Optional[str] = None
+  policy_task: Optional[str] = None
+  skip_stages: Sequence[str] = ()
 
-  def _evaluate(self, policy_path: str, name: Optional[str]) -> dict:
+  def _evaluate(self, policy_path: str, name: Optional[str], extra: Optional[dict] = None
+                ) -> dict:
     return evaluate.evaluate_policy(
         policy_path, self.sft_checkpoint, reward_path=self.reward_checkpoint,
+        judge_path=self.judge_checkpoint,
+        judge_heldout=(self.judge_pairs, "validation") if self.judge_pairs else None,
         prompts_task=self.prompts_task, split=self.split, keep_context=self.keep_context,
         num_prompts=self.num_prompts, output_dir=name and self.output_dir, name=name,
-        mesh_shape=tuple(self.mesh_shape), logical_rules=self.logical_rules)
+        mesh_shape=tuple(self.mesh_shape), logical_rules=self.logical_rules, extra=extra)
+
+  def check_judge_split(self) -> Optional[dict]:
+    """The judge's prompts against every other stage's (see the class doc); None without a
+    judge; a note for a judge from elsewhere (its prompts cannot be checked here)."""
+    if not self.judge_checkpoint:
+      return None
+    judge = _manifest_of("evaluate", self.judge_checkpoint)
+    if not judge.data_split:
+      return {"note": f"the judge {self.judge_checkpoint} was not trained by this run on a "
+                      "held-out prompt split: its prompts are not checked"}
+    proxy = _manifest_of("evaluate", self.reward_checkpoint) if self.reward_checkpoint else None
+    if proxy is not None and proxy.data_split and any(
+        proxy.data_split.get(k) != judge.data_split.get(k) for k in ("fraction", "salt")):
+      raise ConfigError(f"the judge {self.judge_checkpoint} and the proxy "
+                        f"{self.reward_checkpoint} were trained on different prompt splits "
+                        f"({judge.data_split} vs {proxy.data_split})")
+    others = {}
+    reward_task = stage_bindings(train_lib.train, "reward").get("mixture_or_task_name")
+    if reward_task:
+      others["the proxy's training pairs"] = (reward_task, "train", None)
+    if "sample" not in self.skip_stages:
+      draw = stage_bindings(sample.sample_configured, "sample")
+      others["the sampled prompts"] = (draw["prompts_task"], draw.get("split", "train"),
+                                       draw.get("max_prompts"))
+    if self.policy_task:
+      others["the policy's pairs"] = (self.policy_task, "train", None)
+    judge_task = stage_bindings(train_lib.train, "judge").get("mixture_or_task_name")
+    record = prompt_split.check_disjoint((judge_task or judge.task, ("train", "validation")),
+                                         others)
+    record["split"] = dict(judge.data_split)
+    print(f"[evaluate] the judge's {record['judge_prompts']:,} prompts are in none of: "
+          + "; ".join(f"{what} ({v['prompts']:,})" for what, v in record.items()
+                      if isinstance(v, dict) and "prompts" in v), flush=True)
+    return record
 
   def __call__(self, model_dir: str) -> dict:
-    result = self._evaluate(model_dir, self.name)
+    split_record = self.check_judge_split()
+    result = self._evaluate(model_dir, self.name,
+                            None if split_record is None else {"judge/split": split_record})
     print(reports.format_table(result), flush=True)
-    print(f"report: {fs.join(self.output_dir, f'eval_{self.name}.json')}; plot: "
+    print(f"report: {fs.join(self.output_dir, f'eval_{self.name}.json')}; examples: "
+          f"{fs.join(self.output_dir, f'eval_{self.name}_examples.jsonl')}; plot: "
           f"{fs.join(self.output_dir, 'eval_plot.png')}", flush=True)
     if self.every_checkpoint:
       self.evaluate_checkpoints(model_dir, result)

@@ -1,9 +1,12 @@
 """Evaluation outputs: the report files, the summary of every policy, the plot and the table.
 
-`write_outputs(report, output_dir)` writes `eval_<name>.json`, updates `eval_summary.json`
-(every report by name) and redraws `eval_plot.png` (mean golden reward against KL(π ‖ π_sft),
-one point per policy), each atomically (temp file + rename). `format_table` prints the
-win-rate / KL table the main job ends with. `training_scalars(run_dir)` reads back the scalars a
+`write_outputs(report, output_dir, rows)` writes `eval_<name>.json`, `eval_<name>_examples.jsonl`
+(one line per evaluation prompt: the prompt, the reference, each decoding's responses of π and
+π_sft with their lengths, r* and every judge's preferences), updates `eval_summary.json` (every
+report by name) and redraws `eval_plot.png` (mean golden reward against KL(π ‖ π_sft), one
+point per policy), each atomically (temp file + rename). `format_table` prints the win-rate /
+KL table the main job ends with: every rate with its 95% bootstrap interval and its coverage
+(scored / requested), a coverage under 90% marked. `training_scalars(run_dir)` reads back the scalars a
 training run wrote to TensorBoard (rso_jax's trainer or upstream T5X's: `run_dir/train`).
 """
 
@@ -18,8 +21,10 @@ from typing import Any, Dict, List, Optional, Union
 import numpy as np
 
 from rso_jax import fs
+from rso_jax.win_rates import LOW_COVERAGE
 
 SUMMARY_FILE = "eval_summary.json"
+
 PLOT_FILE = "eval_plot.png"
 
 
@@ -48,14 +53,21 @@ def _atomic_write(path: str, data: Union[str, bytes]) -> None:
   fs.atomic_write_bytes(path, data if isinstance(data, bytes) else data.encode("utf-8"))
 
 
-def write_outputs(report: Dict[str, Any], output_dir: str) -> Dict[str, str]:
-  """Writes `eval_<name>.json`, updates `eval_summary.json` and redraws `eval_plot.png`."""
+def write_outputs(report: Dict[str, Any], output_dir: str,
+                  rows: Optional[List[Dict[str, Any]]] = None) -> Dict[str, str]:
+  """Writes `eval_<name>.json` (and `eval_<name>_examples.jsonl` from `rows`), updates
+  `eval_summary.json` and redraws `eval_plot.png`."""
   fs.makedirs(output_dir)
   name = safe_name(report["name"])
   clean = _jsonable(report)
   paths = {"report": fs.join(output_dir, f"eval_{name}.json"),
            "summary": fs.join(output_dir, SUMMARY_FILE),
            "plot": fs.join(output_dir, PLOT_FILE)}
+  if rows is not None:
+    paths["examples"] = fs.join(output_dir, f"eval_{name}_examples.jsonl")
+    _atomic_write(paths["examples"], "".join(
+        json.dumps(_jsonable(r), ensure_ascii=False) + "\n" for r in rows))
+    clean["examples_file"] = paths["examples"]
   _atomic_write(paths["report"], json.dumps(clean, indent=2))
   summary = load_summary(output_dir)
   summary[name] = {k: v for k, v in clean.items() if k != "examples"}
@@ -135,39 +147,104 @@ def _fmt(x: Any, pct: bool = False) -> str:
   return f"{100 * x:.1f}" if pct else f"{x:.3f}"
 
 
-def format_table(results: Union[Dict[str, Any], List[Dict[str, Any]]]) -> str:
-  """A compact text table, one row per policy and decoding.
+_OPPONENTS = (("vs_sft", "π_sft"), ("vs_sft_targets", "reference"))
 
-  Columns: win rate (%) vs π_sft (proxy / golden), vs the SFT targets (proxy / golden), mean r*
-  of the policy and of π_sft, and the KL estimate ± its standard error. Accepts one report,
-  a list of reports, or a summary `{name: report}`.
+
+def _rate(res: Dict[str, Any], key: str) -> str:
+  """"75.2 [69.9, 80.5]": a rate and its 95% interval in %, "-" when absent."""
+  x = res.get(key)
+  if x is None or (isinstance(x, float) and not math.isfinite(x)):
+    return "-"
+  ci = res.get(f"{key}_ci")
+  if not ci or any(c is None or not math.isfinite(c) for c in ci):
+    return _fmt(x, True)
+  return f"{_fmt(x, True)} [{_fmt(ci[0], True)}, {_fmt(ci[1], True)}]"
+
+
+def _coverage(res: Dict[str, Any], key: str) -> str:
+  c = res.get(f"{key}_coverage")
+  if c is None or (isinstance(c, float) and not math.isfinite(c)):
+    return "-"
+  return f"{100 * c:.0f}" + ("*" if c < LOW_COVERAGE else "")
+
+
+def _has(reports: List[Dict[str, Any]], who: str) -> bool:
+  """Whether any report has a win rate under `who` ("proxy", "judge", "golden")."""
+  return any(k.endswith("/" + who) for r in reports for res in r.get("results", {}).values()
+             for k in res)
+
+
+def _columns(reports: List[Dict[str, Any]]) -> List[tuple]:
+  """(header, cell function) of the win-rate table, for the judges the reports have."""
+  cols = []
+  if _has(reports, "proxy"):
+    cols += [("proxy win% [95% CI]", lambda res, p: _rate(res, f"{p}/proxy")),
+             ("cov%", lambda res, p: _coverage(res, f"{p}/proxy"))]
+  if _has(reports, "judge"):
+    cols += [("judge win% [95% CI]", lambda res, p: _rate(res, f"{p}/judge")),
+             ("cov%", lambda res, p: _coverage(res, f"{p}/judge")),
+             ("judge LC% [95% CI]", lambda res, p: _rate(res, f"{p}/judge_lc"))]
+  if _has(reports, "golden"):
+    cols += [("golden win% [95% CI]", lambda res, p: _rate(res, f"{p}/golden"))]
+  return cols
+
+
+def _grid(header: List[str], rows: List[List[str]], left: int = 3) -> List[str]:
+  widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h)
+            for i, h in enumerate(header)]
+  line = lambda cells: "  ".join(c.ljust(w) if i < left else c.rjust(w)
+                                 for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+  return [line(header), line(["-" * w for w in widths])] + [line(row) for row in rows]
+
+
+def format_table(results: Union[Dict[str, Any], List[Dict[str, Any]]]) -> str:
+  """Two compact text tables, one row per policy, decoding (and opponent).
+
+  Win rates (%) of the policy against π_sft and against the reference responses under the
+  proxy reward model, the held-out judge (with its length-controlled rate) and the golden
+  reward, each with its 95% bootstrap interval over prompts and, for the reward models, its
+  coverage (scored / requested; `*` under 90%); then mean r* of the policy and of π_sft, mean
+  lengths (tokens) and the KL estimate ± its standard error. Accepts one report, a list of
+  reports, or a summary `{name: report}`.
   """
   if isinstance(results, dict):
     reports = [results] if "results" in results else list(results.values())
   else:
     reports = list(results)
-  header = ["policy", "decode", "win% vs π_sft proxy/gold", "win% vs SFT target proxy/gold",
-            "r* policy/π_sft", "KL(π‖π_sft) ± se"]
-  pair = lambda a, b, pct: f"{_fmt(a, pct)} / {_fmt(b, pct)}"
-  rows = []
+  cols = _columns(reports)
+  rows, rows2 = [], []
   for r in reports:
     kl = r.get("kl/mean")
     kl_s = "-" if kl is None else f"{kl:.3f} ± {_fmt(r.get('kl/stderr'))}"
     for mode, res in r.get("results", {}).items():
-      rows.append([str(r.get("name", "?")), mode,
-                   pair(res.get("vs_sft/proxy"), res.get("vs_sft/golden"), True),
-                   pair(res.get("vs_sft_targets/proxy"), res.get("vs_sft_targets/golden"), True),
-                   pair(res.get("golden/policy"), res.get("golden/sft"), False), kl_s])
-  widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h)
-            for i, h in enumerate(header)]
-  line = lambda cells: "  ".join(c.ljust(w) if i < 2 else c.rjust(w)
-                                 for i, (c, w) in enumerate(zip(cells, widths)))
-  out = [line(header), line(["-" * w for w in widths])] + [line(row) for row in rows]
+      for prefix, label in _OPPONENTS:
+        if prefix == "vs_sft_targets" and not any(k.startswith(prefix + "/") and
+                                                  not k.endswith("identical_fraction")
+                                                  for k in res):
+          continue
+        rows.append([str(r.get("name", "?")), mode, label] + [fn(res, prefix) for _, fn in cols])
+      length = " / ".join("-" if res.get(k) is None else f"{res[k]:.1f}"
+                          for k in ("length/policy", "length/sft"))
+      rows2.append([str(r.get("name", "?")), mode,
+                    f"{_fmt(res.get('golden/policy'))} / {_fmt(res.get('golden/sft'))}", length,
+                    kl_s])
+  out = _grid(["policy", "decode", "vs"] + [h for h, _ in cols], rows)
+  out += [""] + _grid(["policy", "decode", "r* policy/π_sft", "length policy/π_sft",
+                       "KL(π‖π_sft) ± se"], rows2, left=2)
+  notes = ["win rates in %, 95% bootstrap intervals over prompts"]
+  if _has(reports, "proxy") or _has(reports, "judge"):
+    notes.append(f"cov% = comparisons the reward model scored / requested; * = under "
+                 f"{100 * LOW_COVERAGE:.0f}%: that rate counts only the scored ones")
+  if _has(reports, "judge"):
+    notes.append("LC = the judge's preference at equal length")
   targets = {r.get("golden/sft_targets") for r in reports} - {None}
   if len(targets) == 1:
-    out.append(f"(win rates in %; mean r* of the SFT targets: {_fmt(targets.pop())})")
-  else:
-    out.append("(win rates in %)")
+    notes.append(f"mean r* of the references: {_fmt(targets.pop())}")
+  for r in reports:
+    if r.get("judge/heldout_accuracy") is not None:
+      notes.append(f"{r.get('name')}'s judge: accuracy {_fmt(r['judge/heldout_accuracy'])} on "
+                   f"{r.get('judge/heldout_pairs')} held-out comparisons")
+  out.append("(" + "; ".join(notes) + ")")
   return "\n".join(out)
 
 

@@ -6,6 +6,8 @@ own samples (where RSO reads the reward model), and rank correlations with r*.
   correlations            reward vs r*: pooled, relative to the prompt's baseline, within prompt
   sample_pairs, sample_pair_accuracy   every within-prompt pair of samples with unequal r*, and
                           the reward model's accuracy on them
+  heldout_accuracy        agreement with the labels of a pairs task's split (any task: a
+                          judge's held-out comparisons)
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import jax
 import numpy as np
 from scipy import stats
+import seqio
 
 from rso_jax import checkpoints
 from rso_jax import inference
@@ -103,6 +106,32 @@ def evaluate_reward_model(path: Optional[str] = None, split: str = "validation",
     out.update(_sample_quality(scorer, policy_checkpoint, prompts, num_policy_samples,
                                temperature=temperature, top_k=top_k, seed=seed))
   return out
+
+
+def heldout_accuracy(scorer: inference.RewardModel, pairs_task: str, split: str = "validation",
+                     *, max_pairs: Optional[int] = 2000, prefix: str = "") -> Dict[str, Any]:
+  """How often `scorer` prefers the labeled `chosen` of the first `max_pairs` pairs of a pairs
+  task's split, each pair shown in both orders (a tie, P = 1/2, counts 1/2; a pair it cannot
+  read whole is left out and counted)."""
+  ds = seqio.get_mixture_or_task(pairs_task).get_dataset(
+      sequence_length=None, split=split, shuffle=False, num_epochs=1)
+  x, yc, yr = [], [], []
+  for ex in ds.as_numpy_iterator():
+    if max_pairs is not None and len(x) >= max_pairs:
+      break
+    x.append(ex["inputs_pretokenized"].decode("utf-8"))
+    yc.append(ex["chosen_pretokenized"].decode("utf-8"))
+    yr.append(ex["rejected_pretokenized"].decode("utf-8"))
+  out: Dict[str, Any] = {"task": f"{pairs_task} ({split})", "pairs": len(x)}
+  if x:
+    p = np.concatenate([np.asarray(scorer.prefer(x, yc, yr), np.float64),
+                        1.0 - np.asarray(scorer.prefer(x, yr, yc), np.float64)])
+    ok = np.isfinite(p)
+    out["unscorable"] = int((~ok).sum() // 2)
+    if ok.any():
+      o = np.where(p[ok] > 0.5, 1.0, np.where(p[ok] == 0.5, 0.5, 0.0))
+      out["accuracy"] = float(o.mean())
+  return {prefix + k: v for k, v in out.items()}
 
 
 def _dhf_pair_accuracy(scorer: inference.RewardModel, pairs: Sequence[Any]) -> Dict[str, float]:

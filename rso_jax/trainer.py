@@ -16,7 +16,6 @@ from __future__ import annotations
 import collections
 import json
 import logging
-import math
 import time
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
@@ -34,6 +33,7 @@ from rso_jax import checkpoint_files
 from rso_jax import checkpoints
 from rso_jax import fs
 from rso_jax import partitioning
+from rso_jax.progress import format_seconds
 
 Array = jax.Array
 
@@ -473,19 +473,12 @@ class MetricLogger:
       loss = scalars.get(f"{prefix}loss", float("nan"))
       self.print_fn(f"step {step:>6d}/{self.total_steps} | loss {loss:.4f} | "
                     f"{scalars['perf/tokens_per_sec']:,.0f} tok/s | "
-                    f"{scalars['perf/steps_per_sec']:.2f} steps/s | ETA {_fmt_secs(eta)}")
+                    f"{scalars['perf/steps_per_sec']:.2f} steps/s | ETA {format_seconds(eta)}")
       self._last_t, self._last_step, self._tokens = now, step, 0.0
     return scalars
 
   def flush(self):
     self.writer.flush()
-
-
-def _fmt_secs(s: float) -> str:
-  if not math.isfinite(s):
-    return "?"
-  s = int(s)
-  return f"{s // 3600}h{(s % 3600) // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
 def count_tokens(batch: Mapping[str, np.ndarray]) -> float:

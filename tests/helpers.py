@@ -7,12 +7,26 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from rso_jax import checkpoints, models, network, partitioning, pipeline, train, trainer
+from rso_jax import checkpoints, cli, models, network, partitioning, train, trainer
 from rso_jax.tasks import synthetic
 
 CFG = network.T5Config(vocab_size=384, emb_dim=32, num_heads=2, head_dim=16, mlp_dim=64,
                        num_encoder_layers=1, num_decoder_layers=1)
 BYTES = {"type": "bytes"}
+
+
+# Every stage of an own-data experiment at a few steps (the network is the pretrained
+# checkpoint's); the caller adds TASK_FEATURE_LENGTHS.
+TINY_EXPERIMENT = [
+    "--gin.SFT_STEPS=4", "--gin.REWARD_STEPS=4", "--gin.TRAIN_STEPS=2", "--gin.BATCH_SIZE=8",
+    "--gin.NUM_PROMPTS=None", "--gin.EVAL_PROMPTS=6",
+    "--gin.sample.sample_configured.num_candidates=4",
+    "--gin.sample.sample_configured.num_samples=4",
+    "--gin.sample.sample_configured.batch_prompts=8",
+    "--gin.sample.sample_configured.prompts_per_shard=16",
+    # A random T5 rarely emits EOS: keep unfinished candidates (read whole by the reward
+    # model, whose response length is the policy's plus EOS).
+    "--gin.sample.sample_configured.keep_unfinished=True"]
 
 
 def manifest(kind, lengths, config=CFG, vocabulary=None, settings=None, task=None,
@@ -161,7 +175,7 @@ def snapshot(root):
 
 def one_line(err, *needles):
   """The one error line of a CLI's stderr (library noise dropped), holding every needle."""
-  lines = [l for l in err.strip().splitlines() if not pipeline._noise(l)]  # pylint: disable=protected-access
+  lines = [l for l in err.strip().splitlines() if not cli.is_noise(l)]
   assert len(lines) == 1, err
   for n in needles:
     assert n in lines[0], lines[0]

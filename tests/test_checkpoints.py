@@ -1,6 +1,7 @@
 """Checkpoints verified when read: damaged steps, malformed manifests, directories without params."""
 
 import json
+import logging
 import os
 import threading
 
@@ -65,6 +66,19 @@ def test_intact_checkpoints_load_bit_for_bit(tmp_path, params):
       assert {f.split("/")[0] for f in listed} == {"params", "opt_state", "meta"}
       assert checkpoint_files.verify(step, trainer.CheckpointManager.ITEMS) is None
     _equal(checkpoints.load_params(run), _state(params, 4).params)
+
+
+def test_a_normal_load_logs_no_warning(tmp_path, params, caplog):
+  """orbax's "Metadata file does not exist" for a trainer step's params item is not shown."""
+  run = _run(tmp_path / "run", params, steps=(2,))
+  with caplog.at_level(logging.INFO):
+    _equal(checkpoints.load_params(run), _state(params, 2).params)
+  assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+  # Only that one message is held back, and only while a checkpoint loads.
+  absl_logger = logging.getLogger("absl")
+  with caplog.at_level(logging.WARNING):
+    absl_logger.warning("Metadata file does not exist: elsewhere")
+  assert "elsewhere" in caplog.text
 
 
 def test_step_being_written_is_not_read(tmp_path, params, monkeypatch):

@@ -24,7 +24,7 @@ SMALL_NET = ["network.T5Config.emb_dim=32", "network.T5Config.mlp_dim=64",
 
 
 def _one_line(err, *needles, prefix="error: "):
-  lines = [l for l in err.strip().splitlines() if not pipeline._noise(l)]  # pylint: disable=protected-access
+  lines = [l for l in err.strip().splitlines() if not cli.is_noise(l)]
   assert len(lines) == 1, err
   assert f": {prefix}" in lines[0], lines[0]
   for n in needles:
@@ -122,7 +122,7 @@ def test_every_stage_receives_the_runs_whole_configuration():
 def test_an_unknown_stage_is_a_one_line_error(tmp_path, capsys):
   rc = train.main(["--gin_file=rso_hinge.gin", f'--gin.RUN_DIR="{tmp_path}"', "--stage=sfd"])
   assert rc == 2
-  _one_line(capsys.readouterr().err, "--stage=sfd", "its stages: reward, sft")
+  _one_line(capsys.readouterr().err, "--stage=sfd", "its stages: judge, reward, sft")
   assert os.listdir(tmp_path) == []
 
 
@@ -195,7 +195,7 @@ def fake_stage(tmp_path, monkeypatch):
       "os.kill(os.getpid(), signal.SIGTERM) if rc < 0 else sys.exit(rc)\n")
   monkeypatch.setenv("PYTHONPATH", str(tmp_path))
   return lambda rc: (monkeypatch.setenv("FAKE_RC", str(rc)),
-                     pipeline._run("fake", "fake_stage", flags=[]))[1]  # pylint: disable=protected-access
+                     cli.run_stage("fake", "fake_stage", flags=[]))[1]
 
 
 @pytest.mark.parametrize("rc,status,needle", [
@@ -219,7 +219,7 @@ def test_a_stage_traceback_is_carried_by_its_exception_line(tmp_path, monkeypatc
       "try:\n  raise KeyError('inner')\n"
       "except KeyError:\n  raise ValueError('/d/x.jsonl:3: reason')\n")
   monkeypatch.setenv("PYTHONPATH", str(tmp_path))
-  run = lambda: pipeline._run("crash", "crash_stage", flags=[])  # pylint: disable=protected-access
+  run = lambda: cli.run_stage("crash", "crash_stage", flags=[])
   assert errors.report("rso_jax.train", run) == 3
   out, err = capsys.readouterr()
   _one_line(err, "stage 'crash' failed with exit code 1: ValueError: /d/x.jsonl:3: reason (")
@@ -425,8 +425,9 @@ def test_iterative_round_two_reads_round_one():
   policy = pipeline.stage_bindings(train.train, "")
   assert policy["initial_checkpoint_path"] == "/tmp/r1/rso_hinge"
   assert [type(p).__name__ for p in policy["prerequisites"]] == [
-      "CollectStage", "TrainStage", "RewardQualityStage", "SampleStage"]
-  collect, _, quality, _ = policy["prerequisites"]
+      "CollectStage", "TrainStage", "JudgeStage", "RewardQualityStage", "SampleStage"]
+  collect, _, judge, quality, _ = policy["prerequisites"]
+  assert judge.checkpoint is None  # the embedded task grades with r*: no judge
   assert collect.policy_checkpoint == "/tmp/r1/rso_hinge"
   assert collect.output_path == "/tmp/r2/collect/pairs.jsonl"
   assert quality.sft_checkpoint == "/tmp/r1/rso_hinge" and quality.proposal == "the round-1 policy"

@@ -1,4 +1,5 @@
-"""Evaluation: win-rate arithmetic, KL estimate, policy == π_sft, reports, summary and plot."""
+"""Evaluation: policy == π_sft, win rates under the proxy, the judge and r* recomputed from the
+examples, coverage, reports, the examples file, summary and plot (arithmetic: test_win_rates)."""
 
 import json
 import os
@@ -37,45 +38,22 @@ def runs(tmp_path_factory):
   out = str(root / "out")
   same = evaluate.evaluate_policy(sft, sft, scorer=GoldenScorer(), num_prompts=20,
                                   output_dir=out, name="same", **KW)
-  diff = evaluate.evaluate_policy(other, sft, scorer=LengthScorer(), num_prompts=13,
-                                  output_dir=out, name="other", num_examples=13, **KW)
+  diff = evaluate.evaluate_policy(other, sft, scorer=LengthScorer(), judge=GoldenScorer(),
+                                  num_prompts=13, output_dir=out, name="other",
+                                  num_examples=13, **KW)
   return dict(sft=sft, other=other, out=out, same=same, diff=diff)
 
 
-# ---------------------------------------------------------------------------------- pure parts
+class HalfBlindScorer(LengthScorer):
+  """Cannot read a response longer than 7 characters: NaN, as a reward model whose response
+  length is too short."""
+
+  def prefer(self, prompts, y1, y2):
+    p = super().prefer(prompts, y1, y2)
+    return np.where([len(a) > 7 or len(b) > 7 for a, b in zip(y1, y2)], np.nan, p)
 
 
-def test_win_rate_matches_hand_computation():
-  # a > b, tie, a < b, tie -> (1 + 0.5 + 0 + 0.5) / 4.
-  assert evaluate.win_rate([1, 2, 3, 4], [0, 2, 5, 4]) == 0.5
-  # 2 wins, 1 tie of 3 -> 2.5 / 3.
-  assert evaluate.win_rate([3.0, 1.0, 2.0], [1.0, 1.0, 1.0]) == pytest.approx(2.5 / 3)
-  assert evaluate.win_rate([0.0], [1.0]) == 0.0
-  np.testing.assert_array_equal(evaluate.win_outcomes([1, 1, 1], [0, 1, 2]), [1, 0.5, 0])
-  # Pairwise judge: > 0.5 wins, == 0.5 ties, identical texts tie whatever the judge says.
-  np.testing.assert_array_equal(
-      evaluate.proxy_outcomes([0.9, 0.5, 0.2, 0.1], [False, False, False, True]),
-      [1.0, 0.5, 0.0, 0.5])
-
-
-def test_win_rate_rejects_bad_input():
-  with pytest.raises(ValueError, match="non-finite score at index 1"):
-    evaluate.win_rate([1.0, np.nan], [0.0, 0.0])
-  with pytest.raises(ValueError, match="zero comparisons"):
-    evaluate.win_rate([], [])
-
-
-def test_kl_estimate_matches_numpy_oracle():
-  rng = np.random.default_rng(0)
-  lp, ls = rng.normal(size=(5, 3)), rng.normal(size=(5, 3))
-  mean, se = evaluate.kl_estimate(lp, ls)
-  per_prompt = [np.mean(lp[i] - ls[i]) for i in range(5)]
-  m = sum(per_prompt) / 5
-  oracle_se = np.sqrt(sum((p - m) ** 2 for p in per_prompt) / 4 / 5)
-  assert mean == pytest.approx(np.mean(lp - ls))
-  assert se == pytest.approx(oracle_se)
-  with pytest.raises(ValueError, match="equal"):
-    evaluate.kl_estimate(lp, ls[:, :2])
+# ---------------------------------------------------------------------------------- the table
 
 
 def test_format_table_lists_every_policy_and_decoding():
@@ -85,6 +63,25 @@ def test_format_table_lists_every_policy_and_decoding():
   table = reports.format_table([rep, dict(rep, name="p2", results={})])
   assert "p1" in table and "greedy" in table and "75.0" in table and "0.250 ± 0.010" in table
   assert reports.format_table({"p1": rep}) == reports.format_table(rep)
+
+
+def test_format_table_prints_intervals_and_marks_low_coverage():
+  res = {"vs_sft/proxy": 0.5, "vs_sft/proxy_ci": [0.2, 0.8], "vs_sft/proxy_coverage": 0.25,
+         "vs_sft/judge": 0.625, "vs_sft/judge_ci": [0.5, 0.75], "vs_sft/judge_coverage": 1.0,
+         "vs_sft/judge_lc": 0.55, "vs_sft/judge_lc_ci": [0.4, 0.7],
+         "vs_sft_targets/judge": 0.4, "vs_sft_targets/judge_coverage": 0.95}
+  rep = {"name": "p", "has_proxy": True, "has_judge": True, "results": {"sample": res},
+         "judge/heldout_accuracy": 0.81, "judge/heldout_pairs": 120}
+  table = reports.format_table(rep)
+  rows = {line.split()[2]: line for line in table.splitlines() if line.startswith("p ")}
+  assert "50.0 [20.0, 80.0]" in rows["π_sft"] and " 25*" in rows["π_sft"]
+  assert "62.5 [50.0, 75.0]" in rows["π_sft"] and "55.0 [40.0, 70.0]" in rows["π_sft"]
+  assert " 100 " in rows["π_sft"] and " 95 " in rows["reference"]
+  assert "95*" not in table and "under 90%" in table
+  assert "accuracy 0.810 on 120 held-out comparisons" in table
+  # No judge in any report: no judge columns.
+  no_judge = {k: v for k, v in res.items() if "judge" not in k}
+  assert "judge" not in reports.format_table({"name": "q", "results": {"sample": no_judge}})
 
 
 # ---------------------------------------------------------------------------------- end to end
@@ -122,12 +119,22 @@ def test_different_policy_gives_finite_kl_and_valid_rates(runs):
       assert 0.0 <= res[k] <= 1.0, (mode, k, res[k])
     # Recomputed from the decoded texts: the length proxy and r*, ties (and identical texts)
     # count 1/2.
-    for other, key in ((f"sft_{mode}", "vs_sft"), ("sft_target", "vs_sft_targets")):
-      lens = [(len(e[f"policy_{mode}"]), len(e[other])) for e in ex]
-      gold = [(synthetic.golden_reward(e["prompt"], e[f"policy_{mode}"]),
-               synthetic.golden_reward(e["prompt"], e[other])) for e in ex]
+    for key, other in (("vs_sft", lambda e: e[mode]["sft"]),
+                       ("vs_sft_targets", lambda e: e["reference"])):
+      lens = [(len(e[mode]["policy"]), len(other(e))) for e in ex]
+      gold = [(synthetic.golden_reward(e["prompt"], e[mode]["policy"]),
+               synthetic.golden_reward(e["prompt"], other(e))) for e in ex]
       assert res[f"{key}/proxy"] == pytest.approx(_oracle_win_rate(lens)), (mode, key)
       assert res[f"{key}/golden"] == pytest.approx(_oracle_win_rate(gold)), (mode, key)
+      # The judge is r* itself (GoldenScorer): its rate is the golden one, it always agrees
+      # with r*, every comparison is scored.
+      assert res[f"{key}/judge"] == pytest.approx(res[f"{key}/golden"]), (mode, key)
+      assert res[f"{key}/judge_coverage"] == 1.0 and res[f"{key}/proxy_coverage"] == 1.0
+      if any(a != b for a, b in gold):
+        assert res[f"{key}/judge_agreement_with_golden"] == 1.0
+      lo, hi = res[f"{key}/judge_ci"]
+      assert lo <= res[f"{key}/judge"] <= hi
+      assert 0.0 <= res[f"{key}/judge_lc"] <= 1.0
   # Random networks emit texts of varying length: the proxy comparison is not all ties.
   assert any(r["results"][m][f"{k}/proxy"] != 0.5 for m in ("greedy", "sample")
              for k in ("vs_sft", "vs_sft_targets"))
@@ -152,8 +159,8 @@ def test_results_match_independent_decoding_of_the_real_rows(runs):
   res = runs["diff"]["results"]["greedy"]
   assert res["golden/policy"] == pytest.approx(np.mean(g_pol), abs=1e-6)
   assert runs["diff"]["golden/sft_targets"] == pytest.approx(np.mean(g_tgt), abs=1e-6)
-  assert res["vs_sft_targets/golden"] == pytest.approx(evaluate.win_rate(g_pol, g_tgt))
-  assert [e["policy_greedy"] for e in runs["diff"]["examples"]] == ys
+  assert res["vs_sft_targets/golden"] == pytest.approx(_oracle_win_rate(list(zip(g_pol, g_tgt))))
+  assert [e["greedy"]["policy"] for e in runs["diff"]["examples"]] == ys
 
 
 def test_writes_report_summary_and_plot(runs):
@@ -171,6 +178,40 @@ def test_writes_report_summary_and_plot(runs):
   assert not [n for n in os.listdir(out) if ".tmp" in n]
   table = reports.format_table(reports.load_summary(out))
   assert "same" in table and "other" in table
+
+
+def test_examples_file_has_one_line_per_prompt(runs):
+  with open(os.path.join(runs["out"], "eval_other_examples.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  assert len(rows) == 13 and runs["diff"]["num_prompts"] == 13
+  assert rows == runs["diff"]["examples"]  # num_examples=13: the report keeps them all
+  for row in rows:
+    assert row["prompt"] and "reference" in row
+    for mode in ("greedy", "sample"):
+      e = row[mode]
+      assert e["policy_length"] >= 0 and e["sft_length"] >= 0
+      assert e["golden_policy"] == pytest.approx(synthetic.golden_reward(row["prompt"],
+                                                                         e["policy"]))
+      for key in ("vs_sft", "vs_sft_targets"):
+        assert set(e[key]) == {"proxy", "judge"}
+  with open(os.path.join(runs["out"], "eval_same_examples.jsonl")) as f:
+    assert len(f.readlines()) == NUM_VALIDATION
+
+
+def test_coverage_counts_what_the_reward_model_could_not_read(runs):
+  r = evaluate.evaluate_policy(runs["other"], runs["sft"], scorer=HalfBlindScorer(),
+                               num_prompts=16, decoding=("sample",), num_examples=16, **KW)
+  res = r["results"]["sample"]
+  texts = [(e["sample"]["policy"], e["sample"]["sft"]) for e in r["examples"]]
+  readable = [(a, b) for a, b in texts if a == b or (len(a) <= 7 and len(b) <= 7)]
+  assert 0 < len(readable) < len(texts)  # some, not all, comparisons could be read
+  assert res["vs_sft/proxy_coverage"] == pytest.approx(len(readable) / len(texts))
+  assert res["vs_sft/proxy_unscorable"] == len(texts) - len(readable)
+  assert res["vs_sft/proxy"] == pytest.approx(
+      _oracle_win_rate([(len(a), len(b)) for a, b in readable]))
+  marked = f"{100 * len(readable) / len(texts):.0f}" + (
+      "*" if len(readable) / len(texts) < 0.9 else "")
+  assert marked in reports.format_table(r)
 
 
 def test_missing_checkpoint_names_the_path(runs, tmp_path):
@@ -203,3 +244,29 @@ def test_cli_refuses_checkpoints_of_the_wrong_kind(runs, tmp_path, capsys):
     assert evaluate.main(bad + args) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "checkpoint" in err and "needs" in err, err
+
+
+def test_cli_reads_an_experiments_tasks_from_its_gin_file(runs, tmp_path, capsys):
+  """--gin_file / --gin.X as for training: the experiment's tasks are registered, so
+  --prompts_task can name one; without the file the task is unknown (exit 2)."""
+  prompts = tmp_path / "prompts.jsonl"
+  prompts.write_text("".join(json.dumps({"prompt": f"cow emu {i}"}) + "\n" for i in range(6)))
+  exp = tmp_path / "exp.gin"
+  exp.write_text(
+      "from __gin__ import dynamic_registration\n"
+      "from rso_jax import tasks\n"
+      "PROMPTS = %gin.REQUIRED\n"
+      "tasks.experiment_tasks.tasks = [@mine/tasks.register_preference_file_task()]\n"
+      "mine/tasks.register_preference_file_task:\n"
+      "  name = 'evaltest_file_prompts'\n"
+      "  path = {'validation': %PROMPTS}\n"
+      "  format = 'jsonl'\n"
+      "  kind = 'prompts'\n")
+  args = [f"--policy={runs['other']}", f"--sft={runs['sft']}", "--batch_size=8",
+          "--prompts_task=evaltest_file_prompts", "--max_decode_length=12",
+          "--kl_samples_per_prompt=0", "--decoding=greedy", f"--output_dir={tmp_path / 'out'}"]
+  assert evaluate.main(args) == 2
+  assert "evaltest_file_prompts" in capsys.readouterr().err
+  assert evaluate.main([f"--gin_file={exp}", f"--gin.PROMPTS='{prompts}'", *args]) == 0
+  report = json.loads((tmp_path / "out" / "eval_other.json").read_text())
+  assert report["prompts_task"] == "evaltest_file_prompts" and report["num_prompts"] == 6

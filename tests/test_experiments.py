@@ -3,8 +3,9 @@
 tldr.gin: a SentencePiece model trained on generated text, a random-init HuggingFace T5 with
 that vocabulary saved by transformers and imported, TL;DR-format SFT and comparison files whose
 posts are 100-300 tokens; every stage runs at tiny sizes from the one experiment file, and the
-test checks that every stage used the experiment's lengths and vocabulary. jsonl.gin: the same
-on a TRL-format file. hh.gin: its tasks (prompt = shared prefix, a validation split carved).
+test checks that every stage used the experiment's lengths and vocabulary. hh.gin: its tasks
+(prompt = shared prefix, a validation split carved). (jsonl.gin runs end to end from an
+installed wheel: tests/test_package.py.)
 """
 
 import glob
@@ -17,24 +18,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import helpers
 import realdata
 from rso_jax import errors
 from rso_jax import runs
 from rso_jax import checkpoints, cli, pipeline, train
-from rso_jax.tasks import generated, preference_files, vocab as vocab_lib
+from rso_jax.tasks import generated, preference_files, prompt_split, vocab as vocab_lib
 
 LENGTHS = {"inputs": 256, "targets": 24}  # posts + header are 120-330 tokens: some are cut
-TINY_RUN = [  # every stage of the experiment at a few steps; the network is the checkpoint's
-    "--gin.SFT_STEPS=4", "--gin.REWARD_STEPS=4", "--gin.TRAIN_STEPS=2", "--gin.BATCH_SIZE=8",
-    "--gin.NUM_PROMPTS=None", "--gin.EVAL_PROMPTS=6",
-    "--gin.sample.sample_configured.num_candidates=4",
-    "--gin.sample.sample_configured.num_samples=4",
-    "--gin.sample.sample_configured.batch_prompts=8",
-    "--gin.sample.sample_configured.prompts_per_shard=16",
-    # A random T5 rarely emits EOS: keep unfinished candidates (24 tokens, read whole by the
-    # reward model, whose response length is the policy's plus EOS).
-    "--gin.sample.sample_configured.keep_unfinished=True",
-    f"--gin.TASK_FEATURE_LENGTHS={LENGTHS!r}"]
+TINY_RUN = [*helpers.TINY_EXPERIMENT, f"--gin.TASK_FEATURE_LENGTHS={LENGTHS!r}"]
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +82,8 @@ def test_tldr_experiment_runs_every_stage_on_its_own_configuration(data, tmp_pat
   # SFT, reward model, policy: the experiment's tasks, lengths, vocabulary and network.
   t5 = checkpoints.read_manifest(data["t5"])
   expected = {"sft": ("seq2seq", "tldr_sft", LENGTHS),
-              "reward_bt": ("bt_rm", "tldr_comparisons", dict(LENGTHS, targets=25)),
+              "reward_bt": ("bt_rm", "tldr_comparisons.rest0.2", dict(LENGTHS, targets=25)),
+              "judge": ("bt_rm", "tldr_comparisons.judge0.2", dict(LENGTHS, targets=25)),
               "rso_hinge": ("policy", "rso_pairs", LENGTHS)}
   for d, (kind, task, lengths) in expected.items():
     m = checkpoints.read_manifest(str(run / d))
@@ -99,16 +92,27 @@ def test_tldr_experiment_runs_every_stage_on_its_own_configuration(data, tmp_pat
     assert open(m.get_vocabulary().sentencepiece_model_file, "rb").read() == open(
         data["spm"], "rb").read(), d
   assert "initialized params from" in out  # SFT and reward model start from the import
+  # The judge and the proxy: two sides of one prompt split, recorded in both manifests.
+  splits = {d: checkpoints.read_manifest(str(run / d)).data_split for d in ("reward_bt", "judge")}
+  assert splits["judge"]["side"] == "judge" and splits["reward_bt"]["side"] == "rest"
+  assert {k: v for k, v in splits["judge"].items() if k != "side"} == {
+      k: v for k, v in splits["reward_bt"].items() if k != "side"}
+  assert splits["judge"]["source"] == "tldr_comparisons" and splits["judge"]["fraction"] == 0.2
 
   # Sampling: every train post once (deduplicated), cut ones counted, none dropped.
   samples = glob.glob(str(run / "samples" / "rso_sample_rank-*"))
   assert len(samples) == 1
   manifest = json.loads(open(os.path.join(samples[0], "manifest.json")).read())
   stats = json.loads(open(os.path.join(samples[0], "stats.json")).read())
-  posts = _unique_posts(data["tldr"]["comparisons_train"])
+  all_posts = _unique_posts(data["tldr"]["comparisons_train"])
   n_comparisons = sum(1 for _ in open(data["tldr"]["comparisons_train"]))
-  assert len(posts) == 20 < n_comparisons  # the comparisons repeat posts
-  assert manifest["prompts_task"] == "tldr_posts" and manifest["num_prompts"] == len(posts)
+  assert len(all_posts) == 20 < n_comparisons  # the comparisons repeat posts
+  # The judge's posts (a hash of the prompt below 0.2) are held out of the sampling.
+  held_out = prompt_split.sides(all_posts, 0.2)
+  posts = held_out["rest"]
+  assert 0 < len(held_out["judge"]) < len(all_posts)
+  assert manifest["prompts_task"] == "tldr_posts.rest0.2"
+  assert manifest["num_prompts"] == len(posts)
   assert (manifest["input_length"], manifest["max_decode_length"]) == (256, 24)
   assert manifest["vocabulary"]["type"] == "sentencepiece"
   too_long = sum(len(vocab.encode(p)) + 1 > LENGTHS["inputs"] for p in posts)
@@ -137,15 +141,38 @@ def test_tldr_experiment_runs_every_stage_on_its_own_configuration(data, tmp_pat
   assert all(np.isfinite(list(v)).all() for v in by_prompt.values())
   assert all(len(v) > 1 for v in by_prompt.values()), by_prompt  # per-prompt rewards differ
 
-  # Evaluation: the validation posts, at the experiment's lengths.
+  # Evaluation: the filtered validation posts with their human summaries (the references), at
+  # the experiment's lengths, under the proxy and the judge.
   report = json.loads((run / "eval_rso_hinge.json").read_text())
-  assert report["prompts_task"] == "tldr_posts" and report["split"] == "validation"
+  assert report["prompts_task"] == "tldr_sft" and report["split"] == "validation"
   assert report["num_prompts"] == 6 and report["prompts_in_split"] == 6
   assert (report["input_length"], report["max_decode_length"]) == (256, 24)
-  assert report["has_proxy"] and not report["has_golden"]
-  for decoding in ("greedy", "sample"):  # every response read whole by the reward model
-    assert report["results"][decoding]["vs_sft/proxy_unscorable"] == 0, decoding
+  assert report["has_proxy"] and report["has_judge"] and report["has_references"]
+  assert not report["has_golden"]
+  assert report["judge_path"] == str(run / "judge")
+  for decoding in ("greedy", "sample"):
+    res = report["results"][decoding]
+    for vs in ("vs_sft", "vs_sft_targets"):
+      for who in ("proxy", "judge"):  # every response read whole by both reward models
+        assert res[f"{vs}/{who}_unscorable"] == 0 and res[f"{vs}/{who}_coverage"] == 1.0
+        lo, hi = res[f"{vs}/{who}_ci"]
+        assert 0.0 <= lo <= res[f"{vs}/{who}"] <= hi <= 1.0, (decoding, vs, who)
+      assert 0.0 <= res[f"{vs}/judge_lc"] <= 1.0
   assert report["reward_model/responses_too_long"] == 0
+  # The judge's prompts were read and found in no other stage's data.
+  check = report["judge/split"]
+  val_posts = _unique_posts(data["tldr"]["comparisons_validation"])
+  assert check["judge_prompts"] == len(held_out["judge"]) + len(
+      prompt_split.sides(val_posts, 0.2)["judge"])
+  assert check["the sampled prompts"]["prompts"] == len(posts)
+  assert all(check[w]["shared_with_judge"] == 0 for w in
+             ("the proxy's training pairs", "the sampled prompts", "the policy's pairs"))
+  assert "judge/heldout_pairs" in report
+  # Every evaluation prompt in the examples file; the table carries the judge and coverage.
+  rows = (run / "eval_rso_hinge_examples.jsonl").read_text().splitlines()
+  assert len(rows) == 6 and all(json.loads(r)["reference"] for r in rows)
+  assert "judge win% [95% CI]" in out and "judge LC%" in out and "cov%" in out
+  assert "reference" in out
   assert report["results"]["sample"]["unfinished/policy"] > 0  # full-length responses among them
 
   # The policy starts at π_sft: the converted T5's dropout 0.1 stays out of the preference
@@ -179,35 +206,6 @@ def test_a_reused_stage_must_match_the_experiment(data, tmp_path, capsys):
   assert "note: " in capsys.readouterr().out
 
 
-def test_jsonl_experiment_runs_on_a_trl_file(data, tmp_path, capsys):
-  run = tmp_path / "jsonl"
-  argv = ["--gin_file=experiments/jsonl.gin", f'--gin.RUN_DIR="{run}"',
-          f'--gin.DATA_TRAIN="{data["trl"]}"', "--gin.VALIDATION_FRACTION=0.25",
-          f'--gin.SPM_PATH="{data["spm"]}"', f'--gin.PRETRAINED_CHECKPOINT="{data["t5"]}"',
-          *TINY_RUN[:-1], "--gin.TASK_FEATURE_LENGTHS={'inputs': 96, 'targets': 24}",
-          "--gin.sample.sample_configured.num_candidates=2",
-          "--gin.sample.sample_configured.num_samples=2",
-          # The encoder-decoder BT reward model, started from pi_sft (gin/reward_models/bt.gin).
-          "--gin.BT_ARCHITECTURE='encoder_decoder'", "--gin.BT_POOLING='last'",
-          "--gin.REWARD_INITIAL_CHECKPOINT=%SFT_CHECKPOINT"]
-  assert train.main(argv) == 0, capsys.readouterr().err
-  out = capsys.readouterr().out
-  assert f"from {run / 'sft'} (seq2seq); fresh: reward_head;" in out
-  rm_manifest = checkpoints.read_manifest(str(run / "reward_bt"))
-  assert rm_manifest.model_settings["architecture"] == "encoder_decoder"
-  with open(data["trl"]) as f:
-    prompts = [json.loads(l)["prompt"] for l in f]
-  val = [p for p in dict.fromkeys(prompts) if preference_files.prompt_fraction(p) < 0.25]
-  stats = json.loads(open(glob.glob(str(run / "samples" / "*" / "stats.json"))[0]).read())
-  assert stats["prompts"] == len(dict.fromkeys(prompts)) - len(val)  # train prompts, once
-  report = json.loads((run / "eval_rso_hinge.json").read_text())
-  assert report["prompts_task"] == "jsonl_eval_prompts" and report["prompts_in_split"] == len(val)
-  # The reward model reads the policy's longest response and its EOS: one more target token.
-  for d, task, lt in (("sft", "jsonl_sft", 24), ("reward_bt", "jsonl_pairs", 25)):
-    m = checkpoints.read_manifest(str(run / d))
-    assert m.task == task and dict(m.feature_lengths) == {"inputs": 96, "targets": lt}
-
-
 def test_hh_experiment_tasks(data, tmp_path):
   """hh.gin's tasks: prompt = the transcripts' shared prefix, a validation split carved from
   train by prompt, the prompts task deduplicated; the whole config parses and reads every macro."""
@@ -224,7 +222,7 @@ def test_hh_experiment_tasks(data, tmp_path):
   assert all(p.endswith("\n\nAssistant:") for p in train_p + val_p)
   assert set(inputs("hh_pairs", "validation")) == set(val_p)
   args = pipeline.stage_bindings(train.train, "reward")
-  assert args["mixture_or_task_name"] == "hh_pairs"
+  assert args["mixture_or_task_name"] == "hh_pairs.rest0.2"  # less the judge's prompts
   assert dict(args["task_feature_lengths"]) == {"inputs": 1024, "targets": 257}
 
 
@@ -258,7 +256,7 @@ def _bad_trl_files(src, directory):
 def _jsonl_argv(data, run, path, *extra):
   return ["--gin_file=experiments/jsonl.gin", f'--gin.RUN_DIR="{run}"',
           f'--gin.DATA_TRAIN="{path}"', f'--gin.SPM_PATH="{data["spm"]}"',
-          f'--gin.PRETRAINED_CHECKPOINT="{data["t5"]}"', *TINY_RUN[:-1],
+          f'--gin.PRETRAINED_CHECKPOINT="{data["t5"]}"', *helpers.TINY_EXPERIMENT,
           "--gin.TASK_FEATURE_LENGTHS={'inputs': 96, 'targets': 24}", *extra]
 
 
@@ -280,7 +278,7 @@ def test_a_bad_data_file_fails_the_stage_in_one_line_before_any_model(data, tmp_
   rc = train.main([*argv, "--stage=sft"])
   out, err = capsys.readouterr()
   assert rc == 2, err
-  lines = [l for l in err.strip().splitlines() if not pipeline._noise(l)]  # pylint: disable=protected-access
+  lines = [l for l in err.strip().splitlines() if not cli.is_noise(l)]
   assert len(lines) == 1 and lines[0].startswith("rso_jax.train: error: "), err
   assert f"{path}{reason}" in lines[0], lines[0]
   if kind == "skip_budget":
@@ -292,7 +290,7 @@ def test_a_bad_data_file_fails_the_stage_in_one_line_before_any_model(data, tmp_
     assert (name, module, tuple(extra_bindings), flags) == ("sft", "rso_jax.train", (), None)
     assert train.main([*cli.invocation_flags(), f"--stage={name}"]) == 2
     raise errors.StageFailed(name, 2, capsys.readouterr().err.split(": error: ", 1)[1].strip())
-  monkeypatch.setattr(pipeline, "_run", stage_in_process)
+  monkeypatch.setattr(cli, "run_stage", stage_in_process)
   assert train.main(argv) == 3
   err = capsys.readouterr().err
   assert err.strip() == ("rso_jax.train: error: stage 'sft' failed with exit code 2: "

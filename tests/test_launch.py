@@ -191,8 +191,9 @@ def test_paper_table_cells_are_the_papers_table_one_per_seed():
     task = policy["mixture_or_task_name"]
     setting = "direct" if task == "synthetic_dhf" else gin.query_parameter("%DATA_SETTING")
     assert task == ("synthetic_dhf" if cell.setting == "direct" else "rso_pairs")
-    # sft, collect (on-policy pairs for the reward model), reward[, reward quality, sample]
-    assert len(policy["prerequisites"]) == (3 if cell.setting == "direct" else 5)
+    # sft, collect (on-policy pairs for the reward model), reward, judge (none on the embedded
+    # task)[, reward quality, sample]
+    assert len(policy["prerequisites"]) == (4 if cell.setting == "direct" else 6)
     seen.add((setting, gin.query_parameter("%LOSS"), gin.query_parameter("%RANDOM_SEED"),
               gin.query_parameter("%RUN_DIR"), gin.query_parameter("%POLICY_NAME"),
               gin.query_parameter("%TRAIN_STEPS")))
@@ -567,3 +568,42 @@ def test_paper_table_round_two_starts_from_its_round_one_cell(tmp_path, capsys):
   row = [l for l in open(out).read().splitlines()
          if l.startswith("| rso_sample_rank-hinge_norm-gamma0.5 | ")][0]
   assert row.split(" | ")[3] == "35.0 ± 5.0 / 0.750 ± 0.050 (2)"
+
+
+def test_judge_validation_ranks_the_graders_against_r_star(tmp_path, capsys):
+  """Five cells: the judge orders them as r* does, the proxy in reverse; the rank
+  correlations, their difference's interval and the verdict follow."""
+  jv = _load("judge_validation")
+  golden = [0.3, 0.4, 0.5, 0.6, 0.7]
+  seed_dir = tmp_path / "seed0"
+  seed_dir.mkdir()
+  for i, g in enumerate(golden):
+    res = {"vs_sft/golden": g, "vs_sft/proxy": 0.9 - g, "vs_sft/judge": g + 0.1,
+           "vs_sft/judge_lc": g, "golden/policy": g,
+           "vs_sft/proxy_agreement_with_golden": 0.4,
+           "vs_sft/judge_agreement_with_golden": 0.8}
+    report = {"name": f"c{i}", "kl/mean": float(i), "results": {"sample": res},
+              "judge/heldout_accuracy": 0.75, "judge/heldout_pairs": 100}
+    (seed_dir / f"eval_c{i}.json").write_text(json.dumps(report))
+    steps = {"200": dict(report, results={"sample": dict(res, **{"vs_sft/golden": g - 0.01})}),
+             "300": report}
+    (seed_dir / f"eval_c{i}_checkpoints.json").write_text(json.dumps({"steps": steps}))
+  (seed_dir / "eval_summary.json").write_text("{}")
+  last, every = jv.collect(str(tmp_path))
+  assert [p["cell"] for p in last] == [f"c{i}" for i in range(5)] and len(every) == 10
+  c = jv.correlations(last)
+  assert c["n"] == 5
+  assert (c["judge"], c["judge_lc"], c["proxy"]) == pytest.approx((1.0, 1.0, -1.0))
+  assert c["judge_minus_proxy"] == pytest.approx(2.0)
+  lo, hi = c["judge_minus_proxy_ci"]
+  assert 0 < lo <= hi <= 2.0 + 1e-9
+  assert jv.verdict(c).startswith("the judge tracks r* better than the proxy")
+  out = tmp_path / "judge.md"
+  assert jv.main(["--run_root", str(tmp_path), "--out", str(out)]) == 0
+  text = out.read_text()
+  assert "| c0 | seed0 | 0.00 | 60.0 | 40.0 | 30.0 | 30.0 | 0.400 | 0.800 |" in text
+  assert "accuracy on its held-out comparisons: 0.750 on 100 pairs" in text
+  # Graders that agree on the order cannot be told apart.
+  tie = [dict(p, proxy=p["judge"]) for p in last]
+  assert "cannot tell the judge from the proxy" in jv.verdict(jv.correlations(tie))
+  assert jv.main(["--run_root", str(tmp_path / "empty")]) == 2

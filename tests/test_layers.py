@@ -13,10 +13,10 @@ LAYERS = [
     # base: files, errors, meshes, run-directory conventions, the sampling recipe
     {"rso_jax", "rso_jax.fs", "rso_jax.errors", "rso_jax.partitioning", "rso_jax.textfiles",
      "rso_jax.runs", "rso_jax.run_lock", "rso_jax.recipe", "rso_jax.kernels",
-     "rso_jax.checkpoint_files"},
+     "rso_jax.checkpoint_files", "rso_jax.progress"},
     # pure array code
     {"rso_jax.network", "rso_jax.decoding", "rso_jax.losses", "rso_jax.rejection",
-     "rso_jax.pairs"},
+     "rso_jax.pairs", "rso_jax.win_rates"},
     # text formats and vocabularies the models read
     {"rso_jax.tasks.vocab", "rso_jax.tasks.preprocessors", "rso_jax.tasks.text_formats",
      "rso_jax.feature_converters"},

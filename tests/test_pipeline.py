@@ -67,6 +67,9 @@ def test_main_job_on_gcs_runs_every_stage_then_reuses_and_resumes(gcs, tmp_path,
   assert report["num_prompts"] == 8 and report["has_golden"]
   assert fs.exists(fs.join(run, "eval_plot.png"))
   assert "win" in out.lower() and "[sft]" in out and "[sample]" in out
+  # Every stage longer than a few seconds says where it is: collection, evaluation.
+  assert "[collect] sampled 32/32 prompts" in out and "done in" in out
+  assert "[evaluate] rso_hinge: greedy decodes of π and π_sft graded in" in out
   # The reward stage's accuracy on π_sft's own samples, kept with the reward model.
   quality = json.loads(fs.read_text(fs.join(run, "reward_bt", "reward_quality.json")))
   assert quality["setting"]["num_prompts"] == 8 and quality["setting"]["num_samples"] == 8
@@ -168,3 +171,69 @@ def test_collect_stage_refusals(tmp_path, kwargs, needle):
                               output_path=str(tmp_path / "collect" / "pairs.jsonl"),
                               pairs_task="tldr_pairs")
   assert off() is None and not os.path.exists(tmp_path / "collect")
+
+
+def test_a_judge_fraction_holds_its_prompts_out_of_every_other_stage():
+  """JUDGE_PROMPT_FRACTION = 0.2 on the main job: the proxy, the sampling and `direct`'s pairs
+  read the rest side of their tasks, the judge stage the judge side of the proxy's; 0 (the
+  embedded default) changes no task and builds no judge."""
+  from rso_jax import cli, sample  # pylint: disable=g-import-not-at-top
+  cli.configure_gin(["rso_hinge.gin", "variants/direct.gin"],
+                    ["RUN_DIR = '/tmp/r'", "JUDGE_PROMPT_FRACTION = 0.2"], [])
+  reward = pipeline.stage_bindings(train.train, "reward")
+  judge = pipeline.stage_bindings(train.train, "judge")
+  assert reward["mixture_or_task_name"] == "synthetic_onpolicy_pairs.rest0.2"
+  assert judge["mixture_or_task_name"] == "synthetic_onpolicy_pairs.judge0.2"
+  assert judge["model_dir"] == "/tmp/r/judge" and judge["train_steps"] == reward["train_steps"]
+  assert type(judge["model"]) is type(reward["model"])  # the experiment's reward model
+  assert pipeline.stage_bindings(sample.sample_configured, "sample")["prompts_task"] == (
+      "synthetic_prompts.rest0.2")
+  policy = pipeline.stage_bindings(train.train, "")
+  assert policy["mixture_or_task_name"] == "synthetic_dhf.rest0.2"  # direct: D_hf less them
+  stages = {type(p).__name__: p for p in policy["prerequisites"]}
+  assert stages["JudgeStage"].checkpoint == "/tmp/r/judge"
+  (evaluation,) = policy["after_training"]
+  assert evaluation.judge_checkpoint == "/tmp/r/judge"
+  assert evaluation.judge_pairs == "synthetic_onpolicy_pairs.judge0.2"
+  assert evaluation.policy_task == "synthetic_dhf.rest0.2"
+
+  cli.configure_gin(["rso_hinge.gin"], ["RUN_DIR = '/tmp/r'"], [])
+  assert pipeline.stage_bindings(train.train, "reward")["mixture_or_task_name"] == (
+      "synthetic_onpolicy_pairs")
+  assert pipeline.stage_bindings(sample.sample_configured, "sample")["prompts_task"] == (
+      "synthetic_prompts")
+  policy = pipeline.stage_bindings(train.train, "")
+  assert {type(p).__name__: p for p in policy["prerequisites"]}["JudgeStage"]() is None
+  assert policy["after_training"][0].judge_checkpoint is None
+
+
+def test_the_evaluation_refuses_a_judge_whose_prompts_the_proxy_saw(tmp_path):
+  """The split check reads the data as the stages are configured: with the proxy's split
+  bypassed (its fraction 0), the judge's prompts are in the proxy's pairs -- a ConfigError
+  naming them; with the split intact, the record counts every set."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from helpers import manifest  # pylint: disable=g-import-not-at-top
+  from rso_jax import checkpoints, cli  # pylint: disable=g-import-not-at-top
+  (tmp_path / "collect").mkdir()
+  with open(tmp_path / "collect" / "pairs.jsonl", "w") as f:
+    for i in range(60):
+      f.write(json.dumps({"prompt": f"cow emu {i}", "chosen": "cow", "rejected": "emu"}) + "\n")
+  spec = {"source": "synthetic_onpolicy_pairs", "fraction": 0.2, "salt": "judge"}
+  for name, side in (("judge", "judge"), ("reward_bt", "rest")):
+    os.makedirs(tmp_path / name)
+    m = dataclasses.replace(manifest("bt_rm", {"inputs": 8, "targets": 9}),
+                            data_split=dict(spec, side=side))
+    checkpoints.write_manifest(str(tmp_path / name), m)
+
+  def stage(*bindings):
+    cli.configure_gin(["rso_hinge.gin"], [f"RUN_DIR = '{tmp_path}'",
+                                          "JUDGE_PROMPT_FRACTION = 0.2", *bindings], [])
+    (evaluation,) = pipeline.stage_bindings(train.train, "")["after_training"]
+    return dataclasses.replace(evaluation, policy_task=None)
+
+  record = stage().check_judge_split()
+  assert record["judge_prompts"] > 0 and record["split"]["side"] == "judge"
+  assert record["the proxy's training pairs"]["shared_with_judge"] == 0
+  assert record["the sampled prompts"]["prompts"] == 512
+  with pytest.raises(errors.ConfigError, match="not held out: .* the proxy's training pairs"):
+    stage("reward_task/prompt_split.split_task.fraction = 0.0").check_judge_split()

@@ -12,7 +12,7 @@ from helpers import CFG, save
 from rso_jax import errors
 from rso_jax import runs
 from rso_jax import sample_batch
-from rso_jax import checkpoints, models, reward_models, sample
+from rso_jax import checkpoints, export, models, reward_models, sample
 from rso_jax.tasks import generated, synthetic
 
 
@@ -95,6 +95,20 @@ def test_pair_task_feeds_the_policy_converter(policy_dir, tmp_path):
   stats = json.loads((out / "stats.json").read_text())
   assert stats["pairs"] == summary["pairs"] > 0
   assert stats["rejection/rounds"] == 1.0  # the random baseline takes one round
+  # Exported for TRL: one preference line per pair, texts and reference log-probs as stored.
+  assert export.main(["--samples", str(out), "--out", str(tmp_path / "pairs.jsonl")]) == 0
+  lines = [json.loads(l) for l in (tmp_path / "pairs.jsonl").read_text().splitlines()]
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  raw = [tf.io.parse_single_example(r, generated.feature_description()) for r in _records(str(out))]
+  assert len(lines) == len(raw) == stats["pairs"]
+  for line, ex in zip(lines, raw):
+    assert line["prompt"] == ex["inputs_pretokenized"].numpy().decode()
+    assert (line["chosen"], line["rejected"]) == (ex["chosen_pretokenized"].numpy().decode(),
+                                                  ex["rejected_pretokenized"].numpy().decode())
+    assert line["ref_chosen_logps"] == float(ex["ref_chosen_logps"])
+    assert line["ref_rejected_logps"] == float(ex["ref_rejected_logps"])
+    assert line["chosen_golden_reward"] == float(ex["chosen_golden_reward"])
+  assert export.main(["--samples", str(tmp_path / "none"), "--out", str(tmp_path / "x")]) == 2
 
 
 def test_changed_configuration_is_refused(policy_dir, tmp_path):
@@ -339,5 +353,9 @@ def test_raft_task_is_sft_data_of_the_best_candidate(policy_dir, tmp_path):
   ref = np.array([float(ex["ref_chosen_logps"]) for ex in raw], np.float32)
   got = np.asarray(m.score_batch(checkpoints.load_params(policy_dir), batch))
   np.testing.assert_allclose(got, ref, atol=1e-4)
+  assert export.main(["--samples", str(out), "--out", str(tmp_path / "raft.jsonl")]) == 0
+  lines = [json.loads(l) for l in (tmp_path / "raft.jsonl").read_text().splitlines()]
+  assert [set(l) for l in lines] == [{"prompt", "completion", "reward"}] * len(recs)
+  assert [l["completion"] for l in lines] == [r["chosen_pretokenized"] for r in recs]
   with pytest.raises(ValueError, match="DATA_SETTING='raft' keeps the best of N"):
     _run(policy_dir, tmp_path / "bad", data_setting="raft", num_samples=4)

@@ -100,6 +100,57 @@ def register_pair_task(name: str, data_dir: str, vocabulary: Optional[seqio.Voca
       output_features={f: seqio.Feature(vocabulary, add_eos=True) for f in TOKEN_FEATURES})
 
 
+def read_records(data_dir: str):
+  """The sampling stage's records in `data_dir`, shard by shard: dicts of texts and floats
+  (NaN: not recorded)."""
+  files = sorted(fs.glob(fs.join(data_dir, SHARD_PATTERN)))
+  if not files:
+    raise FileNotFoundError(f"no pair shards {SHARD_PATTERN!r} in {data_dir!r}: run the "
+                            "sampling stage (python -m rso_jax.sample) first")
+  desc = {f: tf.io.FixedLenFeature([], tf.string) for f in TEXT_FEATURES}
+  desc.update({f: tf.io.FixedLenFeature([], tf.float32, default_value=float("nan"))
+               for f in FLOAT_FEATURES})
+  ds = tf.data.TFRecordDataset(files).map(lambda x: tf.io.parse_single_example(x, desc))
+  for ex in ds.as_numpy_iterator():
+    yield {k: (v.decode("utf-8") if isinstance(v, bytes) else float(v)) for k, v in ex.items()}
+
+
+def export_jsonl(data_dir: str, out_path: str) -> dict:
+  """Writes the sampling stage's output as JSONL in TRL's formats, atomically; returns counts.
+
+  Pairs (rso / sft-sample-rank / ...): TRL's preference format with the reference log-probs
+  its DPO trainer reads precomputed, one line per pair:
+    {"prompt", "chosen", "rejected", "ref_chosen_logps", "ref_rejected_logps",
+     "chosen_reward", "rejected_reward"[, "chosen_golden_reward", "rejected_golden_reward"]}
+  (log π_sft of the response tokens, untempered, under this run's tokenization and model: a
+  trainer that reuses them must train the same model with the same vocabulary). Selected
+  responses (RAFT, ReST): TRL's prompt-completion format, {"prompt", "completion", "reward"}.
+  """
+  manifest_path = fs.join(data_dir, "manifest.json")
+  manifest = json.loads(fs.read_text(manifest_path)) if fs.exists(manifest_path) else {}
+  responses = manifest.get("output") == "responses"
+  lines = []
+  for r in read_records(data_dir):
+    value = lambda k, r=r: None if r[k] != r[k] else r[k]  # NaN: null
+    if responses:
+      line = {"prompt": r["inputs_pretokenized"], "completion": r["chosen_pretokenized"],
+              "reward": value("chosen_reward")}
+    else:
+      line = {"prompt": r["inputs_pretokenized"], "chosen": r["chosen_pretokenized"],
+              "rejected": r["rejected_pretokenized"],
+              "ref_chosen_logps": value("ref_chosen_logps"),
+              "ref_rejected_logps": value("ref_rejected_logps"),
+              "chosen_reward": value("chosen_reward"),
+              "rejected_reward": value("rejected_reward")}
+      for k in ("chosen_golden_reward", "rejected_golden_reward"):
+        if value(k) is not None:
+          line[k] = value(k)
+    lines.append(json.dumps(line, ensure_ascii=False))
+  fs.atomic_write_text(out_path, "".join(line + "\n" for line in lines))
+  return {"records": len(lines), "out": out_path,
+          "format": "prompt-completion" if responses else "preference"}
+
+
 def pair_task(samples_dir: str, name: str = "rso_pairs") -> str:
   """Registers the sampling stage's pairs in `samples_dir` as task `name`; returns `name`.
 

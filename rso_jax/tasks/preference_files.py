@@ -1,9 +1,13 @@
-"""File-backed human-preference tasks: TL;DR comparisons / SFT, Anthropic HH, JSONL, Parquet, TFDS.
+"""File-backed human-preference tasks: TL;DR comparisons / SFT, Anthropic HH, JSONL, Parquet,
+`datasets` directories (`save_to_disk`) and hub datasets, TFDS.
 
-`register_preference_file_task(name, path, format, kind=...)` registers a seqio task over files
-of one of FORMATS (`preference_formats`: what each format's records hold and how a prompt and
-its responses are made of them), read in Python when a split is first used
-(`preference_reader`: one file at a time, with the bad-record policy).
+`register_preference_file_task(name, path, format, kind=..., chat_template=...)` registers a
+seqio task over files of one of FORMATS (`preference_formats`: what each format's records hold,
+TRL's dataset shapes detected per record, and how a prompt and its responses are made of them;
+`chat_template` renders message lists), read in Python when a split is first used
+(`preference_reader`: one file at a time, with the bad-record policy). Format "hf_disk": each
+path is a `save_to_disk` directory; "hf_hub": each path is a hub dataset name, loaded with the
+split being read (a carved validation split: "train").
 
 Kind "prompts" (every file format): the prompts only, each once: a repeated prompt (e.g. a
 TL;DR post that appears in many comparisons) is kept at its first occurrence and counted as a
@@ -31,6 +35,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import numbers
+import posixpath
 import threading
 from typing import Any, Callable, Mapping, Sequence
 
@@ -109,18 +114,29 @@ def _record_bad_stats(name: str, split: str, summary: Mapping[str, Any]) -> bool
 # ----------------------------------------------------------------------------- reading a split
 
 
-def _expand(paths: str | Sequence[str]) -> tuple[str, ...]:
+def _expand(paths: str | Sequence[str], format: str) -> tuple[str, ...]:  # pylint: disable=redefined-builtin
   paths = [paths] if isinstance(paths, str) else list(paths)
+  if format == "hf_hub":  # Hub dataset names.
+    return tuple(paths)
   out = []
   for p in paths:
     matches = sorted(tf.io.gfile.glob(p)) if any(c in p for c in "*?[") else [p]
     if not matches or not all(tf.io.gfile.exists(m) for m in matches):
+      if format == "hf_disk":
+        raise DataError(f"Preference data directory not found: {p!r} (format 'hf_disk' reads a "
+                        "directory written by Dataset.save_to_disk)")
       raise ValueError(f"Preference data file not found: {p!r}")
     out.extend(matches)
   return tuple(out)
 
 
-def _stamp(path: str) -> tuple[Any, ...]:
+def _stamp(path: str, format: str) -> tuple[Any, ...]:  # pylint: disable=redefined-builtin
+  """What a rewritten file changes (of a directory: its files'); nothing of a hub name."""
+  if format == "hf_hub":
+    return ()
+  if format == "hf_disk" and tf.io.gfile.isdir(path):
+    return tuple((posixpath.join(d, f), *_stamp(posixpath.join(d, f), "file"))
+                 for d, _, files in sorted(tf.io.gfile.walk(path)) for f in sorted(files))
   st = tf.io.gfile.stat(path)
   return (st.length, st.mtime_nsec)
 
@@ -136,14 +152,17 @@ def _to_records(columns: Mapping[str, Sequence[str]]) -> list[Record]:
 
 @functools.lru_cache(maxsize=16)
 def _load_columns(paths: tuple[str, ...], stamps: tuple[Any, ...], format: str,  # pylint: disable=redefined-builtin
-                  kind: str, bad_records: str
+                  kind: str, bad_records: str, chat_template: formats.TemplateKey,
+                  hub_split: str | None
                   ) -> tuple[Mapping[str, tuple[str, ...]], Mapping[str, Any]]:
-  """(columns, bad-record summary over all `paths`): all parsed records, repeats included."""
+  """(columns, bad-record summary over all `paths`): all parsed records, repeats included.
+  `hub_split`: the split format "hf_hub" loads (None for the other formats)."""
   del stamps  # Part of the cache key only: a rewritten file is read again.
   records, total = [], {"records": 0, "kept": 0, "skipped": 0, "filtered": 0, "duplicates": 0,
                         "reasons": []}
   for p in paths:
-    recs, summary = reader.read_file(p, format, kind, bad_records)
+    recs, summary = reader.read_file(p, format, kind, bad_records, chat_template,
+                                     hub_split or "train")
     records.extend(recs)
     for k in reader.COUNTS:
       total[k] += summary[k]
@@ -153,7 +172,8 @@ def _load_columns(paths: tuple[str, ...], stamps: tuple[Any, ...], format: str, 
 
 @functools.lru_cache(maxsize=16)
 def _load_split(paths: tuple[str, ...], stamps: tuple[Any, ...], format: str,  # pylint: disable=redefined-builtin
-                kind: str, bad_records: str, part: str | None, fraction: float | None,
+                kind: str, bad_records: str, chat_template: formats.TemplateKey,
+                hub_split: str | None, part: str | None, fraction: float | None,
                 dedup: bool) -> tuple[Mapping[str, tuple[str, ...]], Mapping[str, Any],
                                       Mapping[str, Any]]:
   """(columns, this split's summary, the files' summary) of `paths`.
@@ -161,7 +181,8 @@ def _load_split(paths: tuple[str, ...], stamps: tuple[Any, ...], format: str,  #
   `part`: None (all records), "train" or "validation" (the records whose `prompt_fraction` is
   at or above / below `fraction`). `dedup`: keep each prompt's first record only.
   """
-  columns, files = _load_columns(paths, stamps, format, kind, bad_records)
+  columns, files = _load_columns(paths, stamps, format, kind, bad_records, chat_template,
+                                 hub_split)
   if part is None and not dedup:
     return columns, dict(files, reasons=list(files["reasons"])), files
   records = _to_records(columns)
@@ -197,13 +218,16 @@ class _SplitColumns:
   max_bad_fraction: float
   validation_fraction: float | None
   carved: Mapping[str, str]  # split -> its part of the train files ("train" or "validation")
+  chat_template: formats.TemplateKey = formats.DEFAULT_CHAT_TEMPLATE
 
   def __call__(self, split: str) -> Mapping[str, Sequence[str]]:
     paths = self.expand(split)
+    hub_split = ("train" if split in self.carved else split) if self.format == "hf_hub" else None
     columns, summary, files = _load_split(
-        paths, tuple(_stamp(p) for p in paths), self.format, formats.read_kind(self.kind),
-        self.bad_records, self.carved.get(split),
-        self.validation_fraction if split in self.carved else None, self.kind == "prompts")
+        paths, tuple(_stamp(p, self.format) for p in paths), self.format,
+        formats.read_kind(self.kind), self.bad_records, self.chat_template, hub_split,
+        self.carved.get(split), self.validation_fraction if split in self.carved else None,
+        self.kind == "prompts")
     new = _record_bad_stats(self.name, split, summary)
     where = f"Task {self.name!r} split {split!r}"
     reader.check_budget(where, files, self.max_bad_fraction)  # The files' budget, carved or not.
@@ -241,6 +265,7 @@ def register_preference_file_task(
     max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION,
     validation_fraction: float | None = None,
     made_by_run: bool = False,
+    chat_template: str | Mapping[str, str] = formats.DEFAULT_CHAT_TEMPLATE,
     tfds_name: str | None = None,
     tfds_field_map: Mapping[str, str] | None = None,
     tfds_splits: Mapping[str, str] | None = None,
@@ -251,7 +276,8 @@ def register_preference_file_task(
   Args:
     name: task name.
     path: file path or glob, a list of them, or {split: path(s)}; a bare path is the "train"
-      split. Local or any tf.io.gfile filesystem (gs://...). Unused for format "tfds".
+      split. Local or any tf.io.gfile filesystem (gs://...). Format "hf_disk": directories
+      written by `save_to_disk`; "hf_hub": hub dataset names. Unused for format "tfds".
     format: one of FORMATS.
     kind: "pairs" (inputs, chosen, rejected; the default), "rm_pairwise" (reward-ranking
       text-to-text with seeded A/B flips), "sft" (inputs -> targets; default for "tldr_sft";
@@ -281,6 +307,10 @@ def register_preference_file_task(
       stage's on-policy pairs): they are looked up when a split is first read, not here, so
       every process of the run can register the task before they exist. False: a missing
       file is a ValueError at registration.
+    chat_template: how the generic formats turn message lists into text: "hh" (Anthropic HH's
+      "\n\nHuman: …\n\nAssistant: …"; the default), "chatml", or a dict of format strings
+      {"system", "user", "assistant"} (with {content}) and "generation" (the text that ends a
+      prompt). See `preference_formats`.
     tfds_name: TFDS builder "name[:version]" for format "tfds" (read by seqio.TfdsDataSource).
     tfds_field_map: {our field: TFDS feature path ('/' for nesting)}, our fields being
       prompt, chosen, rejected (pairs) or prompt, response (sft).
@@ -293,7 +323,10 @@ def register_preference_file_task(
   kind = kind or formats.default_kind(format)
   formats.check_format_kind(format, kind)
   reader.check_bad_policy(bad_records, max_bad_fraction)
+  template = formats.chat_template_key(chat_template)
   _check_validation_fraction(name, validation_fraction, format, path)
+  if format == "hf_hub":
+    reader.hub_datasets()  # Fails here, naming the package, when it is not installed.
   vocabulary = vocab_lib.get_vocabulary(spm_path)
   task_options = dict(truncate=truncate, flip_seed=flip_seed,
                       rm_response_label=rm_response_label, keep_context=keep_context)
@@ -302,7 +335,8 @@ def register_preference_file_task(
                           tfds_field_map, tfds_splits, tfds_data_dir)
   return _register_files(name, path, format, kind, vocabulary, task_options,
                          bad_records=bad_records, max_bad_fraction=max_bad_fraction,
-                         validation_fraction=validation_fraction, made_by_run=made_by_run)
+                         validation_fraction=validation_fraction, made_by_run=made_by_run,
+                         chat_template=template)
 
 
 def _check_validation_fraction(name: str, fraction: Any, format: str,  # pylint: disable=redefined-builtin
@@ -340,19 +374,20 @@ def _split_paths(path: str | Sequence[str] | Mapping[str, Any], validation_fract
 def _register_files(name: str, path: Any, format: str, kind: str,  # pylint: disable=redefined-builtin
                     vocabulary: seqio.Vocabulary, task_options: Mapping[str, Any], *,
                     bad_records: str, max_bad_fraction: float,
-                    validation_fraction: float | None, made_by_run: bool) -> seqio.Task:
+                    validation_fraction: float | None, made_by_run: bool,
+                    chat_template: formats.TemplateKey) -> seqio.Task:
   if path is None or (not isinstance(path, (str, Mapping)) and not list(path)):
     raise ValueError(f"register_preference_file_task({name!r}): path is required for format "
                      f"{format!r}")
   split_paths, carved = _split_paths(path, validation_fraction)
   if made_by_run:
-    expand = lambda split: _expand(split_paths[split])
+    expand = lambda split: _expand(split_paths[split], format)
   else:
-    expanded = {split: _expand(p) for split, p in split_paths.items()}
+    expanded = {split: _expand(p, format) for split, p in split_paths.items()}
     expand = expanded.__getitem__
   reset_bad_record_stats(name)  # A re-registered task counts its own files only.
   columns_fn = _SplitColumns(name, expand, format, kind, bad_records, max_bad_fraction,
-                             validation_fraction, carved)
+                             validation_fraction, carved, chat_template)
   source = sources.InMemoryDataSource(columns_fn, splits=list(split_paths))
   if not made_by_run:  # files the run writes are not checked up front
     with _BAD_STATS_LOCK:
