@@ -476,7 +476,8 @@ class EvaluateStage:
     return evaluate.evaluate_policy(
         policy_path, self.sft_checkpoint, reward_path=self.reward_checkpoint,
         judge_path=self.judge_checkpoint,
-        judge_heldout=(self.judge_pairs, "validation") if self.judge_pairs else None,
+        # The judge's held-out accuracy: once, in the main report (not per checkpoint).
+        judge_heldout=(self.judge_pairs, "validation") if self.judge_pairs and name else None,
         prompts_task=self.prompts_task, split=self.split, keep_context=self.keep_context,
         num_prompts=self.num_prompts, output_dir=name and self.output_dir, name=name,
         mesh_shape=tuple(self.mesh_shape), logical_rules=self.logical_rules, extra=extra)

@@ -107,9 +107,7 @@ def read_records(data_dir: str):
   if not files:
     raise FileNotFoundError(f"no pair shards {SHARD_PATTERN!r} in {data_dir!r}: run the "
                             "sampling stage (python -m rso_jax.sample) first")
-  desc = {f: tf.io.FixedLenFeature([], tf.string) for f in TEXT_FEATURES}
-  desc.update({f: tf.io.FixedLenFeature([], tf.float32, default_value=float("nan"))
-               for f in FLOAT_FEATURES})
+  desc = {k: v for k, v in feature_description().items() if k not in TOKEN_FEATURES}
   ds = tf.data.TFRecordDataset(files).map(lambda x: tf.io.parse_single_example(x, desc))
   for ex in ds.as_numpy_iterator():
     yield {k: (v.decode("utf-8") if isinstance(v, bytes) else float(v)) for k, v in ex.items()}
