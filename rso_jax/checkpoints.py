@@ -60,18 +60,22 @@ T5X_STATE_SUBDIR = "state"
 FORMAT_VERSION = 1
 
 GENERATIVE_KINDS = ("seq2seq", "policy")
-REWARD_KINDS = ("pairwise_rm", "bt_rm")
+# "oracle_rm": no network and no params -- the embedded task's r*/τ, optionally with calibrated
+# noise (`inference.OracleRewardModel`, `tasks.oracle`).
+ORACLE_KIND = "oracle_rm"
+REWARD_KINDS = ("pairwise_rm", "bt_rm", ORACLE_KIND)
 KINDS = GENERATIVE_KINDS + REWARD_KINDS
 KIND_NAMES = {"seq2seq": "a seq2seq (SFT) policy", "policy": "a preference-trained policy",
               "pairwise_rm": "a pairwise ranking reward model ρ",
-              "bt_rm": "a Bradley-Terry reward model"}
+              "bt_rm": "a Bradley-Terry reward model",
+              ORACLE_KIND: "the embedded task's oracle reward (r*/τ, noisy or exact)"}
 
 
 @dataclasses.dataclass(frozen=True)
 class Manifest:
   """What a checkpoint is (see the module docstring)."""
   kind: str
-  network: network.T5Config
+  network: Optional[network.T5Config]  # None only for ORACLE_KIND
   vocabulary: Optional[Mapping[str, Any]]
   feature_lengths: Optional[Mapping[str, int]] = None
   model_settings: Mapping[str, Any] = dataclasses.field(default_factory=dict)
@@ -86,11 +90,14 @@ class Manifest:
   def __post_init__(self):
     if self.kind not in KINDS:
       raise CheckpointError(f"manifest kind={self.kind!r}: use one of {KINDS}")
+    if (self.network is None) != (self.kind == ORACLE_KIND):
+      raise CheckpointError(f"manifest kind={self.kind!r} with network={self.network!r}: "
+                            f"only {ORACLE_KIND!r} has no network")
 
   def to_json(self) -> dict:
     return {"format_version": FORMAT_VERSION, "kind": self.kind,
             "model_settings": dict(self.model_settings),
-            "network": dataclasses.asdict(self.network),
+            "network": None if self.network is None else dataclasses.asdict(self.network),
             "vocabulary": None if self.vocabulary is None else dict(self.vocabulary),
             "feature_lengths": (None if self.feature_lengths is None
                                 else {k: int(v) for k, v in self.feature_lengths.items()}),
@@ -99,9 +106,12 @@ class Manifest:
 
   @classmethod
   def from_json(cls, d: Mapping[str, Any], directory: Optional[str] = None) -> "Manifest":
-    net = dict(d["network"])
-    net["mlp_activations"] = tuple(net["mlp_activations"])
-    return cls(kind=d["kind"], network=network.T5Config(**net), vocabulary=d.get("vocabulary"),
+    net = None
+    if d.get("kind") != ORACLE_KIND or d.get("network") is not None:  # an oracle has none
+      net = dict(d["network"])
+      net["mlp_activations"] = tuple(net["mlp_activations"])
+      net = network.T5Config(**net)
+    return cls(kind=d["kind"], network=net, vocabulary=d.get("vocabulary"),
                feature_lengths=d.get("feature_lengths"),
                model_settings=d.get("model_settings") or {}, task=d.get("task"),
                source=d.get("source", "train"), data_split=d.get("data_split"),
@@ -505,8 +515,8 @@ def abstract_with_shardings(abstract: Any, shardings: Any) -> Any:
 
 def _describe(path: str) -> str:
   m = read_manifest(path)
-  return json.dumps(dict(m.to_json(), manifest_dir=m.directory,
-                         params=resolve_params_path(path)), indent=2)
+  params = None if m.kind == ORACLE_KIND else resolve_params_path(path)  # an oracle has none
+  return json.dumps(dict(m.to_json(), manifest_dir=m.directory, params=params), indent=2)
 
 
 def _add_manifest(args) -> str:
@@ -565,6 +575,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.cmd == "describe":
       print(_describe(args.path))
     elif args.cmd == "to-t5x":
+      kind = read_manifest(args.path).kind
+      if kind == ORACLE_KIND:
+        raise CheckpointError(f"{args.path} is {KIND_NAMES[kind]}: it has no params to write")
       fs.check_disjoint(args.model_dir, {"the checkpoint": args.path,
                                          "its manifest directory": find_manifest(args.path)},
                         out_name="model_dir")

@@ -66,7 +66,7 @@ from rso_jax import reward_quality
 from rso_jax import runs
 from rso_jax import win_rates
 from rso_jax import tasks  # pylint: disable=unused-import  (registers the embedded tasks)
-from rso_jax.tasks import synthetic
+from rso_jax.tasks import golden
 
 DECODINGS = ("greedy", "sample")
 AUTO = "auto"
@@ -324,7 +324,7 @@ def evaluate_policy(
 def _golden(golden_reward_fn: Union[GoldenFn, str, None], prompts_task: str
             ) -> Optional[GoldenFn]:
   """r* as float64 (`AUTO`: the synthetic task's, none for other tasks), or None."""
-  fn = synthetic.golden_reward_of(prompts_task) if golden_reward_fn == AUTO else golden_reward_fn
+  fn = golden.golden_reward_of(prompts_task) if golden_reward_fn == AUTO else golden_reward_fn
   return (lambda ps, ys: np.asarray(fn(ps, ys), np.float64)) if fn else None
 
 

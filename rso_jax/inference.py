@@ -12,10 +12,12 @@ is tokenized with the checkpoint's own vocabulary and lengths, every batch is pa
 fixed number of rows (a multiple of the data-parallel size, so each shape compiles once and a
 result never depends on what else is in the batch) — here and nowhere else.
 
-Two classes:
+Three classes:
   * `Generator` (kinds "seq2seq", "policy"): `generate` (N candidates per prompt; temperature /
     top-k / top-p; tokens, texts, log q and untempered log π), `greedy`, `score` (teacher-forced
     log π of given responses).
+  * `OracleRewardModel` (kind "oracle_rm", the embedded task only): r*/τ, optionally with a
+    calibrated noise (`tasks.oracle`), with `RewardModel`'s interface.
   * `RewardModel` (kinds "pairwise_rm", "bt_rm"): `reward(prompts [B], responses [B][N],
     baselines=None) -> [B, N]` and `prefer(prompts, y1, y2) -> P(y1 ≻ y2) [M]`. Pairwise: paper
     Eq. 7, `r(x, y) = logit ρ(x, y, y_b)` against one baseline y_b per prompt (a candidate equal
@@ -37,6 +39,7 @@ Over-length inputs: one rule everywhere (sampler, scorer, evaluation, `infer`):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -52,6 +55,8 @@ from rso_jax import network
 from rso_jax import partitioning
 from rso_jax import recipe
 from rso_jax import reward_models
+from rso_jax.tasks import golden
+from rso_jax.tasks import oracle
 from rso_jax.tasks import text_formats
 
 KEEP_CONTEXT = ("start", "end")
@@ -98,6 +103,16 @@ def _as_texts(name: str, texts: Any) -> List[str]:
       raise ValueError(f"{name}[{i}] must be a string, got {type(t).__name__}: {t!r}")
     out.append(t)
   return out
+
+
+def _pair_texts(prompts: Texts, y1: Texts, y2: Texts
+                ) -> Tuple[List[str], List[str], List[str]]:
+  """`prefer`'s arguments as three lists of equal length (ValueError otherwise)."""
+  prompts, y1, y2 = _as_texts("prompts", prompts), _as_texts("y1", y1), _as_texts("y2", y2)
+  if not len(prompts) == len(y1) == len(y2):
+    raise ValueError(f"prefer needs equal lengths: {len(prompts)} prompts, {len(y1)} y1, "
+                     f"{len(y2)} y2")
+  return prompts, y1, y2
 
 
 def _as_rows(prompts: Texts, responses: Any) -> Tuple[List[str], List[List[str]]]:
@@ -506,11 +521,7 @@ class RewardModel(_Loaded):
   # --- the interface ------------------------------------------------------------------------
   def prefer(self, prompts: Texts, y1: Texts, y2: Texts) -> np.ndarray:
     """P(y1 ≻ y2 | x) `[M]` float32 (ρ with y1 shown as A, or σ(r1 − r2)); NaN: no fit."""
-    prompts, y1, y2 = (_as_texts("prompts", prompts), _as_texts("y1", y1),
-                       _as_texts("y2", y2))
-    if not len(prompts) == len(y1) == len(y2):
-      raise ValueError(f"prefer needs equal lengths: {len(prompts)} prompts, {len(y1)} y1, "
-                       f"{len(y2)} y2")
+    prompts, y1, y2 = _pair_texts(prompts, y1, y2)
     if self.kind == "pairwise_rm":
       d = self._pair_logits(prompts, y1, y2)
     else:
@@ -562,6 +573,84 @@ class RewardModel(_Loaded):
     return out.astype(np.float32)
 
 
+class OracleRewardModel:
+  """The embedded task's oracle reward (kind "oracle_rm"): r̂(x, y) = r*(x, y)/τ + σ z(x, y).
+
+  No network: the manifest's `model_settings` hold `tau`, `noise_std` (σ; 0 = exact r*/τ),
+  `noise_seed` (z is a fixed function of the texts: `tasks.oracle.text_normals`) and `ordered`
+  (which r*: `tasks.golden.golden_reward`); its `task` names the environment it scores.
+  `reward` and `prefer` have `RewardModel`'s interface (`prefer` = σ(r̂1 − r̂2): with σ = 0
+  the simulated annotator's Bradley–Terry probability), so it serves the sampling stage,
+  labelling, the reward-quality measurement and the evaluation wherever a reward checkpoint
+  does.
+  """
+  kind = checkpoints.ORACLE_KIND
+
+  def __init__(self, manifest: checkpoints.Manifest, mesh=None, *, path: Optional[str] = None,
+               **unused):
+    del mesh, unused  # no arrays to place
+    self.manifest, self.path = manifest, path
+    settings = dict(manifest.model_settings)
+    try:
+      self.tau = float(settings["tau"])
+      self.noise_std = float(settings.get("noise_std", 0.0))
+      self.noise_seed = int(settings.get("noise_seed", 0))
+    except (KeyError, TypeError, ValueError) as e:
+      raise errors.CheckpointError(f"oracle reward {path!r}: its manifest's model_settings "
+                                   f"{settings!r} need a number 'tau' ({e})") from None
+    if not (self.tau > 0 and self.noise_std >= 0 and math.isfinite(self.noise_std)):
+      raise errors.CheckpointError(f"oracle reward {path!r}: tau={self.tau!r} must be > 0 and "
+                                   f"noise_std={self.noise_std!r} finite and >= 0")
+    self.golden = golden.golden_reward_of(manifest.task or "")
+    if self.golden is not None and "ordered" in settings:  # the r* it was written for
+      self.golden = functools.partial(golden.golden_rewards, ordered=bool(settings["ordered"]))
+    if self.golden is None:
+      raise errors.CheckpointError(f"oracle reward {path!r} scores task {manifest.task!r}, "
+                                   "which has no golden reward (only the embedded synthetic_* "
+                                   "tasks have r*)")
+    self.stats = {"contexts_truncated": 0, "responses_too_long": 0}
+
+  def _scores(self, prompts: List[str], responses: List[str]) -> np.ndarray:
+    """r̂ `[M]` float64 of aligned prompts and responses."""
+    r = np.asarray(self.golden(prompts, responses), np.float64) / self.tau
+    if self.noise_std:
+      r = r + self.noise_std * oracle.text_normals(list(zip(prompts, responses)),
+                                                   self.noise_seed)
+    return r
+
+  def reward(self, prompts: Texts, responses: Any, baselines: Optional[Texts] = None,
+             valid: Optional[np.ndarray] = None) -> np.ndarray:
+    """r̂ `[B, N]` float32 (minus r̂(x, y_b) with `baselines`: a per-prompt shift)."""
+    del valid  # every text has a reward
+    prompts, rows = _as_rows(prompts, responses)
+    n = len(rows[0]) if rows else 0
+    out = self._scores([p for p in prompts for _ in range(n)],
+                       [y for row in rows for y in row]).reshape(len(prompts), n)
+    if baselines is not None:
+      base = _as_texts("baselines", baselines)
+      if len(base) != len(prompts):
+        raise ValueError(f"{len(prompts)} prompts but {len(base)} baselines")
+      out = out - self._scores(prompts, base)[:, None]
+    return out.astype(np.float32)
+
+  def prefer(self, prompts: Texts, y1: Texts, y2: Texts) -> np.ndarray:
+    """P(y1 ≻ y2 | x) = σ(r̂(x, y1) − r̂(x, y2)) `[M]` float32."""
+    prompts, y1, y2 = _pair_texts(prompts, y1, y2)
+    d = self._scores(prompts, y1) - self._scores(prompts, y2)
+    return (0.5 * (1.0 + np.tanh(0.5 * d))).astype(np.float32)
+
+
+def oracle_manifest(task: str, *, tau: float = golden.BT_TEMPERATURE, noise_std: float = 0.0,
+                    noise_seed: int = 0, **record: Any) -> checkpoints.Manifest:
+  """The manifest of an oracle reward for `task` (`record`: what else to keep with it, e.g.
+  its calibration)."""
+  return checkpoints.Manifest(
+      kind=checkpoints.ORACLE_KIND, network=None, vocabulary=None, task=task, source="oracle",
+      model_settings=dict(tau=float(tau), noise_std=float(noise_std),
+                          noise_seed=int(noise_seed),
+                          ordered=golden.reward_is_ordered(task), **record))
+
+
 def baseline_texts(rows: List[List[str]], valid: Optional[np.ndarray] = None) -> List[str]:
   """Eq. 7's y_b per prompt: its first non-empty response allowed by `valid` `[B, N]` (all
   when None), else its first response."""
@@ -592,5 +681,7 @@ def load(path: str, *, mesh=None, mesh_shape: Sequence[int] = (-1, 1, 1),
   if expect is not None:
     checkpoints.check_kind(manifest, path, expect, role)
   mesh = mesh if mesh is not None else partitioning.create_mesh(mesh_shape)
+  if manifest.kind == checkpoints.ORACLE_KIND:
+    return OracleRewardModel(manifest, path=path)
   cls = Generator if manifest.kind in checkpoints.GENERATIVE_KINDS else RewardModel
   return cls(manifest, mesh, path=path, params=params, **kwargs)

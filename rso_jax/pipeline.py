@@ -65,6 +65,7 @@ from rso_jax import train as train_lib
 from rso_jax.errors import ConfigError
 from rso_jax.tasks import embedded
 from rso_jax.tasks import generated
+from rso_jax.tasks import golden
 from rso_jax.tasks import prompt_split
 from rso_jax.tasks import synthetic
 
@@ -142,7 +143,10 @@ def check_reusable(name: str, path: str, model: Any, task: str,
     raise ConfigError(f"stage {name!r}: {e}") from None
   want = getattr(model, "manifest_kind", None)
   problems = []
-  if want and manifest.kind != want:
+  # A reward model the user points the stage at may be of any reward kind (e.g. an oracle).
+  any_reward = not own and want in checkpoints.REWARD_KINDS and (
+      manifest.kind in checkpoints.REWARD_KINDS)
+  if want and manifest.kind != want and not any_reward:
     problems.append(f"it is {checkpoints.KIND_NAMES[manifest.kind]} (kind={manifest.kind!r}) "
                     f"but the stage trains {checkpoints.KIND_NAMES[want]} (kind={want!r})")
   if not own:
@@ -271,8 +275,8 @@ class CollectStage:
                         "int >= 0")
     if not self.num_prompts:
       return None
-    golden = synthetic.golden_reward_of(self.pairs_task)
-    if golden is None:
+    r_star = golden.golden_reward_of(self.pairs_task)
+    if r_star is None:
       raise ConfigError(f"stage {self.name!r}: {self.pairs_task!r} has no simulated rater to "
                         f"label on-policy pairs (COLLECT_PROMPTS={self.num_prompts}); set "
                         "COLLECT_PROMPTS=0 and set REWARD_PAIRS to pairs labeled by people")
@@ -298,7 +302,7 @@ class CollectStage:
                         f"the {len(prompts)} {self.split} prompts of the environment")
     prompts = prompts[:self.num_prompts]
     lines, counts = collect.collect_pairs(
-        self.policy_checkpoint, prompts, golden=golden, bt_temperature=env.bt_temperature,
+        self.policy_checkpoint, prompts, golden=r_star, bt_temperature=env.bt_temperature,
         seed=self.seed, temperature=setting["temperature"], top_k=setting["top_k"])
     stats = dict(setting=setting, **counts)
     equal, agree = counts["identical"], counts["label_agreement_with_r_star"]
@@ -393,7 +397,7 @@ class RewardQualityStage:
 
   def __call__(self) -> Optional[dict]:
     path = fs.join(self.reward_checkpoint, REWARD_QUALITY)
-    if synthetic.golden_reward_of(self.pairs_task) is None:
+    if golden.golden_reward_of(self.pairs_task) is None:
       print(f"[{self.name}] {self.pairs_task!r} has no golden reward: the reward model's "
             f"accuracy on {self.proposal}'s samples is not measured", flush=True)
       return None

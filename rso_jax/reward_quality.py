@@ -11,7 +11,8 @@ own samples (where RSO reads the reward model), and rank correlations with r*.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+import functools
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import jax
 import numpy as np
@@ -101,10 +102,11 @@ def evaluate_reward_model(path: Optional[str] = None, split: str = "validation",
   cands = [c[:n] for c in cands]
   base = [c[0] for c in cands]  # y_b = the SFT demo (column 0)
   rewards = scorer.reward(prompts, cands, base)  # [P, n]
-  out.update(correlations(rewards, synthetic.golden_rewards(prompts, cands)))
+  r_star = functools.partial(synthetic.golden_rewards, ordered=data.config.ordered)
+  out.update(correlations(rewards, r_star(prompts, cands)))
   if policy_checkpoint:
     out.update(_sample_quality(scorer, policy_checkpoint, prompts, num_policy_samples,
-                               temperature=temperature, top_k=top_k, seed=seed))
+                               temperature=temperature, top_k=top_k, seed=seed, r_star=r_star))
   return out
 
 
@@ -161,15 +163,17 @@ def _dhf_pair_accuracy(scorer: inference.RewardModel, pairs: Sequence[Any]) -> D
 
 def _sample_quality(scorer: inference.RewardModel, policy_checkpoint: str,
                     prompts: Sequence[str], num_samples: int, *, temperature: float,
-                    top_k: Optional[int], seed: int) -> Dict[str, float]:
-  """`sft_samples/...`: correlations and pair accuracy on the policy's own samples."""
+                    top_k: Optional[int], seed: int,
+                    r_star: Callable = synthetic.golden_rewards) -> Dict[str, float]:
+  """`sft_samples/...`: correlations and pair accuracy on the policy's own samples (r* by
+  `r_star`)."""
   policy = inference.load(policy_checkpoint, expect=checkpoints.GENERATIVE_KINDS,
                           role="policy", batch_size=32)
   gen = policy.generate(prompts, key=jax.random.key(seed), num_decodes=num_samples,
                         temperature=temperature, top_k=top_k)
   samples = gen.texts
   rewards = np.asarray(scorer.reward(prompts, samples, [s[0] for s in samples]), np.float64)
-  golden = synthetic.golden_rewards(prompts, samples)
+  golden = r_star(prompts, samples)
   # What the sampling stage drops: decodes without EOS, responses the reward model cannot
   # read whole (NaN). They take no part in the statistics.
   valid = np.asarray(gen.finished) & np.isfinite(rewards)

@@ -53,7 +53,7 @@ from rso_jax import sample_batch
 from rso_jax import tasks  # pylint: disable=unused-import  (registers the embedded tasks)
 from rso_jax.errors import ConfigError
 from rso_jax.tasks import generated
-from rso_jax.tasks import synthetic
+from rso_jax.tasks import golden
 
 DATA_SETTINGS = {"rso_sample_rank": "rso", "sft_sample_rank": "random",
                  "best_of_n": "best_of_n", "top_k_over_n": "top_k_over_n",
@@ -83,8 +83,8 @@ def _check_args(*, output_dir, policy_checkpoint, prompts_task, data_setting, nu
     raise ConfigError(f"rest_threshold={rest_threshold!r} must be a number in [0, 1]")
   if pair_method not in ("first_round", "tournament"):
     raise ConfigError(f"pair_method={pair_method!r}: use first_round or tournament")
-  if label_with not in ("preference", "reward", "auto"):
-    raise ConfigError(f"label_with={label_with!r}: use preference, reward or auto")
+  if label_with not in ("preference", "reward", "draw", "auto"):
+    raise ConfigError(f"label_with={label_with!r}: use preference, reward, draw or auto")
   if rejection_mode not in rejection.MODES:
     raise ConfigError(f"rejection_mode={rejection_mode!r}: use one of {rejection.MODES}")
   if keep_context not in inference.KEEP_CONTEXT:
@@ -255,9 +255,10 @@ def run(*, policy_checkpoint: str, reward_checkpoint: Optional[str], output_dir:
 
   `rest_threshold`: ReST's filter (data setting `rest`), in [0, 1].
   `label_with`: "preference" labels each pair with the reward model's ρ(x, y1, y2) (the
-  paper's choice for the pairwise model), "reward" by comparing pointwise rewards; "auto" =
-  preference for a pairwise model, reward otherwise. `stop_after_shards` stops early (tests
-  of resumption).
+  paper's choice for the pairwise model), "reward" by comparing pointwise rewards, "draw" by a
+  draw from ρ (a simulated annotator; with the oracle reward, the Bradley–Terry rater on r*);
+  "auto" = preference for a pairwise model, reward otherwise. `stop_after_shards` stops early
+  (tests of resumption).
   """
   _check_args(output_dir=output_dir, policy_checkpoint=policy_checkpoint,
               prompts_task=prompts_task, data_setting=data_setting,
@@ -278,7 +279,7 @@ def run(*, policy_checkpoint: str, reward_checkpoint: Optional[str], output_dir:
                                 rules=logical_rules)
   if label_with == "auto":
     label_with = "preference" if scorer.kind == "pairwise_rm" else "reward"
-  golden_fn = synthetic.golden_reward_of(prompts_task)
+  golden_fn = golden.golden_reward_of(prompts_task)
 
   texts = datasets.read_prompts(prompts_task, split, max_prompts)
   fs.makedirs(output_dir)

@@ -151,14 +151,20 @@ def _select(c: _Candidates, masked: jax.Array, key, *, strategy: str, num_sample
   return jax.device_get(sel)
 
 
-def _label_fn(scorer: inference.RewardModel, label_with: str, prompts, texts, unscorable: set):
+def _label_fn(scorer: inference.RewardModel, label_with: str, prompts, texts, unscorable: set,
+              key: Optional[jax.Array] = None):
   """preference_fn over candidate indices for `pairs.make_pairs` (host-side), or None.
 
-  A preference the reward model cannot compute (responses too long together) counts as a tie
-  for the bracket; the pair is recorded in `unscorable` and not written.
+  "preference": the reward model's P(y_a ≻ y_b); "draw": a label drawn from it, 1 with that
+  probability (a simulated annotator: with the oracle reward, the Bradley–Terry rater), from
+  `key`. A preference the reward model cannot compute (responses too long together) counts as
+  a tie for the bracket; the pair is recorded in `unscorable` and not written.
   """
   if label_with == "reward":
     return None
+  rng = None
+  if label_with == "draw":
+    rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel().tolist())
 
   def pref(idx_a, idx_b):
     a, b = np.asarray(idx_a), np.asarray(idx_b)
@@ -169,7 +175,10 @@ def _label_fn(scorer: inference.RewardModel, label_with: str, prompts, texts, un
     prob = np.asarray(scorer.prefer(flat_p, ya, yb), np.float32).reshape(bsz, p)
     for i, j in np.argwhere(~np.isfinite(prob)):
       unscorable.add((int(i), frozenset((int(a[i, j]), int(b[i, j])))))
-    return jnp.asarray(np.where(np.isfinite(prob), prob, 0.5))
+    scored = np.isfinite(prob)
+    if rng is not None:  # every scored pair's label drawn (a 0.5 preference: a fair coin)
+      prob = np.where(scored, (rng.random(prob.shape) < prob).astype(np.float32), prob)
+    return jnp.asarray(np.where(scored, prob, 0.5))
   return pref
 
 
@@ -290,7 +299,8 @@ def process_batch(policy: inference.Generator, scorer: inference.RewardModel,
   no_label: set = set()
   pairs = None
   if not responses_only:
-    pref_fn = _label_fn(scorer, label_with, prompts, c.out.texts, no_label)
+    pref_fn = _label_fn(scorer, label_with, prompts, c.out.texts, no_label,
+                        key=jax.random.fold_in(key, 3))  # apart from the 3-way split
     pairs = jax.device_get(pairs_lib.make_pairs(
         pair_method, jnp.asarray(sel.indices), jnp.asarray(sel.valid),
         rewards=None if pref_fn else masked, preference_fn=pref_fn, key=k_pair))

@@ -247,3 +247,33 @@ def train_reverse(model_dir, steps, **kw):
               mesh_shape=(-1, 1, 1), async_checkpoint=False, print_fn=lambda s: None)
   args.update(kw)
   return train.train(**args)
+
+
+def train_words_sft(path, steps=300):
+  """A tiny π_sft of the embedded task in its word vocabulary, trained `steps` steps: its
+  samples are lexicon words with EOS, like the real one's. Leaves the default tasks
+  registered."""
+  from rso_jax import tasks  # pylint: disable=g-import-not-at-top
+  tasks.register_synthetic_tasks(spm_path=tasks.synthetic_words_model())
+  try:
+    train.train(model=models.Seq2SeqModel(CFG), model_dir=str(path), train_steps=steps,
+                batch_size=32, mixture_or_task_name="synthetic_sft",
+                task_feature_lengths={"inputs": 8, "targets": 8}, optimizer="adamw",
+                learning_rate=3e-3, checkpoint_period=steps, log_period=steps,
+                print_fn=lambda s: None)
+  finally:
+    tasks.register_synthetic_tasks()
+  return str(path)
+
+
+def shared_words_sft(tmp_path_factory, steps=300):
+  """`train_words_sft` once per test session, shared by the xdist workers (their base temp
+  directories have one parent): the first to finish renames its checkpoint into place."""
+  shared = tmp_path_factory.getbasetemp().parent / f"words_sft_{steps}"
+  if not (shared / "COMPLETED").exists():
+    mine = train_words_sft(tmp_path_factory.mktemp("words_sft") / "sft", steps)
+    try:
+      os.rename(mine, shared)
+    except OSError:  # another worker's is there
+      pass
+  return str(shared)

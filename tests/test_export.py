@@ -198,7 +198,8 @@ def test_reward_model_is_refused(exported, tmp_path, capsys, kind):
   rm = str(tmp_path / "rm")
   shutil.copytree(ckpt, rm)
   os.remove(os.path.join(rm, checkpoints.MANIFEST_FILE))
-  checkpoints.write_manifest(rm, checkpoints.Manifest(kind=kind, network=config,
+  network = None if kind == checkpoints.ORACLE_KIND else config
+  checkpoints.write_manifest(rm, checkpoints.Manifest(kind=kind, network=network,
                                                       vocabulary={"type": "bytes"}))
   out = str(tmp_path / "hf")
   assert export.main(["--checkpoint", rm, "--out", out]) == 2

@@ -2,6 +2,7 @@
 
 import importlib.util
 import inspect
+import math
 import json
 import os
 import shlex
@@ -607,3 +608,102 @@ def test_judge_validation_ranks_the_graders_against_r_star(tmp_path, capsys):
   tie = [dict(p, proxy=p["judge"]) for p in last]
   assert "cannot tell the judge from the proxy" in jv.verdict(jv.correlations(tie))
   assert jv.main(["--run_root", str(tmp_path / "empty")]) == 2
+
+
+# ----------------------------------------------------------------------------- rso_study.py
+study_stats = _load("rso_study_stats")
+rso_study = _load("rso_study")
+
+
+def test_pi_star_over_candidates_by_hand():
+  """Two prompts, three candidates: softmax(r/β) weights, E r*, KL to the empirical law."""
+  rewards = [[0.0, 1.0, 2.0], [1.0, 1.0, float("nan")]]
+  golden = [[0.1, 0.5, 0.9], [0.2, 0.4, 7.0]]
+  w0 = [math.exp(r / 0.5) for r in (0.0, 1.0, 2.0)]
+  w0 = [w / sum(w0) for w in w0]
+  g0 = w0[0] * 0.1 + w0[1] * 0.5 + w0[2] * 0.9
+  kl0 = sum(w * math.log(3 * w) for w in w0)
+  g1, kl1 = 0.5 * 0.2 + 0.5 * 0.4, 0.0  # equal rewards: uniform over the 2 valid ones
+  out = study_stats.pi_star(rewards, golden, 0.5)
+  assert out["golden"] == pytest.approx((g0 + g1) / 2)
+  assert out["kl"] == pytest.approx((kl0 + kl1) / 2)
+  best = study_stats.pi_star(rewards, golden, 0.0)  # the argmax, ties shared
+  assert best["golden"] == pytest.approx((0.9 + 0.3) / 2)
+  assert study_stats.pi_star(rewards, golden, 1e6)["kl"] == pytest.approx(0.0, abs=1e-6)
+  bon = study_stats.best_of_n(rewards, golden)
+  assert bon["golden"] == best["golden"] and bon["kl"] == pytest.approx(math.log(3) - 2 / 3)
+
+
+def test_paired_differences_and_the_curve_read_at_a_kl():
+  a, b = [0.5, 0.7, 0.6, None, 0.9], [0.4, 0.5, 0.65, 0.3, 0.6]
+  d = [0.1, 0.2, -0.05, 0.3]  # the seed with None drops out
+  se = statistics_stdev(d) / math.sqrt(4)
+  out = study_stats.paired_t(a, b)
+  assert out["n"] == 4 and out["mean"] == pytest.approx(sum(d) / 4)
+  assert out["se"] == pytest.approx(se)
+  assert out["lo"] == pytest.approx(sum(d) / 4 - 3.182 * se)
+  assert out["hi"] == pytest.approx(sum(d) / 4 + 3.182 * se)
+  assert study_stats.paired_t([1.0], [0.5])["lo"] is None
+  assert rso_study.verdict(out) == "not resolved (the interval covers 0)"
+  assert rso_study.verdict({"lo": 0.01, "hi": 0.2}) == "holds (RSO higher)"
+  assert rso_study.verdict({"lo": -0.3, "hi": -0.1}) == "flips (sft-sample-rank higher)"
+  curve = [(0.0, 0.5), (1.0, 0.7), (0.8, 0.9), (3.0, 0.6)]  # KL fell back at the 3rd point
+  assert study_stats.at_kl(curve, 0.5) == pytest.approx(0.6)
+  assert study_stats.at_kl(curve, 2.0) == pytest.approx(0.65)
+  assert study_stats.at_kl(curve, 3.5) is None
+
+
+def statistics_stdev(values):
+  m = sum(values) / len(values)
+  return math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
+
+
+def test_the_study_selects_on_prompts_it_never_reports_or_trains_on(tmp_path):
+  design = rso_study.Design(seeds=(0,), levels=("oracle",))
+  testbed = dict(rso_study.TESTBED, num_train_prompts=2000)
+  study = rso_study.Study(str(tmp_path), design, testbed=testbed)
+  select = set(study._split_prompts("validation"))  # pylint: disable=protected-access
+  report = set(study._split_prompts("test"))  # pylint: disable=protected-access
+  from rso_jax import datasets  # pylint: disable=g-import-not-at-top
+  train = set(datasets.read_prompts("synthetic_prompts", "train", None))
+  assert len(select) == design.select_prompts and len(report) == design.eval_prompts
+  assert not select & report and not (select | report) & train
+  assert {len(p.split()) for p in report} <= set(range(6, 11))  # the testbed's prompts
+  assert design.steps == design.pairs * design.passes // 32 and design.steps // design.period >= 10
+
+
+@pytest.fixture(scope="module")
+def words_sft(tmp_path_factory):
+  import helpers  # pylint: disable=g-import-not-at-top
+  return helpers.shared_words_sft(tmp_path_factory)
+
+
+def test_every_cell_trains_on_the_same_number_of_unique_pairs(words_sft, tmp_path):
+  """direct, sft-sample-rank and rso-sample-rank: exactly `pairs` pairs each, the same steps;
+  a curve of every kept checkpoint, and the selected step is one of them (or π_sft)."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  design = rso_study.Design(seeds=(0,), levels=("oracle",), pairs=48, passes=2, checkpoints=3,
+                            eval_prompts=4, select_prompts=4, eval_samples=2, candidates=16)
+  testbed = dict(min_keywords=2, max_keywords=5, max_response_words=6, sft_keep_prob=0.75,
+                 ordered=False, num_train_prompts=500)
+  study = rso_study.Study(str(tmp_path), design, testbed=testbed)
+  shutil.copytree(words_sft, study.sft_path)
+  study.ensure_rewards()
+  records = {}
+  for setting in ("sft_sample_rank", "rso_sample_rank", "direct"):
+    level = None if setting == "direct" else "oracle"
+    rec = study.run_cell(level, setting, 0)
+    records[(level, setting, 0)] = rec
+    assert rec["accounting"]["pairs"] == 48 and rec["steps"] == 3
+    assert sorted(int(s) for s in rec["curve"]) == [1, 2, 3]
+    if setting != "direct":
+      assert rec["accounting"]["identical_dropped"] >= 0
+      data = os.path.join(study.cell_dir(level, setting, 0), "pairs")
+      from rso_jax.tasks import generated  # pylint: disable=g-import-not-at-top
+      assert sum(1 for _ in generated.read_records(data)) == 48
+      assert rec["accounting"]["label_agreement"] == 1.0  # the oracle labels as r* does
+    assert rso_study.selected_step(study, rec, "oracle", 0) in (0, 1, 2, 3)
+  assert study.run_cell("oracle", "rso_sample_rank", 0) == records[("oracle",
+                                                                    "rso_sample_rank", 0)]
+  summary = rso_study.summarize(study, records)
+  assert set(summary["oracle"]["paired"]) >= {"kl1", "kl2", "selected", "last"}

@@ -19,7 +19,7 @@ LAYERS = [
      "rso_jax.pairs", "rso_jax.win_rates"},
     # text formats and vocabularies the models read
     {"rso_jax.tasks.vocab", "rso_jax.tasks.preprocessors", "rso_jax.tasks.text_formats",
-     "rso_jax.feature_converters"},
+     "rso_jax.feature_converters", "rso_jax.tasks.golden", "rso_jax.tasks.oracle"},
     # checkpoints, models
     {"rso_jax.checkpoints"},
     {"rso_jax.models", "rso_jax.reward_models"},
@@ -31,7 +31,8 @@ LAYERS = [
     {"rso_jax.cli"},
     # stages and their entry points
     {"rso_jax.train", "rso_jax.sample", "rso_jax.evaluate", "rso_jax.reports", "rso_jax.infer",
-     "rso_jax.collect", "rso_jax.sample_batch", "rso_jax.reward_quality", "rso_jax.t5x_models", "rso_jax.convert", "rso_jax.export"},
+     "rso_jax.collect", "rso_jax.sample_batch", "rso_jax.reward_quality", "rso_jax.t5x_models", "rso_jax.convert", "rso_jax.export",
+     "rso_jax.oracle_reward"},
     # the experiment's stage graph
     {"rso_jax.pipeline"},
 ]

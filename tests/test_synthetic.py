@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 
+from rso_jax.tasks import golden
 from rso_jax.tasks import synthetic as syn
 
 SMALL = dict(num_train_prompts=300, num_validation_prompts=40, num_test_prompts=40)
@@ -194,6 +195,10 @@ def test_dhf_of_several_policies():
     (dict(pairs_per_prompt=-1), "pairs_per_prompt"),
     (dict(seed=-1), "seed"),
     (dict(bt_temperature=0.0), "bt_temperature"),
+    (dict(min_keywords=6, max_keywords=4), "min_keywords=6, max_keywords=4"),
+    (dict(max_keywords=40), "max_keywords=40"),
+    (dict(max_response_words=0), "max_response_words"),
+    (dict(sft_keep_prob=0.0), "sft_keep_prob"),
 ])
 def test_env_config_rejects_bad_values(kwargs, match):
   with pytest.raises(ValueError, match=match):
@@ -218,3 +223,38 @@ def test_bt_labels_follow_the_bradley_terry_rule():
       assert abs(got.mean() - want) < 5 * se + 1e-3, (y1, y2, tau, got.mean(), want)
   with pytest.raises(ValueError, match=r"must be \[n\] arrays, got \(2,\) and \(1,\)"):
     syn.bt_labels(np.zeros(2), np.zeros(1), rng)
+
+
+@pytest.mark.parametrize("prompt,response,ordered,unordered", [
+    ("owl cat ram", "ram owl", 1 / 3 - 0.1, 2 / 3),
+    ("owl cat ram", "owl cat ram", 1.0, 1.0),
+    ("owl cat ram", "ram cat owl", 1 / 3 - 0.2, 1.0),
+    ("owl cat ram", "owl owl cat", 2 / 3 - 0.1, 2 / 3 - 0.1),  # a repeat is an extra word
+    ("owl cat ram", "dog", -0.1, -0.1),
+])
+def test_golden_reward_in_order_and_in_any_order(prompt, response, ordered, unordered):
+  assert syn.golden_reward(prompt, response) == pytest.approx(ordered)
+  assert syn.golden_reward(prompt, response, ordered=False) == pytest.approx(unordered)
+
+
+def test_the_testbed_shape_and_the_r_star_each_task_prefix_registered():
+  from rso_jax.tasks import embedded  # pylint: disable=g-import-not-at-top
+  config = syn.EnvConfig(num_train_prompts=300, min_keywords=6, max_keywords=10,
+                         max_response_words=12, sft_keep_prob=0.5, ordered=False)
+  data = syn.build_environment(config)
+  sizes = {len(p.split()) for s in syn.SPLITS for p in data.prompts[s]}
+  assert sizes == set(range(6, 11))
+  assert max(len(y.split()) for y in data.sft["train"]) <= 12
+  kept = np.mean([len(y.split()) / len(p.split()) for p, y in zip(data.prompts["train"],
+                                                                   data.sft["train"])])
+  assert 0.45 < kept < 0.75  # about half the keywords, plus the occasional filler
+  for q in data.dhf["train"][:50]:  # D_hf's rewards are the unordered r*
+    assert q.chosen_reward == pytest.approx(syn.golden_reward(q.prompt, q.chosen, False))
+  embedded.register_synthetic_tasks(prefix="synthetic_tb", num_train_prompts=300,
+                                    ordered=False)
+  try:
+    assert golden.golden_reward_of("synthetic_tb_prompts")(["owl cat"], ["cat owl"])[0] == 1.0
+    assert golden.golden_reward_of("synthetic_prompts")(["owl cat"], ["cat owl"])[0] < 1.0
+    assert golden.golden_reward_of("tldr_prompts") is None
+  finally:
+    golden.register_reward_order("synthetic_tb", True)

@@ -16,6 +16,7 @@ from typing import Mapping
 
 import seqio
 
+from rso_jax.tasks import golden
 from rso_jax.tasks import sources
 from rso_jax.tasks import synthetic
 from rso_jax.tasks import vocab as vocab_lib
@@ -52,6 +53,11 @@ def register_synthetic_tasks(
     truncate: str = "count",
     flip_seed: int | None = None,
     prefix: str = "synthetic",
+    min_keywords: int = synthetic.MIN_KEYWORDS,
+    max_keywords: int = synthetic.MAX_KEYWORDS,
+    max_response_words: int = synthetic.MAX_RESPONSE_WORDS,
+    sft_keep_prob: float = synthetic.SFT_KEEP_PROB,
+    ordered: bool = True,
 ) -> Mapping[str, seqio.Task]:
   """(Re-)registers the four synthetic tasks; idempotent, data generated lazily on first read.
 
@@ -66,6 +72,9 @@ def register_synthetic_tasks(
     truncate: "count" or "error" (see `preprocessors.append_eos_and_check_length`).
     flip_seed: seed of the A/B flips of `<prefix>_rm_pairwise` (default: `seed`).
     prefix: task name prefix, so several environments can be registered side by side.
+    min_keywords, max_keywords, max_response_words, sft_keep_prob: the task's shape
+      (`synthetic.EnvConfig`; gin/experiments/testbed.gin sets a larger one).
+    ordered: whether r* counts the keywords in order (`synthetic.golden_reward`).
 
   Returns:
     {task name: seqio.Task}.
@@ -74,7 +83,9 @@ def register_synthetic_tasks(
       seed=seed, num_train_prompts=num_train_prompts,
       num_validation_prompts=num_validation_prompts, num_test_prompts=num_test_prompts,
       pairs_per_prompt=pairs_per_prompt, bt_temperature=bt_temperature,
-      dhf_policies=tuple(dhf_policies))
+      dhf_policies=tuple(dhf_policies), min_keywords=min_keywords, max_keywords=max_keywords,
+      max_response_words=max_response_words, sft_keep_prob=sft_keep_prob, ordered=ordered)
+  golden.register_reward_order(prefix, ordered)
   _CONFIGS[prefix] = config
   _SETTINGS[prefix] = (config, spm_path, truncate, flip_seed)
   vocabulary = vocab_lib.get_vocabulary(spm_path)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from typing import Optional
 
+import numpy as np
 import seqio
 import tensorflow as tf
 
@@ -157,3 +158,51 @@ def pair_task(samples_dir: str, name: str = "rso_pairs") -> str:
   """
   register_pair_task(name, samples_dir)
   return name
+
+
+def take_pairs(data_dir: str, out_dir: str, num: int) -> dict:
+  """Writes the first `num` records of the sampling stage's output in `data_dir` (shards in
+  order: prompts in the order they were sampled) to `out_dir` as one shard, with its manifest;
+  returns their accounting: `pairs` (records), `prompts`, and on the embedded task the mean r*
+  of the chosen side (`golden_chosen`; a selected response), the chosen side's
+  agreement with r* (`label_agreement`, over pairs of unequal r*), `ties` (equal r*) and the
+  mean r* gap chosen − rejected (`golden_gap`). Fewer than `num` records is a ValueError naming
+  both counts. Reuses a finished `out_dir` of the same source and count.
+  """
+  files = sorted(fs.glob(fs.join(data_dir, SHARD_PATTERN)))
+  if not files:
+    raise FileNotFoundError(f"no pair shards {SHARD_PATTERN!r} in {data_dir!r}")
+  record_path = fs.join(out_dir, "taken.json")
+  if fs.exists(record_path):
+    old = json.loads(fs.read_text(record_path))
+    if old.get("source") == fs.abspath(data_dir) and old.get("pairs") == num:
+      return old
+  raw = list(tf.data.TFRecordDataset(files).take(num).as_numpy_iterator())
+  if len(raw) < num:
+    raise ValueError(f"{data_dir} holds {len(raw)} records, fewer than the {num} asked for: "
+                     "sample more prompts")
+  desc = {k: v for k, v in feature_description().items() if k not in TOKEN_FEATURES}
+  parsed = [tf.io.parse_single_example(r, desc) for r in raw]
+  fs.makedirs(out_dir)
+  path = fs.join(out_dir, "pairs-00000-of-00001.tfrecord")
+  tmp = fs.tmp_name(path)
+  with tf.io.TFRecordWriter(tmp) as w:
+    for r in raw:
+      w.write(r)
+  fs.rename(tmp, path, overwrite=True)
+  manifest = fs.join(data_dir, "manifest.json")
+  if fs.exists(manifest):
+    fs.atomic_write_text(fs.join(out_dir, "manifest.json"), fs.read_text(manifest))
+  out = {"source": fs.abspath(data_dir), "pairs": len(raw),
+         "prompts": len({bytes(p["inputs_pretokenized"].numpy()) for p in parsed})}
+  if "chosen_golden_reward" in desc:
+    rc = np.array([float(p["chosen_golden_reward"]) for p in parsed])
+    rr = np.array([float(p["rejected_golden_reward"]) for p in parsed])
+    if np.isfinite(rc).all():
+      out["golden_chosen"] = float(rc.mean())
+    if np.isfinite(rc).all() and np.isfinite(rr).all():
+      untied = ~np.isclose(rc, rr)
+      out.update(label_agreement=float((rc > rr)[untied].mean()) if untied.any() else None,
+                 ties=float(1.0 - untied.mean()), golden_gap=float((rc - rr).mean()))
+  fs.atomic_write_text(record_path, json.dumps(out, indent=1))
+  return out

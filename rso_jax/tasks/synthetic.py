@@ -5,14 +5,15 @@ Task. A prompt `x` is 2-5 distinct three-letter animal words from a 32-word lexi
 `best_response(x) == "owl cat ram"`. Prompts are <= 19 bytes, responses <= 23 bytes, so feature
 lengths 32/32 hold every example with its EOS.
 
-Golden reward (exact, pure Python):
+Golden reward (exact, pure Python; computed in `golden.py`, below the tasks layer):
 
   r*(x, y) = m / k - LAMBDA * (n - m)
 
 where k = number of prompt keywords, n = number of whitespace-separated words in y, and
 m = LCS(keywords(x), words(y)) is the longest common subsequence (keywords covered *in order*).
 So r* is coverage in [0, 1] minus LAMBDA = 0.1 per word that does not help; the best response
-scores exactly 1, the empty response 0.
+scores exactly 1, the empty response 0. An environment with `ordered=False` counts the distinct
+keywords covered in any order instead (the study's testbed: `EnvConfig`'s shape fields).
 
 Why it is hackable. The *behaviour policy* (a verbose, careless lister) writes long responses
 that are long because they happen to cover more keywords (each kept keyword drags an extra
@@ -48,6 +49,12 @@ from typing import Mapping, NamedTuple, Sequence
 import numpy as np
 
 from rso_jax.tasks import text_formats
+# The golden reward lives below the tasks layer (the inference layer's oracle reward reads it).
+from rso_jax.tasks.golden import BT_TEMPERATURE  # pylint: disable=unused-import
+from rso_jax.tasks.golden import as_text
+from rso_jax.tasks.golden import golden_reward
+from rso_jax.tasks.golden import golden_rewards
+from rso_jax.tasks.golden import keywords
 
 LEXICON: tuple[str, ...] = (
     "ant", "ape", "asp", "bat", "bee", "boa", "cat", "cod", "cow", "cub", "doe", "dog", "eel",
@@ -56,8 +63,6 @@ LEXICON: tuple[str, ...] = (
 MIN_KEYWORDS = 2
 MAX_KEYWORDS = 5
 MAX_RESPONSE_WORDS = 6  # Behaviour/SFT responses are capped at 6 words = 23 bytes.
-EXTRA_WORD_PENALTY = 0.1  # LAMBDA in r*: cost of each word outside the in-order keyword match.
-BT_TEMPERATURE = 0.15  # TAU: Bradley-Terry temperature of the simulated raters.
 
 # SFT annotator (terse, sloppy).
 SFT_KEEP_PROB = 0.75
@@ -75,83 +80,9 @@ _PROMPT_STREAM, _SFT_STREAM, _BEHAVIOUR_STREAM, _LABEL_STREAM, _SOURCE_STREAM = 
 DHF_POLICIES: tuple[str, ...] = ("behaviour",)
 
 
-# ----------------------------------------------------------------------------- golden reward
-
-
-def keywords(prompt: str) -> list[str]:
-  """The keywords of a prompt: its whitespace-separated words, in order."""
-  return prompt.split()
-
-
-def _lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
-  """Length of the longest common subsequence of two word lists (O(|a||b|) DP)."""
-  prev = [0] * (len(b) + 1)
-  for x in a:
-    cur = [0]
-    for j, y in enumerate(b):
-      cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
-    prev = cur
-  return prev[-1]
-
-
-def _as_text(s: str | bytes, what: str) -> str:
-  if isinstance(s, (bytes, np.bytes_)):
-    return bytes(s).decode("utf-8", errors="replace")
-  if isinstance(s, str):
-    return s
-  raise ValueError(f"{what} must be str or bytes, got {type(s).__name__}: {s!r}")
-
-
-def golden_reward(prompt: str | bytes, response: str | bytes) -> float:
-  """r*(x, y) = LCS(keywords(x), words(y)) / k - EXTRA_WORD_PENALTY * (n_words(y) - LCS).
-
-  Args:
-    prompt: the prompt text x (its words are the keywords; k >= 1 required).
-    response: the response text y (bytes are decoded as UTF-8).
-
-  Returns:
-    The golden reward, <= 1.0, with equality iff `response` lists exactly the keywords in order.
-  """
-  prompt = _as_text(prompt, "prompt")
-  response = _as_text(response, "response")
-  kw = keywords(prompt)
-  if not kw:
-    raise ValueError(f"golden_reward: prompt has no keywords: prompt={prompt!r}")
-  words = response.split()
-  m = _lcs_length(kw, words)
-  return m / len(kw) - EXTRA_WORD_PENALTY * (len(words) - m)
-
-
-def golden_rewards(prompts: Sequence[str | bytes],
-                   responses: Sequence[str | bytes]) -> np.ndarray:
-  """Batched `golden_reward`: `[B]` prompts and `[B]` responses -> float32 `[B]`.
-
-  Also accepts `[B, N]` responses (N samples per prompt) with `[B]` prompts -> `[B, N]`.
-  """
-  responses_arr = np.asarray(responses, dtype=object)
-  prompts_list = list(prompts)
-  if responses_arr.ndim == 2:
-    if responses_arr.shape[0] != len(prompts_list):
-      raise ValueError(f"golden_rewards: {len(prompts_list)} prompts but responses have shape "
-                       f"{responses_arr.shape}")
-    return np.stack([golden_rewards([p] * responses_arr.shape[1], list(row))
-                     for p, row in zip(prompts_list, responses_arr)]).astype(np.float32)
-  if responses_arr.ndim != 1 or len(responses_arr) != len(prompts_list):
-    raise ValueError(f"golden_rewards: {len(prompts_list)} prompts vs responses of shape "
-                     f"{responses_arr.shape}; need equal length")
-  return np.array([golden_reward(p, y) for p, y in zip(prompts_list, responses_arr)],
-                  dtype=np.float32)
-
-
-def golden_reward_of(task_name: str):
-  """`golden_rewards` for a task of this environment (`synthetic_*`), else None: the one rule by
-  which the sampling stage, the evaluation and the reward stage tell whether r* exists."""
-  return golden_rewards if str(task_name).startswith("synthetic") else None
-
-
 def best_response(prompt: str | bytes) -> str:
   """The unique r*-maximizing response (r* = 1): the prompt's keywords in order."""
-  kw = keywords(_as_text(prompt, "prompt"))
+  kw = keywords(as_text(prompt, "prompt"))
   if not kw:
     raise ValueError(f"best_response: prompt has no keywords: prompt={prompt!r}")
   return " ".join(kw)
@@ -190,9 +121,10 @@ def _rng(seed: int, stream: int, *ids: int) -> np.random.Generator:
   return np.random.default_rng([int(seed), stream, *ids])
 
 
-def sample_prompt(rng: np.random.Generator) -> str:
-  """A prompt: MIN_KEYWORDS..MAX_KEYWORDS distinct lexicon words, space separated."""
-  k = int(rng.integers(MIN_KEYWORDS, MAX_KEYWORDS + 1))
+def sample_prompt(rng: np.random.Generator, min_keywords: int = MIN_KEYWORDS,
+                  max_keywords: int = MAX_KEYWORDS) -> str:
+  """A prompt: min_keywords..max_keywords distinct lexicon words, space separated."""
+  k = int(rng.integers(min_keywords, max_keywords + 1))
   idx = rng.choice(len(LEXICON), size=k, replace=False)
   return " ".join(LEXICON[i] for i in idx)
 
@@ -211,20 +143,22 @@ def _swap_adjacent(rng: np.random.Generator, words: list[str]) -> None:
     words[i], words[i + 1] = words[i + 1], words[i]
 
 
-def sft_demo(prompt: str, rng: np.random.Generator) -> str:
+def sft_demo(prompt: str, rng: np.random.Generator, keep_prob: float = SFT_KEEP_PROB,
+             max_words: int = MAX_RESPONSE_WORDS) -> str:
   """A middling demonstration: keywords dropped, a filler inserted, a pair swapped (see module doc)."""
   kw = keywords(prompt)
-  out = [w for w in kw if rng.random() < SFT_KEEP_PROB]
+  out = [w for w in kw if rng.random() < keep_prob]
   if not out:
     out = [kw[int(rng.integers(len(kw)))]]
   if rng.random() < SFT_FILLER_PROB:
     out.insert(int(rng.integers(len(out) + 1)), _filler(rng, kw))
   if rng.random() < SFT_SWAP_PROB:
     _swap_adjacent(rng, out)
-  return " ".join(out[:MAX_RESPONSE_WORDS])
+  return " ".join(out[:max_words])
 
 
-def behaviour_response(prompt: str, rng: np.random.Generator) -> str:
+def behaviour_response(prompt: str, rng: np.random.Generator,
+                       max_words: int = MAX_RESPONSE_WORDS) -> str:
   """The D_hf behaviour policy: each keyword kept w.p. 0.5 and followed by a filler w.p. 0.4.
 
   Longer responses therefore tend to cover more keywords (the length/preference correlation that
@@ -242,10 +176,18 @@ def behaviour_response(prompt: str, rng: np.random.Generator) -> str:
     out = [_filler(rng, kw)]
   if rng.random() < BEHAVIOUR_SWAP_PROB:
     _swap_adjacent(rng, out)
-  return " ".join(out[:MAX_RESPONSE_WORDS])
+  return " ".join(out[:max_words])
 
 
 _RESPONSE_POLICIES = {"behaviour": behaviour_response, "sft": sft_demo}
+
+
+def _author(policy: str, config: "EnvConfig"):
+  """`policy`'s response function `(prompt, rng) -> str` at the environment's shape."""
+  if policy == "sft":
+    return functools.partial(sft_demo, keep_prob=config.sft_keep_prob,
+                             max_words=config.max_response_words)
+  return functools.partial(_RESPONSE_POLICIES[policy], max_words=config.max_response_words)
 
 
 # ----------------------------------------------------------------------------- the dataset
@@ -270,6 +212,13 @@ class EnvConfig:
   pairs_per_prompt: int = 2  # D_hf pairs per prompt: 8,000 train pairs by default.
   bt_temperature: float = BT_TEMPERATURE
   dhf_policies: tuple[str, ...] = DHF_POLICIES  # who wrote D_hf's responses (module doc)
+  # The task's shape (module doc, "Shapes"): keywords per prompt, the response cap, and how
+  # often the SFT annotator keeps a keyword.
+  min_keywords: int = MIN_KEYWORDS
+  max_keywords: int = MAX_KEYWORDS
+  max_response_words: int = MAX_RESPONSE_WORDS
+  sft_keep_prob: float = SFT_KEEP_PROB
+  ordered: bool = True  # r* counts keywords in order (False: in any order; `golden_reward`)
 
   def __post_init__(self):
     for f in ("num_train_prompts", "num_validation_prompts", "num_test_prompts",
@@ -279,6 +228,17 @@ class EnvConfig:
         raise ValueError(f"EnvConfig.{f} must be a positive integer, got {v!r}")
     if not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
       raise ValueError(f"EnvConfig.seed must be a non-negative integer, got {self.seed!r}")
+    if not (isinstance(self.min_keywords, (int, np.integer))
+            and isinstance(self.max_keywords, (int, np.integer))
+            and 1 <= self.min_keywords <= self.max_keywords <= len(LEXICON)):
+      raise ValueError(f"EnvConfig: need 1 <= min_keywords <= max_keywords <= {len(LEXICON)} "
+                       f"(the lexicon), got min_keywords={self.min_keywords!r}, "
+                       f"max_keywords={self.max_keywords!r}")
+    if not isinstance(self.max_response_words, (int, np.integer)) or self.max_response_words < 1:
+      raise ValueError("EnvConfig.max_response_words must be a positive integer, got "
+                       f"{self.max_response_words!r}")
+    if not 0.0 < self.sft_keep_prob <= 1.0:
+      raise ValueError(f"EnvConfig.sft_keep_prob must be in (0, 1], got {self.sft_keep_prob!r}")
     if not self.bt_temperature > 0:
       raise ValueError(f"EnvConfig.bt_temperature must be > 0, got {self.bt_temperature!r}")
     policies = self.dhf_policies
@@ -311,7 +271,7 @@ def _generate_prompts(config: EnvConfig) -> dict[str, tuple[str, ...]]:
   for split in ("validation", "test", "train"):
     prompts = []
     while len(prompts) < config.num_prompts(split):
-      p = sample_prompt(rng)
+      p = sample_prompt(rng, config.min_keywords, config.max_keywords)
       if p not in seen:
         seen.add(p)
         prompts.append(p)
@@ -328,7 +288,7 @@ def _pairs_for_prompt(config: EnvConfig, split: str, i: int, prompt: str) -> lis
   rng_b = _rng(config.seed, _BEHAVIOUR_STREAM, _SPLIT_IDS[split], i)
   rng_l = _rng(config.seed, _LABEL_STREAM, _SPLIT_IDS[split], i)
   rng_s = _rng(config.seed, _SOURCE_STREAM, _SPLIT_IDS[split], i)
-  authors = [_RESPONSE_POLICIES[p] for p in config.dhf_policies]
+  authors = [_author(p, config) for p in config.dhf_policies]
   pick = ((lambda: authors[0]) if len(authors) == 1
           else (lambda: authors[int(rng_s.integers(len(authors)))]))
   pairs = []
@@ -339,7 +299,7 @@ def _pairs_for_prompt(config: EnvConfig, split: str, i: int, prompt: str) -> lis
       y2 = write_2(prompt, rng_b)
       if y2 != y1:
         break
-    r1, r2 = golden_reward(prompt, y1), golden_reward(prompt, y2)
+    r1, r2 = golden_reward(prompt, y1, config.ordered), golden_reward(prompt, y2, config.ordered)
     if bt_label(r1, r2, rng_l, config.bt_temperature):
       pairs.append(PreferencePair(prompt, y1, y2, r1, r2))
     else:
@@ -354,7 +314,8 @@ def build_environment(config: EnvConfig = EnvConfig()) -> SyntheticData:
   sft, dhf = {}, {}
   for split in SPLITS:
     sid = _SPLIT_IDS[split]
-    sft[split] = tuple(sft_demo(p, _rng(config.seed, _SFT_STREAM, sid, i))
+    demo = _author("sft", config)
+    sft[split] = tuple(demo(p, _rng(config.seed, _SFT_STREAM, sid, i))
                        for i, p in enumerate(prompts[split]))
     dhf[split] = tuple(pair for i, p in enumerate(prompts[split])
                        for pair in _pairs_for_prompt(config, split, i, p))
@@ -380,8 +341,8 @@ def environment_stats(data: SyntheticData, split: str = "train") -> dict[str, fl
   """
   prompts = data.prompts[split]
   pairs = data.dhf[split]
-  sft_r = golden_rewards(prompts, data.sft[split])
-  best_r = golden_rewards(prompts, [best_response(p) for p in prompts])
+  sft_r = golden_rewards(prompts, data.sft[split], data.config.ordered)
+  best_r = golden_rewards(prompts, [best_response(p) for p in prompts], data.config.ordered)
   rc = np.array([p.chosen_reward for p in pairs])
   rr = np.array([p.rejected_reward for p in pairs])
   lc = np.array([len(p.chosen.split()) for p in pairs])
