@@ -56,11 +56,13 @@ from rso_jax import runs
 from rso_jax import sample
 from rso_jax import tasks
 from rso_jax import train as train_lib
+from rso_jax import win_rates
 from rso_jax.tasks import generated
 from rso_jax.tasks import golden
 from rso_jax.tasks import subsets
 from rso_jax.tasks import synthetic
 import rso_study_stats as stats
+import study_report
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 LEVELS = {"oracle": 1.0, "proxy95": 0.95, "proxy85": 0.85, "proxy78": 0.78}
@@ -232,11 +234,10 @@ class Study:
       gen = policy.generate(prompts, key=k_sample, num_decodes=d.eval_samples,
                             temperature=d.temperature, top_k=d.top_k)
       golden = self.golden(prompts, gen.texts)
-      win = np.where(golden > sft_golden, 1.0, np.where(golden == sft_golden, 0.5, 0.0))
+      win = win_rates.win_outcomes(golden, sft_golden)
       kl_gen = policy.generate(prompts, key=k_kl, num_decodes=d.eval_samples, temperature=1.0,
                                top_k=None)
-      logp_sft = self.sft().score(prompts, kl_gen.texts)
-      kl = float(np.mean(np.asarray(kl_gen.model_logps, np.float64) - logp_sft))
+      kl, _ = win_rates.kl_estimate(kl_gen.model_logps, self.sft().score(prompts, kl_gen.texts))
       greedy = policy.greedy(prompts)
       g_greedy = self.golden(prompts, [row[0] for row in greedy.texts])
       lengths = np.array([[len(y.split()) for y in row] for row in gen.texts], np.float64)
@@ -340,10 +341,6 @@ class Study:
 
 
 # ----------------------------------------------------------------------------- the report
-def _win(pref: np.ndarray, same: np.ndarray) -> np.ndarray:
-  return np.where(same, 0.5, (pref > 0.5).astype(np.float64))
-
-
 def selected_step(study: Study, record: Mapping, level: str, seed: int) -> int:
   """The checkpoint (π_sft = step 0 included) whose samples win most often against π_sft's
   under `level`'s reward on the selection split (validation); the earliest on a tie."""
@@ -356,7 +353,8 @@ def selected_step(study: Study, record: Mapping, level: str, seed: int) -> int:
   best = (0.5, 0)  # π_sft against itself
   for step, ev in sorted(record["curve"].items(), key=lambda kv: int(kv[0])):
     ys, yb = flat(ev["validation"]["samples"]), flat(sft_texts)
-    win = _win(np.asarray(proxy.prefer(x, ys, yb)), np.array(ys) == np.array(yb)).mean()
+    win = win_rates.preference_outcomes(proxy.prefer(x, ys, yb), np.array(ys) == np.array(yb)
+                                        ).mean()
     if win > best[0]:
       best = (float(win), int(step))
   return best[1]
@@ -370,12 +368,9 @@ def _curve(study: Study, record: Mapping, seed: int) -> List[tuple]:
 
 
 def _mean_se(values: Sequence[Optional[float]], digits: int = 3) -> str:
-  v = [x for x in values if x is not None]
-  if not v:
-    return "—"
-  if len(v) < 2:
-    return f"{v[0]:.{digits}f}"
-  return f"{np.mean(v):.{digits}f} ± {np.std(v, ddof=1) / math.sqrt(len(v)):.{digits}f}"
+  """"mean ± standard error" of the values that are not None ("—" for none)."""
+  return study_report.fmt(*study_report.mean_stderr([x for x in values if x is not None]),
+                          digits=digits)
 
 
 def identical_fraction(accounting: Mapping[str, Any]) -> Optional[float]:
