@@ -16,7 +16,6 @@ another split's samples.
 """
 from __future__ import annotations
 
-import argparse
 import time
 from typing import Any, Dict, Optional, Sequence
 
@@ -51,11 +50,12 @@ def sft_samples(sft_checkpoint: str, prompts_task: str, split: str, *, num_promp
   return prompts, gen.texts, r_star(prompts, gen.texts), np.asarray(gen.finished)
 
 
-def sample_gaps(samples, golden: np.ndarray, finished: np.ndarray) -> np.ndarray:
+def sample_gaps(samples, r_star: np.ndarray, finished: np.ndarray) -> np.ndarray:
   """r*(better) − r*(worse) `[M]` of every pair of one prompt's distinct finished samples with
   unequal r* (`reward_quality.sample_pairs`)."""
-  b, hi, lo = reward_quality.sample_pairs(samples, golden, finished)
-  return np.asarray(golden, np.float64)[b, hi] - np.asarray(golden, np.float64)[b, lo]
+  b, hi, lo = reward_quality.sample_pairs(samples, r_star, finished)
+  r_star = np.asarray(r_star, np.float64)
+  return r_star[b, hi] - r_star[b, lo]
 
 
 def build(path: str, *, task: str, target_accuracy: float = 1.0,
@@ -112,14 +112,14 @@ def measure(path: str, sft_checkpoint: str, *, split: str = "test", num_prompts:
   prompts, samples, r_star, finished = sft_samples(
       sft_checkpoint, task, split, num_prompts=num_prompts, num_samples=num_samples,
       temperature=temperature, top_k=top_k, seed=seed)
-  rewards = scorer.reward(prompts, samples)
-  out = reward_quality.sample_pair_accuracy(scorer, prompts, samples, r_star, valid=finished,
-                                            rewards=rewards)
+  out = reward_quality.sample_pair_accuracy(scorer, prompts, samples, r_star, valid=finished)
   return {"accuracy": out["accuracy_golden"], "pairs": out["pairs_untied"]}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = errors.ArgumentParser(prog="python -m rso_jax.oracle_reward",
+                                 error_prefix="rso_jax.oracle_reward",
+                                 description=__doc__.splitlines()[0])
   parser.add_argument("--out", required=True, help="the checkpoint directory to write")
   parser.add_argument("--task", default="synthetic_prompts",
                       help="the embedded task whose r* it scores (its prompts calibrate it)")

@@ -268,8 +268,11 @@ def train_words_sft(path, steps=300):
 
 def shared_words_sft(tmp_path_factory, steps=300):
   """`train_words_sft` once per test session, shared by the xdist workers (their base temp
-  directories have one parent): the first to finish renames its checkpoint into place."""
-  shared = tmp_path_factory.getbasetemp().parent / f"words_sft_{steps}"
+  directories have one parent, this session's): the first to finish renames its checkpoint
+  into place."""
+  base = tmp_path_factory.getbasetemp()
+  session = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+  shared = session / f"words_sft_{steps}"
   if not (shared / "COMPLETED").exists():
     mine = train_words_sft(tmp_path_factory.mktemp("words_sft") / "sft", steps)
     try:

@@ -51,13 +51,19 @@ def test_the_oracle_scores_r_star_over_tau_and_prefers_as_the_annotator(tmp_path
   assert "no params to write" in capsys.readouterr().err
 
 
-def test_an_oracle_of_a_task_without_r_star_or_a_bad_target_is_refused(tmp_path):
+def test_an_oracle_of_a_task_without_r_star_or_a_bad_target_is_refused(tmp_path, capsys):
   with pytest.raises(ConfigError, match="no golden reward"):
     oracle_reward.build(str(tmp_path / "a"), task="tldr_prompts")
   with pytest.raises(ConfigError, match="target_accuracy=0.4"):
     oracle_reward.build(str(tmp_path / "b"), task="synthetic_prompts", target_accuracy=0.4)
   with pytest.raises(ConfigError, match="needs --sft_checkpoint"):
     oracle_reward.build(str(tmp_path / "c"), task="synthetic_prompts", target_accuracy=0.9)
+  with pytest.raises(SystemExit) as exit_:  # a bad flag: one line, exit status 2
+    oracle_reward.main(["--out", str(tmp_path / "d"), "--target_accuracy", "x"])
+  assert exit_.value.code == 2 and not (tmp_path / "d").exists()
+  helpers.one_line(capsys.readouterr().err, "rso_jax.oracle_reward: error:", "'x'")
+  assert oracle_reward.main(["--out", str(tmp_path / "e"), "--target_accuracy", "0.9"]) == 2
+  helpers.one_line(capsys.readouterr().err, "rso_jax.oracle_reward: error:", "--sft_checkpoint")
   with pytest.raises(CheckpointError, match="only 'oracle_rm' has no network"):
     checkpoints.Manifest(kind="bt_rm", network=None, vocabulary=None)
 
