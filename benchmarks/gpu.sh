@@ -118,6 +118,7 @@ if want train; then
   done
 fi
 if want decode; then run decode "${DECODE_CMD[@]}"; fi
+if want decode; then run decoder-sampling "${PY}" "${REPO}/benchmarks/decoder_sampling.py" --platform gpu --dtype bfloat16 --hidden 896 --layers 24 --heads 14 --kv_heads 2 --head_dim 64 --mlp 4864 --vocab 151936 --prompts "${DECODE_PROMPTS:-8}" --prompt_length "${PROMPT_LEN}" --length "${RESP_LEN}" --repeats 2; fi
 if want sampling; then run sampling "${SAMPLING_CMD[@]}"; fi
 echo; echo "== log: ${LOG}"
 exit "${status}"

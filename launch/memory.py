@@ -3,7 +3,7 @@
     python launch/memory.py [--sizes base,large,xl,xxl] [--meshes "1,8,1;1,4,2;1,64,1"]
                             [--optimizer adamw] [--batch 64] [--inputs 1024] [--targets 128]
 
-For each T5 v1.1 size (`gin/models/<size>.gin`) and mesh (data, fsdp, tensor), the params and
+For each model size (`gin/models/<size>.gin`: T5 v1.1, or a decoder-only family's) and mesh (data, fsdp, tensor), the params and
 optimizer state are shaped with `jax.eval_shape` and sharded exactly as the trainer shards
 them (`trainer.state_shardings` over `partitioning.LOGICAL_RULES`, on an abstract mesh: no
 devices needed); per-device bytes are the shard shapes' bytes. Activations are an ESTIMATE
@@ -30,9 +30,9 @@ GIB = 2.0 ** 30
 
 
 def size_config(size: str):
-  """The `network.T5Config` that gin/models/<size>.gin binds."""
+  """The network config that gin/models/<size>.gin binds (a T5Config or a DecoderConfig)."""
   import gin  # pylint: disable=g-import-not-at-top
-  from rso_jax import network  # pylint: disable=g-import-not-at-top
+  from rso_jax import decoder_network, network  # pylint: disable=g-import-not-at-top
   path = os.path.join(ROOT, "gin", "models", f"{size}.gin")
   if not os.path.exists(path):
     raise ValueError(f"no model size {size!r}: gin/models/ has "
@@ -40,7 +40,12 @@ def size_config(size: str):
   with gin.unlock_config():
     gin.clear_config()
     gin.parse_config_file(path)
-    config = network.T5Config(**gin.get_bindings("network.T5Config"))
+    try:  # registered only when the file binds it
+      decoder = gin.get_bindings("decoder_network.DecoderConfig")
+    except ValueError:
+      decoder = {}
+    config = (decoder_network.DecoderConfig(**decoder) if decoder
+              else network.T5Config(**gin.get_bindings("network.T5Config")))
     gin.clear_config()
   return config
 
@@ -74,10 +79,15 @@ def activation_bytes(config, mesh_shape: Sequence[int], batch: int, inputs: int,
   b = batch / (data * fsdp)  # pairs per device
   e, f, h = config.emb_dim, config.mlp_dim / tensor, config.num_heads / tensor
   act = 2 if config.dtype == "bfloat16" else 4
-  enc = config.num_encoder_layers * b * inputs * ((10 * e + 3 * f) + 2 * h * inputs)
+  # A decoder-only network: the prompt through every layer once (its prefix), the responses
+  # after it with self-attention only (~10·E per token, no cross-attention).
+  decoder_only = hasattr(config, "num_kv_heads")
+  enc_layers = config.num_layers if decoder_only else config.num_encoder_layers
+  dec_layers = config.num_layers if decoder_only else config.num_decoder_layers
+  enc = enc_layers * b * inputs * ((10 * e + 3 * f) + 2 * h * inputs)
   rows = 2 * b  # chosen and rejected
-  dec = config.num_decoder_layers * rows * targets * ((14 * e + 3 * f)
-                                                      + 2 * h * (targets + inputs))
+  dec = dec_layers * rows * targets * (((10 if decoder_only else 14) * e + 3 * f)
+                                       + 2 * h * (targets + inputs))
   logits = rows * targets * (config.vocab_size / tensor) * 4 * 2  # float32 logits + softmax
   return (enc + dec) * act + logits
 

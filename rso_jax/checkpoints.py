@@ -15,9 +15,11 @@ the kind:
   kind             "seq2seq" (SFT or converted T5), "policy" (preference-trained),
                    "pairwise_rm" (the paper's ranking model ρ), "bt_rm" (Bradley–Terry)
   model_settings   the model class's loss-independent settings (e.g. BT pooling, separator)
-  network          the `network.T5Config` fields
-  vocabulary       {"type": "bytes"} or {"type": "sentencepiece", "path": ..., "extra_ids": n,
-                   "file": "spiece.model"} (a copy of the model file kept beside the manifest)
+  network          the network config's fields (`networks.to_json`: T5 or decoder-only)
+  vocabulary       {"type": "bytes"}, {"type": "sentencepiece", "path": ..., "extra_ids": n,
+                   "file": "spiece.model"} or {"type": "hf_tokenizer", "path": <abs
+                   tokenizer.json>, "file": "tokenizer.json"} (a copy of the model file, and of
+                   a HF tokenizer's tokenizer_config.json, kept beside the manifest)
   feature_lengths  the task feature lengths it was trained with ({"inputs": .., "targets": ..})
   task             the seqio task / mixture it was trained on (None for converted checkpoints)
 
@@ -48,6 +50,7 @@ from rso_jax import checkpoint_files
 from rso_jax import errors
 from rso_jax import fs
 from rso_jax import network
+from rso_jax import networks
 from rso_jax.errors import CheckpointError
 from rso_jax.tasks import vocab as vocab_lib
 
@@ -55,6 +58,8 @@ CHECKPOINT_SUBDIR = "checkpoints"
 MANIFEST_FILE = "rso_manifest.json"
 LEGACY_CONFIG_FILE = "t5_config.json"  # what runs wrote before manifests (read by add-manifest)
 SPM_FILE = "spiece.model"
+HF_TOKENIZER_FILE = "tokenizer.json"
+HF_TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 T5X_STEP_PATTERN = r"checkpoint_(\d+)"  # upstream T5X's MODEL_DIR/checkpoint_<step>/state (orbax)
 T5X_STATE_SUBDIR = "state"
 FORMAT_VERSION = 1
@@ -75,7 +80,7 @@ KIND_NAMES = {"seq2seq": "a seq2seq (SFT) policy", "policy": "a preference-train
 class Manifest:
   """What a checkpoint is (see the module docstring)."""
   kind: str
-  network: Optional[network.T5Config]  # None only for ORACLE_KIND
+  network: Optional[networks.NetworkConfig]  # None only for ORACLE_KIND
   vocabulary: Optional[Mapping[str, Any]]
   feature_lengths: Optional[Mapping[str, int]] = None
   model_settings: Mapping[str, Any] = dataclasses.field(default_factory=dict)
@@ -97,7 +102,7 @@ class Manifest:
   def to_json(self) -> dict:
     return {"format_version": FORMAT_VERSION, "kind": self.kind,
             "model_settings": dict(self.model_settings),
-            "network": None if self.network is None else dataclasses.asdict(self.network),
+            "network": None if self.network is None else networks.to_json(self.network),
             "vocabulary": None if self.vocabulary is None else dict(self.vocabulary),
             "feature_lengths": (None if self.feature_lengths is None
                                 else {k: int(v) for k, v in self.feature_lengths.items()}),
@@ -108,9 +113,7 @@ class Manifest:
   def from_json(cls, d: Mapping[str, Any], directory: Optional[str] = None) -> "Manifest":
     net = None
     if d.get("kind") != ORACLE_KIND or d.get("network") is not None:  # an oracle has none
-      net = dict(d["network"])
-      net["mlp_activations"] = tuple(net["mlp_activations"])
-      net = network.T5Config(**net)
+      net = networks.from_json(d["network"])
     return cls(kind=d["kind"], network=net, vocabulary=d.get("vocabulary"),
                feature_lengths=d.get("feature_lengths"),
                model_settings=d.get("model_settings") or {}, task=d.get("task"),
@@ -126,27 +129,43 @@ class Manifest:
 
 
 def vocabulary_spec(vocab: Any) -> dict:
-  """A JSON description of a seqio vocabulary (bytes or SentencePiece)."""
+  """A JSON description of a seqio vocabulary (bytes, SentencePiece or a HF tokenizer)."""
   import seqio  # pylint: disable=g-import-not-at-top
   if isinstance(vocab, seqio.ByteVocabulary):
     return {"type": "bytes"}
   if isinstance(vocab, seqio.SentencePieceVocabulary):
     return {"type": "sentencepiece", "path": vocab.sentencepiece_model_file,
             "extra_ids": int(vocab.extra_ids)}
+  if isinstance(vocab, vocab_lib.HFTokenizerVocabulary):
+    spec = {"type": "hf_tokenizer", "path": fs.abspath(vocab.tokenizer_file)}
+    if vocab.tokenizer_config_file is None:  # its EOS came from the eos_token argument
+      spec["eos_token"] = vocab.special_tokens["eos_token"]
+    return spec
   raise CheckpointError(f"vocabulary {type(vocab).__name__} cannot be described in a manifest: "
-                        "use seqio.ByteVocabulary or seqio.SentencePieceVocabulary")
+                        "use seqio.ByteVocabulary, seqio.SentencePieceVocabulary or "
+                        "tasks.vocab.HFTokenizerVocabulary")
 
 
 def same_vocabulary(a: Any, b: Any) -> bool:
   """Same token ids for the same text (seqio vocabularies): same class, and for SentencePiece
   the same model file's bytes, wherever it lies (its extra sentinel ids, which no text encodes
-  to, may differ)."""
+  to, may differ); for a HF tokenizer the same tokenizer.json bytes (as read) and the same
+  EOS."""
   import seqio  # pylint: disable=g-import-not-at-top
   if type(a) is not type(b):
     return False
   if isinstance(a, seqio.SentencePieceVocabulary):  # (sp_model includes the extra ids)
     return fs.read_bytes(a.sentencepiece_model_file) == fs.read_bytes(b.sentencepiece_model_file)
+  if isinstance(a, vocab_lib.HFTokenizerVocabulary):
+    return a.eos_id == b.eos_id and a.tokenizer_json == b.tokenizer_json
   return True
+
+
+def _copied(spec: Mapping[str, Any], directory: Optional[str]) -> Optional[str]:
+  """The vocabulary file copied beside a manifest (`spec["file"]` in `directory`), if there."""
+  if directory and spec.get("file") and fs.exists(fs.join(directory, spec["file"])):
+    return fs.join(directory, spec["file"])
+  return None
 
 
 def vocabulary_from_spec(spec: Optional[Mapping[str, Any]], directory: Optional[str] = None):
@@ -158,31 +177,46 @@ def vocabulary_from_spec(spec: Optional[Mapping[str, Any]], directory: Optional[
   if spec.get("type") == "bytes":
     return vocab_lib.get_vocabulary()
   if spec.get("type") == "sentencepiece":
-    path = spec.get("path")
-    if directory and spec.get("file") and fs.exists(fs.join(directory, spec["file"])):
-      path = fs.join(directory, spec["file"])
+    path = _copied(spec, directory) or spec.get("path")
     return vocab_lib.get_vocabulary(path, int(spec.get("extra_ids", 0)))
-  raise CheckpointError(f"manifest vocabulary {dict(spec)!r}: type must be bytes or "
-                        "sentencepiece")
+  if spec.get("type") == "hf_tokenizer":
+    path = _copied(spec, directory) or spec.get("path")
+    if not path or not fs.exists(path):
+      raise CheckpointError(
+          f"the checkpoint's HF tokenizer {spec.get('path')!r} is missing (manifest in "
+          f"{directory!r}, which holds no {HF_TOKENIZER_FILE} either)")
+    return vocab_lib.hf_vocabulary(fs.abspath(path), spec.get("eos_token"))
+  raise CheckpointError(f"manifest vocabulary {dict(spec)!r}: type must be bytes, "
+                        "sentencepiece or hf_tokenizer")
 
 
 # ------------------------------------------------------------------------------ manifest files
 
 
+def _copy_beside(src: str, dst: str) -> None:
+  if fs.abspath(src) != fs.abspath(dst):
+    fs.atomic_write_bytes(dst, fs.read_bytes(src))
+
+
 def write_manifest(directory: str, manifest: Manifest) -> str:
-  """Writes `directory/rso_manifest.json` atomically; copies a SentencePiece model beside it."""
+  """Writes `directory/rso_manifest.json` atomically; copies the vocabulary's files beside it (a
+  SentencePiece model; a HF tokenizer.json with the tokenizer_config.json and
+  chat_template.jinja beside it)."""
   fs.makedirs(directory)
   d = manifest.to_json()
   voc = d["vocabulary"]
-  if voc and voc.get("type") == "sentencepiece":
+  if voc and voc.get("type") in ("sentencepiece", "hf_tokenizer"):
+    name = SPM_FILE if voc["type"] == "sentencepiece" else HF_TOKENIZER_FILE
     src = voc.get("path")
-    dst = fs.join(directory, SPM_FILE)
     if voc.get("file") and manifest.directory:  # a copy made earlier: carry it along
       src = fs.join(manifest.directory, voc["file"])
     if src and fs.exists(src):
-      if fs.abspath(src) != fs.abspath(dst):
-        fs.atomic_write_bytes(dst, fs.read_bytes(src))
-      voc["file"] = SPM_FILE
+      _copy_beside(src, fs.join(directory, name))
+      if voc["type"] == "hf_tokenizer":
+        for extra in (HF_TOKENIZER_CONFIG_FILE, vocab_lib.HF_CHAT_TEMPLATE_FILE):
+          if fs.exists(fs.join(fs.dirname(src), extra)):
+            _copy_beside(fs.join(fs.dirname(src), extra), fs.join(directory, extra))
+      voc["file"] = name
   path = fs.join(directory, MANIFEST_FILE)
   fs.atomic_write_text(path, json.dumps(d, indent=2, sort_keys=True))
   return path
@@ -249,7 +283,7 @@ def check_kind(manifest: Manifest, path: str, expect: Sequence[str], role: str) 
                           f"(kind={manifest.kind!r}), but {role} needs {wanted}")
 
 
-def read_config(path: str) -> network.T5Config:
+def read_config(path: str) -> networks.NetworkConfig:
   """The network config of the checkpoint at `path` (from its manifest)."""
   return read_manifest(path).network
 

@@ -1,25 +1,40 @@
-"""Import a HuggingFace T5 checkpoint directory into `network.py`'s (config, params).
+"""Import a HuggingFace checkpoint directory (T5, or a Llama / Qwen2 causal LM) into rso_jax.
 
     python -m rso_jax.convert --hf_dir=/path/to/flan-t5-base --out=/path/to/ckpt \
         [--spm_path=/path/to/spiece.model [--extra_ids=N] | --vocabulary=bytes]
+    python -m rso_jax.convert --hf_dir=/path/to/Qwen2-0.5B --out=/path/to/ckpt \
+        [--tokenizer=/path/to/tokenizer.json]
 
 reads `config.json` and `model.safetensors` (or a sharded `model.safetensors.index.json`) with
 safetensors' NumPy loader (bfloat16 tensors through a small header reader, since NumPy has no
 bfloat16), so no torch is needed at run time, and writes a self-describing params checkpoint in
-the layout of `checkpoints.py`: `<out>/params/` (orbax tree) + `<out>/rso_manifest.json`
-(kind "seq2seq", source "convert", the network config, the vocabulary) + `<out>/spiece.model`
-(a copy of the SentencePiece model, when there is one). The trainer and the sampling stage start
-from it (`INITIAL_CHECKPOINT_PATH=<out>`); `python -m rso_jax.export` is the inverse.
+the layout of `checkpoints.py`: `<out>/params/` (orbax tree, float32) + `<out>/rso_manifest.json`
+(kind "seq2seq", source "convert", the network config, the vocabulary) + a copy of the
+vocabulary's files (`spiece.model`; `tokenizer.json` and `tokenizer_config.json`). The trainer
+and the sampling stage start from it (`INITIAL_CHECKPOINT_PATH=<out>`); `python -m
+rso_jax.export` is the inverse.
+
+Families, by `config.json`'s `model_type`:
+  "t5", "mt5"       `network.T5Config` (below)
+  "llama", "qwen2"  `decoder_network.DecoderConfig` (`LlamaForCausalLM`, `Qwen2ForCausalLM`;
+                    the mapping and what it refuses: `hf_decoder.py`: rope scaling, sliding
+                    windows, activations other than silu, `mlp_bias`, other heads)
+Any other `model_type` is refused with one line naming it.
 
 Vocabulary (recorded in the manifest): `--spm_path` names a SentencePiece model, `--vocabulary=
-bytes` the byte vocabulary; with neither, `<hf_dir>/spiece.model` is used when it exists, else
-the manifest has no vocabulary (loading the checkpoint's vocabulary then fails with a one-line
-error saying how to fix it). `--extra_ids` (sentinels appended to the SentencePiece vocabulary)
-defaults, for `<hf_dir>/spiece.model`, to `extra_ids` of `<hf_dir>/tokenizer_config.json` when
-it has one (HF T5 dirs and `export` write it); otherwise to 100, HF T5's convention, when
-`pieces + 100 <= vocab_size`, else 0.
+bytes` the byte vocabulary, `--tokenizer` (decoder-only checkpoints: a HF `tokenizer.json`, or
+the directory holding it; `--eos_token` names its EOS where no tokenizer_config.json does) a HF
+tokenizer, `{"type": "hf_tokenizer", "path": ...}`. With none of
+them, a decoder-only checkpoint uses `<hf_dir>/tokenizer.json` when it exists; a T5 checkpoint
+uses `<hf_dir>/spiece.model` when it exists; else the manifest has no vocabulary (loading the
+checkpoint's vocabulary then fails with a one-line error saying how to fix it). `--extra_ids`
+(sentinels appended to the SentencePiece vocabulary) defaults, for `<hf_dir>/spiece.model`, to
+`extra_ids` of `<hf_dir>/tokenizer_config.json` when it has one (HF T5 dirs and `export` write
+it); otherwise to 100, HF T5's convention, when `pieces + 100 <= vocab_size`, else 0. A
+decoder-only network reads rso ids 0..vocab_size (HF id + 1; 0 is padding), so a vocabulary of
+up to `vocab_size + 1` ids fits it.
 
-Supported (`model_type` "t5" or "mt5", `T5ForConditionalGeneration`):
+T5 (`model_type` "t5" or "mt5", `T5ForConditionalGeneration`):
 - T5 v1.1 / Flan-T5 / mT5: `feed_forward_proj="gated-gelu"` -> `mlp_activations=("gelu",
   "linear")` (HF's "gelu_new" is the tanh approximation, as in T5X), untied `lm_head`.
 - T5 v1.0: `feed_forward_proj="relu"` (single `wi`) with tied, `d_model**-0.5`-scaled output
@@ -59,7 +74,9 @@ from safetensors import safe_open
 from rso_jax import checkpoints
 from rso_jax import errors
 from rso_jax import fs
+from rso_jax import hf_decoder
 from rso_jax import network
+from rso_jax import networks
 from rso_jax import runs
 from rso_jax.tasks import vocab as vocab_lib
 
@@ -303,9 +320,9 @@ def _map_tensors(t: _Tensors, cfg: network.T5Config, scale_decoder_outputs: bool
   return {"token_embedder": {"embedding": embedding}, "encoder": encoder, "decoder": decoder}
 
 
-def abstract_params(config: network.T5Config) -> Params:
-  """Unboxed `jax.ShapeDtypeStruct` tree of `Transformer(config)`'s params (no FLOPs)."""
-  model = network.Transformer(config)
+def abstract_params(config: networks.NetworkConfig) -> Params:
+  """Unboxed `jax.ShapeDtypeStruct` tree of the network's params (no FLOPs; T5 or decoder)."""
+  model = networks.build(config)
   tokens = jnp.zeros((1, 1), jnp.int32)
   variables = jax.eval_shape(
       lambda: model.init(jax.random.key(0), tokens, tokens, tokens, enable_dropout=False))
@@ -316,7 +333,7 @@ def _paths(tree: Any) -> list:
   return [jax.tree_util.keystr(k) for k, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
 
 
-def check_params(params: Params, config: network.T5Config) -> None:
+def check_params(params: Params, config: networks.NetworkConfig) -> None:
   """Raises ValueError unless `params` has exactly the tree and shapes of `init(config)`."""
   expected = abstract_params(config)
   exp_struct = jax.tree.structure(expected)
@@ -333,13 +350,39 @@ def check_params(params: Params, config: network.T5Config) -> None:
                        f"expected {e.shape}")
 
 
-def from_hf(hf_dir: str) -> Tuple[network.T5Config, Params]:
-  """(`T5Config`, float32 NumPy params) from a HuggingFace T5 checkpoint directory."""
+def read_hf_config(hf_dir: str) -> Dict[str, Any]:
+  """The parsed `<hf_dir>/config.json` (FileNotFoundError / ValueError naming the file)."""
   cfg_path = os.path.join(hf_dir, "config.json")
   if not os.path.exists(cfg_path):
     raise FileNotFoundError(f"no config.json in {hf_dir!r}")
   with open(cfg_path) as f:
-    hf_config = json.load(f)
+    try:
+      hf_config = json.load(f)
+    except ValueError as e:
+      raise ValueError(f"{cfg_path} is not JSON: {e}") from None
+  if not isinstance(hf_config, dict):
+    raise ValueError(f"{cfg_path} is not a JSON object")
+  return hf_config
+
+
+def is_decoder_dir(hf_dir: str) -> bool:
+  """Whether `<hf_dir>/config.json` is a decoder-only family (`hf_decoder.MODEL_TYPES`)."""
+  return hf_decoder.is_decoder_config(read_hf_config(hf_dir))
+
+
+def from_hf(hf_dir: str) -> Tuple[networks.NetworkConfig, Params]:
+  """(config, float32 NumPy params) from a HuggingFace checkpoint directory: a `T5Config` for
+  model_type t5 / mt5, a `DecoderConfig` for llama / qwen2 (refusing any other)."""
+  hf_config = read_hf_config(hf_dir)
+  model_type = hf_config.get("model_type")
+  if hf_decoder.is_decoder_config(hf_config):
+    config = hf_decoder.config_from_hf(hf_config)  # refuses before the tensors are read
+    params = hf_decoder.params_from_hf(read_safetensors(hf_dir), config, consume=True)
+    check_params(params, config)
+    return config, params
+  if model_type not in SUPPORTED_MODEL_TYPES:
+    raise ValueError(f"config.json model_type={model_type!r} is not supported; expected one of "
+                     f"{SUPPORTED_MODEL_TYPES + tuple(hf_decoder.MODEL_TYPES)}")
   store = _Tensors(read_safetensors(hf_dir))  # the only reference: peak memory ~1x + 1 tensor
   # Tied: no separate head, or one bit-equal to the embedding (files that store both copies).
   tied = not store.has("lm_head.weight") or np.array_equal(
@@ -384,16 +427,69 @@ def _tokenizer_extra_ids(hf_dir: str) -> Optional[int]:
   return int(n) if isinstance(n, int) and not isinstance(n, bool) else None
 
 
+HF_TOKENIZER_FILE = vocab_lib.HF_TOKENIZER_FILE
+
+
+def hf_tokenizer_spec(path: str, vocab_size: int,
+                      eos_token: Optional[str] = None) -> Dict[str, Any]:
+  """`{"type": "hf_tokenizer", "path": <abs tokenizer.json>}` (+ `eos_token` when given) for a
+  tokenizer.json or the directory holding one. UsageError when it is missing, does not load as
+  a `tasks.vocab.HFTokenizerVocabulary` (e.g. no EOS token), or has ids past `vocab_size` (the
+  HF config's: HF ids 0..vocab_size-1)."""
+  if fs.isdir(path):
+    path = fs.join(path, HF_TOKENIZER_FILE)
+  if not fs.exists(path):
+    raise UsageError(f"--tokenizer={path!r}: no such file (a HF tokenizer.json, or the "
+                     "directory holding one)")
+  path = fs.abspath(path)
+  try:
+    vocab = vocab_lib.hf_vocabulary(path, eos_token)
+  except ValueError as e:  # (the message names the file)
+    raise UsageError(str(e)) from None
+  hf_size = vocab.vocab_size - 1  # (rso ids: HF ids + 1)
+  if hf_size > vocab_size:
+    raise UsageError(f"HF tokenizer {path!r} has {hf_size} tokens, more than the checkpoint's "
+                     f"vocab_size={vocab_size}")
+  spec = {"type": "hf_tokenizer", "path": path}
+  if eos_token and vocab.tokenizer_config_file is None:
+    spec["eos_token"] = eos_token
+  return spec
+
+
 def vocabulary_spec(hf_dir: str, vocab_size: int, spm_path: Optional[str] = None,
                     extra_ids: Optional[int] = None,
-                    vocabulary: Optional[str] = None) -> Optional[Dict[str, Any]]:
+                    vocabulary: Optional[str] = None, tokenizer: Optional[str] = None,
+                    decoder: bool = False,
+                    eos_token: Optional[str] = None) -> Optional[Dict[str, Any]]:
   """The manifest `vocabulary` entry for a conversion (see the module docstring), or None.
 
-  Raises UsageError when the choice cannot work: both given, a missing file, or a vocabulary
-  larger than the network's embedding table (`vocab_size` rows).
+  `vocab_size`: the HF config's; `decoder`: the checkpoint is decoder-only (its network reads
+  `vocab_size + 1` ids, and `<hf_dir>/tokenizer.json` is its default vocabulary); `eos_token`:
+  a HF tokenizer's EOS where no tokenizer_config.json beside it names one. Raises
+  UsageError when the choice cannot work: two given, a missing file, `--tokenizer` for a T5,
+  or a vocabulary with more ids than the network reads.
   """
-  if spm_path and vocabulary:
-    raise UsageError("give either --spm_path or --vocabulary, not both")
+  if sum(bool(x) for x in (spm_path, vocabulary, tokenizer)) > 1:
+    given = [f for f, x in (("--spm_path", spm_path), ("--vocabulary", vocabulary),
+                            ("--tokenizer", tokenizer)) if x]
+    raise UsageError(f"give one of --spm_path, --vocabulary, --tokenizer, not "
+                     f"{'both' if len(given) == 2 else 'all of'} {' and '.join(given)}")
+  if tokenizer and not decoder:
+    raise UsageError("--tokenizer (a HF tokenizer.json) applies to decoder-only checkpoints "
+                     f"(model_type {tuple(hf_decoder.MODEL_TYPES)}); a T5 checkpoint reads a "
+                     "SentencePiece model: use --spm_path")
+  if decoder and not (spm_path or vocabulary):
+    found = os.path.join(hf_dir, HF_TOKENIZER_FILE)
+    if tokenizer or os.path.exists(found):
+      if extra_ids:
+        raise UsageError("--extra_ids applies to a SentencePiece vocabulary, not to a HF "
+                         "tokenizer")
+      return hf_tokenizer_spec(tokenizer or found, vocab_size, eos_token)
+  if eos_token:
+    raise UsageError("--eos_token applies to a HF tokenizer (--tokenizer, or a decoder-only "
+                     f"checkpoint's {HF_TOKENIZER_FILE})")
+  if decoder:  # rso ids 0 (padding) .. vocab_size: one more than HF's
+    vocab_size += 1
   if vocabulary is not None and vocabulary != "bytes":
     raise UsageError(f"--vocabulary={vocabulary!r}: the only named vocabulary is 'bytes' "
                      "(use --spm_path for a SentencePiece model)")
@@ -433,12 +529,12 @@ def vocabulary_spec(hf_dir: str, vocab_size: int, spm_path: Optional[str] = None
 # ------------------------------------------------------------------------------ checkpoint
 
 
-def save_converted(out: str, config: network.T5Config, params: Params,
+def save_converted(out: str, config: networks.NetworkConfig, params: Params,
                    vocabulary: Optional[Mapping[str, Any]] = None) -> None:
   """Writes `<out>/params/` (orbax) and its manifest (kind "seq2seq", source "convert").
 
   `vocabulary`: the manifest's vocabulary spec (`vocabulary_spec`), None when unknown; a
-  SentencePiece model is copied to `<out>/spiece.model`.
+  SentencePiece model is copied to `<out>/spiece.model`, a HF tokenizer's files beside it.
   """
   manifest = checkpoints.Manifest(kind="seq2seq", network=config,
                                   vocabulary=None if vocabulary is None else dict(vocabulary),
@@ -446,21 +542,16 @@ def save_converted(out: str, config: network.T5Config, params: Params,
   checkpoints.save_params(out, params, manifest)
 
 
-def load_converted(path: str) -> Tuple[network.T5Config, Params]:
+def load_converted(path: str) -> Tuple[networks.NetworkConfig, Params]:
   """(config, params) written by `save_converted` / the CLI; checks the tree against the config."""
   manifest, params = checkpoints.load(path)
   check_params(params, manifest.network)
   return manifest.network, params
 
 
-def _read_vocab_size(hf_dir: str) -> int:
-  cfg_path = os.path.join(hf_dir, "config.json")
-  if not os.path.exists(cfg_path):
-    raise FileNotFoundError(f"no config.json in {hf_dir!r}")
-  with open(cfg_path) as f:
-    hf_config = json.load(f)
+def _read_vocab_size(hf_config: Mapping[str, Any], hf_dir: str) -> int:
   if "vocab_size" not in hf_config:
-    raise ValueError(f"{cfg_path} has no vocab_size")
+    raise ValueError(f"{os.path.join(hf_dir, 'config.json')} has no vocab_size")
   return int(hf_config["vocab_size"])
 
 
@@ -481,21 +572,40 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       "when they fit in vocab_size, else 0)")
   parser.add_argument("--vocabulary", default=None, choices=("bytes",),
                       help="a named vocabulary instead of a SentencePiece model")
+  parser.add_argument("--tokenizer", default=None,
+                      help="decoder-only checkpoints: a HF tokenizer.json or its directory "
+                      "(default: <hf_dir>/tokenizer.json when it exists)")
+  parser.add_argument("--eos_token", default=None,
+                      help="the HF tokenizer's EOS token, where no tokenizer_config.json beside "
+                      "its tokenizer.json names one")
   args = parser.parse_args(argv)
 
   def run():
-    fs.check_disjoint(args.out, {"--hf_dir": args.hf_dir, "--spm_path": args.spm_path})
-    vocab = vocabulary_spec(args.hf_dir, _read_vocab_size(args.hf_dir), args.spm_path,
-                            args.extra_ids, args.vocabulary)
+    fs.check_disjoint(args.out, {"--hf_dir": args.hf_dir, "--spm_path": args.spm_path,
+                                 "--tokenizer": args.tokenizer})
+    hf_config = read_hf_config(args.hf_dir)
+    decoder = hf_decoder.is_decoder_config(hf_config)
+    if decoder:  # a refused config is reported before the vocabulary is looked at
+      hf_decoder.config_from_hf(hf_config)
+    vocab = vocabulary_spec(args.hf_dir, _read_vocab_size(hf_config, args.hf_dir),
+                            args.spm_path, args.extra_ids, args.vocabulary, args.tokenizer,
+                            decoder=decoder, eos_token=args.eos_token)
     config, params = from_hf(args.hf_dir)
     with runs.removed_on_failure(args.out):
       save_converted(args.out, config, params, vocab)
     n = sum(int(np.prod(np.shape(x))) for x in jax.tree.leaves(params))
     print(f"wrote {n:,} parameters of {config} to {fs.abspath(args.out)}")
-    if vocab is None:
+    if vocab is None and decoder:
+      print(f"rso_jax.convert: warning: no vocabulary recorded (no --tokenizer, no "
+            f"{HF_TOKENIZER_FILE} in {args.hf_dir!r}): re-run with --tokenizer=... before "
+            "sampling or training from it", file=sys.stderr)
+    elif vocab is None:
       print(f"rso_jax.convert: warning: no vocabulary recorded (no --spm_path, no "
             f"{checkpoints.SPM_FILE} in {args.hf_dir!r}): re-run with --spm_path=... or "
             "--vocabulary=bytes before sampling or training from it", file=sys.stderr)
+    elif vocab["type"] == "hf_tokenizer":
+      print(f"vocabulary: HF tokenizer {vocab['path']} (copied to "
+            f"{fs.join(fs.abspath(args.out), HF_TOKENIZER_FILE)})")
     elif vocab["type"] == "sentencepiece":
       print(f"vocabulary: SentencePiece {vocab['path']} + {vocab['extra_ids']} extra ids "
             f"(copied to {fs.join(fs.abspath(args.out), checkpoints.SPM_FILE)})")

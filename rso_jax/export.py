@@ -1,7 +1,8 @@
-"""Export what rso_jax made for other tools: a checkpoint as a HuggingFace T5 directory (the
-inverse of convert.py), the sampled pairs as TRL-format JSONL.
+"""Export what rso_jax made for other tools: a checkpoint as a HuggingFace directory (T5, or a
+Llama / Qwen2 causal LM; the inverse of convert.py), the sampled pairs as TRL-format JSONL.
 
-    python -m rso_jax.export --checkpoint=/path/to/run_or_step --out=/path/to/hf_dir [--force]
+    python -m rso_jax.export --checkpoint=/path/to/run_or_step --out=/path/to/hf_dir [--force] \
+        [--max_shard_size=5GB]
     python -m rso_jax.export --samples=RUN_DIR/samples/rso_sample_rank-<hash> --out=pairs.jsonl
 
 `--samples`: the sampling stage's pairs as TRL's preference format with the reference
@@ -28,6 +29,21 @@ then renamed):
 so that `transformers.T5ForConditionalGeneration.from_pretrained(out)` loads it with no missing or
 unexpected keys, and `convert.from_hf(out)` gives back the same config and bit-identical params.
 
+A decoder-only checkpoint (`networks.is_decoder_only`) is written the same way as its HF class
+(`hf_decoder.py` holds the mapping; `AutoModelForCausalLM.from_pretrained(out)` loads it):
+
+  config.json             `hf_decoder.hf_config` (`LlamaForCausalLM` or `Qwen2ForCausalLM`),
+                          plus `bos_token_id` / `eos_token_id` / `pad_token_id`: HF ids (rso id
+                          - 1) of the vocabulary's special tokens, those it has
+  generation_config.json  the same ids
+  model.safetensors       float32; over `--max_shard_size` (default 50GB, as `save_pretrained`)
+                          shards `model-0000i-of-0000n.safetensors` + model.safetensors.index.json
+  tokenizer.json          the checkpoint's HF tokenizer files (those the vocabulary reads: the
+  tokenizer_config.json   copies beside its manifest first), when its vocabulary is a HF
+  (chat_template.jinja)   tokenizer. A byte or SentencePiece vocabulary gets no tokenizer files
+                          (its ids, read by a decoder as HF id + 1, match no HF tokenizer
+                          class) and `eos_token_id` 0 (its EOS, rso id 1)
+
 An `--out` that is, holds or lies inside the checkpoint (its run directory, its vocabulary
 file) is refused with one line before anything is written, `--force` included: `--force`
 replaces an earlier output, never an input.
@@ -51,15 +67,17 @@ Activations: ("gelu", "linear") -> "gated-gelu" (HF's tanh "gelu_new"), ("gelu",
 ("gelu_exact",) -> "gelu", ("gelu_exact", "linear") -> "gated-gelu_python", relu / silu as
 "[gated-]relu" / "[gated-]silu". Other `mlp_activations` have no HF counterpart: ValueError.
 Not exported: `dtype`, `param_dtype`, `remat` (runtime settings; the file is float32 and
-`convert` reads it back with the defaults).
+`convert` reads it back with the defaults). A T5 export writes one model.safetensors unless
+`--max_shard_size` is given.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import sys
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import jax
 import numpy as np
@@ -68,15 +86,19 @@ from rso_jax import checkpoints
 from rso_jax import convert
 from rso_jax import errors
 from rso_jax import fs
+from rso_jax import hf_decoder
 from rso_jax import network
+from rso_jax import networks
 from rso_jax import runs
 from rso_jax.tasks import generated
+from rso_jax.tasks import vocab as vocab_lib
 
 Params = Dict[str, Any]
 
 # network activation -> HF activation name (dense_act_fn), the inverse of convert.HF_ACTIVATIONS.
 _HF_ACT = {"gelu": "gelu_new", "gelu_exact": "gelu", "relu": "relu", "silu": "silu"}
 PAD_ID, EOS_ID, DECODER_START_ID = 0, 1, 0
+DECODER_MAX_SHARD_SIZE = "50GB"  # transformers' save_pretrained default
 
 
 # ------------------------------------------------------------------------------ config
@@ -134,6 +156,13 @@ def hf_config(config: network.T5Config) -> Dict[str, Any]:
   }
 
 
+def network_hf_config(config: networks.NetworkConfig) -> Dict[str, Any]:
+  """`config.json` contents of either family (ValueError where HF has no counterpart)."""
+  if networks.is_decoder_only(config):
+    return hf_decoder.hf_config(config)
+  return hf_config(config)
+
+
 # ------------------------------------------------------------------------------ tensors
 
 
@@ -157,15 +186,17 @@ def _mlp(p: Params, prefix: str, cfg: network.T5Config, out: Dict[str, np.ndarra
     out[f"{prefix}.{n}.weight"] = _np(p[n]["kernel"]).T
 
 
-def to_hf(config: network.T5Config, params: Params) -> Tuple[Dict[str, Any],
-                                                            Dict[str, np.ndarray]]:
+def to_hf(config: networks.NetworkConfig, params: Params) -> Tuple[Dict[str, Any],
+                                                                  Dict[str, np.ndarray]]:
   """(HF `config.json` dict, {HF tensor name: float32 C-contiguous array}) of our network.
 
-  Raises ValueError when `params` is not `Transformer(config)`'s tree or the config has no HF
+  Raises ValueError when `params` is not the network's tree or the config has no HF
   counterpart.
   """
-  hf_cfg = hf_config(config)  # refuses unsupported activations first
+  hf_cfg = network_hf_config(config)  # refuses unsupported configs first
   convert.check_params(params, config)
+  if networks.is_decoder_only(config):
+    return hf_cfg, hf_decoder.params_to_hf(config, jax.tree.map(_np, params))
   t: Dict[str, np.ndarray] = {"shared.weight": _np(params["token_embedder"]["embedding"])}
   for stack, layer_names in (
       ("encoder", ("pre_attention_layer_norm", "attention", "pre_mlp_layer_norm", "mlp")),
@@ -232,21 +263,133 @@ def _tokenizer_files(manifest: checkpoints.Manifest, directory: str) -> None:
     json.dump(tok, f, indent=2, sort_keys=True)
 
 
-def _write_dir(directory: str, hf_cfg: Mapping[str, Any], tensors: Mapping[str, np.ndarray],
-               manifest: checkpoints.Manifest) -> None:
+def _hf_tokenizer_files(manifest: checkpoints.Manifest) -> Dict[str, str]:
+  """{file name: path} of a HF tokenizer vocabulary's files: tokenizer.json as the vocabulary
+  reads it (the copy beside the manifest first), and the tokenizer_config.json /
+  chat_template.jinja beside it."""
+  vocab = manifest.get_vocabulary()
+  src = fs.dirname(vocab.tokenizer_file)
+  out = {checkpoints.HF_TOKENIZER_FILE: vocab.tokenizer_file}
+  for name in (checkpoints.HF_TOKENIZER_CONFIG_FILE, vocab_lib.HF_CHAT_TEMPLATE_FILE):
+    if fs.exists(fs.join(src, name)):
+      out[name] = fs.join(src, name)
+  return out
+
+
+def decoder_special_ids(manifest: checkpoints.Manifest) -> Dict[str, int]:
+  """HF ids (rso id - 1) of a decoder checkpoint's special tokens: {"bos_token_id",
+  "eos_token_id", "pad_token_id"}, those its vocabulary has.
+
+  A HF tokenizer: its `tasks.vocab.HFTokenizerVocabulary` (the EOS rso_jax samples with, the
+  BOS and padding tokens of its tokenizer_config.json). A byte or SentencePiece vocabulary: EOS
+  only (rso id 1 -> HF id 0). No vocabulary: none.
+  """
+  spec = manifest.vocabulary
+  if spec is None:
+    return {}
+  if spec.get("type") != "hf_tokenizer":
+    return {"eos_token_id": EOS_ID - 1}
+  vocab = manifest.get_vocabulary()
+  out = {"eos_token_id": int(vocab.eos_id) - 1}
+  if vocab.bos_id is not None:
+    out["bos_token_id"] = int(vocab.bos_id) - 1
+  pad = vocab.special_tokens.get("pad_token")
+  pad_id = None if pad is None else vocab.tokenizer.token_to_id(pad)
+  if pad_id is not None:
+    out["pad_token_id"] = int(pad_id)
+  return out
+
+
+def _decoder_tokenizer_files(manifest: checkpoints.Manifest, directory: str) -> None:
+  """A HF tokenizer vocabulary's files (`_hf_tokenizer_files`); nothing for another one."""
+  if (manifest.vocabulary or {}).get("type") != "hf_tokenizer":
+    return
+  for name, src in _hf_tokenizer_files(manifest).items():
+    fs.copy(src, fs.join(directory, name), overwrite=True)
+
+
+def parse_size(size: Any) -> int:
+  """Bytes of a size as `save_pretrained`'s `max_shard_size` spells it: an int, or "5GB",
+  "100KB", "2GiB" (KB/MB/GB powers of 10, KiB/MiB/GiB of 2)."""
+  if isinstance(size, int):
+    n = size
+  else:
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]i?B|B)?\s*", str(size), re.IGNORECASE)
+    if not m:
+      raise ValueError(f"--max_shard_size={size!r}: expected bytes or e.g. 100KB, 5GB, 2GiB")
+    unit = (m.group(2) or "B").upper()
+    scale = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20,
+             "GIB": 2**30}[unit]
+    n = int(float(m.group(1)) * scale)
+  if n <= 0:
+    raise ValueError(f"--max_shard_size={size!r} must be positive")
+  return n
+
+
+def shard_names(tensors: Mapping[str, np.ndarray], max_shard_bytes: int) -> List[List[str]]:
+  """The tensors' names in shards of at most `max_shard_bytes` (in order, as
+  `save_pretrained` cuts them: a tensor larger than the limit gets a shard of its own)."""
+  shards: List[List[str]] = [[]]
+  size = 0
+  for name, x in tensors.items():
+    n = int(np.asarray(x).nbytes)
+    if shards[-1] and size + n > max_shard_bytes:
+      shards.append([])
+      size = 0
+    shards[-1].append(name)
+    size += n
+  return shards
+
+
+def _write_safetensors(path: str, tensors: Mapping[str, np.ndarray]) -> None:
   from safetensors import numpy as st  # pylint: disable=g-import-not-at-top
+  if fs.is_url(path):  # gs://...: serialize in memory, upload once
+    with fs.open(path, "wb") as f:
+      f.write(st.save(dict(tensors), metadata={"format": "pt"}))
+  else:
+    st.save_file(dict(tensors), path, metadata={"format": "pt"})
+
+
+def write_weights(directory: str, tensors: Mapping[str, np.ndarray],
+                  max_shard_bytes: Optional[int] = None) -> List[str]:
+  """model.safetensors, or, over `max_shard_bytes`, HF's shards + model.safetensors.index.json.
+  Returns the weight files' names."""
+  shards = ([list(tensors)] if max_shard_bytes is None
+            else shard_names(tensors, max_shard_bytes))
+  if len(shards) == 1:
+    _write_safetensors(fs.join(directory, "model.safetensors"), tensors)
+    return ["model.safetensors"]
+  files, weight_map = [], {}
+  for i, names in enumerate(shards):
+    fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+    _write_safetensors(fs.join(directory, fname), {k: tensors[k] for k in names})
+    weight_map.update({k: fname for k in names})
+    files.append(fname)
+  total = sum(int(np.asarray(x).nbytes) for x in tensors.values())
+  with fs.open(fs.join(directory, "model.safetensors.index.json"), "w") as f:
+    json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2,
+              sort_keys=True)
+  return files
+
+
+def _write_dir(directory: str, hf_cfg: Mapping[str, Any], tensors: Mapping[str, np.ndarray],
+               manifest: checkpoints.Manifest, max_shard_bytes: Optional[int] = None) -> None:
+  if networks.is_decoder_only(manifest.network):
+    special = decoder_special_ids(manifest)
+    hf_cfg = dict(hf_cfg, **special)
+    generation = dict(special)
+  else:
+    generation = {"decoder_start_token_id": DECODER_START_ID, "eos_token_id": EOS_ID,
+                  "pad_token_id": PAD_ID}
   with fs.open(fs.join(directory, "config.json"), "w") as f:
     json.dump(hf_cfg, f, indent=2, sort_keys=True)
   with fs.open(fs.join(directory, "generation_config.json"), "w") as f:
-    json.dump({"decoder_start_token_id": DECODER_START_ID, "eos_token_id": EOS_ID,
-               "pad_token_id": PAD_ID}, f, indent=2, sort_keys=True)
-  weights = fs.join(directory, "model.safetensors")
-  if fs.is_url(weights):  # gs://...: serialize in memory, upload once
-    with fs.open(weights, "wb") as f:
-      f.write(st.save(dict(tensors), metadata={"format": "pt"}))
+    json.dump(generation, f, indent=2, sort_keys=True)
+  write_weights(directory, tensors, max_shard_bytes)
+  if networks.is_decoder_only(manifest.network):
+    _decoder_tokenizer_files(manifest, directory)
   else:
-    st.save_file(dict(tensors), weights, metadata={"format": "pt"})
-  _tokenizer_files(manifest, directory)
+    _tokenizer_files(manifest, directory)
 
 
 def _inputs(checkpoint_path: str, manifest: checkpoints.Manifest) -> Dict[str, Optional[str]]:
@@ -267,8 +410,12 @@ def _inputs(checkpoint_path: str, manifest: checkpoints.Manifest) -> Dict[str, O
           "the checkpoint's vocabulary file": spec.get("path")}
 
 
-def export(checkpoint_path: str, out_dir: str, force: bool = False) -> str:
-  """Writes the HF T5 directory of a generative checkpoint to `out_dir`; returns its path.
+def export(checkpoint_path: str, out_dir: str, force: bool = False,
+           max_shard_size: Optional[Any] = None) -> str:
+  """Writes the HF directory of a generative checkpoint to `out_dir`; returns its path.
+
+  `max_shard_size` (bytes, or "5GB" as `save_pretrained` takes it): shard the weights past it;
+  None: one file for a T5, `DECODER_MAX_SHARD_SIZE` for a decoder-only network.
 
   Raises `errors.CheckpointError` for a missing/undescribed checkpoint or a reward model,
   ValueError for a network with no HF counterpart, FileExistsError when `out_dir` is a
@@ -279,7 +426,10 @@ def export(checkpoint_path: str, out_dir: str, force: bool = False) -> str:
   manifest = checkpoints.read_manifest(checkpoint_path)
   fs.check_disjoint(out_dir, _inputs(checkpoint_path, manifest))
   checkpoints.check_kind(manifest, checkpoint_path, checkpoints.GENERATIVE_KINDS, "export")
-  hf_config(manifest.network)  # refuse an unsupported network before reading the params
+  network_hf_config(manifest.network)  # refuse an unsupported network before reading params
+  if max_shard_size is None and networks.is_decoder_only(manifest.network):
+    max_shard_size = DECODER_MAX_SHARD_SIZE
+  max_shard_bytes = None if max_shard_size is None else parse_size(max_shard_size)
   out_dir = fs.abspath(out_dir)
   if fs.exists(out_dir) or (not fs.is_url(out_dir) and os.path.lexists(out_dir)):
     if not fs.isdir(out_dir):
@@ -299,7 +449,7 @@ def export(checkpoint_path: str, out_dir: str, force: bool = False) -> str:
   _rmtree_quietly(tmp)
   fs.makedirs(tmp)
   try:
-    _write_dir(tmp, hf_cfg, tensors, manifest)
+    _write_dir(tmp, hf_cfg, tensors, manifest, max_shard_bytes)
     if fs.isdir(out_dir):
       if fs.listdir(out_dir):  # force: move the old one aside, swap, then delete it
         fs.rename(out_dir, old, overwrite=False)
@@ -332,9 +482,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   what.add_argument("--samples", help="a sampling stage's output directory: its pairs as "
                     "TRL-format JSONL")
   parser.add_argument("--out", required=True,
-                      help="HF T5 directory to write (--checkpoint), JSONL file (--samples)")
+                      help="HF directory to write (--checkpoint), JSONL file (--samples)")
   parser.add_argument("--force", action="store_true", help="replace a non-empty --out (never one that is, holds or lies inside "
                       "the checkpoint)")
+  parser.add_argument("--max_shard_size", default=None,
+                      help="--checkpoint: shard the weights past this size (e.g. 5GB, as "
+                      "save_pretrained; default: one file for T5, "
+                      f"{DECODER_MAX_SHARD_SIZE} for Llama / Qwen2)")
   args = parser.parse_args(argv)
 
   def run():
@@ -344,7 +498,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             f"{counts['out']} (TRL {counts['format']} format)")
       return
     with runs.removed_on_failure(args.out):  # and the parents export created for it
-      out = export(args.checkpoint, args.out, force=args.force)
+      out = export(args.checkpoint, args.out, force=args.force,
+                   max_shard_size=args.max_shard_size)
     vocab_size = json.loads(fs.read_text(fs.join(out, "config.json")))["vocab_size"]
     files = fs.listdir(out)
     print(f"wrote {checkpoints.read_manifest(args.checkpoint).kind} checkpoint "

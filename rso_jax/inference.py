@@ -51,7 +51,7 @@ from rso_jax import checkpoints
 from rso_jax import decoding
 from rso_jax import errors
 from rso_jax import models
-from rso_jax import network
+from rso_jax import networks
 from rso_jax import partitioning
 from rso_jax import recipe
 from rso_jax import reward_models
@@ -158,7 +158,7 @@ class _Loaded:
     if int(batch_size) != batch_size or batch_size < 1:
       raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     self.manifest, self.path, self.kind = manifest, path, manifest.kind
-    self.config: network.T5Config = manifest.network
+    self.config: networks.NetworkConfig = manifest.network
     self.vocab = manifest.get_vocabulary()
     self.eos_id = int(self.vocab.eos_id)
     lengths = dict(manifest.feature_lengths or {})

@@ -1,4 +1,4 @@
-"""Models over `network.Transformer` with T5X's BaseModel interface.
+"""Models over a network of either family (`networks.py`) with T5X's BaseModel interface.
 
 Every model exposes
   * `get_initial_variables(rng, input_shapes) -> {"params": ...}` (boxed with logical axes),
@@ -26,7 +26,7 @@ from rso_jax import checkpoints
 from rso_jax import decoding
 from rso_jax import feature_converters
 from rso_jax import losses
-from rso_jax import network
+from rso_jax import networks
 
 Array = jax.Array
 Batch = Mapping[str, Array]
@@ -50,11 +50,10 @@ class BaseModel:
     """The loss-independent settings a loader needs to rebuild this model (JSON-able)."""
     return {}
 
-  def __init__(self, config: network.T5Config):
-    if not isinstance(config, network.T5Config):
-      raise TypeError(f"config must be a network.T5Config, got {type(config).__name__}")
+  def __init__(self, config: networks.NetworkConfig):
+    networks.check_config(config)
     self.config = config
-    self.module = network.Transformer(config)
+    self.module = networks.build(config)
 
   # --- shapes -----------------------------------------------------------------------------
   def input_shapes(self, batch_size: int, feature_lengths: Mapping[str, int]) -> dict:
@@ -87,7 +86,7 @@ class Seq2SeqModel(BaseModel):
   real target tokens, default), "NUMBER_OF_EXAMPLES", a float constant, or None (plain sum).
   """
 
-  def __init__(self, config: network.T5Config,
+  def __init__(self, config: networks.NetworkConfig,
                loss_normalizing_factor: Union[str, float, None] = NUM_REAL_TARGET_TOKENS,
                z_loss: float = 1e-4, label_smoothing: float = 0.0):
     super().__init__(config)
@@ -190,7 +189,7 @@ def pair_decoder_rows(batch: Batch) -> Tuple[Array, Array, Array]:
           stack("loss_weights").astype(jnp.float32))
 
 
-def policy_dropout_enabled(config: network.T5Config, policy_dropout: bool) -> bool:
+def policy_dropout_enabled(config: networks.NetworkConfig, policy_dropout: bool) -> bool:
   """Whether a preference loss runs the policy with dropout; warns when it will (the
   reference log-probs never have dropout, so Δ is not 0 at π_θ = π_sft)."""
   if not isinstance(policy_dropout, bool):
@@ -273,7 +272,7 @@ class PolicyModel(BaseModel):
   0, and that noise drives the loss. `policy_dropout=True` keeps it and says so at start-up.
   """
 
-  def __init__(self, config: network.T5Config, loss: str = "hinge_norm", gamma: float = 0.05,
+  def __init__(self, config: networks.NetworkConfig, loss: str = "hinge_norm", gamma: float = 0.05,
                loss_kwargs: Optional[Mapping[str, Any]] = None,
                use_cached_reference: bool = True, reference_params: Any = None,
                reference_checkpoint: Optional[str] = None, sft_weight: float = 0.0,

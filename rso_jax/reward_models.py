@@ -39,11 +39,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rso_jax import decoder_network
 from rso_jax import decoding
 from rso_jax import feature_converters
 from rso_jax import losses
 from rso_jax import models
 from rso_jax import network
+from rso_jax import networks
 from rso_jax.tasks import vocab as vocab_lib
 from rso_jax.tasks.text_formats import BT_SEPARATOR, RESPONSE_LABEL
 
@@ -53,7 +55,9 @@ Batch = Mapping[str, Array]
 POOLINGS = ("mean", "first", "last")
 # "encoder": the T5 encoder over packed `x [SEP] y`. "encoder_decoder": the prompt through the
 # encoder once, each response teacher-forced through the decoder, the head on its final states.
-ARCHITECTURES = ("encoder", "encoder_decoder")
+# "decoder": a decoder-only network reads the prompt once (its prefix) and each response after
+# it, the head on the response's final states.
+ARCHITECTURES = ("encoder", "encoder_decoder", "decoder")
 
 
 def _default_vocab():
@@ -71,7 +75,7 @@ def _single_token(vocab, text: str) -> int:
 # ------------------------------------------------------------------------------------------
 # Pairwise reward-ranking model ρ(x, y1, y2)
 # ------------------------------------------------------------------------------------------
-def _ab_logit(module: network.Transformer, params, encoder_input_tokens: Array, token_a: int,
+def _ab_logit(module: nn.Module, params, encoder_input_tokens: Array, token_a: int,
               token_b: int) -> Array:
   b = encoder_input_tokens.shape[0]
   start = jnp.zeros((b, 1), jnp.int32)  # decoder start token (BOS = 0)
@@ -101,10 +105,11 @@ class PairwiseRankingModel(models.Seq2SeqModel):
       order-blind gradient noise.
     relpos_init_scale: multiplies the encoder's initial relative-position bias table, so the
       encoder starts with sharper position preferences and finds which tag ("[RESPONSE A]" or
-      "[RESPONSE B]") precedes a token sooner. Only the initialization changes.
+      "[RESPONSE B]") precedes a token sooner. Only the initialization changes. T5 only: a
+      decoder-only network has rotary positions, no table, and ignores it.
   """
 
-  def __init__(self, config: network.T5Config, vocabulary: Any = None, both_orders: bool = False,
+  def __init__(self, config: networks.NetworkConfig, vocabulary: Any = None, both_orders: bool = False,
                relpos_init_scale: float = 1.0, response_label: str = RESPONSE_LABEL, **kwargs):
     super().__init__(config, **kwargs)
     self.vocabulary = vocabulary if vocabulary is not None else _default_vocab()
@@ -112,7 +117,8 @@ class PairwiseRankingModel(models.Seq2SeqModel):
     self.token_b = _single_token(self.vocabulary, "B")
     if not (math.isfinite(relpos_init_scale) and relpos_init_scale > 0):
       raise ValueError(f"relpos_init_scale must be a finite number > 0, got {relpos_init_scale!r}")
-    self.relpos_init_scale = float(relpos_init_scale)
+    # A decoder-only network's rotary positions have no table to scale: the aid is T5's.
+    self.relpos_init_scale = 1.0 if networks.is_decoder_only(config) else float(relpos_init_scale)
     self.both_orders = bool(both_orders)
     self.response_label = response_label
     if self.both_orders:
@@ -261,6 +267,37 @@ class BTRewardNetwork(nn.Module):
     return self.reward_head(_pool(h, mask, self.pooling))[:, 0]
 
 
+class BTDecoderRewardNetwork(decoder_network.DecoderTransformer):
+  """A decoder-only network + pooling + scalar head ("decoder" architecture): each prompt's
+  prefix computed once, its N responses read after it (inputs `shift_right(y)`, as the policy
+  reads them), the final states pooled over the response ("last" = the state that has read all
+  of y, the last token's state). Param names are the policy's (`token_embedder`, `layers_i`,
+  `decoder_norm`; no `logits_dense`) plus `reward_head/kernel` `[E, 1]`, so a policy
+  checkpoint initializes every parameter but the head."""
+  pooling: str = "last"
+  architecture: str = "decoder"
+
+  def setup(self):
+    super().setup()
+    self.reward_head = network.DenseGeneral(
+        features=(1,), kernel_axes=("embed", "scalar"), dtype=jnp.float32,
+        param_dtype=self.config.weight_dtype)
+
+  def score_responses(self, prompt_tokens: Array, response_tokens: Array,
+                      enable_dropout: bool = False) -> Array:
+    """`[B, Li]` prompts, `[B * N, Lt]` responses (EOS kept, prompt-major) -> `[B * N]`."""
+    prompt_tokens = prompt_tokens.astype(jnp.int32)
+    targets = response_tokens.astype(jnp.int32)
+    # [B, Li] -> per layer keys / values [B, Li, K, D]
+    prefix = self.encode(prompt_tokens, enable_dropout)
+    # [B * N, Lt] -> [B * N, Lt, E]
+    h = self.decode(prefix, prompt_tokens, decoding.shift_right(targets), targets,
+                    enable_dropout, hidden_only=True).astype(jnp.float32)
+    mask = (targets > 0).astype(jnp.float32)  # [B * N, Lt]
+    # [B * N, Lt, E] -> [B * N, E] -> [B * N, 1] -> [B * N]
+    return self.reward_head(_pool(h, mask, self.pooling))[:, 0]
+
+
 def _bt_rewards(module: BTRewardNetwork, params, prompt_tokens: Array, response_tokens: Array,
                 separator: Tuple[int, ...], eos_id: int,
                 dropout_rng: Optional[Array] = None) -> Array:
@@ -268,9 +305,9 @@ def _bt_rewards(module: BTRewardNetwork, params, prompt_tokens: Array, response_
   (prompt-major; N = 1: aligned rows). The encoder architecture reads each (x, y) packed."""
   rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
   dropout = dropout_rng is not None
-  if module.architecture == "encoder_decoder":
+  if module.architecture in ("encoder_decoder", "decoder"):
     return module.apply({"params": params}, prompt_tokens, response_tokens,
-                        enable_dropout=dropout, rngs=rngs, method=BTRewardNetwork.score_responses)
+                        enable_dropout=dropout, rngs=rngs, method="score_responses")
   n = response_tokens.shape[0] // prompt_tokens.shape[0]
   if n * prompt_tokens.shape[0] != response_tokens.shape[0]:
     raise ValueError(f"{response_tokens.shape[0]} response rows for {prompt_tokens.shape[0]} "
@@ -306,22 +343,28 @@ class BradleyTerryRewardModel(models.BaseModel):
   Metrics: `loss`, `bt_loss`, `accuracy` (r_w > r_l; ties 1/2), `margin` (mean r_w − r_l),
   `mean_reward`, and TRL's `rewards/chosen`, `rewards/rejected`.
 
-  `architecture` (see `BTRewardNetwork`): "encoder" reads `x [SEP] y` with one encoder;
+  `architecture` (see `BTRewardNetwork`; None = "encoder" for a T5, "decoder" for a
+  decoder-only network): "encoder" reads `x [SEP] y` with one encoder;
   "encoder_decoder" encodes x once and reads y with the decoder (chosen and rejected as 2 decoder
   rows of one encoder pass); pooling "first" is refused there (position 0 has read no response).
   """
 
-  def __init__(self, config: network.T5Config, pooling: str = "mean", margin: float = 0.0,
+  def __init__(self, config: networks.NetworkConfig, pooling: str = "mean", margin: float = 0.0,
                center_weight: float = 0.0, separator: str = BT_SEPARATOR,
-               vocabulary: Any = None, architecture: str = "encoder"):
-    if not isinstance(config, network.T5Config):
-      raise TypeError(f"config must be a network.T5Config, got {type(config).__name__}")
+               vocabulary: Any = None, architecture: Optional[str] = None):
+    networks.check_config(config)
+    if architecture is None:  # the network's own: a decoder-only network has no encoder
+      architecture = "decoder" if networks.is_decoder_only(config) else "encoder"
     if pooling not in POOLINGS:
       raise ValueError(f"pooling={pooling!r}: use one of {POOLINGS}")
     if architecture not in ARCHITECTURES:
       raise ValueError(f"architecture={architecture!r}: use one of {ARCHITECTURES}")
-    if architecture == "encoder_decoder" and pooling == "first":
-      raise ValueError("pooling='first' with architecture='encoder_decoder': the decoder's first "
+    if (architecture == "decoder") != networks.is_decoder_only(config):
+      raise ValueError(f"architecture={architecture!r} with a {networks.family(config)} network: "
+                       "a decoder-only network takes architecture='decoder', a T5 'encoder' or "
+                       "'encoder_decoder'")
+    if architecture != "encoder" and pooling == "first":
+      raise ValueError(f"pooling='first' with architecture={architecture!r}: the decoder's first "
                        "position has read none of the response; use 'last' or 'mean'")
     self.architecture = architecture
     if not (math.isfinite(margin) and math.isfinite(center_weight) and center_weight >= 0):
@@ -335,7 +378,8 @@ class BradleyTerryRewardModel(models.BaseModel):
     self.vocabulary = vocabulary if vocabulary is not None else _default_vocab()
     self.separator_ids = tuple(int(t) for t in self.vocabulary.encode(separator))
     self.eos_id = int(self.vocabulary.eos_id)
-    self.module = BTRewardNetwork(config, pooling, architecture)
+    self.module = (BTDecoderRewardNetwork(config, pooling) if architecture == "decoder"
+                   else BTRewardNetwork(config, pooling, architecture))
     self.feature_converter = feature_converters.PairwiseFeatureConverter()
 
   manifest_kind = "bt_rm"
@@ -350,9 +394,9 @@ class BradleyTerryRewardModel(models.BaseModel):
   def get_initial_variables(self, rng: Array, input_shapes: Mapping[str, Tuple[int, ...]]):
     b, li = input_shapes["encoder_input_tokens"]
     lt = input_shapes["chosen_decoder_target_tokens"][1]
-    if self.architecture == "encoder_decoder":
+    if self.architecture != "encoder":
       return self.module.init(rng, jnp.ones((b, li), jnp.int32), jnp.ones((b, lt), jnp.int32),
-                              enable_dropout=False, method=BTRewardNetwork.score_responses)
+                              enable_dropout=False, method="score_responses")
     tokens = jnp.ones((b, li + len(self.separator_ids) + lt), jnp.int32)
     return self.module.init(rng, tokens, enable_dropout=False)
 
@@ -368,7 +412,7 @@ class BradleyTerryRewardModel(models.BaseModel):
     """(r_w, r_l), each `[B]`: chosen and rejected as 2B rows of one encoder call (encoder-
     decoder: B encoder rows, 2B decoder rows)."""
     b = batch["encoder_input_tokens"].shape[0]
-    if self.architecture == "encoder_decoder":
+    if self.architecture != "encoder":
       # [B, 2, Lt] -> [2B, Lt]: each prompt's chosen then rejected
       responses = jnp.stack([batch["chosen_decoder_target_tokens"],
                              batch["rejected_decoder_target_tokens"]], 1).reshape(2 * b, -1)

@@ -44,6 +44,7 @@ from rso_jax import cli
 from rso_jax import datasets
 from rso_jax import errors
 from rso_jax import fs
+from rso_jax import networks
 from rso_jax import partitioning
 from rso_jax import run_lock
 from rso_jax import runs
@@ -120,14 +121,7 @@ def _run_resumable(model_dir: str) -> bool:
           or runs.is_complete(model_dir) or run_lock.is_locked(model_dir))
 
 
-def _network_diff(stored, configured) -> dict:
-  """{field: (stored, configured)} of the T5Config fields in which two networks differ."""
-  return {f.name: (getattr(stored, f.name), getattr(configured, f.name))
-          for f in dataclasses.fields(configured)
-          if getattr(stored, f.name) != getattr(configured, f.name)}
-
-
-# T5Config fields a resumed run may change (how it computes, not what it holds).
+# Network config fields a resumed run may change (how it computes, not what it holds).
 _RUNTIME_FIELDS = ("dtype", "remat")
 
 
@@ -151,7 +145,7 @@ def _check_resume(model_dir: str, manifest: checkpoints.Manifest) -> None:
                       "another MODEL_DIR") from None
   diff = [f"kind: stored {stored.kind}, configured {manifest.kind}"] * (
       stored.kind != manifest.kind)
-  diff += [f"{k}: stored {a}, configured {b}" for k, (a, b) in _network_diff(
+  diff += [f"{k}: stored {a}, configured {b}" for k, (a, b) in networks.differences(
       stored.network, manifest.network).items() if k not in _RUNTIME_FIELDS]
   if diff:
     raise ConfigError(f"MODEL_DIR={model_dir!r} holds a checkpoint of another model "
@@ -175,7 +169,7 @@ def _check_initial_checkpoint(path: str, manifest: checkpoints.Manifest) -> None
     return
   init = checkpoints.read_manifest(path)
   if init.network != manifest.network:
-    diff = _network_diff(init.network, manifest.network)
+    diff = networks.differences(init.network, manifest.network)
     raise ConfigError(f"INITIAL_CHECKPOINT_PATH={path!r} has another network than the model "
                       f"(checkpoint vs model: {diff}); set the model's size to the "
                       "checkpoint's (e.g. MODEL_CONFIG = @checkpoints.read_config())")

@@ -70,8 +70,32 @@ def save(path, model, lengths, params=None, seed=0, vocabulary=None, kind=None):
   return str(path)
 
 
+def xla_flags(devices):
+  """This session's XLA_FLAGS (conftest.py's compile flags) with `devices` host devices: for a
+  child process."""
+  flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
+           if not f.startswith("--xla_force_host_platform_device_count")]
+  return " ".join(flags + [f"--xla_force_host_platform_device_count={devices}"])
+
+
 def one_device_mesh():
   return partitioning.create_mesh((1, 1, 1), devices=jax.devices()[:1])
+
+
+def losses_on_meshes(model, batches, lengths, batch_size, optimizer):
+  """{mesh shape: [loss of each step]} of `model` trained on `batches` from the same initial
+  state on one device (1, 1, 1) and on the 8 devices as (2, 2, 2)."""
+  out = {}
+  for shape, devs in (((1, 1, 1), jax.devices()[:1]), ((2, 2, 2), None)):
+    mesh = partitioning.create_mesh(shape, devices=devs)
+    tr = trainer.Trainer(model, optimizer, mesh, batch_size=batch_size, feature_lengths=lengths,
+                         seed=0)
+    state, run = tr.init_state(), []
+    for b in batches:
+      state, m = tr.train_step(state, b)
+      run.append(float(m["loss"]))
+    out[shape] = run
+  return out
 
 
 def train_spm(directory, texts, vocab_size=96):
@@ -280,3 +304,59 @@ def shared_words_sft(tmp_path_factory, steps=300):
     except OSError:  # another worker's is there
       pass
   return str(shared)
+
+
+# A ChatML template in Jinja, as Qwen2's tokenizer_config.json spells its own.
+HF_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+HF_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+
+
+def write_hf_tokenizer(directory, words, chat_template=True):
+  """A tiny byte-level BPE `tokenizer.json` (GPT-2 / Qwen2 style, written with `tokenizers`) and
+  its `tokenizer_config.json` in `directory`; returns the directory.
+
+  Special tokens `<|endoftext|>` (HF id 0, the EOS), `<|im_start|>`, `<|im_end|>`; then the
+  256 byte symbols, so any text round-trips; then merges making each of the lowercase `words`
+  and the letters "A" and "B" one token, alone and after a space ("owl", "Ġowl"). Deterministic.
+  `chat_template`: True for `HF_CHAT_TEMPLATE` (ChatML), a Jinja string, or False for none.
+  """
+  import json  # pylint: disable=g-import-not-at-top
+  import tokenizers  # pylint: disable=g-import-not-at-top
+  os.makedirs(str(directory), exist_ok=True)
+  tok = tokenizers.Tokenizer(tokenizers.models.BPE())
+  tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = tokenizers.decoders.ByteLevel()
+  units = sorted(set(words) | {"A", "B"})
+  trainer = tokenizers.trainers.BpeTrainer(
+      vocab_size=100_000, min_frequency=0, show_progress=False,
+      special_tokens=list(HF_SPECIAL_TOKENS),
+      initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet())
+  tok.train_from_iterator(units + [" " + w for w in units], trainer)
+  tok.save(os.path.join(str(directory), "tokenizer.json"))
+  config = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": HF_SPECIAL_TOKENS[0],
+            "pad_token": HF_SPECIAL_TOKENS[0], "bos_token": None, "unk_token": None,
+            "model_max_length": 4096}
+  if chat_template:
+    config["chat_template"] = HF_CHAT_TEMPLATE if chat_template is True else chat_template
+  with open(os.path.join(str(directory), "tokenizer_config.json"), "w") as f:
+    json.dump(config, f, indent=2)
+  return str(directory)
+
+
+def sample_records(samples_dir):
+  """The sampling stage's pair records in `samples_dir` (its TFRecord shards), as dicts of
+  NumPy values."""
+  import glob  # pylint: disable=g-import-not-at-top
+  from rso_jax.tasks import generated  # pylint: disable=g-import-not-at-top
+  files = sorted(glob.glob(os.path.join(samples_dir, generated.SHARD_PATTERN)))
+  ds = tf.data.TFRecordDataset(files).map(
+      lambda x: tf.io.parse_single_example(x, generated.feature_description()))
+  out = []
+  for ex in ds.as_numpy_iterator():
+    out.append({k: (tf.sparse.to_dense(v).numpy() if isinstance(v, tf.sparse.SparseTensor)
+                    else v) for k, v in ex.items()})
+  return out

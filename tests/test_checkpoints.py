@@ -180,3 +180,46 @@ def test_directory_without_params_is_its_own_message(tmp_path, capsys):
   checkpoints.write_manifest(str(empty), helpers.manifest("seq2seq", LENGTHS))
   with pytest.raises(FileNotFoundError, match=want):
     checkpoints.load(str(empty))
+
+
+def test_hf_tokenizer_vocabulary_spec_round_trip(tmp_path):
+  """{"type": "hf_tokenizer", "path": ...}: written with copies of tokenizer.json and its
+  config beside the manifest, read back from the copies when the original is gone, the same
+  vocabulary by content."""
+  import shutil
+  from rso_jax.tasks import vocab as vocab_lib
+  src = helpers.write_hf_tokenizer(tmp_path / "hf", ["owl", "cat"])
+  vocab = vocab_lib.get_vocabulary(src)
+  spec = checkpoints.vocabulary_spec(vocab)
+  assert spec == {"type": "hf_tokenizer", "path": str(tmp_path / "hf" / "tokenizer.json")}
+  ckpt = tmp_path / "ckpt"
+  checkpoints.write_manifest(str(ckpt), helpers.manifest("seq2seq", LENGTHS, vocabulary=spec))
+  for name in (checkpoints.HF_TOKENIZER_FILE, checkpoints.HF_TOKENIZER_CONFIG_FILE):
+    assert (ckpt / name).read_bytes() == (tmp_path / "hf" / name).read_bytes()
+  with open(ckpt / checkpoints.MANIFEST_FILE) as f:
+    assert json.load(f)["vocabulary"] == dict(spec, file="tokenizer.json")
+  shutil.rmtree(tmp_path / "hf")
+  read = checkpoints.read_manifest(str(ckpt)).get_vocabulary()
+  assert read.tokenizer_file == str(ckpt / "tokenizer.json")
+  assert read.tokenizer_config_file == str(ckpt / "tokenizer_config.json")
+  assert checkpoints.same_vocabulary(read, vocab) and read == vocab
+  assert read.encode("owl cat") == vocab.encode("owl cat") and read.eos_id == vocab.eos_id
+  # Carried along by a manifest written from the one read (its copy, not the gone original).
+  again = tmp_path / "again"
+  checkpoints.write_manifest(str(again), checkpoints.read_manifest(str(ckpt)))
+  assert checkpoints.read_manifest(str(again)).get_vocabulary() == vocab
+  # Another tokenizer, or the same tokenizer.json with another EOS, is another vocabulary.
+  other = vocab_lib.get_vocabulary(helpers.write_hf_tokenizer(tmp_path / "o", ["owl", "dog"]))
+  assert not checkpoints.same_vocabulary(read, other)
+  eos = helpers.write_hf_tokenizer(tmp_path / "eos", ["owl", "cat"])
+  with open(os.path.join(eos, "tokenizer_config.json")) as f:
+    config = json.load(f)
+  with open(os.path.join(eos, "tokenizer_config.json"), "w") as f:
+    json.dump(dict(config, eos_token="<|im_end|>"), f)
+  assert not checkpoints.same_vocabulary(read, vocab_lib.get_vocabulary(eos))
+  assert not checkpoints.same_vocabulary(read, vocab_lib.get_vocabulary())
+  # No copy and no original: one line naming both places.
+  (ckpt / "tokenizer.json").unlink()
+  with pytest.raises(errors.CheckpointError, match=r"the checkpoint's HF tokenizer '.*hf/"
+                                                   r"tokenizer\.json' is missing"):
+    checkpoints.read_manifest(str(ckpt)).get_vocabulary()

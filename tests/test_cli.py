@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from helpers import CFG, save
+from helpers import CFG, save, xla_flags
 from rso_jax import errors
 from rso_jax import runs
 from rso_jax import sample_batch
@@ -279,7 +279,7 @@ def test_sigterm_checkpoints_and_exits_143_then_a_rerun_resumes(tmp_path, capsys
            *[f"--gin.{b}" for b in SMALL_NET]]
   # One device: the child compiles faster (the sharded paths are tested elsewhere).
   env = dict(os.environ, PYTHONUNBUFFERED="1", JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=1")
+             XLA_FLAGS=xla_flags(1))
   proc = subprocess.Popen([sys.executable, "-m", "rso_jax.train", *flags,
                            "--gin.TRAIN_STEPS=100000"], cwd=REPO, env=env, text=True,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)

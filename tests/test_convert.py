@@ -320,3 +320,18 @@ def test_bad_tensors_are_refused(hf_checkpoints, tmp_path):
     os.makedirs(tmp_path / "empty")
     (tmp_path / "empty" / "config.json").write_text(json.dumps(_hf_config()))
     convert.from_hf(str(tmp_path / "empty"))
+
+
+def test_t5_ignores_a_tokenizer_json(hf_checkpoints, tmp_path, capsys):
+  """A HF T5 directory's tokenizer.json is not its vocabulary (HF tokenizers are read by the
+  decoder-only families, shifted by one id); `--tokenizer` is refused for a T5."""
+  words = helpers.write_hf_tokenizer(tmp_path / "tok", ["owl", "cat"])
+  hf_dir = _hf_dir_with(hf_checkpoints, tmp_path, "t5_tok",
+                        {"tokenizer.json": os.path.join(words, "tokenizer.json")})
+  out = str(tmp_path / "out")
+  assert convert.main(["--hf_dir", hf_dir, "--out", out]) == 0
+  assert checkpoints.read_manifest(out).vocabulary is None
+  assert "no vocabulary recorded" in capsys.readouterr().err
+  assert convert.main(["--hf_dir", hf_dir, "--out", str(tmp_path / "out2"),
+                       f"--tokenizer={words}"]) == 2
+  assert "decoder-only" in capsys.readouterr().err

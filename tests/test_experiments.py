@@ -16,14 +16,13 @@ import sys
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import helpers
 import realdata
 from rso_jax import errors
 from rso_jax import runs
 from rso_jax import checkpoints, cli, pipeline, train
-from rso_jax.tasks import generated, preference_files, prompt_split, vocab as vocab_lib
+from rso_jax.tasks import preference_files, prompt_split, vocab as vocab_lib
 
 LENGTHS = {"inputs": 256, "targets": 24}  # posts + header are 120-330 tokens: some are cut
 TINY_RUN = [*helpers.TINY_EXPERIMENT, f"--gin.TASK_FEATURE_LENGTHS={LENGTHS!r}"]
@@ -48,17 +47,6 @@ def _unique_posts(path):
       if p not in seen:
         seen.append(p)
   return seen
-
-
-def _records(samples_dir):
-  files = sorted(glob.glob(os.path.join(samples_dir, generated.SHARD_PATTERN)))
-  ds = tf.data.TFRecordDataset(files).map(
-      lambda x: tf.io.parse_single_example(x, generated.feature_description()))
-  out = []
-  for ex in ds.as_numpy_iterator():
-    out.append({k: (tf.sparse.to_dense(v).numpy() if isinstance(v, tf.sparse.SparseTensor)
-                    else v) for k, v in ex.items()})
-  return out
 
 
 def _tldr_argv(data, run_dir, *extra):
@@ -124,7 +112,7 @@ def test_tldr_experiment_runs_every_stage_on_its_own_configuration(data, tmp_pat
   # The pairs: every candidate text re-encodes to exactly its tokens under the experiment's
   # SentencePiece model (the random T5's decodes that did not were retokenized and counted);
   # rewards differ between the candidates of one prompt.
-  records = _records(samples[0])
+  records = helpers.sample_records(samples[0])
   assert len(records) == stats["pairs"]
   assert 0 < stats["retokenized"] <= stats["candidates"]
   assert stats["not_retokenizable"] < stats["candidates"]
@@ -316,3 +304,4 @@ def test_the_main_job_reports_a_bad_record_as_its_first_stage_failing(data, tmp_
                              f"{path}{reason} (format 'jsonl'"), lines[0]
   assert f"[sft] rso_jax.train: error: {path}{reason}" in proc.stdout
   assert "initialized params" not in proc.stdout and not (run / "sft").exists()
+

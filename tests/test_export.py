@@ -278,3 +278,20 @@ def test_out_over_its_checkpoint_is_refused_even_with_force(tmp_path, capsys, ca
   assert f"--out {out!r}" in line and "refusing to write over an input" in line, line
   assert run in line, line
   assert helpers.snapshot(tmp_path) == before  # nothing deleted, moved or written
+
+
+def test_max_shard_size_shards_a_t5_export(exported, tmp_path):
+  """`--max_shard_size`: HF's shards + index, loaded by transformers, read back bit for bit
+  (without it a T5 export is one model.safetensors, as `test_files_and_tokenizers` checks)."""
+  config, params, ckpt, _ = exported["v1_1_bytes"]
+  out = str(tmp_path / "hf")
+  assert export.main(["--checkpoint", ckpt, "--out", out, "--max_shard_size=40KB"]) == 0
+  with open(os.path.join(out, "model.safetensors.index.json")) as f:
+    shards = sorted(set(json.load(f)["weight_map"].values()))
+  assert len(shards) > 1 and "model.safetensors" not in os.listdir(out)
+  _, info = transformers.T5ForConditionalGeneration.from_pretrained(out, output_loading_info=True)
+  assert not info["missing_keys"] and not info["unexpected_keys"], info
+  config2, params2 = convert.from_hf(out)
+  assert config2 == config
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(params2)):
+    assert np.array_equal(np.asarray(a), b)

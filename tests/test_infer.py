@@ -11,7 +11,7 @@ import seqio
 
 from helpers import (CFG, fit, init_params, one_device_mesh, save, seq2seq_batch, tokens,
                      word_texts)
-from rso_jax import infer, inference, models, partitioning
+from rso_jax import decoder_network, infer, inference, models, partitioning
 from rso_jax import reward_models as rm
 
 VOCAB = seqio.ByteVocabulary()
@@ -256,3 +256,26 @@ def test_non_utf8_prompts_are_one_line_naming_file_line_and_byte(tmp_path, capsy
   assert sorted(p.name for p in tmp_path.iterdir()) == ["latin1.jsonl"]
   f.write_bytes(b'\xef\xbb\xbf{"prompt": "a"}\n')
   assert infer.read_prompts_file(str(f)) == (["a"], [{}])
+
+
+def test_a_decoder_only_policy_and_reward_model(prompts_file, tmp_path, capsys):
+  """`infer` opens decoder-only checkpoints by their manifests like T5 ones: the texts and log π
+  of `Generator.generate`, the rewards of the decoder Bradley–Terry model."""
+  cfg = decoder_network.DecoderConfig(vocab_size=384, emb_dim=32, num_heads=2, num_kv_heads=1,
+                                      head_dim=16, mlp_dim=64, num_layers=1)
+  policy = save(tmp_path / "sft", models.Seq2SeqModel(cfg), SEQ_LENGTHS)
+  bt = save(tmp_path / "bt", rm.BradleyTerryRewardModel(cfg), BT_LENGTHS)
+  path, prompts = prompts_file
+  output = tmp_path / "out.jsonl"
+  rc, out, err = _run(capsys, CHECKPOINT=policy, PROMPTS_FILE=path, OUTPUT=str(output),
+                      NUM_DECODES=2, RANDOM_SEED=SEED, REWARD_CHECKPOINT=bt)
+  assert rc == 0, err
+  rows = _read(output)
+  g = inference.load(policy, mesh=partitioning.create_mesh((-1, 1, 1)), batch_size=BATCH)
+  gen = g.generate(prompts, key=jax.random.key(SEED), num_decodes=2)
+  assert [r["responses"] for r in rows] == gen.texts
+  np.testing.assert_allclose([r["logp"] for r in rows], gen.model_logps, atol=1e-6)
+  scorer = inference.load(bt, mesh=one_device_mesh(), batch_size=4)
+  assert scorer.model.architecture == "decoder"
+  np.testing.assert_allclose([_nan(r["rewards"]) for r in rows],
+                             scorer.reward(prompts, [r["responses"] for r in rows]), atol=1e-5)

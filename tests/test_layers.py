@@ -15,8 +15,9 @@ LAYERS = [
      "rso_jax.runs", "rso_jax.run_lock", "rso_jax.recipe", "rso_jax.kernels",
      "rso_jax.checkpoint_files", "rso_jax.progress"},
     # pure array code
-    {"rso_jax.network", "rso_jax.decoding", "rso_jax.losses", "rso_jax.rejection",
-     "rso_jax.pairs", "rso_jax.win_rates"},
+    {"rso_jax.network", "rso_jax.decoder_network", "rso_jax.networks", "rso_jax.hf_decoder",
+     "rso_jax.decoding", "rso_jax.losses", "rso_jax.rejection", "rso_jax.pairs",
+     "rso_jax.win_rates"},
     # text formats and vocabularies the models read
     {"rso_jax.tasks.vocab", "rso_jax.tasks.preprocessors", "rso_jax.tasks.text_formats",
      "rso_jax.feature_converters", "rso_jax.tasks.golden", "rso_jax.tasks.oracle"},

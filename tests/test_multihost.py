@@ -16,7 +16,7 @@ import time
 import numpy as np
 import pytest
 
-from helpers import CFG, save
+from helpers import CFG, save, xla_flags
 from rso_jax import checkpoints, models, reward_models
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,7 +45,7 @@ def _start(args, nproc, logdir):
   procs = []
   for i in range(nproc):
     env = {k: v for k, v in os.environ.items() if k not in DISTRIBUTED_ENV}
-    env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={8 // nproc}",
+    env.update(XLA_FLAGS=xla_flags(8 // nproc),
                JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
     if nproc > 1:
       env.update(JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES=str(nproc),

@@ -365,3 +365,39 @@ def test_validate_task_reads_every_split_once_without_tf_data(tmp_path, monkeypa
   sources.add_task("t_pf_check2", seqio.get_mixture_or_task("t_pf_check").source, "pairs",
                    seqio.get_mixture_or_task("t_pf_check").output_features["inputs"].vocabulary)
   assert not pf.validate_task("t_pf_check2") and not pf.validate_task("t_pf_no_such_task")
+
+
+def test_a_hf_tokenizer_task_reads_its_ids_and_its_chat_template(tmp_path):
+  """spm_path naming a HF tokenizer: the task's features are the vocabulary's ids (HF id + 1)
+  with its EOS; chat_template="tokenizer" renders message lists with its Jinja template, and is
+  refused, naming chat_template and spm_path, for a vocabulary without one."""
+  import helpers
+  from rso_jax.tasks import vocab as vocab_lib
+  hf = helpers.write_hf_tokenizer(tmp_path / "tok", helpers.WORDS)
+  vocab = vocab_lib.get_vocabulary(hf)
+  rows = [{"prompt": "owl cat", "chosen": " ram A", "rejected": "dog B"},
+          {"prompt": [{"role": "user", "content": "owl?"}],
+           "chosen": [{"role": "assistant", "content": "ram"}],
+           "rejected": [{"role": "assistant", "content": "dog"}]}]
+  path = _write(tmp_path / "data.jsonl", rows)
+  tasks.register_preference_file_task("t_pf_hf", path, "jsonl", spm_path=hf,
+                                      chat_template="tokenizer")
+  got = _examples("t_pf_hf")
+  prompts = ["owl cat", vocab.apply_chat_template([{"role": "user", "content": "owl?"}])]
+  assert prompts[1] == "<|im_start|>user\nowl?<|im_end|>\n<|im_start|>assistant\n"
+  for ex, prompt, row in zip(got, prompts, rows):
+    chosen = row["chosen"] if isinstance(row["chosen"], str) else row["chosen"][0]["content"]
+    assert ex["inputs_pretokenized"].decode() == prompt
+    assert ex["inputs"].tolist() == vocab.encode(prompt) + [vocab.eos_id]
+    assert ex["chosen"].tolist() == vocab.encode(chosen) + [vocab.eos_id]
+    assert vocab.decode(ex["chosen"]) == chosen
+  assert len(got[0]["chosen"]) == 3  # " ram", " A", EOS: the words and "A" / "B" are one token
+  bare = helpers.write_hf_tokenizer(tmp_path / "bare", helpers.WORDS, chat_template=False)
+  with pytest.raises(ValueError, match=r"chat_template='tokenizer': the HF tokenizer spm_path="
+                                       r"'.*bare' has no chat template"):
+    tasks.register_preference_file_task("t_pf_hf_bare", path, "jsonl", spm_path=bare,
+                                        chat_template="tokenizer")
+  with pytest.raises(ValueError, match=r"chat_template='tokenizer' .* but spm_path=None is not "
+                                       r"a HF tokenizer \(ByteVocabulary\)"):
+    tasks.register_preference_file_task("t_pf_hf_bytes", path, "jsonl",
+                                        chat_template="tokenizer")

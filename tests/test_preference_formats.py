@@ -4,6 +4,7 @@ import json
 import re
 import sys
 
+import helpers
 import pyarrow as pa
 import pytest
 import seqio
@@ -212,6 +213,91 @@ def test_bad_chat_templates_are_value_errors_naming_the_value(tmp_path, template
                                         chat_template=template)
   with pytest.raises(ValueError, match=match):
     pf.read_records(path, "jsonl", chat_template=template)
+
+
+# ----------------------------------------------------------------------------- HF chat template
+
+
+def _jinja(template, messages, add_generation_prompt=True):
+  """What transformers renders (its sandboxed environment, trim_blocks, lstrip_blocks)."""
+  import jinja2.sandbox
+  env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+  return env.from_string(template).render(messages=messages,
+                                          add_generation_prompt=add_generation_prompt,
+                                          eos_token="<|endoftext|>")
+
+
+@pytest.fixture(scope="module")
+def hf_tokenizer(tmp_path_factory):
+  return helpers.write_hf_tokenizer(tmp_path_factory.mktemp("hf_tok"), helpers.WORDS)
+
+
+def test_tokenizer_chat_template_renders_what_jinja_renders(tmp_path, hf_tokenizer):
+  """chat_template="tokenizer": the prompt is the HF tokenizer's Jinja template rendered with
+  the generation prompt; a response is its assistant message's content."""
+  read = lambda recs, kind="pairs": _read(recs, tmp_path, kind, chat_template="tokenizer",
+                                          spm_path=hf_tokenizer)
+  want = _jinja(helpers.HF_CHAT_TEMPLATE, TURNS)
+  assert want == CHATML_PROMPT  # the helper's template is ChatML
+  assert read([EXPLICIT, IMPLICIT]) == [{"inputs": want, "chosen": CHOSEN,
+                                         "rejected": REJECTED}] * 2
+  conv = [{"prompt": TURNS, "completion": [_bot(CHOSEN)]}, {"messages": TURNS + [_bot(CHOSEN)]}]
+  assert read(conv, "sft") == [{"inputs": want, "targets": CHOSEN}] * 2
+  assert read([EXPLICIT], "prompts") == [{"inputs": want}]
+  # A response of several messages: its content, then what the template renders after it.
+  rec = {"prompt": [_user("Hi")],
+         "chosen": [_bot(" Hello!"), _user("Joke?"), _bot("Owl.")], "rejected": [_bot("Go.")]}
+  full = _jinja(helpers.HF_CHAT_TEMPLATE, rec["prompt"] + rec["chosen"], False)
+  assert read([rec])[0]["chosen"] == " Hello!" + full.split(" Hello!", 1)[1] == _read(
+      [rec], tmp_path, chat_template="chatml")[0]["chosen"]
+  # Through a task (the file, or its directory, as spm_path); the template is part of the
+  # parsed files' cache key, and the text is tokenized by the same HF vocabulary.
+  path = _write(tmp_path / "conv.jsonl", [EXPLICIT])
+  vocab = tasks.get_vocabulary(hf_tokenizer)
+  for template, spm, prompt in (("tokenizer", hf_tokenizer, want), ("hh", hf_tokenizer, HH_PROMPT),
+                                ("tokenizer", f"{hf_tokenizer}/tokenizer.json", want)):
+    tasks.register_preference_file_task("t_fmt_tok", path, "jsonl", chat_template=template,
+                                        spm_path=spm)
+    (ex,) = _examples("t_fmt_tok")
+    assert (ex["inputs"], ex["chosen"], ex["rejected"]) == (prompt, CHOSEN, REJECTED)
+  (ex,) = seqio.get_mixture_or_task("t_fmt_tok").get_dataset(
+      LENGTHS, split="train", shuffle=False).as_numpy_iterator()
+  assert ex["inputs"].tolist() == vocab.encode(want) + [vocab.eos_id]
+
+
+def test_a_tokenizer_templates_own_error_is_a_bad_record(tmp_path, hf_tokenizer):
+  strict = ("{% for m in messages %}{% if (m['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+            "{{ raise_exception('Conversation roles must alternate user/assistant') }}"
+            "{% endif %}[{{ m['role'] }}]{{ m['content'] }}{% endfor %}"
+            "{% if add_generation_prompt %}[assistant]{% endif %}")
+  d = helpers.write_hf_tokenizer(tmp_path / "strict", helpers.WORDS, chat_template=strict)
+  bad = dict(EXPLICIT, prompt=[_bot("Hi")] + TURNS)
+  with pytest.raises(pf.DataError, match=r"data\.jsonl:2: chat_template='tokenizer': chat "
+                                         r"template of .*strict/tokenizer_config\.json: "
+                                         r"Conversation roles must alternate"):
+    _read([EXPLICIT, bad], tmp_path, chat_template="tokenizer", spm_path=d)
+  assert _read([EXPLICIT, bad], tmp_path, chat_template="tokenizer", spm_path=d,
+               bad_records="skip", max_bad_fraction=0.5) == [{
+                   "inputs": _jinja(strict, TURNS), "chosen": CHOSEN, "rejected": REJECTED}]
+
+
+@pytest.mark.parametrize("which", ["bytes", "sentencepiece", "no_template"])
+def test_tokenizer_chat_template_is_refused_without_a_hf_chat_template(tmp_path, which):
+  spm_path = {"bytes": None, "sentencepiece": tasks.synthetic_words_model(),
+              "no_template": str(tmp_path / "tok")}[which]
+  if which == "no_template":
+    helpers.write_hf_tokenizer(spm_path, helpers.WORDS, chat_template=False)
+    match = (rf"chat_template='tokenizer': the HF tokenizer spm_path='{spm_path}' has no chat "
+             r"template \(.*tok/tokenizer_config\.json: no 'chat_template'\)")
+  else:
+    match = (rf"chat_template='tokenizer' renders messages with the task's HF tokenizer, but "
+             rf"spm_path={re.escape(repr(spm_path))} is not a HF tokenizer")
+  path = _write(tmp_path / "conv.jsonl", [EXPLICIT])
+  with pytest.raises(ValueError, match=match):
+    tasks.register_preference_file_task("t_fmt_tok_refused", path, "jsonl",
+                                        chat_template="tokenizer", spm_path=spm_path)
+  with pytest.raises(ValueError, match=match):
+    pf.read_records(path, "jsonl", chat_template="tokenizer", spm_path=spm_path)
 
 
 # ----------------------------------------------------------------------------- bad records

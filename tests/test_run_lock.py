@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from helpers import one_line, snapshot
+from helpers import one_line, snapshot, xla_flags
 from rso_jax import checkpoints, fs, run_lock, sample, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -20,7 +20,7 @@ SMALL_NET = ["network.T5Config.emb_dim=32", "network.T5Config.mlp_dim=64",
              "network.T5Config.num_encoder_layers=1", "network.T5Config.num_decoder_layers=1"]
 # The child compiles faster on one device.
 ONE_DEVICE = dict(PYTHONUNBUFFERED="1", JAX_PLATFORMS="cpu",
-                  XLA_FLAGS="--xla_force_host_platform_device_count=1")
+                  XLA_FLAGS=xla_flags(1))
 
 
 def _sft_flags(model_dir, *extra, gin_file="stages/sft.gin"):

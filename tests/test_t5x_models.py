@@ -17,7 +17,7 @@ import pytest
 pytest.importorskip("t5x", reason="upstream T5X is not installed: run launch/install_t5x.sh "
                     "(or ../shared/t5x/install.sh offline)")
 
-from helpers import CFG, init_params, save  # pylint: disable=g-import-not-at-top
+from helpers import CFG, init_params, save, xla_flags  # pylint: disable=g-import-not-at-top
 from rso_jax import datasets
 from rso_jax import errors
 from rso_jax import checkpoints, evaluate, export, models, network, reward_models  # noqa: E402
@@ -225,7 +225,7 @@ def _t5x_train(gin_files, model_dir, steps, stats_period, extra=()):
          "--gin.BATCH_SIZE=16", *extra]
   env = dict(os.environ, PYTHONPATH=ROOT,
              # T5X puts a CPU's devices on its 'model' axis: 2 divide the tiny network's heads.
-             XLA_FLAGS="--xla_force_host_platform_device_count=2")
+             XLA_FLAGS=xla_flags(2))
   proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stderr[-4000:]
 

@@ -90,16 +90,7 @@ def test_mesh_invariance():
   ds = datasets.get_dataset(datasets.DatasetConfig(TASK, LENGTHS, batch_size=16, seed=3),
                          model.feature_converter)
   batches = [next(ds) for _ in range(3)]
-  losses = {}
-  for shape, devs in (((1, 1, 1), jax.devices()[:1]), ((2, 2, 2), None)):
-    mesh = partitioning.create_mesh(shape, devices=devs)
-    tr = trainer.Trainer(model, opt, mesh, batch_size=16, feature_lengths=LENGTHS, seed=0)
-    state = tr.init_state()
-    run = []
-    for b in batches:
-      state, m = tr.train_step(state, b)
-      run.append(float(m["loss"]))
-    losses[shape] = run
+  losses = helpers.losses_on_meshes(model, batches, LENGTHS, 16, opt)
   np.testing.assert_allclose(losses[(2, 2, 2)], losses[(1, 1, 1)], rtol=1e-5, atol=1e-5)
 
 

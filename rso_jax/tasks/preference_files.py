@@ -284,7 +284,8 @@ def register_preference_file_task(
       for comparison/HH formats the chosen response is the target) or "prompts" (inputs only,
       each prompt once, first occurrence order; repeats are counted in
       `bad_record_stats(name)["duplicates"]`; file formats only).
-    spm_path: SentencePiece model (e.g. the T5 vocab); None = bytes.
+    spm_path: the vocabulary (`vocab.get_vocabulary`): a SentencePiece model (e.g. the T5
+      vocab), a HF tokenizer.json or a directory holding one; None = bytes.
     truncate: "count" or "error" (over-long examples are never trimmed silently). For kind
       "rm_pairwise", "count" cuts an over-long input's context, never its responses, and drops
       (and counts) an example whose responses alone do not fit: see
@@ -310,7 +311,8 @@ def register_preference_file_task(
     chat_template: how the generic formats turn message lists into text: "hh" (Anthropic HH's
       "\n\nHuman: …\n\nAssistant: …"; the default), "chatml", or a dict of format strings
       {"system", "user", "assistant"} (with {content}) and "generation" (the text that ends a
-      prompt). See `preference_formats`.
+      prompt), or "tokenizer": the Jinja chat template of the HF tokenizer `spm_path` (a
+      ValueError when spm_path is not a HF tokenizer with one). See `preference_formats`.
     tfds_name: TFDS builder "name[:version]" for format "tfds" (read by seqio.TfdsDataSource).
     tfds_field_map: {our field: TFDS feature path ('/' for nesting)}, our fields being
       prompt, chosen, rejected (pairs) or prompt, response (sft).
@@ -323,7 +325,7 @@ def register_preference_file_task(
   kind = kind or formats.default_kind(format)
   formats.check_format_kind(format, kind)
   reader.check_bad_policy(bad_records, max_bad_fraction)
-  template = formats.chat_template_key(chat_template)
+  template = formats.chat_template_key(chat_template, spm_path=spm_path)
   _check_validation_fraction(name, validation_fraction, format, path)
   if format == "hf_hub":
     reader.hub_datasets()  # Fails here, naming the package, when it is not installed.

@@ -31,7 +31,10 @@ template (`chat_template`: "hh", "chatml" or a dict of format strings): the prom
 messages rendered, then the generation prompt; a response is its first message's content (an
 assistant message), then, for several messages, the rest of that message's template and the
 following messages rendered. With "hh" a conversation reads exactly as the "hh" format reads its
-transcript.
+transcript. With "tokenizer" the task's HF tokenizer renders them with its own Jinja chat
+template (`TokenizerChatTemplate`): the prompt is its messages rendered with
+`add_generation_prompt=True`; a response is its first message's content, then, for several
+messages, what the template renders after that content (the prompt's messages before it).
 
 An example has "inputs" and "chosen"/"rejected" (kind "pairs"), "targets" (kind "sft") or
 nothing else (kind "prompts": only the fields the prompt is made of are read). A record that
@@ -44,6 +47,7 @@ import functools
 from typing import Any, Callable, Mapping, Sequence
 
 from rso_jax.tasks import sources
+from rso_jax.tasks import vocab as vocab_lib
 
 FORMATS = ("tldr_comparisons", "tldr_sft", "hh", "jsonl", "parquet", "hf_disk", "hf_hub", "tfds")
 GENERIC_FORMATS = ("jsonl", "parquet", "hf_disk", "hf_hub")  # The shapes below, any template.
@@ -83,9 +87,10 @@ class ChatTemplate:
   def prompt(self, messages: Sequence[Message]) -> str:
     return "".join(self.message(r, c) for r, c in messages) + self.generation
 
-  def response(self, messages: Sequence[Message]) -> str:
+  def response(self, messages: Sequence[Message], context: Sequence[Message] = ()) -> str:
     """The first message's content, then (for several) the rest of its template and the
-    following messages rendered."""
+    following messages rendered (`context`, the prompt's messages, is not read)."""
+    del context
     (role, content), rest = messages[0], messages[1:]
     text = content.lstrip() if self.strip_response else content
     if rest:
@@ -106,22 +111,83 @@ CHAT_TEMPLATES: Mapping[str, ChatTemplate] = {
                            generation="<|im_start|>assistant\n"),
 }
 DEFAULT_CHAT_TEMPLATE = "hh"
-TemplateKey = str | tuple[tuple[str, str], ...]  # hashable (a cache key)
+TOKENIZER_TEMPLATE = "tokenizer"  # the task's HF tokenizer's own Jinja chat template
+TEMPLATE_NAMES = tuple(CHAT_TEMPLATES) + (TOKENIZER_TEMPLATE,)
 
 
-def chat_template_key(value: Any) -> TemplateKey:
-  """A chat template's hashable form: its name, or a dict's sorted items. ValueError naming the
-  value for an unknown name or a dict without exactly the keys TEMPLATE_KEYS (format strings)."""
+@dataclasses.dataclass(frozen=True)
+class TokenizerChatTemplate:
+  """Messages -> text with a HF tokenizer's Jinja chat template (`vocabulary.apply_chat_template`;
+  hashable through the vocabulary: a cache key). A template's own error (its
+  `raise_exception`, e.g. roles that do not alternate) is a bad record."""
+  vocabulary: vocab_lib.HFTokenizerVocabulary
+
+  def _render(self, messages: Sequence[Message], add_generation_prompt: bool) -> str:
+    try:
+      return self.vocabulary.apply_chat_template(
+          [{"role": r, "content": c} for r, c in messages],
+          add_generation_prompt=add_generation_prompt)
+    except vocab_lib.ChatTemplateError as e:
+      raise Malformed(f"chat_template={TOKENIZER_TEMPLATE!r}: {e}") from None
+
+  def prompt(self, messages: Sequence[Message]) -> str:
+    return self._render(messages, add_generation_prompt=True)
+
+  def response(self, messages: Sequence[Message], context: Sequence[Message] = ()) -> str:
+    """The first message's content, then (for several) what the template renders after it
+    (`context`, the prompt's messages, rendered before it)."""
+    (role, content), rest = messages[0], messages[1:]
+    if not rest:
+      return content
+    mark = "\x00content\x00"
+    text = self._render([*context, (role, mark), *rest], add_generation_prompt=False)
+    if text.count(mark) != 1:
+      raise Malformed(f"chat_template={TOKENIZER_TEMPLATE!r}: the tokenizer's chat template "
+                      "does not render a response's first message once (a response of several "
+                      "messages needs it)")
+    return content + text.split(mark, 1)[1]
+
+
+TemplateKey = str | tuple[tuple[str, str], ...] | TokenizerChatTemplate  # hashable (a cache key)
+
+
+def tokenizer_chat_template(spm_path: str | None) -> TokenizerChatTemplate:
+  """chat_template="tokenizer" for a task whose vocabulary is `spm_path`. ValueError naming
+  chat_template and spm_path when that is not a HF tokenizer with a chat template."""
+  vocabulary = vocab_lib.get_vocabulary(spm_path)
+  if not isinstance(vocabulary, vocab_lib.HFTokenizerVocabulary):
+    raise ValueError(
+        f"chat_template={TOKENIZER_TEMPLATE!r} renders messages with the task's HF tokenizer, "
+        f"but spm_path={spm_path!r} is not a HF tokenizer ({type(vocabulary).__name__}): give "
+        f"spm_path a {vocab_lib.HF_TOKENIZER_FILE} (or its directory), or another chat_template "
+        f"{tuple(CHAT_TEMPLATES)}")
+  if vocabulary.chat_template is None:
+    where = vocabulary.tokenizer_config_file or f"no {vocab_lib.HF_TOKENIZER_CONFIG_FILE}"
+    raise ValueError(
+        f"chat_template={TOKENIZER_TEMPLATE!r}: the HF tokenizer spm_path={spm_path!r} has no "
+        f"chat template ({where}: no 'chat_template'); choose another chat_template "
+        f"{tuple(CHAT_TEMPLATES)} or a dict")
+  return TokenizerChatTemplate(vocabulary)
+
+
+def chat_template_key(value: Any, spm_path: str | None = None) -> TemplateKey:
+  """A chat template's hashable form: its name, a dict's sorted items, or for "tokenizer" the
+  `TokenizerChatTemplate` of the task's vocabulary `spm_path`. ValueError naming the value for
+  an unknown name or a dict without exactly the keys TEMPLATE_KEYS (format strings)."""
+  if isinstance(value, TokenizerChatTemplate):
+    return value
+  if value == TOKENIZER_TEMPLATE:
+    return tokenizer_chat_template(spm_path)
   if isinstance(value, str):
     if value not in CHAT_TEMPLATES:
-      raise ValueError(f"Unknown chat_template {value!r}; expected one of {tuple(CHAT_TEMPLATES)} "
+      raise ValueError(f"Unknown chat_template {value!r}; expected one of {TEMPLATE_NAMES} "
                        f"or a dict with keys {TEMPLATE_KEYS}")
     return value
   items = value.items() if isinstance(value, Mapping) else value
   try:
     template = dict(items)
   except (TypeError, ValueError):
-    raise ValueError(f"chat_template must be a name {tuple(CHAT_TEMPLATES)} or a dict with keys "
+    raise ValueError(f"chat_template must be a name {TEMPLATE_NAMES} or a dict with keys "
                      f"{TEMPLATE_KEYS}, got {value!r}") from None
   missing = [k for k in TEMPLATE_KEYS if k not in template]
   extra = sorted(str(k) for k in template if k not in TEMPLATE_KEYS)
@@ -143,10 +209,15 @@ def chat_template_key(value: Any) -> TemplateKey:
   return tuple(sorted(template.items()))
 
 
-def chat_template(value: Any) -> ChatTemplate:
+def chat_template(value: Any) -> ChatTemplate | TokenizerChatTemplate:
   """The template a name, a dict or a `chat_template_key` names."""
   key = chat_template_key(value)
+  if isinstance(key, TokenizerChatTemplate):
+    return key
   return CHAT_TEMPLATES[key] if isinstance(key, str) else ChatTemplate(**dict(key))
+
+
+Template = ChatTemplate | TokenizerChatTemplate
 
 
 def field(obj: Any, dotted: str, *, allow_empty: bool = True) -> str:
@@ -227,7 +298,7 @@ def _parse_hh(obj: Mapping[str, Any], kind: str) -> Record:
 
 
 def _parse_generic(obj: Mapping[str, Any], kind: str,
-                   template: ChatTemplate = CHAT_TEMPLATES[DEFAULT_CHAT_TEMPLATE]) -> Record:
+                   template: Template = CHAT_TEMPLATES[DEFAULT_CHAT_TEMPLATE]) -> Record:
   """One record of any shape in the module doc (detected from its fields)."""
   def has(key: str) -> bool:  # A null field (an Arrow row's missing value) counts as absent.
     return obj.get(key) is not None
@@ -281,12 +352,14 @@ def messages(obj: Mapping[str, Any], key: str) -> tuple[Message, ...]:
   return tuple(out)
 
 
-def _response(msgs: Sequence[Message], key: str, start: int, template: ChatTemplate) -> str:
-  """A response's text from its messages (`key`'s messages from index `start`)."""
+def _response(msgs: Sequence[Message], key: str, start: int, template: Template,
+              context: Sequence[Message]) -> str:
+  """A response's text from its messages (`key`'s messages from index `start`) after the
+  prompt's messages `context`."""
   if msgs[0][0] != "assistant":
     raise Malformed(f"field '{key}.{start}.role' is {msgs[0][0]!r}: a response starts with an "
                     "'assistant' message")
-  return template.response(msgs)
+  return template.response(msgs, context)
 
 
 def _text_or_messages(obj: Mapping[str, Any], keys: Sequence[str]) -> bool:
@@ -294,9 +367,10 @@ def _text_or_messages(obj: Mapping[str, Any], keys: Sequence[str]) -> bool:
   return any(isinstance(obj.get(k), list) for k in keys)
 
 
-def _parse_conversation(obj: Mapping[str, Any], kind: str, template: ChatTemplate) -> Record:
+def _parse_conversation(obj: Mapping[str, Any], kind: str, template: Template) -> Record:
   """prompt, chosen, rejected as message lists (kind "sft": prompt, chosen)."""
-  prompt = template.prompt(messages(obj, "prompt"))
+  prompt_msgs = messages(obj, "prompt")
+  prompt = template.prompt(prompt_msgs)
   if kind == "prompts":
     return {"inputs": prompt}
   if "chosen" not in obj and kind == "sft":
@@ -304,7 +378,8 @@ def _parse_conversation(obj: Mapping[str, Any], kind: str, template: ChatTemplat
                     "prompt-completion record)")
   rec = {"inputs": prompt}
   for key in ("chosen",) if kind == "sft" else ("chosen", "rejected"):
-    rec["targets" if kind == "sft" else key] = _response(messages(obj, key), key, 0, template)
+    rec["targets" if kind == "sft" else key] = _response(messages(obj, key), key, 0, template,
+                                                         prompt_msgs)
   return rec
 
 
@@ -326,7 +401,7 @@ def extract_prompt(chosen: str, rejected: str) -> tuple[str, str, str]:
   return chosen[:idx], chosen[idx:], rejected[idx:]
 
 
-def _parse_implicit_prompt(obj: Mapping[str, Any], kind: str, template: ChatTemplate) -> Record:
+def _parse_implicit_prompt(obj: Mapping[str, Any], kind: str, template: Template) -> Record:
   """chosen, rejected with the prompt inside them (strings or message lists)."""
   if not _text_or_messages(obj, ("chosen", "rejected")):
     prompt, chosen, rejected = extract_prompt(field(obj, "chosen"), field(obj, "rejected"))
@@ -346,7 +421,7 @@ def _parse_implicit_prompt(obj: Mapping[str, Any], kind: str, template: ChatTemp
       if not msgs:
         raise Malformed(f"field {key!r} has no message after the {n} it shares with the other "
                         "response (the implicit prompt)")
-      texts[key] = _response(msgs, key, n, template)
+      texts[key] = _response(msgs, key, n, template, c[:n])
     chosen, rejected = texts["chosen"], texts["rejected"]
   if kind == "prompts":
     return {"inputs": prompt}
@@ -355,7 +430,7 @@ def _parse_implicit_prompt(obj: Mapping[str, Any], kind: str, template: ChatTemp
   return {"inputs": prompt, "chosen": chosen, "rejected": rejected}
 
 
-def _parse_prompt_completion(obj: Mapping[str, Any], kind: str, template: ChatTemplate
+def _parse_prompt_completion(obj: Mapping[str, Any], kind: str, template: Template
                              ) -> Record:
   """prompt, completion: SFT, strings or message lists."""
   if kind == "pairs":
@@ -366,14 +441,15 @@ def _parse_prompt_completion(obj: Mapping[str, Any], kind: str, template: ChatTe
     prompt = field(obj, "prompt")
     return {"inputs": prompt} if kind == "prompts" else {
         "inputs": prompt, "targets": field(obj, "completion")}
-  prompt = template.prompt(messages(obj, "prompt"))
+  prompt_msgs = messages(obj, "prompt")
+  prompt = template.prompt(prompt_msgs)
   if kind == "prompts":
     return {"inputs": prompt}
-  return {"inputs": prompt,
-          "targets": _response(messages(obj, "completion"), "completion", 0, template)}
+  return {"inputs": prompt, "targets": _response(messages(obj, "completion"), "completion", 0,
+                                                 template, prompt_msgs)}
 
 
-def _parse_messages(obj: Mapping[str, Any], kind: str, template: ChatTemplate) -> Record:
+def _parse_messages(obj: Mapping[str, Any], kind: str, template: Template) -> Record:
   """messages (conversational language modeling): prompt = the messages before the last
   assistant message, response = that message."""
   if kind == "pairs":
@@ -389,7 +465,7 @@ def _parse_messages(obj: Mapping[str, Any], kind: str, template: ChatTemplate) -
   prompt = template.prompt(msgs[:last])
   if kind == "prompts":
     return {"inputs": prompt}
-  return {"inputs": prompt, "targets": template.response(msgs[last:last + 1])}
+  return {"inputs": prompt, "targets": template.response(msgs[last:last + 1], msgs[:last])}
 
 
 PARSERS: Mapping[str, Parser] = {
@@ -399,7 +475,7 @@ PARSERS: Mapping[str, Parser] = {
 
 def parser(format: str, template: Any = DEFAULT_CHAT_TEMPLATE) -> Parser:  # pylint: disable=redefined-builtin
   """The parser of `format`; the generic formats render message lists with chat `template`
-  (a name, a dict or a `chat_template_key`)."""
+  (a name, a dict or a `chat_template_key`; "tokenizer" only as its key)."""
   if format in GENERIC_FORMATS:
     return functools.partial(_parse_generic, template=chat_template(template))
   return PARSERS[format]

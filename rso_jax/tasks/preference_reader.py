@@ -269,11 +269,12 @@ def read_records(path: str, format: str, kind: str | None = None, *,  # pylint: 
                  bad_records: str = "error",
                  max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION,
                  chat_template: Any = formats.DEFAULT_CHAT_TEMPLATE,
-                 split: str = "train") -> list[Record]:
+                 split: str = "train", spm_path: str | None = None) -> list[Record]:
   """Parses one file into records with keys "inputs" and "chosen"/"rejected" or "targets"
   (kind "prompts": "inputs" only, each prompt once). `kind` defaults as in
   `register_preference_file_task` ("sft" for "tldr_sft", else "pairs"); `chat_template` and
-  `split` (of format "hf_hub") as in `read_file`.
+  `split` (of format "hf_hub") as in `read_file`; `spm_path`: the HF tokenizer whose chat
+  template chat_template="tokenizer" renders with.
 
   Bad records raise DataError("<file>:<line>: <reason>") (bad_records="error"), or are skipped
   (bad_records="skip") within the `max_bad_fraction` budget (past it: DataError).
@@ -281,7 +282,7 @@ def read_records(path: str, format: str, kind: str | None = None, *,  # pylint: 
   kind = kind or formats.default_kind(format)
   formats.check_format_kind(format, kind)
   check_bad_policy(bad_records, max_bad_fraction)
-  template = formats.chat_template_key(chat_template)
+  template = formats.chat_template_key(chat_template, spm_path=spm_path)
   records, summary = read_file(path, format, formats.read_kind(kind), bad_records, template,
                                split)
   check_budget(path, summary, max_bad_fraction)
