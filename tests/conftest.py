@@ -25,6 +25,13 @@ SLOW_FILES = ("test_pipeline.py", "test_experiments.py", "test_package.py",
               "test_t5x_models.py", "test_fs.py", "test_run_lock.py")
 
 
+def pytest_configure(config):
+  # xdist hands out files in collection order, not most-tests-first (its default): a few
+  # minutes-long tests in one file would otherwise start last.
+  if hasattr(config.option, "loadscopereorder"):
+    config.option.loadscopereorder = False
+
+
 def pytest_collection_modifyitems(config, items):  # pylint: disable=unused-argument
   rank = {name: i for i, name in enumerate(SLOW_FILES)}
   items.sort(key=lambda item: rank.get(os.path.basename(str(item.fspath)), len(SLOW_FILES)))
