@@ -71,8 +71,7 @@ def save(path, model, lengths, params=None, seed=0, vocabulary=None, kind=None):
 
 
 def xla_flags(devices):
-  """This session's XLA_FLAGS (conftest.py's compile flags) with `devices` host devices: for a
-  child process."""
+  """This session's XLA_FLAGS with `devices` host devices: for a child process."""
   flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
            if not f.startswith("--xla_force_host_platform_device_count")]
   return " ".join(flags + [f"--xla_force_host_platform_device_count={devices}"])
